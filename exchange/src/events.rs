@@ -1,0 +1,449 @@
+//! The event vocabulary: every state change in msgxc is one of these, appended to JetStream.
+//!
+//! Events are immutable facts. Their JSON form is the public contract analysts read (see
+//! `schema/events/`), so changes must be additive; a breaking change bumps [`SCHEMA_VERSION`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::subject;
+
+/// Version of the envelope and payload shapes written by this build.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One event as stored in the log: metadata shared by every kind plus the typed payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope {
+    /// Schema version of this event ([`SCHEMA_VERSION`] when written).
+    pub v: u32,
+    /// Time-ordered UUIDv7, unique per event. For message events it is also the message id (`mid`).
+    pub id: Uuid,
+    /// When the gateway accepted the request (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub occurred_at: OffsetDateTime,
+    /// Who caused the event.
+    pub actor: Actor,
+    /// The kind and its payload: `{"type": "...", "data": {...}}`.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Envelope {
+    /// A new event caused by `actor`, stamped now with a fresh UUIDv7.
+    pub fn new(actor: Actor, event: Event) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            occurred_at: OffsetDateTime::now_utc(),
+            actor,
+            event,
+        }
+    }
+
+    /// The JetStream subject this event is stored under (see [`crate::subject`]).
+    pub fn subject(&self) -> String {
+        let (aggregate, id) = self.event.aggregate(self.id);
+        subject::event_subject(aggregate, &id, self.event.kind())
+    }
+}
+
+/// The principal behind an event: the JWT `sub` and its roles, or the exchange itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Actor {
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl Actor {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// Every event kind. Serialized adjacently tagged so the kind is a plain string field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Event {
+    DeviceEnlisted(DeviceEnlisted),
+    DeviceRemoved(DeviceRemoved),
+    ThreadCreated(ThreadCreated),
+    Subscribed(Subscribed),
+    Unsubscribed(Unsubscribed),
+    MessagePublished(MessagePublished),
+    MessageSent(MessageSent),
+    NotificationsRead(NotificationsRead),
+}
+
+/// The aggregate an event belongs to; the second subject token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    User,
+    Thread,
+    Message,
+}
+
+impl Aggregate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregate::User => "user",
+            Aggregate::Thread => "thread",
+            Aggregate::Message => "message",
+        }
+    }
+}
+
+impl Event {
+    /// The snake_case kind name, identical to the serialized `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DeviceEnlisted(_) => "device_enlisted",
+            Event::DeviceRemoved(_) => "device_removed",
+            Event::ThreadCreated(_) => "thread_created",
+            Event::Subscribed(_) => "subscribed",
+            Event::Unsubscribed(_) => "unsubscribed",
+            Event::MessagePublished(_) => "message_published",
+            Event::MessageSent(_) => "message_sent",
+            Event::NotificationsRead(_) => "notifications_read",
+        }
+    }
+
+    /// Every kind name, in declaration order (used by schema generation and docs).
+    pub const KINDS: [&'static str; 8] = [
+        "device_enlisted",
+        "device_removed",
+        "thread_created",
+        "subscribed",
+        "unsubscribed",
+        "message_published",
+        "message_sent",
+        "notifications_read",
+    ];
+
+    /// Which aggregate the event is filed under and that aggregate's id.
+    /// A message sent to one user is filed under that user; multicasts and broadcasts under the message.
+    pub fn aggregate(&self, event_id: Uuid) -> (Aggregate, String) {
+        match self {
+            Event::DeviceEnlisted(e) => (Aggregate::User, e.uid.clone()),
+            Event::DeviceRemoved(e) => (Aggregate::User, e.uid.clone()),
+            Event::NotificationsRead(e) => (Aggregate::User, e.uid.clone()),
+            Event::ThreadCreated(e) => (Aggregate::Thread, e.tid.to_string()),
+            Event::Subscribed(e) => (Aggregate::Thread, e.tid.to_string()),
+            Event::Unsubscribed(e) => (Aggregate::Thread, e.tid.to_string()),
+            Event::MessagePublished(e) => (Aggregate::Thread, e.tid.to_string()),
+            Event::MessageSent(e) => match &e.audience {
+                Audience::User { uid } => (Aggregate::User, uid.clone()),
+                Audience::Users { .. } | Audience::All => {
+                    (Aggregate::Message, event_id.to_string())
+                }
+            },
+        }
+    }
+}
+
+/// A delivery address a user enlisted. `device_id` is derived from the address, so re-enlisting
+/// the same token yields the same device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceEnlisted {
+    pub uid: String,
+    pub device_id: String,
+    pub address: DeviceAddress,
+}
+
+/// Where and how to reach one device. The tag is the delivery channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum DeviceAddress {
+    /// An iOS device token for APNs (hex).
+    Apns { token: String },
+    /// An Android registration token for FCM.
+    Fcm { token: String },
+    /// A browser's Push API subscription (RFC 8030 endpoint, RFC 8291 keys).
+    Webpush {
+        endpoint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expiration_time: Option<i64>,
+        p256dh: String,
+        auth: String,
+    },
+    /// A phone number in E.164 form.
+    Sms { phone: String },
+    /// An e-mail address.
+    Email { email: String },
+}
+
+impl DeviceAddress {
+    /// The channel name, identical to the serialized `channel` tag.
+    pub fn channel(&self) -> &'static str {
+        match self {
+            DeviceAddress::Apns { .. } => "apns",
+            DeviceAddress::Fcm { .. } => "fcm",
+            DeviceAddress::Webpush { .. } => "webpush",
+            DeviceAddress::Sms { .. } => "sms",
+            DeviceAddress::Email { .. } => "email",
+        }
+    }
+
+    /// The part of the address that identifies the device.
+    pub fn key(&self) -> &str {
+        match self {
+            DeviceAddress::Apns { token } | DeviceAddress::Fcm { token } => token,
+            DeviceAddress::Webpush { endpoint, .. } => endpoint,
+            DeviceAddress::Sms { phone } => phone,
+            DeviceAddress::Email { email } => email,
+        }
+    }
+
+    /// Push tokens identify one physical device, so one can belong to only one user at a time:
+    /// enlisting it for another user moves it. Phone numbers and e-mail addresses may be shared.
+    pub fn is_exclusive(&self) -> bool {
+        matches!(
+            self,
+            DeviceAddress::Apns { .. } | DeviceAddress::Fcm { .. } | DeviceAddress::Webpush { .. }
+        )
+    }
+
+    /// Stable device id: `<channel>-<first 16 hex chars of sha256(address key)>`.
+    pub fn device_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.key().as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{hex}", self.channel())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRemoved {
+    pub uid: String,
+    pub device_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ThreadCreated {
+    pub tid: Uuid,
+    pub name: String,
+    /// The creator; owns the thread.
+    pub owner: String,
+    /// Anyone may subscribe (otherwise only the owner or an admin may).
+    pub open_subscribe: bool,
+    /// Any subscriber may publish (otherwise only the owner or an admin may).
+    pub open_publish: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Subscribed {
+    pub tid: Uuid,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Unsubscribed {
+    pub tid: Uuid,
+    pub uid: String,
+}
+
+/// A message to every subscriber of a thread at the time the event is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessagePublished {
+    pub tid: Uuid,
+    pub sender: String,
+    pub msg: String,
+    #[serde(default)]
+    pub opts: MessageOpts,
+}
+
+/// A message from an admin to one user, a list of users, or everyone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageSent {
+    pub audience: Audience,
+    pub sender: String,
+    pub msg: String,
+    #[serde(default)]
+    pub opts: MessageOpts,
+}
+
+/// Who a sent message is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Audience {
+    /// `POST /send`.
+    User { uid: String },
+    /// `POST /multicast` (deduplicated, order kept).
+    Users { uids: Vec<String> },
+    /// `POST /broadcast`: every user known to the exchange when the event is applied.
+    All,
+}
+
+/// Per-message options. Known keys are typed; unknown keys are kept verbatim in `extra` so a
+/// client's data survives the round trip even before the exchange understands it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageOpts {
+    /// Delivery urgency, 1 very-low .. 4 high (default 3, normal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<Urgency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Application data handed to the client unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Urgency levels from the msgxc design (and RFC 8030's Urgency header). Accepted as a number
+/// (1-4) or a name (`very-low`, `low`, `normal`, `high`); always written as the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(into = "u8")]
+#[schemars(with = "u8", extend("minimum" = 1, "maximum" = 4))]
+pub enum Urgency {
+    VeryLow = 1,
+    Low = 2,
+    Normal = 3,
+    High = 4,
+}
+
+impl Urgency {
+    pub fn name(self) -> &'static str {
+        match self {
+            Urgency::VeryLow => "very-low",
+            Urgency::Low => "low",
+            Urgency::Normal => "normal",
+            Urgency::High => "high",
+        }
+    }
+
+    fn from_number(n: u64) -> Option<Self> {
+        match n {
+            1 => Some(Urgency::VeryLow),
+            2 => Some(Urgency::Low),
+            3 => Some(Urgency::Normal),
+            4 => Some(Urgency::High),
+            _ => None,
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "very-low" | "very_low" | "verylow" => Some(Urgency::VeryLow),
+            "low" => Some(Urgency::Low),
+            "normal" => Some(Urgency::Normal),
+            "high" => Some(Urgency::High),
+            other => other.parse::<u64>().ok().and_then(Self::from_number),
+        }
+    }
+}
+
+impl From<Urgency> for u8 {
+    fn from(u: Urgency) -> u8 {
+        u as u8
+    }
+}
+
+impl<'de> Deserialize<'de> for Urgency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let parsed = match &v {
+            serde_json::Value::Number(n) => n.as_u64().and_then(Urgency::from_number),
+            serde_json::Value::String(s) => Urgency::from_name(s),
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid urgency {v}: expected 1-4 or very-low, low, normal, high"
+            ))
+        })
+    }
+}
+
+/// The user read some of their notifications (ids are message ids: one notification per
+/// message per user).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationsRead {
+    pub uid: String,
+    pub ids: Vec<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope::new(
+            Actor {
+                uid: "alice".into(),
+                roles: vec![],
+            },
+            Event::MessagePublished(MessagePublished {
+                tid: Uuid::now_v7(),
+                sender: "alice".into(),
+                msg: "hi".into(),
+                opts: MessageOpts {
+                    urgency: Some(Urgency::High),
+                    ..Default::default()
+                },
+            }),
+        )
+    }
+
+    #[test]
+    fn envelope_round_trips_with_flat_type_field() {
+        let env = sample();
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["type"], "message_published");
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["data"]["opts"]["urgency"], 4);
+        let back: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn kind_matches_serialized_type_for_every_kind() {
+        let e = sample();
+        assert_eq!(
+            serde_json::to_value(&e).unwrap()["type"],
+            e.event.kind(),
+            "kind() must equal the serde tag"
+        );
+        assert!(Event::KINDS.contains(&e.event.kind()));
+    }
+
+    #[test]
+    fn urgency_accepts_numbers_and_names() {
+        for (input, want) in [
+            ("1", Urgency::VeryLow),
+            ("\"very-low\"", Urgency::VeryLow),
+            ("\"low\"", Urgency::Low),
+            ("3", Urgency::Normal),
+            ("\"high\"", Urgency::High),
+        ] {
+            let u: Urgency = serde_json::from_str(input).unwrap();
+            assert_eq!(u, want, "{input}");
+        }
+        assert!(serde_json::from_str::<Urgency>("0").is_err());
+        assert!(serde_json::from_str::<Urgency>("\"urgent\"").is_err());
+        assert!(serde_json::from_str::<Urgency>("true").is_err());
+    }
+
+    #[test]
+    fn unknown_opts_survive_the_round_trip() {
+        let opts: MessageOpts =
+            serde_json::from_str(r#"{"title":"t","data":{"k":1},"badge":3}"#).unwrap();
+        assert_eq!(opts.title.as_deref(), Some("t"));
+        assert_eq!(opts.extra["badge"], 3);
+        let back = serde_json::to_value(&opts).unwrap();
+        assert_eq!(back["badge"], 3);
+        assert_eq!(back["data"]["k"], 1);
+    }
+
+    #[test]
+    fn device_ids_are_stable_and_channel_scoped() {
+        let a = DeviceAddress::Apns { token: "ab".into() };
+        let f = DeviceAddress::Fcm { token: "ab".into() };
+        assert_eq!(a.device_id(), a.clone().device_id());
+        assert!(a.device_id().starts_with("apns-"));
+        assert_ne!(a.device_id(), f.device_id());
+    }
+}

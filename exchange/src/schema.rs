@@ -1,0 +1,42 @@
+//! JSON Schema of the events, generated from the Rust types. The checked-in copies under
+//! `schema/events/` are what analysts read; a test fails when they drift from the types.
+
+use schemars::{JsonSchema, schema_for};
+use serde_json::Value;
+
+use crate::events::{
+    DeviceEnlisted, DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead,
+    Subscribed, ThreadCreated, Unsubscribed,
+};
+
+fn schema_of<T: JsonSchema>() -> Value {
+    serde_json::to_value(schema_for!(T)).unwrap_or(Value::Null)
+}
+
+/// `(file name, schema)` for the envelope (all kinds) and for each kind's `data` payload.
+pub fn event_schemas() -> Vec<(String, Value)> {
+    vec![
+        ("envelope.json".into(), schema_of::<Envelope>()),
+        ("device_enlisted.json".into(), schema_of::<DeviceEnlisted>()),
+        ("device_removed.json".into(), schema_of::<DeviceRemoved>()),
+        ("thread_created.json".into(), schema_of::<ThreadCreated>()),
+        ("subscribed.json".into(), schema_of::<Subscribed>()),
+        ("unsubscribed.json".into(), schema_of::<Unsubscribed>()),
+        (
+            "message_published.json".into(),
+            schema_of::<MessagePublished>(),
+        ),
+        ("message_sent.json".into(), schema_of::<MessageSent>()),
+        (
+            "notifications_read.json".into(),
+            schema_of::<NotificationsRead>(),
+        ),
+    ]
+}
+
+/// Pretty JSON with a trailing newline, the exact form checked in.
+pub fn render(schema: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(schema).unwrap_or_default();
+    s.push('\n');
+    s
+}

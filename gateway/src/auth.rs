@@ -1,0 +1,390 @@
+//! JWT authentication. The algorithm is pinned by configuration (HS256 with a shared secret, or
+//! RS256/ES256 with a public key), `exp` is required, `iss`/`aud` are checked when configured.
+//! uid = `sub`; admin = the `roles` claim contains `"admin"`.
+
+use std::collections::HashSet;
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::request::Parts;
+use exchange::Actor;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Where tokens are verified against.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(Vec<u8>),
+    /// PEM public key; the algorithm is RS256 or ES256.
+    PublicPem { pem: Vec<u8>, algorithm: Algorithm },
+}
+
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("invalid JWT key: {0}")]
+    Invalid(String),
+    #[error("unsupported JWT algorithm {0}; use HS256, RS256 or ES256")]
+    Algorithm(String),
+}
+
+/// Parses an algorithm name accepted by the configuration.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
+    match name.to_ascii_uppercase().as_str() {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => Err(KeyError::Algorithm(other.to_owned())),
+    }
+}
+
+/// Picks RS256 or ES256 for a PEM public key by trying to load it as each.
+pub fn detect_pem_algorithm(pem: &[u8]) -> Result<Algorithm, KeyError> {
+    if DecodingKey::from_rsa_pem(pem).is_ok() {
+        Ok(Algorithm::RS256)
+    } else if DecodingKey::from_ec_pem(pem).is_ok() {
+        Ok(Algorithm::ES256)
+    } else {
+        Err(KeyError::Invalid(
+            "the PEM file holds neither an RSA nor an EC (P-256) public key".into(),
+        ))
+    }
+}
+
+impl JwtVerifier {
+    pub fn new(
+        key: &JwtKey,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let (key, algorithm) = match key {
+            JwtKey::Secret(s) => {
+                if s.len() < 16 {
+                    return Err(KeyError::Invalid(
+                        "the HS256 secret must be at least 16 bytes".into(),
+                    ));
+                }
+                (DecodingKey::from_secret(s), Algorithm::HS256)
+            }
+            JwtKey::PublicPem { pem, algorithm } => {
+                let k = match algorithm {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+                    other => return Err(KeyError::Algorithm(format!("{other:?}"))),
+                }
+                .map_err(|e| KeyError::Invalid(e.to_string()))?;
+                (k, *algorithm)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        match issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// Verifies a token and returns its principal.
+    pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| ApiError::unauthorized(describe(&e)))?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > 256 || c.sub.chars().any(char::is_control) {
+            return Err(ApiError::unauthorized(
+                "token subject must be 1-256 printable characters",
+            ));
+        }
+        Ok(Actor {
+            uid: c.sub,
+            roles: c.roles.into_vec(),
+        })
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "token expired".into(),
+        K::InvalidSignature => "token signature is invalid".into(),
+        K::InvalidAlgorithm => "token algorithm is not the one this server accepts".into(),
+        K::InvalidIssuer => "token issuer is not accepted".into(),
+        K::InvalidAudience => "token audience is not accepted".into(),
+        K::MissingRequiredClaim(c) => format!("token lacks the required claim {c}"),
+        K::ImmatureSignature => "token is not valid yet".into(),
+        _ => format!("token is invalid: {e}"),
+    }
+}
+
+/// The claims msgxc reads. `roles` may be an array or a space-separated string.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Roles::is_empty")]
+    pub roles: Roles,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Roles {
+    #[default]
+    None,
+    List(Vec<String>),
+    Spaced(String),
+}
+
+impl Roles {
+    fn is_empty(&self) -> bool {
+        matches!(self, Roles::None)
+    }
+
+    fn into_vec(self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let list = match self {
+            Roles::None => Vec::new(),
+            Roles::List(l) => l,
+            Roles::Spaced(s) => s.split_whitespace().map(str::to_owned).collect(),
+        };
+        list.into_iter()
+            .filter(|r| seen.insert(r.clone()))
+            .collect()
+    }
+}
+
+/// Signs a token (for `msgxc token` and tests).
+pub fn sign(
+    key: &EncodingKey,
+    algorithm: Algorithm,
+    sub: &str,
+    roles: &[String],
+    ttl_secs: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: now + ttl_secs,
+        roles: if roles.is_empty() {
+            Roles::None
+        } else {
+            Roles::List(roles.to_vec())
+        },
+        iss: issuer.map(str::to_owned),
+        aud: audience.map(str::to_owned),
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, key)
+}
+
+/// The authenticated caller of a request (from `Authorization: Bearer`).
+pub struct Caller(pub Actor);
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this call needs the admin role"))
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Token from `?token=` or the `xsajwt` cookie (browsers cannot set headers on WebSockets).
+pub fn token_from_query_or_cookie(parts: &Parts) -> Option<String> {
+    if let Some(q) = parts.uri.query() {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("token=") {
+                return Some(percent_decode(v));
+            }
+        }
+    }
+    for cookies in parts.headers.get_all(axum::http::header::COOKIE) {
+        let Ok(cookies) = cookies.to_str() else {
+            continue;
+        };
+        for c in cookies.split(';') {
+            if let Some(v) = c.trim().strip_prefix("xsajwt=") {
+                return Some(v.to_owned());
+            }
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer <token> header")
+        })?;
+        state.verifier.verify(token).map(Caller)
+    }
+}
+
+/// The caller of a WebSocket/SSE request: header, `?token=` or cookie `xsajwt`.
+pub struct StreamCaller(pub Actor);
+
+impl FromRequestParts<AppState> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)
+            .map(str::to_owned)
+            .or_else(|| token_from_query_or_cookie(parts))
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing token: send Authorization: Bearer, ?token= or the xsajwt cookie",
+                )
+            })?;
+        state.verifier.verify(&token).map(StreamCaller)
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        match bearer(parts) {
+            None => Ok(None),
+            Some(t) => state.verifier.verify(t).map(|a| Some(Caller(a))),
+        }
+    }
+}
+
+/// Builds an encoding key for `msgxc token` from the same configuration.
+pub fn encoding_key(
+    key: &JwtKey,
+    private_pem: Option<&[u8]>,
+) -> Result<(EncodingKey, Algorithm), KeyError> {
+    match key {
+        JwtKey::Secret(s) => Ok((EncodingKey::from_secret(s), Algorithm::HS256)),
+        JwtKey::PublicPem { algorithm, .. } => {
+            let pem = private_pem.ok_or_else(|| {
+                KeyError::Invalid(
+                    "signing RS256/ES256 tokens needs the private key (MSGXC_JWT_PRIVATE_KEY)"
+                        .into(),
+                )
+            })?;
+            let k = match algorithm {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+                _ => EncodingKey::from_ec_pem(pem),
+            }
+            .map_err(|e| KeyError::Invalid(e.to_string()))?;
+            Ok((k, *algorithm))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(&JwtKey::Secret(SECRET.to_vec()), None, None).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_reads_roles() {
+        let key = EncodingKey::from_secret(SECRET);
+        let t = sign(
+            &key,
+            Algorithm::HS256,
+            "alice",
+            &["admin".into()],
+            60,
+            None,
+            None,
+        )
+        .unwrap();
+        let actor = verifier().verify(&t).unwrap();
+        assert_eq!(actor.uid, "alice");
+        assert!(actor.is_admin());
+    }
+
+    #[test]
+    fn rejects_alg_none_and_other_algorithms() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(
+                r#"{{"sub":"mallory","exp":{exp},"roles":["admin"]}}"#
+            ))
+        );
+        assert_eq!(verifier().verify(&none).unwrap_err().code, "unauthorized");
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &serde_json::json!({"sub":"mallory","exp":exp}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(verifier().verify(&hs512).unwrap_err().code, "unauthorized");
+    }
+
+    #[test]
+    fn spaced_roles_and_percent_decoding() {
+        assert_eq!(
+            Roles::Spaced("admin  user admin".into()).into_vec(),
+            vec!["admin".to_string(), "user".to_string()]
+        );
+        assert_eq!(percent_decode("a%2Eb%zz"), "a.b%zz");
+    }
+}

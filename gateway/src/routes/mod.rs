@@ -1,0 +1,73 @@
+//! The HTTP API under `/api/v1`.
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, patch, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+mod devices;
+mod messages;
+mod notifications;
+mod threads;
+mod validate;
+mod ws;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/ping", get(ping))
+        .route("/enlist", post(devices::enlist))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", delete(devices::remove))
+        .route("/threads", post(threads::create))
+        .route("/threads/{tid}", get(threads::get))
+        .route("/threads/{tid}/messages", get(threads::messages))
+        .route("/subscribe", post(threads::subscribe))
+        .route("/unsubscribe", post(threads::unsubscribe))
+        .route("/publish", post(messages::publish))
+        .route("/broadcast", post(messages::broadcast))
+        .route("/multicast", post(messages::multicast))
+        .route("/send", post(messages::send))
+        .route("/notifications", get(notifications::list))
+        .route("/notifications", patch(notifications::mark_read))
+        .route("/connect", get(ws::connect))
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn ping() -> axum::Json<serde_json::Value> {
+    axum::Json(
+        serde_json::json!({ "ok": true, "service": "msgxc", "version": env!("CARGO_PKG_VERSION") }),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// The `Idempotency-Key` header, if any (1-200 visible ASCII characters).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::field("Idempotency-Key", "must be 1-200 visible ASCII characters")
+        })?;
+    Ok(Some(key.to_owned()))
+}

@@ -1,0 +1,150 @@
+//! Threads: create, read, subscribe, unsubscribe, history.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use exchange::Actor;
+use exchange::events::{Event, Subscribed, ThreadCreated, Unsubscribed};
+use projections::model::Thread;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, Paging, parse_id};
+use crate::routes::{idempotency_key, validate};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct CreateThread {
+    name: String,
+    #[serde(default)]
+    open_subscribe: bool,
+    #[serde(default)]
+    open_publish: bool,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateThread>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    validate::text("name", &body.name, 200)?;
+    let key = idempotency_key(&headers)?;
+    let event = Event::ThreadCreated(ThreadCreated {
+        tid: Uuid::now_v7(),
+        name: body.name,
+        owner: actor.uid.clone(),
+        open_subscribe: body.open_subscribe,
+        open_publish: body.open_publish,
+    });
+    let recorded = state
+        .append_consistent(&actor, event, key.as_deref())
+        .await?;
+    let Event::ThreadCreated(t) = recorded.envelope.event else {
+        return Err(ApiError::internal("unexpected stored event"));
+    };
+    Ok((StatusCode::CREATED, Json(json!({ "tid": t.tid }))))
+}
+
+/// Loads a thread or answers 404.
+pub(crate) async fn load(state: &AppState, raw_tid: &str) -> ApiResult<Thread> {
+    let tid = parse_id("tid", raw_tid)?;
+    state
+        .store
+        .thread(tid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such thread"))
+}
+
+fn is_owner_or_admin(actor: &Actor, thread: &Thread) -> bool {
+    actor.is_admin() || thread.owner == actor.uid
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let thread = load(&state, &tid).await?;
+    let subscribed = state.store.is_subscribed(thread.tid, &actor.uid).await?;
+    let mut body = json!(thread);
+    body["subscribed"] = subscribed.into();
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+pub struct ThreadRef {
+    tid: String,
+}
+
+pub async fn subscribe(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<ThreadRef>,
+) -> ApiResult<Json<Value>> {
+    let thread = load(&state, &body.tid).await?;
+    if !(thread.open_subscribe || is_owner_or_admin(&actor, &thread)) {
+        return Err(ApiError::forbidden(
+            "this thread is closed: only its owner or an admin may subscribe",
+        ));
+    }
+    if !state.store.is_subscribed(thread.tid, &actor.uid).await? {
+        let event = Event::Subscribed(Subscribed {
+            tid: thread.tid,
+            uid: actor.uid.clone(),
+        });
+        state.append_consistent(&actor, event, None).await?;
+    }
+    Ok(Json(json!({ "tid": thread.tid, "subscribed": true })))
+}
+
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<ThreadRef>,
+) -> ApiResult<Json<Value>> {
+    let thread = load(&state, &body.tid).await?;
+    if state.store.is_subscribed(thread.tid, &actor.uid).await? {
+        let event = Event::Unsubscribed(Unsubscribed {
+            tid: thread.tid,
+            uid: actor.uid.clone(),
+        });
+        state.append_consistent(&actor, event, None).await?;
+    }
+    Ok(Json(json!({ "tid": thread.tid, "subscribed": false })))
+}
+
+/// `GET /threads/{tid}/messages`: history for subscribers, the owner and admins.
+pub async fn messages(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(tid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let paging = Paging::from_query(&query)?;
+    let thread = load(&state, &tid).await?;
+    if !(is_owner_or_admin(&actor, &thread)
+        || state.store.is_subscribed(thread.tid, &actor.uid).await?)
+    {
+        return Err(ApiError::forbidden(
+            "only subscribers, the owner or an admin may read this thread",
+        ));
+    }
+    let page = state
+        .store
+        .thread_messages(thread.tid, paging.limit, paging.offset)
+        .await?;
+    let path = format!("/api/v1/threads/{}/messages", thread.tid);
+    let (next, previous) = paging.links(&path, page.total);
+    Ok(Json(json!({
+        "count": page.total,
+        "next": next,
+        "previous": previous,
+        "results": page.items,
+    })))
+}

@@ -1,0 +1,110 @@
+//! `GET /connect`: a WebSocket that receives the caller's live frames.
+//!
+//! Server -> client: `{"action":"hello","uid","unread"}` once, then
+//! `{"action":"new"|"read","notification":{...}}` per change. Client -> server:
+//! `{"action":"ping"}` is answered with `{"action":"pong"}`; protocol pings keep idle
+//! connections alive and detect dead ones.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use exchange::Actor;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::auth::StreamCaller;
+use crate::state::AppState;
+
+/// Close code for a client that could not keep up (RFC 6455 1013, "try again later").
+const CLOSE_SLOW: u16 = 1013;
+
+pub async fn connect(
+    State(state): State<AppState>,
+    StreamCaller(actor): StreamCaller,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Small buffers: most connections are idle, and memory per connection is what limits scale.
+    upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| serve(state, actor, socket))
+}
+
+async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
+    let mut registration = state.hub.register(&actor.uid, state.config.socket_buffer);
+    let unread = state
+        .store
+        .inbox_counts(&actor.uid)
+        .await
+        .map(|c| c.unread)
+        .unwrap_or(0);
+    let hello = json!({ "action": "hello", "uid": actor.uid, "unread": unread }).to_string();
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let ping_every = state.config.ping_interval.max(Duration::from_millis(100));
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            frame = registration.frames.recv() => match frame {
+                Some(bytes) => {
+                    let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    // The hub dropped us: we fell too far behind.
+                    let _ = socket.send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_SLOW,
+                        reason: "too slow; reconnect and resync from the inbox".into(),
+                    }))).await;
+                    break;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(msg)) => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Message::Text(t) => {
+                            if let Some(reply) = answer(t.as_str()) {
+                                if socket.send(Message::Text(reply.into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                _ => break,
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 3 {
+                    tracing::debug!(uid = %actor.uid, "closing a silent WebSocket");
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Replies to a client text frame, if it calls for one.
+fn answer(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    match v.get("action").and_then(|a| a.as_str()) {
+        Some("ping") => Some(json!({ "action": "pong" }).to_string()),
+        Some(other) => Some(
+            json!({ "action": "error", "error": { "code": "unknown_action", "message": format!("unknown action {other}") } })
+                .to_string(),
+        ),
+        None => None,
+    }
+}

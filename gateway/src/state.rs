@@ -1,0 +1,142 @@
+//! Shared gateway state and the one way requests change anything: appending an event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange::{Actor, Appended, Envelope, Event, EventLog};
+use projections::Store;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::auth::JwtVerifier;
+use crate::error::{ApiError, ApiResult};
+use crate::hub::Hub;
+
+/// Gateway settings (each has a CLI flag and an `MSGXC_` variable in the binary).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest accepted request body in bytes (413 above).
+    pub body_limit: usize,
+    /// Most recipients of one multicast (400 above).
+    pub max_recipients: usize,
+    /// Longest message text in characters.
+    pub max_message_chars: usize,
+    /// How long a structural write (thread, subscription, device, read mark) waits for its
+    /// projection before answering, so the caller can read its own write.
+    pub read_your_writes: Duration,
+    /// Per-connection buffer of outgoing live frames; a client that falls this far behind is
+    /// disconnected instead of slowing anyone else.
+    pub socket_buffer: usize,
+    /// Interval of WebSocket pings; a client silent for three intervals is dropped.
+    pub ping_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            max_recipients: 1000,
+            max_message_chars: 16 * 1024,
+            read_your_writes: Duration::from_secs(5),
+            socket_buffer: 256,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub log: EventLog,
+    pub store: Arc<dyn Store>,
+    pub verifier: Arc<JwtVerifier>,
+    pub hub: Hub,
+    pub config: Arc<GatewayConfig>,
+    /// The in-process projector's checkpoint, when it runs in this process.
+    pub applied: Option<watch::Receiver<u64>>,
+}
+
+/// The outcome of an append: the stored event (the original one when the idempotency key was
+/// seen before) and where it is.
+pub struct Recorded {
+    pub envelope: Envelope,
+    pub appended: Appended,
+}
+
+impl AppState {
+    /// Appends an event caused by `actor`. With an idempotency key the JetStream message id is
+    /// derived from (caller, key), so a retried request stores nothing new and gets the
+    /// original event back.
+    pub async fn append(
+        &self,
+        actor: &Actor,
+        event: Event,
+        idempotency_key: Option<&str>,
+    ) -> ApiResult<Recorded> {
+        let envelope = Envelope::new(actor.clone(), event);
+        let msg_id = idempotency_key.map(|k| message_id(&actor.uid, k));
+        let appended = self.log.append(&envelope, msg_id.as_deref()).await?;
+        if !appended.duplicate {
+            return Ok(Recorded { envelope, appended });
+        }
+        let original = self.log.get(appended.seq).await?.envelope;
+        if original.actor.uid != actor.uid || original.event.kind() != envelope.event.kind() {
+            return Err(ApiError::conflict(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request",
+            ));
+        }
+        Ok(Recorded {
+            envelope: original,
+            appended,
+        })
+    }
+
+    /// Waits (bounded) until the projection has applied `seq`. A timeout is not an error: the
+    /// event is durable and will be projected.
+    pub async fn wait_projected(&self, seq: u64) {
+        let limit = self.config.read_your_writes;
+        let wait = async {
+            if let Some(rx) = &self.applied {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(|applied| *applied >= seq).await;
+            } else {
+                // Projector in another process: poll the store's checkpoint.
+                loop {
+                    match self.store.checkpoint().await {
+                        Ok(c) if c >= seq => break,
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!(
+                seq,
+                ?limit,
+                "projection lagging; answering before it caught up"
+            );
+        }
+    }
+
+    /// Appends and waits for the projection (structural writes).
+    pub async fn append_consistent(
+        &self,
+        actor: &Actor,
+        event: Event,
+        idempotency_key: Option<&str>,
+    ) -> ApiResult<Recorded> {
+        let recorded = self.append(actor, event, idempotency_key).await?;
+        self.wait_projected(recorded.appended.seq).await;
+        Ok(recorded)
+    }
+}
+
+/// `sha256(uid \n key)` in hex: keys of different callers never collide.
+fn message_id(uid: &str, key: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(uid.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(key.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,201 @@
+//! The projection itself: a deterministic fold of events into read models, written once over
+//! the [`FoldTarget`] operations every backend provides.
+//!
+//! Everything written is derived from the event alone (timestamps come from `occurred_at`, ids
+//! from the event), so folding the same stream into an empty store always gives the same data.
+
+use std::collections::HashSet;
+
+use exchange::events::{Audience, DeviceEnlisted, Envelope, Event, MessageOpts};
+use exchange::live::LiveNotice;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{Device, Notification, Thread, ThreadMessage};
+use crate::store::StoreResult;
+
+/// Write operations (and the few reads the fold needs) of one store transaction.
+pub trait FoldTarget {
+    /// Records that `uid` exists (broadcast audience). Idempotent.
+    fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()>;
+    /// Every known user (broadcast fan-out).
+    fn all_users(&mut self) -> StoreResult<Vec<String>>;
+
+    /// The user an exclusive device currently belongs to.
+    fn device_owner(&mut self, device_id: &str) -> StoreResult<Option<String>>;
+    /// Inserts or replaces a device (and its owner entry).
+    fn put_device(&mut self, device: &Device) -> StoreResult<()>;
+    /// Removes a device of a user; false when it was not there.
+    fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool>;
+
+    /// Inserts a thread; false when the tid exists already.
+    fn insert_thread(&mut self, thread: &Thread) -> StoreResult<bool>;
+    /// Adds a subscriber; false when already subscribed. Maintains the subscriber count.
+    fn add_subscriber(&mut self, tid: Uuid, uid: &str, at: OffsetDateTime) -> StoreResult<bool>;
+    /// Removes a subscriber; false when not subscribed. Maintains the subscriber count.
+    fn remove_subscriber(&mut self, tid: Uuid, uid: &str) -> StoreResult<bool>;
+    fn subscribers(&mut self, tid: Uuid) -> StoreResult<Vec<String>>;
+    /// Appends to a thread's history; false when the mid is there already.
+    fn insert_thread_message(&mut self, message: &ThreadMessage) -> StoreResult<bool>;
+
+    /// Inserts an inbox entry; false when the user has it already. Maintains the counters.
+    fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool>;
+    /// Marks an entry read; returns it when it changed from unread to read. Maintains counters.
+    fn mark_read(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>>;
+}
+
+/// Applies one event. Live notices are appended to `notices` when `live` is true.
+pub fn apply_event<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    env: &Envelope,
+    live: bool,
+    notices: &mut Vec<LiveNotice>,
+) -> StoreResult<()> {
+    let at = env.occurred_at;
+    t.touch_user(&env.actor.uid, at)?;
+    match &env.event {
+        Event::DeviceEnlisted(e) => enlist(t, e, at),
+        Event::DeviceRemoved(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
+        Event::ThreadCreated(e) => {
+            t.touch_user(&e.owner, at)?;
+            t.insert_thread(&Thread {
+                tid: e.tid,
+                name: e.name.clone(),
+                owner: e.owner.clone(),
+                open_subscribe: e.open_subscribe,
+                open_publish: e.open_publish,
+                created_at: at,
+                subscribers: 0,
+                messages: 0,
+            })
+            .map(drop)
+        }
+        Event::Subscribed(e) => {
+            t.touch_user(&e.uid, at)?;
+            t.add_subscriber(e.tid, &e.uid, at).map(drop)
+        }
+        Event::Unsubscribed(e) => t.remove_subscriber(e.tid, &e.uid).map(drop),
+        Event::MessagePublished(e) => {
+            let message = ThreadMessage {
+                mid: env.id,
+                tid: e.tid,
+                sender: e.sender.clone(),
+                msg: e.msg.clone(),
+                opts: e.opts.clone(),
+                created_at: at,
+            };
+            if !t.insert_thread_message(&message)? {
+                return Ok(());
+            }
+            // The sender does not get their own thread message in their inbox.
+            let recipients: Vec<String> = t
+                .subscribers(e.tid)?
+                .into_iter()
+                .filter(|uid| uid != &e.sender)
+                .collect();
+            deliver(
+                t,
+                env.id,
+                Some(e.tid),
+                &e.sender,
+                &e.msg,
+                &e.opts,
+                at,
+                recipients,
+                live,
+                notices,
+            )
+        }
+        Event::MessageSent(e) => {
+            let recipients = match &e.audience {
+                Audience::User { uid } => vec![uid.clone()],
+                Audience::Users { uids } => uids.clone(),
+                Audience::All => t.all_users()?,
+            };
+            deliver(
+                t, env.id, None, &e.sender, &e.msg, &e.opts, at, recipients, live, notices,
+            )
+        }
+        Event::NotificationsRead(e) => {
+            for id in &e.ids {
+                if let Some(n) = t.mark_read(&e.uid, *id, at)?
+                    && live
+                {
+                    notices.push(frame(&e.uid, "read", &n));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn enlist<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    e: &DeviceEnlisted,
+    at: OffsetDateTime,
+) -> StoreResult<()> {
+    if e.address.is_exclusive()
+        && let Some(previous) = t.device_owner(&e.device_id)?
+        && previous != e.uid
+    {
+        // A push token identifies a physical device: it now belongs to the new user only.
+        t.delete_device(&previous, &e.device_id)?;
+    }
+    t.put_device(&Device {
+        id: e.device_id.clone(),
+        uid: e.uid.clone(),
+        address: e.address.clone(),
+        enlisted_at: at,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deliver<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    mid: Uuid,
+    tid: Option<Uuid>,
+    sender: &str,
+    msg: &str,
+    opts: &MessageOpts,
+    at: OffsetDateTime,
+    recipients: Vec<String>,
+    live: bool,
+    notices: &mut Vec<LiveNotice>,
+) -> StoreResult<()> {
+    let mut seen = HashSet::with_capacity(recipients.len());
+    for uid in recipients {
+        if !seen.insert(uid.clone()) {
+            continue;
+        }
+        t.touch_user(&uid, at)?;
+        let n = Notification {
+            id: mid,
+            uid,
+            tid,
+            sender: sender.to_owned(),
+            msg: msg.to_owned(),
+            opts: opts.clone(),
+            created_at: at,
+            read_at: None,
+        };
+        if t.insert_notification(&n)? && live {
+            notices.push(frame(&n.uid, "new", &n));
+        }
+    }
+    Ok(())
+}
+
+/// The frame a connected client receives: `{"action": "...", "notification": {...}}`.
+pub fn frame(uid: &str, action: &str, n: &Notification) -> LiveNotice {
+    let body = json!({ "action": action, "notification": n });
+    LiveNotice {
+        uid: uid.to_owned(),
+        frame: serde_json::to_vec(&body).unwrap_or_default().into(),
+    }
+}

@@ -1,0 +1,12 @@
+//! msgxc read side: the `Store` trait, its SQLite backend and the projector workers that fold
+//! the JetStream event log into read models (threads, subscriptions, devices, inboxes).
+
+pub mod fold;
+pub mod model;
+pub mod projector;
+pub mod sqlite;
+pub mod store;
+
+pub use projector::{Projector, ProjectorSettings, rebuild};
+pub use sqlite::SqliteStore;
+pub use store::{Applied, ApplyOptions, SequencedEvent, Store, StoreError, StoreResult};

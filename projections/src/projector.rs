@@ -1,0 +1,219 @@
+//! Projector workers: fold the event stream into a [`Store`].
+//!
+//! [`Projector`] follows the live stream with a durable pull consumer named after the store and
+//! publishes live notices after each commit. [`rebuild`] folds history into a store with an
+//! ordered consumer and sends nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use exchange::log::{EventLog, LogError, Start, decode};
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::store::{ApplyOptions, SequencedEvent, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("consumer: {0}")]
+    Consumer(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectorSettings {
+    /// Largest number of events committed in one store transaction.
+    pub batch: usize,
+    /// Events older than this when applied produce no live notices (catch-up after downtime
+    /// does not replay old frames to connected clients).
+    pub live_horizon: Duration,
+    /// Whether to publish live notices at all.
+    pub live: bool,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        Self {
+            batch: 512,
+            live_horizon: Duration::from_secs(300),
+            live: true,
+        }
+    }
+}
+
+/// Follows the event stream and keeps a store current.
+pub struct Projector {
+    log: EventLog,
+    nats: async_nats::Client,
+    store: Arc<dyn Store>,
+    settings: ProjectorSettings,
+    applied: watch::Sender<u64>,
+}
+
+impl Projector {
+    pub fn new(
+        log: EventLog,
+        nats: async_nats::Client,
+        store: Arc<dyn Store>,
+        settings: ProjectorSettings,
+    ) -> Self {
+        let (applied, _) = watch::channel(0);
+        Self {
+            log,
+            nats,
+            store,
+            settings,
+            applied,
+        }
+    }
+
+    /// Receives the store's checkpoint after every commit (read-your-writes waits on it).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Runs until the task is dropped, reconnecting after errors.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.follow().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "projector interrupted");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One session of following the stream: (re)creates the durable consumer at the store's
+    /// checkpoint and applies batches until an error.
+    async fn follow(&self) -> Result<(), ProjectorError> {
+        let checkpoint = self.store.checkpoint().await?;
+        self.applied.send_replace(checkpoint);
+        let name = format!("projector-{}", self.store.store_id().await?);
+        let stream = self.log.stream().await?;
+        // The store is the authority on progress: start the consumer right after its
+        // checkpoint, whatever an earlier consumer of the same name had acknowledged.
+        let _ = stream.delete_consumer(&name).await;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                deliver_policy: if checkpoint == 0 {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: checkpoint + 1,
+                    }
+                },
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 20_000,
+                inactive_threshold: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ProjectorError::Consumer(format!("creating {name}: {e}")))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+        tracing::info!(consumer = %name, checkpoint, "projector following the event stream");
+        let mut chunks = messages.ready_chunks(self.settings.batch);
+        while let Some(chunk) = chunks.next().await {
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut last = None;
+            for m in chunk {
+                let m = m.map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+                let seq = m
+                    .info()
+                    .map_err(|e| ProjectorError::Consumer(e.to_string()))?
+                    .stream_sequence;
+                match decode(seq, &m.payload) {
+                    Ok(envelope) => batch.push(SequencedEvent { seq, envelope }),
+                    // An event this build cannot read (written by a newer version, or corrupt)
+                    // is skipped deterministically; a rebuild skips it the same way.
+                    Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
+                }
+                last = Some(m);
+            }
+            let live_since = self.settings.live.then(|| {
+                OffsetDateTime::now_utc()
+                    - time::Duration::try_from(self.settings.live_horizon)
+                        .unwrap_or(time::Duration::minutes(5))
+            });
+            let applied = self.store.apply(batch, ApplyOptions { live_since }).await?;
+            if let Some(m) = last
+                && let Err(e) = m.ack().await
+            {
+                // Harmless: a redelivered event at or below the checkpoint is skipped.
+                tracing::debug!(error = %e, "ack failed");
+            }
+            self.applied.send_replace(applied.checkpoint);
+            if !applied.notices.is_empty() {
+                exchange::live::publish(&self.nats, applied.notices).await;
+            }
+        }
+        Err(ProjectorError::Consumer("message stream ended".into()))
+    }
+}
+
+/// Progress of a rebuild.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub checkpoint: u64,
+}
+
+/// Folds the stream from the store's checkpoint up to the stream's current last sequence into
+/// `store`, with no live notices and no other side effects.
+pub async fn rebuild(
+    log: &EventLog,
+    store: &dyn Store,
+    batch: usize,
+) -> Result<RebuildReport, ProjectorError> {
+    let until = log.last_seq().await?;
+    let checkpoint = store.checkpoint().await?;
+    let mut report = RebuildReport {
+        events: 0,
+        checkpoint,
+    };
+    if until <= checkpoint {
+        return Ok(report);
+    }
+    let events = log
+        .read(Start::Sequence(checkpoint + 1), None, until)
+        .await?;
+    let mut chunks = std::pin::pin!(events.ready_chunks(batch.max(1)));
+    while let Some(chunk) = chunks.next().await {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            match item {
+                Ok(s) => batch.push(SequencedEvent {
+                    seq: s.seq,
+                    envelope: s.envelope,
+                }),
+                Err(LogError::Decode { seq, reason }) => {
+                    tracing::error!(seq, reason, "skipping undecodable event");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let applied = store.apply(batch, ApplyOptions::default()).await?;
+        report.events += applied.applied as u64;
+        report.checkpoint = applied.checkpoint;
+        if applied.checkpoint >= until {
+            break;
+        }
+    }
+    Ok(report)
+}

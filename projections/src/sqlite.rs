@@ -1,0 +1,740 @@
+//! SQLite backend of [`Store`]: one embedded file, WAL mode, one writer and a few readers.
+//!
+//! Each batch's writes and the new checkpoint commit in one transaction, so a crash never
+//! applies an event twice or skips one. `synchronous = NORMAL` may lose the last commits on
+//! power loss, never consistency: the checkpoint rolls back with them and the projector
+//! re-applies those events from JetStream.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use exchange::events::{DeviceAddress, MessageOpts};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::fold::{FoldTarget, apply_event};
+use crate::model::{Device, InboxCounts, Notification, Page, Thread, ThreadMessage};
+use crate::store::{Applied, ApplyOptions, SequencedEvent, Store, StoreError, StoreResult};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- broadcast audience
+CREATE TABLE IF NOT EXISTS users (uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL) WITHOUT ROWID;
+-- GET /devices: partition uid
+CREATE TABLE IF NOT EXISTS devices (
+  uid TEXT NOT NULL, device_id TEXT NOT NULL, address TEXT NOT NULL, enlisted_at TEXT NOT NULL,
+  PRIMARY KEY (uid, device_id)) WITHOUT ROWID;
+-- who holds an exclusive push token
+CREATE TABLE IF NOT EXISTS device_owners (device_id TEXT PRIMARY KEY, uid TEXT NOT NULL) WITHOUT ROWID;
+-- GET /threads/{tid}
+CREATE TABLE IF NOT EXISTS threads (
+  tid TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, open_subscribe INTEGER NOT NULL,
+  open_publish INTEGER NOT NULL, created_at TEXT NOT NULL,
+  subscribers INTEGER NOT NULL DEFAULT 0, messages INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+-- permission checks and fan-out: partition tid
+CREATE TABLE IF NOT EXISTS thread_subscribers (
+  tid TEXT NOT NULL, uid TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (tid, uid)) WITHOUT ROWID;
+-- GET /threads/{tid}/messages: partition tid, clustered by mid (UUIDv7, time-ordered)
+CREATE TABLE IF NOT EXISTS thread_messages (
+  tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
+  created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
+-- GET /notifications: partition uid, clustered by id (UUIDv7)
+CREATE TABLE IF NOT EXISTS inbox (
+  uid TEXT NOT NULL, id TEXT NOT NULL, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL,
+  opts TEXT NOT NULL, created_at TEXT NOT NULL, read_at TEXT, PRIMARY KEY (uid, id)) WITHOUT ROWID;
+-- inbox counters, kept on write
+CREATE TABLE IF NOT EXISTS inbox_counts (
+  uid TEXT PRIMARY KEY, total INTEGER NOT NULL, unread INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
+/// Every table holding projected data, for dumps and comparisons (not `meta`).
+pub const DATA_TABLES: [&str; 8] = [
+    "users",
+    "devices",
+    "device_owners",
+    "threads",
+    "thread_subscribers",
+    "thread_messages",
+    "inbox",
+    "inbox_counts",
+];
+
+const READERS: usize = 4;
+
+/// SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(backend)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;",
+    )
+    .map_err(backend)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA).map_err(backend)?;
+        writer
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+                params![Uuid::now_v7().to_string()],
+            )
+            .map_err(backend)?;
+        writer
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint', '0')",
+                [],
+            )
+            .map_err(backend)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs a read on one of the reader connections, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i]
+                .lock()
+                .map_err(|_| StoreError::Backend("reader lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    /// Every data table's rows in primary-key order, as JSON text: two stores with equal dumps
+    /// hold the same read models.
+    pub async fn dump(&self) -> StoreResult<serde_json::Value> {
+        self.read(|conn| {
+            let mut out = serde_json::Map::new();
+            for table in DATA_TABLES {
+                let mut stmt = conn
+                    .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                    .map_err(backend)?;
+                let cols = stmt.column_count();
+                let rows = stmt
+                    .query_map([], |row| {
+                        (0..cols)
+                            .map(|i| {
+                                let v: rusqlite::types::Value = row.get(i)?;
+                                Ok(match v {
+                                    rusqlite::types::Value::Null => serde_json::Value::Null,
+                                    rusqlite::types::Value::Integer(n) => n.into(),
+                                    rusqlite::types::Value::Real(f) => f.into(),
+                                    rusqlite::types::Value::Text(s) => s.into(),
+                                    rusqlite::types::Value::Blob(b) => format!("{b:?}").into(),
+                                })
+                            })
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(backend)?;
+                out.insert(table.into(), rows.into());
+            }
+            Ok(serde_json::Value::Object(out))
+        })
+        .await
+    }
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn parse_ts(s: &str) -> StoreResult<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| StoreError::Corrupt(format!("time {s}: {e}")))
+}
+
+fn parse_uuid(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s}: {e}")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("json {s}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+/// Rows are read as raw strings first, then parsed, so rusqlite errors and data errors stay
+/// apart.
+fn collect<R, T>(
+    rows: rusqlite::MappedRows<'_, impl FnMut(&Row<'_>) -> rusqlite::Result<R>>,
+    parse: impl Fn(R) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    rows.map(|r| r.map_err(backend).and_then(&parse)).collect()
+}
+
+type ThreadRow = (String, String, String, bool, bool, String, i64, i64);
+
+fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
+    Ok(Thread {
+        tid: parse_uuid(&r.0)?,
+        name: r.1,
+        owner: r.2,
+        open_subscribe: r.3,
+        open_publish: r.4,
+        created_at: parse_ts(&r.5)?,
+        subscribers: r.6.max(0) as u64,
+        messages: r.7.max(0) as u64,
+    })
+}
+
+type NotificationRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+const NOTIFICATION_COLS: &str = "uid, id, tid, sender, msg, opts, created_at, read_at";
+
+fn notification_row(row: &Row<'_>) -> rusqlite::Result<NotificationRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn notification_from(r: NotificationRow) -> StoreResult<Notification> {
+    Ok(Notification {
+        uid: r.0,
+        id: parse_uuid(&r.1)?,
+        tid: r.2.as_deref().map(parse_uuid).transpose()?,
+        sender: r.3,
+        msg: r.4,
+        opts: parse_json::<MessageOpts>(&r.5)?,
+        created_at: parse_ts(&r.6)?,
+        read_at: r.7.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+fn limit_offset(limit: u32, offset: u64) -> (i64, i64) {
+    (i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX))
+}
+
+/// The fold's view of one open write transaction.
+struct SqliteTx<'a> {
+    tx: &'a Transaction<'a>,
+}
+
+impl SqliteTx<'_> {
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> StoreResult<usize> {
+        self.tx
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(p))
+            .map_err(backend)
+    }
+
+    fn bump_counts(&self, uid: &str, total: i64, unread: i64) -> StoreResult<()> {
+        self.exec(
+            "INSERT INTO inbox_counts (uid, total, unread) VALUES (?1, ?2, ?3)
+             ON CONFLICT (uid) DO UPDATE SET total = total + ?2, unread = unread + ?3",
+            params![uid, total, unread],
+        )
+        .map(drop)
+    }
+}
+
+impl FoldTarget for SqliteTx<'_> {
+    fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR IGNORE INTO users (uid, first_seen) VALUES (?1, ?2)",
+            params![uid, ts(at)],
+        )
+        .map(drop)
+    }
+
+    fn all_users(&mut self) -> StoreResult<Vec<String>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT uid FROM users ORDER BY uid")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        collect(rows, Ok)
+    }
+
+    fn device_owner(&mut self, device_id: &str) -> StoreResult<Option<String>> {
+        self.tx
+            .prepare_cached("SELECT uid FROM device_owners WHERE device_id = ?1")
+            .and_then(|mut s| s.query_row(params![device_id], |r| r.get(0)).optional())
+            .map_err(backend)
+    }
+
+    fn put_device(&mut self, d: &Device) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO devices (uid, device_id, address, enlisted_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![d.uid, d.id, to_json(&d.address)?, ts(d.enlisted_at)],
+        )?;
+        if d.address.is_exclusive() {
+            self.exec(
+                "INSERT OR REPLACE INTO device_owners (device_id, uid) VALUES (?1, ?2)",
+                params![d.id, d.uid],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool> {
+        let n = self.exec(
+            "DELETE FROM devices WHERE uid = ?1 AND device_id = ?2",
+            params![uid, device_id],
+        )?;
+        self.exec(
+            "DELETE FROM device_owners WHERE device_id = ?1 AND uid = ?2",
+            params![device_id, uid],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn insert_thread(&mut self, t: &Thread) -> StoreResult<bool> {
+        let n = self.exec(
+            "INSERT OR IGNORE INTO threads
+             (tid, name, owner, open_subscribe, open_publish, created_at, subscribers, messages)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                t.tid.to_string(),
+                t.name,
+                t.owner,
+                t.open_subscribe,
+                t.open_publish,
+                ts(t.created_at),
+                t.subscribers as i64,
+                t.messages as i64
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn add_subscriber(&mut self, tid: Uuid, uid: &str, at: OffsetDateTime) -> StoreResult<bool> {
+        let tid = tid.to_string();
+        let n = self.exec(
+            "INSERT OR IGNORE INTO thread_subscribers (tid, uid, since) VALUES (?1, ?2, ?3)",
+            params![tid, uid, ts(at)],
+        )?;
+        if n > 0 {
+            self.exec(
+                "UPDATE threads SET subscribers = subscribers + 1 WHERE tid = ?1",
+                params![tid],
+            )?;
+        }
+        Ok(n > 0)
+    }
+
+    fn remove_subscriber(&mut self, tid: Uuid, uid: &str) -> StoreResult<bool> {
+        let tid = tid.to_string();
+        let n = self.exec(
+            "DELETE FROM thread_subscribers WHERE tid = ?1 AND uid = ?2",
+            params![tid, uid],
+        )?;
+        if n > 0 {
+            self.exec(
+                "UPDATE threads SET subscribers = subscribers - 1 WHERE tid = ?1",
+                params![tid],
+            )?;
+        }
+        Ok(n > 0)
+    }
+
+    fn subscribers(&mut self, tid: Uuid) -> StoreResult<Vec<String>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT uid FROM thread_subscribers WHERE tid = ?1 ORDER BY uid")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![tid.to_string()], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        collect(rows, Ok)
+    }
+
+    fn insert_thread_message(&mut self, m: &ThreadMessage) -> StoreResult<bool> {
+        let tid = m.tid.to_string();
+        let n = self.exec(
+            "INSERT OR IGNORE INTO thread_messages (tid, mid, sender, msg, opts, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                tid,
+                m.mid.to_string(),
+                m.sender,
+                m.msg,
+                to_json(&m.opts)?,
+                ts(m.created_at)
+            ],
+        )?;
+        if n > 0 {
+            self.exec(
+                "UPDATE threads SET messages = messages + 1 WHERE tid = ?1",
+                params![tid],
+            )?;
+        }
+        Ok(n > 0)
+    }
+
+    fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
+        let inserted = self.exec(
+            "INSERT OR IGNORE INTO inbox (uid, id, tid, sender, msg, opts, created_at, read_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                n.uid,
+                n.id.to_string(),
+                n.tid.map(|t| t.to_string()),
+                n.sender,
+                n.msg,
+                to_json(&n.opts)?,
+                ts(n.created_at),
+                n.read_at.map(ts)
+            ],
+        )? > 0;
+        if inserted {
+            let unread = i64::from(n.read_at.is_none());
+            self.bump_counts(&n.uid, 1, unread)?;
+        }
+        Ok(inserted)
+    }
+
+    fn mark_read(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>> {
+        let changed = self.exec(
+            "UPDATE inbox SET read_at = ?3 WHERE uid = ?1 AND id = ?2 AND read_at IS NULL",
+            params![uid, id.to_string(), ts(at)],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.bump_counts(uid, 0, -1)?;
+        let row = self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1 AND id = ?2"
+            ))
+            .and_then(|mut s| s.query_row(params![uid, id.to_string()], notification_row))
+            .map_err(backend)?;
+        notification_from(row).map(Some)
+    }
+}
+
+fn read_checkpoint(conn: &Connection) -> StoreResult<u64> {
+    let v: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    v.parse()
+        .map_err(|e| StoreError::Corrupt(format!("checkpoint {v}: {e}")))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn store_id(&self) -> StoreResult<String> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> StoreResult<u64> {
+        self.read(read_checkpoint).await
+    }
+
+    async fn apply(&self, batch: Vec<SequencedEvent>, opts: ApplyOptions) -> StoreResult<Applied> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let tx = conn.transaction().map_err(backend)?;
+            let mut checkpoint = read_checkpoint(&tx)?;
+            let mut out = Applied::default();
+            {
+                let mut target = SqliteTx { tx: &tx };
+                for ev in &batch {
+                    if ev.seq <= checkpoint {
+                        continue;
+                    }
+                    let live = opts
+                        .live_since
+                        .is_some_and(|since| ev.envelope.occurred_at >= since);
+                    apply_event(&mut target, &ev.envelope, live, &mut out.notices)?;
+                    checkpoint = ev.seq;
+                    out.applied += 1;
+                }
+                target.exec(
+                    "UPDATE meta SET value = ?1 WHERE key = 'checkpoint'",
+                    params![checkpoint.to_string()],
+                )?;
+            }
+            tx.commit().map_err(backend)?;
+            out.checkpoint = checkpoint;
+            Ok(out)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn thread(&self, tid: Uuid) -> StoreResult<Option<Thread>> {
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT tid, name, owner, open_subscribe, open_publish, created_at,
+                            subscribers, messages FROM threads WHERE tid = ?1",
+                    params![tid.to_string()],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(thread_from).transpose()
+        })
+        .await
+    }
+
+    async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT 1 FROM thread_subscribers WHERE tid = ?1 AND uid = ?2",
+                params![tid.to_string(), uid],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn thread_messages(
+        &self,
+        tid: Uuid,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<ThreadMessage>> {
+        self.read(move |c| {
+            let tid_s = tid.to_string();
+            let total: i64 = c
+                .query_row(
+                    "SELECT messages FROM threads WHERE tid = ?1",
+                    params![tid_s],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .unwrap_or(0);
+            let (l, o) = limit_offset(limit, offset);
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT mid, sender, msg, opts, created_at FROM thread_messages
+                     WHERE tid = ?1 ORDER BY mid DESC LIMIT ?2 OFFSET ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![tid_s, l, o], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let items = collect(rows, |r| {
+                Ok(ThreadMessage {
+                    mid: parse_uuid(&r.0)?,
+                    tid,
+                    sender: r.1,
+                    msg: r.2,
+                    opts: parse_json(&r.3)?,
+                    created_at: parse_ts(&r.4)?,
+                })
+            })?;
+            Ok(Page {
+                items,
+                total: total.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT device_id, address, enlisted_at FROM devices WHERE uid = ?1
+                     ORDER BY enlisted_at DESC, device_id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![uid], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            collect(rows, |r| {
+                Ok(Device {
+                    id: r.0,
+                    uid: uid.clone(),
+                    address: parse_json::<DeviceAddress>(&r.1)?,
+                    enlisted_at: parse_ts(&r.2)?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn inbox(&self, uid: &str, limit: u32, offset: u64) -> StoreResult<Page<Notification>> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let total: i64 = c
+                .query_row(
+                    "SELECT total FROM inbox_counts WHERE uid = ?1",
+                    params![uid],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .unwrap_or(0);
+            let (l, o) = limit_offset(limit, offset);
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1
+                     ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![uid, l, o], notification_row)
+                .map_err(backend)?;
+            Ok(Page {
+                items: collect(rows, notification_from)?,
+                total: total.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>> {
+        let uid = uid.to_owned();
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1 AND id = ?2"
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = stmt
+                    .query_row(params![uid, id], notification_row)
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(r) = row {
+                    out.push(notification_from(r)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let row: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT total, unread FROM inbox_counts WHERE uid = ?1",
+                    params![uid],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(row.map_or_else(InboxCounts::default, |(t, u)| InboxCounts {
+                total: t.max(0) as u64,
+                unread: u.max(0) as u64,
+            }))
+        })
+        .await
+    }
+}

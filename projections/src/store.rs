@@ -1,0 +1,85 @@
+//! The `Store` trait: every read the API needs and the atomic application of event batches.
+//!
+//! Each read is a partition lookup or a clustering-range scan (partition by user or thread,
+//! clustered by time-ordered id, newest first); counters are kept on write. No method needs a
+//! join or an unbounded scan, so a wide-column backend can serve each from one table.
+
+use async_trait::async_trait;
+use exchange::events::Envelope;
+use exchange::live::LiveNotice;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{Device, InboxCounts, Notification, Page, Thread, ThreadMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One event to apply, with its stream sequence.
+#[derive(Debug, Clone)]
+pub struct SequencedEvent {
+    pub seq: u64,
+    pub envelope: Envelope,
+}
+
+/// How a batch is applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Build live notices only for events that occurred at or after this instant; `None` builds
+    /// none (replay and rebuild never notify anyone).
+    pub live_since: Option<OffsetDateTime>,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The last stream sequence now reflected in the store.
+    pub checkpoint: u64,
+    /// Events applied by this call (those at or below the previous checkpoint are skipped).
+    pub applied: usize,
+    /// Frames to push to connected clients, in order.
+    pub notices: Vec<LiveNotice>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A stable identity of this store's data, used to name its projector consumer.
+    async fn store_id(&self) -> StoreResult<String>;
+
+    /// The last stream sequence applied (0 when empty).
+    async fn checkpoint(&self) -> StoreResult<u64>;
+
+    /// Applies events in order, atomically with the new checkpoint. Events at or below the
+    /// current checkpoint are skipped, so a redelivered batch changes nothing.
+    async fn apply(&self, batch: Vec<SequencedEvent>, opts: ApplyOptions) -> StoreResult<Applied>;
+
+    async fn thread(&self, tid: Uuid) -> StoreResult<Option<Thread>>;
+
+    async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool>;
+
+    /// A thread's messages, newest first.
+    async fn thread_messages(
+        &self,
+        tid: Uuid,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<ThreadMessage>>;
+
+    /// A user's devices, newest first.
+    async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>>;
+
+    /// A user's inbox, newest first.
+    async fn inbox(&self, uid: &str, limit: u32, offset: u64) -> StoreResult<Page<Notification>>;
+
+    /// The given notifications of a user that exist (any order).
+    async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>>;
+
+    async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts>;
+}

