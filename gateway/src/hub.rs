@@ -19,10 +19,13 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
+/// One open connection's id and frame queue.
+type Conn = (u64, mpsc::Sender<Bytes>);
+
 #[derive(Default)]
 struct HubInner {
     /// routing key (subject token of the uid) -> connections
-    conns: RwLock<HashMap<String, Vec<(u64, mpsc::Sender<Bytes>)>>>,
+    conns: RwLock<HashMap<String, Vec<Conn>>>,
     next_id: AtomicU64,
 }
 

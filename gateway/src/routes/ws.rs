@@ -71,10 +71,10 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                     last_heard = Instant::now();
                     match msg {
                         Message::Text(t) => {
-                            if let Some(reply) = answer(t.as_str()) {
-                                if socket.send(Message::Text(reply.into())).await.is_err() {
-                                    break;
-                                }
+                            if let Some(reply) = answer(t.as_str())
+                                && socket.send(Message::Text(reply.into())).await.is_err()
+                            {
+                                break;
                             }
                         }
                         Message::Close(_) => break,

@@ -1,0 +1,485 @@
+//! The HTTP API against a real nats-server and a real SQLite file: every route's success path,
+//! authorization, validation and idempotency.
+
+mod common;
+
+use common::{Exchange, token};
+use reqwest::Method;
+use serde_json::json;
+
+const APNS_TOKEN: &str = "ad62ea6ea23d6974871cf59a06cbdb2783b85adbafe3355c0007362249d3e75c";
+
+#[tokio::test]
+async fn ping_needs_no_token() {
+    let ex = Exchange::start().await;
+    let (s, b) = ex.call(Method::GET, "/ping", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["ok"], true);
+}
+
+#[tokio::test]
+async fn devices_enlist_list_and_remove() {
+    let ex = Exchange::start().await;
+    let bob = token("bob", false);
+    let bodies = [
+        json!({"os": "ios", "token": APNS_TOKEN}),
+        json!({"os": "android", "token": "e_nslPZejyM:APA91bHR-znf4EuSIKeY9dzlX4cupXA5cdsW1SzOHUFRrsteaL5W"}),
+        json!({
+            "endpoint": "https://fcm.googleapis.com/fcm/send/czVGxJOoycA:APA91bGZt8FZU2fE",
+            "expirationTime": null,
+            "keys": {
+                "p256dh": "BN81HfHxzt4V4lXDV_2ia8Rl_QvqofvoNI7_MOHCiOMEYuFXFNDBOJzKCCj2nzK5luwnH6rvBCN2jx7lNHpraaw",
+                "auth": "0ywNrBxQ-rm4skkHDJB5lw"
+            }
+        }),
+        json!({"os": "sms", "phone": "+14155550100"}),
+        json!({"os": "email", "email": "bob@example.com"}),
+    ];
+    let mut ids = Vec::new();
+    for body in &bodies {
+        let (s, b) = ex.post("/enlist", &bob, body.clone()).await;
+        assert_eq!(s, 201, "{body} -> {b}");
+        ids.push(b["id"].as_str().unwrap().to_owned());
+    }
+    // Re-enlisting the same token is idempotent: 200, same device, no new event.
+    let before = ex.running().log.last_seq().await.unwrap();
+    let (s, b) = ex.post("/enlist", &bob, bodies[0].clone()).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["id"], ids[0].as_str());
+    assert_eq!(ex.running().log.last_seq().await.unwrap(), before);
+
+    let (s, b) = ex.get("/devices", &bob).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["count"], 5, "{b}");
+    let channels: Vec<&str> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["channel"].as_str().unwrap())
+        .collect();
+    for c in ["apns", "fcm", "webpush", "sms", "email"] {
+        assert!(channels.contains(&c), "{c} missing from {channels:?}");
+    }
+
+    let (s, _) = ex
+        .call(
+            Method::DELETE,
+            &format!("/devices/{}", ids[0]),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, b) = ex.get("/devices", &bob).await;
+    assert_eq!(b["count"], 4);
+    let (s, b) = ex
+        .call(
+            Method::DELETE,
+            &format!("/devices/{}", ids[0]),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "{b}");
+    // Another user cannot remove bob's device.
+    let (s, _) = ex
+        .call(
+            Method::DELETE,
+            &format!("/devices/{}", ids[1]),
+            Some(&token("eve", false)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_push_token_moves_to_the_user_who_enlists_it_last() {
+    let ex = Exchange::start().await;
+    let (a, b) = (token("a", false), token("b", false));
+    assert_eq!(
+        ex.post("/enlist", &a, json!({"os":"ios","token":APNS_TOKEN}))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        ex.post("/enlist", &b, json!({"os":"ios","token":APNS_TOKEN}))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(ex.get("/devices", &a).await.1["count"], 0);
+    assert_eq!(ex.get("/devices", &b).await.1["count"], 1);
+}
+
+#[tokio::test]
+async fn threads_subscriptions_publish_inbox_and_history() {
+    let ex = Exchange::start().await;
+    let (alice, bob, carol) = (
+        token("alice", false),
+        token("bob", false),
+        token("carol", false),
+    );
+    let tid = ex.thread(&alice, true, true).await;
+
+    let (s, b) = ex.get(&format!("/threads/{tid}"), &bob).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["owner"], "alice");
+    assert_eq!(b["subscribed"], false);
+
+    for t in [&bob, &carol] {
+        let (s, b) = ex.post("/subscribe", t, json!({"tid": tid})).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["subscribed"], true);
+    }
+    let (_, b) = ex.get(&format!("/threads/{tid}"), &bob).await;
+    assert_eq!(b["subscribed"], true);
+    assert_eq!(b["subscribers"], 2);
+
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &alice,
+            json!({"tid": tid, "msg": "hello", "opts": {"data": {"k": "v"}}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let mid = b["mid"].as_str().unwrap().to_owned();
+
+    // A subscriber of an open_publish thread may publish too.
+    let (s, b) = ex
+        .post("/publish", &bob, json!({"tid": tid, "msg": "hi from bob"}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+
+    let inbox = ex.inbox_until(&carol, 2).await;
+    let first = &inbox["results"][1];
+    assert_eq!(first["id"], mid.as_str());
+    assert_eq!(first["msg"], "hello");
+    assert_eq!(first["sender"], "alice");
+    assert_eq!(first["opts"]["data"]["k"], "v");
+    assert_eq!(first["read_at"], serde_json::Value::Null);
+    assert_eq!(inbox["unread"], 2);
+    // Newest first.
+    assert_eq!(inbox["results"][0]["msg"], "hi from bob");
+    // Bob got alice's message but not his own.
+    let bob_inbox = ex.inbox_until(&bob, 1).await;
+    assert_eq!(bob_inbox["results"][0]["msg"], "hello");
+
+    // Paging: limit/offset with next/previous.
+    let (_, p) = ex.get("/notifications?limit=1&offset=0", &carol).await;
+    assert_eq!(p["results"].as_array().unwrap().len(), 1);
+    assert_eq!(p["next"], "/api/v1/notifications?limit=1&offset=1");
+    assert_eq!(p["previous"], serde_json::Value::Null);
+    let (_, p) = ex.get("/notifications?limit=1&offset=1", &carol).await;
+    assert_eq!(p["results"][0]["id"], mid.as_str());
+    assert_eq!(p["next"], serde_json::Value::Null);
+    assert_eq!(p["previous"], "/api/v1/notifications?limit=1&offset=0");
+
+    // Mark read.
+    let (s, b) = ex
+        .patch("/notifications", &carol, json!({"ids": [mid]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["read"], json!([mid]));
+    assert_eq!(b["unread"], 1);
+    let (_, b) = ex
+        .patch("/notifications", &carol, json!({"ids": [mid]}))
+        .await;
+    assert_eq!(b["read"], json!([]), "already read: nothing changes");
+
+    // History, newest first, for subscribers and the owner.
+    let (s, h) = ex.get(&format!("/threads/{tid}/messages"), &carol).await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["count"], 2);
+    assert_eq!(h["results"][1]["msg"], "hello");
+
+    // Unsubscribe: carol receives no further messages.
+    let (s, b) = ex.post("/unsubscribe", &carol, json!({"tid": tid})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["subscribed"], false);
+    let (s, _) = ex
+        .post("/publish", &alice, json!({"tid": tid, "msg": "after"}))
+        .await;
+    assert_eq!(s, 202);
+    ex.inbox_until(&bob, 2).await;
+    ex.caught_up().await;
+    assert_eq!(ex.get("/notifications", &carol).await.1["count"], 2);
+}
+
+#[tokio::test]
+async fn admin_broadcast_multicast_and_send() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+    // Users become known to the exchange by acting (here: enlisting an e-mail address).
+    for u in &users {
+        let (s, _) = ex
+            .post(
+                "/enlist",
+                &token(u, false),
+                json!({"os":"email","email": format!("{u}@example.com")}),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    let (s, b) = ex
+        .post(
+            "/broadcast",
+            &admin,
+            json!({"msg": "to all", "opts": {"data": {"key": "whatever"}}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    for u in &users {
+        let inbox = ex.inbox_until(&token(u, false), 1).await;
+        assert_eq!(inbox["results"][0]["msg"], "to all");
+        assert_eq!(inbox["results"][0]["opts"]["data"]["key"], "whatever");
+    }
+    let (s, _) = ex
+        .post(
+            "/multicast",
+            &admin,
+            json!({"msg": "some", "uids": ["u0", "u1", "u0"]}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, _) = ex
+        .post("/send", &admin, json!({"msg": "one", "uid": "u2"}))
+        .await;
+    assert_eq!(s, 202);
+    // A user the exchange has never seen can be sent to directly.
+    let (s, _) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"msg": "hello new", "uid": "newcomer"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    ex.inbox_until(&token("u0", false), 2).await;
+    ex.inbox_until(&token("u1", false), 2).await;
+    let u2 = ex.inbox_until(&token("u2", false), 2).await;
+    assert_eq!(u2["results"][0]["msg"], "one");
+    ex.inbox_until(&token("newcomer", false), 1).await;
+}
+
+#[tokio::test]
+async fn non_admins_and_closed_threads_get_403() {
+    let ex = Exchange::start().await;
+    let (alice, bob) = (token("alice", false), token("bob", false));
+    for (path, body) in [
+        ("/broadcast", json!({"msg": "x"})),
+        ("/multicast", json!({"msg": "x", "uids": ["a"]})),
+        ("/send", json!({"msg": "x", "uid": "a"})),
+    ] {
+        let (s, b) = ex.post(path, &bob, body).await;
+        assert_eq!(s, 403, "{path}: {b}");
+        assert_eq!(b["error"]["code"], "forbidden");
+    }
+    let closed = ex.thread(&alice, false, false).await;
+    let (s, b) = ex.post("/subscribe", &bob, json!({"tid": closed})).await;
+    assert_eq!(s, 403, "{b}");
+    // Reading another user's thread history.
+    let (s, _) = ex.get(&format!("/threads/{closed}/messages"), &bob).await;
+    assert_eq!(s, 403);
+    // Publishing to a closed thread as a non-owner.
+    let (s, _) = ex
+        .post("/publish", &bob, json!({"tid": closed, "msg": "x"}))
+        .await;
+    assert_eq!(s, 403);
+    // An open-subscribe thread that is not open-publish: subscribers may not publish.
+    let t = ex.thread(&alice, true, false).await;
+    assert_eq!(ex.post("/subscribe", &bob, json!({"tid": t})).await.0, 200);
+    assert_eq!(
+        ex.post("/publish", &bob, json!({"tid": t, "msg": "x"}))
+            .await
+            .0,
+        403
+    );
+    // Owner and admin may.
+    assert_eq!(
+        ex.post("/publish", &alice, json!({"tid": t, "msg": "x"}))
+            .await
+            .0,
+        202
+    );
+    let admin = token("root", true);
+    assert_eq!(
+        ex.post("/subscribe", &admin, json!({"tid": closed}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        ex.get(&format!("/threads/{closed}/messages"), &admin)
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let ex = Exchange::start().await;
+    let alice = token("alice", false);
+    let admin = token("root", true);
+    let tid = ex.thread(&alice, true, true).await;
+    let cases = [
+        ("/publish", json!({"msg": "x"}), "tid"),
+        ("/publish", json!({"tid": 5, "msg": "x"}), "tid"),
+        ("/publish", json!({"tid": "not-a-uuid", "msg": "x"}), "tid"),
+        ("/publish", json!({"tid": tid, "msg": ""}), "msg"),
+        (
+            "/publish",
+            json!({"tid": tid, "msg": "x", "opts": {"urgency": 9}}),
+            "opts.urgency",
+        ),
+        (
+            "/publish",
+            json!({"tid": tid, "msg": "x", "opts": {"data": [1]}}),
+            "opts.data",
+        ),
+        ("/threads", json!({"open_subscribe": true}), "name"),
+        (
+            "/threads",
+            json!({"name": "x", "open_publish": "yes"}),
+            "open_publish",
+        ),
+        ("/enlist", json!({"os": "ios"}), "token"),
+        ("/enlist", json!({"os": "ios", "token": "zz"}), "token"),
+        ("/enlist", json!({"os": "pager", "token": "x"}), "os"),
+        ("/enlist", json!({"os": "sms", "phone": "12345"}), "phone"),
+        ("/enlist", json!({"os": "email", "email": "nope"}), "email"),
+        (
+            "/enlist",
+            json!({"endpoint": "https://push.example/x", "keys": {"auth": "0ywNrBxQ-rm4skkHDJB5lw"}}),
+            "keys.p256dh",
+        ),
+        ("/enlist", json!({"token": "x"}), "os"),
+        ("/multicast", json!({"msg": "x", "uids": []}), "uids"),
+        (
+            "/multicast",
+            json!({"msg": "x", "uids": ["a", ""]}),
+            "uids[1]",
+        ),
+        (
+            "/multicast",
+            json!({"msg": "x", "uids": ["a","b","c","d","e","f"]}),
+            "uids",
+        ),
+        ("/send", json!({"msg": "x"}), "uid"),
+    ];
+    for (path, body, field) in cases {
+        let (s, b) = ex.post(path, &admin, body.clone()).await;
+        assert_eq!(s, 400, "{path} {body} -> {b}");
+        assert_eq!(b["error"]["field"], field, "{path} {body} -> {b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field),
+            "{b}"
+        );
+    }
+    // Not JSON at all, and JSON that is not an object.
+    let resp = ex
+        .http
+        .post(ex.url("/publish"))
+        .bearer_auth(&alice)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let b: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "invalid_json");
+    let (s, _) = ex.post("/publish", &alice, json!([1, 2])).await;
+    assert_eq!(s, 400);
+    // Query parameters.
+    let (s, b) = ex.get("/notifications?limit=0", &alice).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["field"], "limit");
+    let (s, b) = ex.get("/notifications?offset=-1", &alice).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["field"], "offset");
+    // Unknown thread and route.
+    let (s, _) = ex
+        .get(&format!("/threads/{}", uuid::Uuid::now_v7()), &alice)
+        .await;
+    assert_eq!(s, 404);
+    let (s, b) = ex.get("/nope", &alice).await;
+    assert_eq!(s, 404);
+    assert_eq!(b["error"]["code"], "not_found");
+    let (s, b) = ex.call(Method::PUT, "/publish", Some(&alice), None).await;
+    assert_eq!(s, 405, "{b}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let ex = Exchange::start().await;
+    let alice = token("alice", false);
+    let tid = ex.thread(&alice, true, true).await;
+    let big = "x".repeat(5000); // the test exchange's limit is 4096 bytes
+    let (s, b) = ex
+        .post("/publish", &alice, json!({"tid": tid, "msg": big}))
+        .await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn idempotency_key_yields_one_event_and_the_same_response() {
+    let ex = Exchange::start().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let tid = ex.thread(&alice, true, true).await;
+    assert_eq!(
+        ex.post("/subscribe", &bob, json!({"tid": tid})).await.0,
+        200
+    );
+    let publish = |key: &'static str, msg: &'static str| {
+        ex.http
+            .post(ex.url("/publish"))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", key)
+            .json(&json!({"tid": tid, "msg": msg}))
+            .send()
+    };
+    let before = ex.running().log.last_seq().await.unwrap();
+    let r1 = publish("key-1", "once").await.unwrap();
+    assert_eq!(r1.status(), 202);
+    let b1: serde_json::Value = r1.json().await.unwrap();
+    let r2 = publish("key-1", "once").await.unwrap();
+    assert_eq!(r2.status(), 202);
+    let b2: serde_json::Value = r2.json().await.unwrap();
+    assert_eq!(b1, b2, "same key, same response");
+    assert_eq!(
+        ex.running().log.last_seq().await.unwrap(),
+        before + 1,
+        "one event"
+    );
+    // The same key from another user is a different request.
+    let r3 = ex
+        .http
+        .post(ex.url("/threads"))
+        .bearer_auth(&bob)
+        .header("Idempotency-Key", "key-1")
+        .json(&json!({"name": "bob's"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r3.status(), 201);
+    // Reusing a key for a different kind of request is a conflict.
+    let r4 = ex
+        .http
+        .post(ex.url("/threads"))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "key-1")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r4.status(), 409);
+    ex.inbox_until(&bob, 1).await;
+    ex.caught_up().await;
+    assert_eq!(ex.get("/notifications", &bob).await.1["count"], 1);
+}

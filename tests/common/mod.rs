@@ -1,0 +1,224 @@
+//! Shared fixtures for the integration tests: a real nats-server, a real SQLite file and the
+//! real exchange started in-process on a free port.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gateway::GatewayConfig;
+use gateway::auth::{JwtKey, sign};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use msgxc::{ExchangeOptions, Role, Running};
+use projections::ProjectorSettings;
+use serde_json::Value;
+use testkit::TestNats;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+pub struct Exchange {
+    pub running: Option<Running>,
+    pub nats: TestNats,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub opts: ExchangeOptions,
+}
+
+pub fn options(nats_url: String, store_path: PathBuf) -> ExchangeOptions {
+    ExchangeOptions {
+        role: Role::All,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        nats_url,
+        store_path,
+        jwt_key: JwtKey::Secret(SECRET.as_bytes().to_vec()),
+        jwt_issuer: None,
+        jwt_audience: None,
+        log: exchange::LogSettings {
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+        gateway: GatewayConfig {
+            body_limit: 4096,
+            max_recipients: 5,
+            ..Default::default()
+        },
+        projector: ProjectorSettings::default(),
+    }
+}
+
+impl Exchange {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ExchangeOptions)) -> Self {
+        let nats = TestNats::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(nats.url(), dir.path().join("store.sqlite3"));
+        adjust(&mut opts);
+        let running = msgxc::start(opts.clone()).await.expect("exchange starts");
+        let base = format!("http://{}/api/v1", running.addr.unwrap());
+        Self {
+            running: Some(running),
+            nats,
+            dir,
+            base,
+            http: reqwest::Client::new(),
+            opts,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!(
+            "{}/connect{query}",
+            self.base.replacen("http://", "ws://", 1)
+        )
+    }
+
+    /// `(status, body)` of a request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Creates a thread owned by `token`'s user and returns its tid.
+    pub async fn thread(&self, token: &str, open_subscribe: bool, open_publish: bool) -> String {
+        let (s, b) = self
+            .post(
+                "/threads",
+                token,
+                serde_json::json!({"name": "t", "open_subscribe": open_subscribe, "open_publish": open_publish}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["tid"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the inbox until it holds `n` entries (projection is asynchronous for messages).
+    pub async fn inbox_until(&self, token: &str, n: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, b) = self.get("/notifications?limit=100", token).await;
+            assert_eq!(s, 200, "{b}");
+            if b["count"].as_u64() == Some(n) {
+                return b;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "inbox never reached {n}: {b}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the store has applied everything in the stream.
+    pub async fn caught_up(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let log = &self.running().log;
+        loop {
+            let last = log.last_seq().await.unwrap();
+            let cp = projections::Store::checkpoint(self.running().store.as_ref())
+                .await
+                .unwrap();
+            if cp >= last {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "projector stuck at {cp} < {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn token(sub: &str, admin: bool) -> String {
+    let roles = if admin {
+        vec!["admin".to_string()]
+    } else {
+        vec![]
+    };
+    sign(
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+        sub,
+        &roles,
+        600,
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/connect` with the token in the query and consumes the hello frame.
+pub async fn ws_connect(ex: &Exchange, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ex.ws_url(&format!("?token={token}")))
+        .await
+        .expect("websocket connects");
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["action"], "hello", "{hello}");
+    ws
+}
+
+/// The next JSON text frame (pings are skipped), within 10 s.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    let deadline = Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout(deadline, ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("socket open")
+            .expect("valid frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
+            Message::Ping(p) => {
+                let _ = ws.send(Message::Pong(p)).await;
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Live delivery over WebSockets: new notifications arrive as frames, and marking one read on
+//! one device shows up on the user's other devices.
+
+mod common;
+
+use common::{Exchange, next_json, token, ws_connect};
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+#[tokio::test]
+async fn published_message_reaches_the_socket_and_read_reaches_the_other_device() {
+    let ex = Exchange::start().await;
+    let (alice, bob) = (token("alice", false), token("bob", false));
+    let tid = ex.thread(&alice, true, false).await;
+    assert_eq!(
+        ex.post("/subscribe", &bob, json!({"tid": tid})).await.0,
+        200
+    );
+
+    // Bob has two devices: one authenticates with ?token=, the other with the header.
+    let mut phone = ws_connect(&ex, &bob).await;
+    let mut req = ex.ws_url("").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {bob}").parse().unwrap());
+    let (mut laptop, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut laptop).await["action"], "hello");
+
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &alice,
+            json!({"tid": tid, "msg": "live!", "opts": {"urgency": "high"}}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    for ws in [&mut phone, &mut laptop] {
+        let f = next_json(ws).await;
+        assert_eq!(f["action"], "new", "{f}");
+        assert_eq!(f["notification"]["id"], mid.as_str());
+        assert_eq!(f["notification"]["msg"], "live!");
+        assert_eq!(f["notification"]["opts"]["urgency"], 4);
+    }
+
+    // Read on the phone (through the API) -> the laptop gets a read frame.
+    let (s, _) = ex
+        .patch("/notifications", &bob, json!({"ids": [mid]}))
+        .await;
+    assert_eq!(s, 200);
+    let f = next_json(&mut laptop).await;
+    assert_eq!(f["action"], "read", "{f}");
+    assert_eq!(f["notification"]["id"], mid.as_str());
+    assert!(f["notification"]["read_at"].is_string());
+    let f = next_json(&mut phone).await;
+    assert_eq!(f["action"], "read");
+
+    // Alice's messages never reach someone else's socket: a socket for carol stays quiet
+    // while bob gets the next one.
+    let mut carol = ws_connect(&ex, &token("carol", false)).await;
+    ex.post("/publish", &alice, json!({"tid": tid, "msg": "second"}))
+        .await;
+    assert_eq!(next_json(&mut phone).await["notification"]["msg"], "second");
+    carol
+        .send(Message::Text(r#"{"action":"ping"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut carol).await["action"],
+        "pong",
+        "carol's first frame is the pong"
+    );
+}
+
+#[tokio::test]
+async fn cookie_authentication_and_hello_counts_unread() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let dana = token("dana", false);
+    assert_eq!(
+        ex.post("/send", &admin, json!({"msg": "one", "uid": "dana"}))
+            .await
+            .0,
+        202
+    );
+    ex.inbox_until(&dana, 1).await;
+    let mut req = ex.ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Cookie",
+        format!("theme=dark; xsajwt={dana}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["action"], "hello");
+    assert_eq!(hello["uid"], "dana");
+    assert_eq!(hello["unread"], 1);
+    assert_eq!(
+        ex.post("/send", &admin, json!({"msg": "two", "uid": "dana"}))
+            .await
+            .0,
+        202
+    );
+    let f = next_json(&mut ws).await;
+    assert_eq!(f["notification"]["msg"], "two");
+}
