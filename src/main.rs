@@ -22,9 +22,10 @@ use time::format_description::well_known::Rfc3339;
     about = "An event-sourced message exchange on NATS JetStream"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. info or msgxc=debug.
-    #[arg(long, env = "MSGXC_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or msgxc=debug [default: info for
+    /// serve, warn for the other commands].
+    #[arg(long, env = "MSGXC_LOG", global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,8 +132,13 @@ struct RebuildArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
