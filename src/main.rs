@@ -284,13 +284,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         ),
         (None, None) => exchange::Start::Beginning,
     };
-    let (url, _server) = nats::resolve(
-        a.common.nats_url.as_deref(),
-        &a.common.data_dir,
-        a.common.nats_server_bin.as_deref(),
-    )?;
-    let client = nats::connect(&url).await?;
-    let log = nats::open_log(client, a.common.log_settings()).await?;
+    let (log, _server) = nats::log_for_command(&a.common).await?;
     let last = log.last_seq().await?;
     if last == 0 || matches!(start, exchange::Start::Sequence(s) if s > last) {
         return Ok(());
@@ -326,13 +320,7 @@ async fn rebuild(a: RebuildArgs) -> anyhow::Result<()> {
     if into.exists() {
         bail!("{} exists; rebuild writes a fresh store", into.display());
     }
-    let (url, _server) = nats::resolve(
-        a.common.nats_url.as_deref(),
-        &a.common.data_dir,
-        a.common.nats_server_bin.as_deref(),
-    )?;
-    let client = nats::connect(&url).await?;
-    let log = nats::open_log(client, a.common.log_settings()).await?;
+    let (log, _server) = nats::log_for_command(&a.common).await?;
     let store = SqliteStore::open(&into)?;
     let started = std::time::Instant::now();
     let report = projections::rebuild(&log, &store, a.batch).await?;

@@ -107,3 +107,18 @@ pub fn resolve(
     let server = start_managed(data_dir, bin)?;
     Ok((server.url(), Some(server)))
 }
+
+/// The event log for a one-off command, resolved like [`resolve`]. The returned server (if
+/// one had to be started) must live as long as the log is used.
+pub async fn log_for_command(
+    common: &crate::config::CommonArgs,
+) -> anyhow::Result<(EventLog, Option<NatsServer>)> {
+    let (url, server) = resolve(
+        common.nats_url.as_deref(),
+        &common.data_dir,
+        common.nats_server_bin.as_deref(),
+    )?;
+    let client = connect(&url).await?;
+    let log = open_log(client, common.log_settings()).await?;
+    Ok((log, server))
+}

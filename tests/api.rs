@@ -436,21 +436,14 @@ async fn idempotency_key_yields_one_event_and_the_same_response() {
         ex.post("/subscribe", &bob, json!({"tid": tid})).await.0,
         200
     );
-    let publish = |key: &'static str, msg: &'static str| {
-        ex.http
-            .post(ex.url("/publish"))
-            .bearer_auth(&alice)
-            .header("Idempotency-Key", key)
-            .json(&json!({"tid": tid, "msg": msg}))
-            .send()
-    };
+    let body = json!({"tid": tid, "msg": "once"});
     let before = ex.running().log.last_seq().await.unwrap();
-    let r1 = publish("key-1", "once").await.unwrap();
-    assert_eq!(r1.status(), 202);
-    let b1: serde_json::Value = r1.json().await.unwrap();
-    let r2 = publish("key-1", "once").await.unwrap();
-    assert_eq!(r2.status(), 202);
-    let b2: serde_json::Value = r2.json().await.unwrap();
+    let (s1, b1) = ex
+        .post_keyed("/publish", &alice, "key-1", body.clone())
+        .await;
+    assert_eq!(s1, 202);
+    let (s2, b2) = ex.post_keyed("/publish", &alice, "key-1", body).await;
+    assert_eq!(s2, 202);
     assert_eq!(b1, b2, "same key, same response");
     assert_eq!(
         ex.running().log.last_seq().await.unwrap(),
@@ -458,27 +451,16 @@ async fn idempotency_key_yields_one_event_and_the_same_response() {
         "one event"
     );
     // The same key from another user is a different request.
-    let r3 = ex
-        .http
-        .post(ex.url("/threads"))
-        .bearer_auth(&bob)
-        .header("Idempotency-Key", "key-1")
-        .json(&json!({"name": "bob's"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r3.status(), 201);
+    let (s3, _) = ex
+        .post_keyed("/threads", &bob, "key-1", json!({"name": "bob's"}))
+        .await;
+    assert_eq!(s3, 201);
     // Reusing a key for a different kind of request is a conflict.
-    let r4 = ex
-        .http
-        .post(ex.url("/threads"))
-        .bearer_auth(&alice)
-        .header("Idempotency-Key", "key-1")
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r4.status(), 409);
+    let (s4, b4) = ex
+        .post_keyed("/threads", &alice, "key-1", json!({"name": "x"}))
+        .await;
+    assert_eq!(s4, 409, "{b4}");
+    assert_eq!(b4["error"]["code"], "idempotency_key_reused");
     ex.inbox_until(&bob, 1).await;
     ex.caught_up().await;
     assert_eq!(ex.get("/notifications", &bob).await.1["count"], 1);

@@ -267,6 +267,15 @@ fn notification_from(r: NotificationRow) -> StoreResult<Notification> {
     })
 }
 
+/// A maintained counter of one partition (0 when the partition does not exist).
+fn counter(c: &Connection, sql: &str, key: &str) -> StoreResult<u64> {
+    let n: Option<i64> = c
+        .query_row(sql, params![key], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
 fn limit_offset(limit: u32, offset: u64) -> (i64, i64) {
     (i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX))
 }
@@ -590,15 +599,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<ThreadMessage>> {
         self.read(move |c| {
             let tid_s = tid.to_string();
-            let total: i64 = c
-                .query_row(
-                    "SELECT messages FROM threads WHERE tid = ?1",
-                    params![tid_s],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?
-                .unwrap_or(0);
+            let total = counter(c, "SELECT messages FROM threads WHERE tid = ?1", &tid_s)?;
             let (l, o) = limit_offset(limit, offset);
             let mut stmt = c
                 .prepare_cached(
@@ -627,10 +628,7 @@ impl Store for SqliteStore {
                     created_at: parse_ts(&r.4)?,
                 })
             })?;
-            Ok(Page {
-                items,
-                total: total.max(0) as u64,
-            })
+            Ok(Page { items, total })
         })
         .await
     }
@@ -668,15 +666,7 @@ impl Store for SqliteStore {
     async fn inbox(&self, uid: &str, limit: u32, offset: u64) -> StoreResult<Page<Notification>> {
         let uid = uid.to_owned();
         self.read(move |c| {
-            let total: i64 = c
-                .query_row(
-                    "SELECT total FROM inbox_counts WHERE uid = ?1",
-                    params![uid],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?
-                .unwrap_or(0);
+            let total = counter(c, "SELECT total FROM inbox_counts WHERE uid = ?1", &uid)?;
             let (l, o) = limit_offset(limit, offset);
             let mut stmt = c
                 .prepare_cached(&format!(
@@ -689,7 +679,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             Ok(Page {
                 items: collect(rows, notification_from)?,
-                total: total.max(0) as u64,
+                total,
             })
         })
         .await

@@ -107,6 +107,27 @@ impl Exchange {
         (status, body)
     }
 
+    /// POST with an `Idempotency-Key` header.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, Some(token), None)
             .await
