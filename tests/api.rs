@@ -465,3 +465,100 @@ async fn idempotency_key_yields_one_event_and_the_same_response() {
     ex.caught_up().await;
     assert_eq!(ex.get("/notifications", &bob).await.1["count"], 1);
 }
+
+/// Deterministic garbage (xorshift) thrown at every write route: the answer is always a JSON
+/// 4xx error, never a 5xx, a panic or a dropped connection.
+#[tokio::test]
+async fn no_input_breaks_the_server() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let tid = ex.thread(&admin, true, true).await;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let fragments = [
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "null",
+        "true",
+        "1e999",
+        "-0",
+        "\"tid\"",
+        "\"msg\"",
+        "\"uids\"",
+        "\"opts\"",
+        "\"urgency\"",
+        "\"data\"",
+        "\"os\"",
+        "\"endpoint\"",
+        "\"keys\"",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\u{1F600}",
+        "\u{0}",
+        "\"ids\"",
+        "\"name\"",
+    ];
+    let routes = [
+        (Method::POST, "/publish"),
+        (Method::POST, "/broadcast"),
+        (Method::POST, "/multicast"),
+        (Method::POST, "/send"),
+        (Method::POST, "/enlist"),
+        (Method::POST, "/threads"),
+        (Method::POST, "/subscribe"),
+        (Method::POST, "/unsubscribe"),
+        (Method::PATCH, "/notifications"),
+    ];
+    for i in 0..400 {
+        let (method, path) = &routes[i % routes.len()];
+        let n = 1 + (next() % 12) as usize;
+        let mut body = String::new();
+        for _ in 0..n {
+            body.push_str(fragments[(next() % fragments.len() as u64) as usize]);
+        }
+        if i % 7 == 0 {
+            body = format!(r#"{{"tid":"{tid}","msg":{body},"uids":[{body}],"os":{body}}}"#);
+        }
+        let resp = ex
+            .http
+            .request(method.clone(), ex.url(path))
+            .bearer_auth(&admin)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path} {body:?}: connection failed: {e}"));
+        let status = resp.status().as_u16();
+        let json: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert!(
+            (200..500).contains(&status),
+            "{path} {body:?} -> {status} {json}"
+        );
+        if status >= 400 {
+            assert!(
+                json["error"]["code"].is_string(),
+                "{path} {body:?} -> {json}"
+            );
+        }
+    }
+    // Odd paths and methods too.
+    for path in [
+        "/threads/%00",
+        "/threads/..%2F..",
+        "/devices/%FF",
+        "/threads/x/messages?limit=1e9",
+    ] {
+        let (s, _) = ex.get(path, &admin).await;
+        assert!((400..500).contains(&s), "{path} -> {s}");
+    }
+    assert_eq!(ex.get("/ping", &admin).await.0, 200, "still serving");
+}

@@ -128,6 +128,15 @@ async fn serve_token_replay_rebuild_and_graceful_stop() {
     assert_eq!(lines[1]["type"], "message_sent");
     let out = msgxc(data.path(), &["replay", "--from-seq", "2"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+    let since = lines[1]["occurred_at"].as_str().unwrap();
+    let out = msgxc(data.path(), &["replay", "--since", since]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().count() >= 1 && text.contains("message_sent"),
+        "{text}"
+    );
+    let out = msgxc(data.path(), &["replay", "--since", "yesterday"]);
+    assert!(!out.status.success(), "a bad --since is an error");
     let out = msgxc(data.path(), &["replay", "--subject", "msgxc.ev.thread.>"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
