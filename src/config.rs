@@ -213,3 +213,138 @@ mod tests {
         assert_eq!(a.len(), 64);
     }
 }
+
+/// Delivery channels (each off unless configured) and retry policy.
+#[derive(Debug, Clone, Args)]
+pub struct ChannelArgs {
+    /// Twilio-compatible SMS: account SID.
+    #[arg(long, env = "MSGXC_SMS_ACCOUNT_SID")]
+    pub sms_account_sid: Option<String>,
+    /// SMS auth token.
+    #[arg(long, env = "MSGXC_SMS_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_auth_token: Option<String>,
+    /// SMS sender number (E.164) or messaging service id.
+    #[arg(long, env = "MSGXC_SMS_FROM")]
+    pub sms_from: Option<String>,
+    /// SMS API base URL.
+    #[arg(
+        long,
+        env = "MSGXC_SMS_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
+    pub sms_base_url: String,
+    /// APNs token-auth key (.p8 file).
+    #[arg(long, env = "MSGXC_APNS_KEY_FILE")]
+    pub apns_key_file: Option<PathBuf>,
+    /// APNs key id (the .p8 key's id).
+    #[arg(long, env = "MSGXC_APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+    /// Apple developer team id.
+    #[arg(long, env = "MSGXC_APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+    /// The app's bundle id (apns-topic).
+    #[arg(long, env = "MSGXC_APNS_TOPIC")]
+    pub apns_topic: Option<String>,
+    /// APNs base URL (https://api.sandbox.push.apple.com for development builds).
+    #[arg(
+        long,
+        env = "MSGXC_APNS_BASE_URL",
+        default_value = "https://api.push.apple.com"
+    )]
+    pub apns_base_url: String,
+    /// SMTP server: smtp://user:pass@host:port (?tls=required for STARTTLS), smtps://... for TLS.
+    #[arg(long, env = "MSGXC_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of e-mails, e.g. "msgxc <noreply@example.com>".
+    #[arg(long, env = "MSGXC_EMAIL_FROM")]
+    pub email_from: Option<String>,
+    /// Attempts per device before a delivery is dead-lettered.
+    #[arg(long, env = "MSGXC_DISPATCH_MAX_ATTEMPTS", default_value_t = 5)]
+    pub dispatch_max_attempts: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    #[arg(long, env = "MSGXC_DISPATCH_BACKOFF", default_value = "2s", value_parser = parse_duration)]
+    pub dispatch_backoff: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "MSGXC_DISPATCH_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub dispatch_backoff_max: Duration,
+}
+
+/// All set or none: a half-configured channel is an error naming what is missing.
+fn all_or_none<const N: usize>(
+    channel: &str,
+    fields: [(&str, &Option<String>); N],
+) -> anyhow::Result<Option<[String; N]>> {
+    let missing: Vec<&str> = fields
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.len() == N {
+        return Ok(None);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{channel} is half configured: also set {}",
+            missing.join(", ")
+        );
+    }
+    Ok(Some(fields.map(|(_, v)| v.clone().unwrap_or_default())))
+}
+
+impl ChannelArgs {
+    pub fn settings(&self) -> anyhow::Result<exchange::channels::ChannelSettings> {
+        use exchange::channels::{apns::ApnsConfig, email::EmailConfig, sms::SmsConfig};
+        let sms = all_or_none(
+            "SMS",
+            [
+                ("MSGXC_SMS_ACCOUNT_SID", &self.sms_account_sid),
+                ("MSGXC_SMS_AUTH_TOKEN", &self.sms_auth_token),
+                ("MSGXC_SMS_FROM", &self.sms_from),
+            ],
+        )?
+        .map(|[account_sid, auth_token, from]| SmsConfig {
+            account_sid,
+            auth_token,
+            from,
+            base_url: self.sms_base_url.clone(),
+        });
+        let key_file = self.apns_key_file.as_ref().map(|p| p.display().to_string());
+        let apns = match all_or_none(
+            "APNs",
+            [
+                ("MSGXC_APNS_KEY_FILE", &key_file),
+                ("MSGXC_APNS_KEY_ID", &self.apns_key_id),
+                ("MSGXC_APNS_TEAM_ID", &self.apns_team_id),
+                ("MSGXC_APNS_TOPIC", &self.apns_topic),
+            ],
+        )? {
+            None => None,
+            Some([file, key_id, team_id, topic]) => Some(ApnsConfig {
+                key_pem: std::fs::read(&file)
+                    .with_context(|| format!("reading MSGXC_APNS_KEY_FILE {file}"))?,
+                key_id,
+                team_id,
+                topic,
+                base_url: self.apns_base_url.clone(),
+            }),
+        };
+        let email = all_or_none(
+            "e-mail",
+            [
+                ("MSGXC_SMTP_URL", &self.smtp_url),
+                ("MSGXC_EMAIL_FROM", &self.email_from),
+            ],
+        )?
+        .map(|[url, from]| EmailConfig { url, from });
+        Ok(exchange::channels::ChannelSettings { sms, apns, email })
+    }
+
+    pub fn dispatch(&self) -> exchange::dispatch::DispatchSettings {
+        exchange::dispatch::DispatchSettings {
+            max_attempts: self.dispatch_max_attempts.max(1),
+            backoff_base: self.dispatch_backoff,
+            backoff_max: self.dispatch_backoff_max.max(self.dispatch_backoff),
+            ..Default::default()
+        }
+    }
+}

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use exchange::channels::ChannelSettings;
+use exchange::dispatch::{DispatchSettings, Dispatcher, TaskQueue};
 use exchange::{EventLog, LogSettings};
 use gateway::auth::{JwtKey, JwtVerifier};
 use gateway::hub::Hub;
@@ -23,8 +25,10 @@ pub enum Role {
     All,
     /// HTTP/WebSocket gateway and live hub only; a projector must run elsewhere on the same store.
     Gateway,
-    /// Projector only.
+    /// Projector only (it also queues delivery tasks).
     Projector,
+    /// Dispatcher only: sends queued delivery tasks through the configured channels.
+    Dispatcher,
 }
 
 /// Everything needed to start an exchange process.
@@ -40,6 +44,8 @@ pub struct ExchangeOptions {
     pub log: LogSettings,
     pub gateway: GatewayConfig,
     pub projector: ProjectorSettings,
+    pub channels: ChannelSettings,
+    pub dispatch: DispatchSettings,
 }
 
 /// A started exchange. Dropping it (or calling [`Running::shutdown`]) stops its tasks.
@@ -109,6 +115,17 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     let hub = Hub::default();
     let mut tasks = Vec::new();
 
+    let channels = opts
+        .channels
+        .build()
+        .map_err(|e| anyhow::anyhow!("channel configuration: {e}"))?;
+    let queue = TaskQueue::open(
+        log.jetstream().clone(),
+        opts.log.duplicate_window,
+        opts.log.replicas,
+    )
+    .await?;
+
     let mut applied = None;
     if matches!(opts.role, Role::All | Role::Projector) {
         let projector = Projector::new(
@@ -116,9 +133,23 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             client.clone(),
             dyn_store.clone(),
             opts.projector.clone(),
+            Some(queue.clone()),
         );
         applied = Some(projector.watch());
         tasks.push(tokio::spawn(projector.run()));
+    }
+
+    if matches!(opts.role, Role::All | Role::Dispatcher) {
+        let dispatcher = Dispatcher::new(
+            log.clone(),
+            log.jetstream().clone(),
+            channels.clone(),
+            store.clone(),
+            opts.dispatch.clone(),
+        )
+        .await?;
+        tracing::info!(channels = ?channels.names(), "dispatcher starting");
+        tasks.push(tokio::spawn(dispatcher.run()));
     }
 
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -137,12 +168,17 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                 tracing::error!(error = %e, "live hub stopped");
             }
         }));
+        let mut gateway_config = opts.gateway.clone();
+        gateway_config.channels = std::iter::once("websocket")
+            .chain(channels.names())
+            .map(str::to_owned)
+            .collect();
         let state = AppState {
             log: log.clone(),
             store: dyn_store.clone(),
             verifier: Arc::new(verifier),
             hub: hub.clone(),
-            config: Arc::new(opts.gateway.clone()),
+            config: Arc::new(gateway_config),
             applied,
         };
         let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use gateway::GatewayConfig;
-use msgxc::config::{CommonArgs, JwtArgs, parse_duration, store_path};
+use msgxc::config::{ChannelArgs, CommonArgs, JwtArgs, parse_duration, store_path};
 use msgxc::{ExchangeOptions, Role, nats};
 use projections::{ProjectorSettings, SqliteStore, Store};
 use time::OffsetDateTime;
@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the exchange: HTTP/WebSocket gateway, projector and live hub (all in one by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a signed JWT for a user, for trying the API.
     Token(TokenArgs),
     /// Write events from the log to stdout as NDJSON.
@@ -48,6 +48,8 @@ struct ServeArgs {
     common: CommonArgs,
     #[command(flatten)]
     jwt: JwtArgs,
+    #[command(flatten)]
+    channels: ChannelArgs,
     /// HTTP listen address.
     #[arg(long, env = "MSGXC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -81,6 +83,10 @@ struct ServeArgs {
     /// Events older than this when projected push no live frames (catch-up after downtime).
     #[arg(long, env = "MSGXC_LIVE_HORIZON", default_value = "5m", value_parser = parse_duration)]
     live_horizon: Duration,
+    /// Messages older than this when projected are not delivered to devices (a re-projected
+    /// store does not re-send history). Keep it below MSGXC_DEDUP_WINDOW.
+    #[arg(long, env = "MSGXC_DISPATCH_HORIZON", default_value = "12h", value_parser = parse_duration)]
+    dispatch_horizon: Duration,
 }
 
 #[derive(clap::Args)]
@@ -157,7 +163,7 @@ fn main() -> std::process::ExitCode {
     // is tied to.
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(a) => serve(a).await,
+            Command::Serve(a) => serve(*a).await,
             Command::Token(a) => token(a),
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
@@ -201,12 +207,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             read_your_writes: a.read_your_writes,
             socket_buffer: a.socket_buffer,
             ping_interval: a.ping_interval,
+            channels: Vec::new(),
         },
         projector: ProjectorSettings {
             batch: a.projector_batch.max(1),
             live_horizon: a.live_horizon,
             live: true,
+            dispatch_horizon: a.dispatch_horizon,
         },
+        channels: a.channels.settings()?,
+        dispatch: a.channels.dispatch(),
     };
     let store_display = opts.store_path.display().to_string();
     let mut running = msgxc::start(opts).await?;

@@ -76,6 +76,11 @@ pub enum Event {
     MessagePublished(MessagePublished),
     MessageSent(MessageSent),
     NotificationsRead(NotificationsRead),
+    DeliverySent(DeliverySent),
+    DeliveryFailed(DeliveryFailed),
+    DeviceDisabled(DeviceDisabled),
+    DeliveryAcked(DeliveryAcked),
+    DeliveryRequeued(DeliveryRequeued),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -108,11 +113,16 @@ impl Event {
             Event::MessagePublished(_) => "message_published",
             Event::MessageSent(_) => "message_sent",
             Event::NotificationsRead(_) => "notifications_read",
+            Event::DeliverySent(_) => "delivery_sent",
+            Event::DeliveryFailed(_) => "delivery_failed",
+            Event::DeviceDisabled(_) => "device_disabled",
+            Event::DeliveryAcked(_) => "delivery_acked",
+            Event::DeliveryRequeued(_) => "delivery_requeued",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 13] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -121,6 +131,11 @@ impl Event {
         "message_published",
         "message_sent",
         "notifications_read",
+        "delivery_sent",
+        "delivery_failed",
+        "device_disabled",
+        "delivery_acked",
+        "delivery_requeued",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -130,6 +145,11 @@ impl Event {
             Event::DeviceEnlisted(e) => (Aggregate::User, e.uid.clone()),
             Event::DeviceRemoved(e) => (Aggregate::User, e.uid.clone()),
             Event::NotificationsRead(e) => (Aggregate::User, e.uid.clone()),
+            Event::DeviceDisabled(e) => (Aggregate::User, e.uid.clone()),
+            Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::DeliveryAcked(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::DeliveryRequeued(e) => (Aggregate::Message, e.mid.to_string()),
             Event::ThreadCreated(e) => (Aggregate::Thread, e.tid.to_string()),
             Event::Subscribed(e) => (Aggregate::Thread, e.tid.to_string()),
             Event::Unsubscribed(e) => (Aggregate::Thread, e.tid.to_string()),
@@ -289,6 +309,18 @@ pub struct MessageOpts {
     /// Application data handed to the client unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Seconds a push provider may keep trying to reach an offline device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// A newer message with the same key replaces an undelivered older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    /// Deep link the app opens (universal link / app link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Restricts delivery to these channels (apns, fcm, webpush, sms, email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -364,6 +396,83 @@ impl<'de> Deserialize<'de> for Urgency {
 pub struct NotificationsRead {
     pub uid: String,
     pub ids: Vec<Uuid>,
+}
+
+/// A provider accepted a message for one device (APNs 200, FCM name, SMTP 250, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliverySent {
+    pub mid: Uuid,
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// The provider's id for the message, when it returns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+}
+
+/// One failed attempt to reach a device. `dead` marks the last one: no retry follows and the
+/// delivery is listed under `GET /deliveries/failed` (dead letter) until an admin requeues it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryFailed {
+    pub mid: Uuid,
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    pub attempt: u32,
+    pub reason: String,
+    /// The provider said retrying cannot help (bad token, rejected payload).
+    pub permanent: bool,
+    pub dead: bool,
+}
+
+/// A device's token was reported invalid by its provider; it is never used again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceDisabled {
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    pub reason: String,
+}
+
+/// A client reported a message delivered to or opened on a device (push receipt, WebSocket ack).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryAcked {
+    pub mid: Uuid,
+    pub uid: String,
+    /// The device, when the app knows its id; otherwise the receipt is per channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// `websocket` for acks over the live socket, `app` for `POST /ack` without a device.
+    pub channel: String,
+    pub status: AckStatus,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    Delivered,
+    Opened,
+}
+
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Delivered => "delivered",
+            AckStatus::Opened => "opened",
+        }
+    }
+}
+
+/// An admin asked to try a dead-lettered delivery again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryRequeued {
+    pub mid: Uuid,
+    pub uid: String,
+    pub device_id: String,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! msgxc core: the versioned event vocabulary, the JetStream event log and live notices.
 //! Depends on no store; the read side plugs in through the `projections` crate.
 
+pub mod channels;
+pub mod dispatch;
 pub mod events;
 pub mod live;
 pub mod log;

@@ -5,8 +5,9 @@ use schemars::{JsonSchema, schema_for};
 use serde_json::Value;
 
 use crate::events::{
-    DeviceEnlisted, DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead,
-    Subscribed, ThreadCreated, Unsubscribed,
+    DeliveryAcked, DeliveryFailed, DeliveryRequeued, DeliverySent, DeviceDisabled, DeviceEnlisted,
+    DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead, Subscribed,
+    ThreadCreated, Unsubscribed,
 };
 
 fn schema_of<T: JsonSchema>() -> Value {
@@ -30,6 +31,14 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         (
             "notifications_read.json".into(),
             schema_of::<NotificationsRead>(),
+        ),
+        ("delivery_sent.json".into(), schema_of::<DeliverySent>()),
+        ("delivery_failed.json".into(), schema_of::<DeliveryFailed>()),
+        ("device_disabled.json".into(), schema_of::<DeviceDisabled>()),
+        ("delivery_acked.json".into(), schema_of::<DeliveryAcked>()),
+        (
+            "delivery_requeued.json".into(),
+            schema_of::<DeliveryRequeued>(),
         ),
     ]
 }

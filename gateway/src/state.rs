@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub socket_buffer: usize,
     /// Interval of WebSocket pings; a client silent for three intervals is dropped.
     pub ping_interval: Duration,
+    /// Delivery channels configured in this deployment (reported by `/ping`); `websocket` is
+    /// always on.
+    pub channels: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -40,6 +43,7 @@ impl Default for GatewayConfig {
             read_your_writes: Duration::from_secs(5),
             socket_buffer: 256,
             ping_interval: Duration::from_secs(30),
+            channels: vec!["websocket".into()],
         }
     }
 }

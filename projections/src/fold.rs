@@ -6,13 +6,19 @@
 
 use std::collections::HashSet;
 
-use exchange::events::{Audience, DeviceEnlisted, Envelope, Event, MessageOpts};
+use exchange::events::{Audience, DeviceEnlisted, Envelope, Event};
 use exchange::live::LiveNotice;
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{Device, Notification, Thread, ThreadMessage};
+use exchange::dispatch::DispatchTask;
+use exchange::events::AckStatus;
+
+use crate::model::{
+    Device, FailedDelivery, Notification, Receipt, ReceiptStatus, StoredMessage, Thread,
+    ThreadMessage,
+};
 use crate::store::StoreResult;
 
 /// Write operations (and the few reads the fold needs) of one store transaction.
@@ -48,15 +54,40 @@ pub trait FoldTarget {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>>;
+
+    /// Records a message of any kind (receipts authorization, dead-letter requeue); false when
+    /// known already.
+    fn insert_message(&mut self, message: &StoredMessage) -> StoreResult<bool>;
+    fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>>;
+
+    /// Queues a dispatch task in the outbox, committed with the batch and relayed after it.
+    fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()>;
+
+    /// Moves a receipt forward (see [`ReceiptStatus`]); maintains per-channel counts.
+    fn advance_receipt(&mut self, r: &Receipt) -> StoreResult<()>;
+    fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()>;
+    /// Removes a dead letter; returns it when it existed.
+    fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>>;
 }
 
-/// Applies one event. Live notices are appended to `notices` when `live` is true.
+/// Side effects a batch may produce besides read models.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Effects {
+    /// Build live notices.
+    pub live: bool,
+    /// Queue dispatch tasks.
+    pub dispatch: bool,
+}
+
+/// Applies one event. Live notices are appended to `notices` and dispatch tasks queued only
+/// when `effects` asks for them (never during replay).
 pub fn apply_event<T: FoldTarget + ?Sized>(
     t: &mut T,
     env: &Envelope,
-    live: bool,
+    effects: Effects,
     notices: &mut Vec<LiveNotice>,
 ) -> StoreResult<()> {
+    let live = effects.live;
     let at = env.occurred_at;
     t.touch_user(&env.actor.uid, at)?;
     match &env.event {
@@ -82,45 +113,118 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         }
         Event::Unsubscribed(e) => t.remove_subscriber(e.tid, &e.uid).map(drop),
         Event::MessagePublished(e) => {
-            let message = ThreadMessage {
+            let stored = StoredMessage {
+                mid: env.id,
+                tid: Some(e.tid),
+                sender: e.sender.clone(),
+                msg: e.msg.clone(),
+                opts: e.opts.clone(),
+                created_at: at,
+            };
+            if !t.insert_message(&stored)? {
+                return Ok(());
+            }
+            t.insert_thread_message(&ThreadMessage {
                 mid: env.id,
                 tid: e.tid,
                 sender: e.sender.clone(),
                 msg: e.msg.clone(),
                 opts: e.opts.clone(),
                 created_at: at,
-            };
-            if !t.insert_thread_message(&message)? {
-                return Ok(());
-            }
+            })?;
             // The sender does not get their own thread message in their inbox.
             let recipients: Vec<String> = t
                 .subscribers(e.tid)?
                 .into_iter()
                 .filter(|uid| uid != &e.sender)
                 .collect();
-            deliver(
-                t,
-                env.id,
-                Some(e.tid),
-                &e.sender,
-                &e.msg,
-                &e.opts,
-                at,
-                recipients,
-                live,
-                notices,
-            )
+            deliver(t, &stored, recipients, effects, notices)
         }
         Event::MessageSent(e) => {
+            let stored = StoredMessage {
+                mid: env.id,
+                tid: None,
+                sender: e.sender.clone(),
+                msg: e.msg.clone(),
+                opts: e.opts.clone(),
+                created_at: at,
+            };
+            if !t.insert_message(&stored)? {
+                return Ok(());
+            }
             let recipients = match &e.audience {
                 Audience::User { uid } => vec![uid.clone()],
                 Audience::Users { uids } => uids.clone(),
                 Audience::All => t.all_users()?,
             };
-            deliver(
-                t, env.id, None, &e.sender, &e.msg, &e.opts, at, recipients, live, notices,
-            )
+            deliver(t, &stored, recipients, effects, notices)
+        }
+        Event::DeliverySent(e) => t.advance_receipt(&Receipt {
+            mid: e.mid,
+            uid: e.uid.clone(),
+            device_id: e.device_id.clone(),
+            channel: e.channel.clone(),
+            status: ReceiptStatus::Sent,
+            attempts: e.attempt,
+            reason: None,
+            updated_at: at,
+        }),
+        Event::DeliveryFailed(e) => {
+            t.advance_receipt(&Receipt {
+                mid: e.mid,
+                uid: e.uid.clone(),
+                device_id: e.device_id.clone(),
+                channel: e.channel.clone(),
+                status: if e.dead {
+                    ReceiptStatus::Failed
+                } else {
+                    ReceiptStatus::Retrying
+                },
+                attempts: e.attempt,
+                reason: Some(e.reason.clone()),
+                updated_at: at,
+            })?;
+            if e.dead {
+                t.put_failed_delivery(&FailedDelivery {
+                    id: FailedDelivery::id_of(e.mid, &e.device_id),
+                    mid: e.mid,
+                    uid: e.uid.clone(),
+                    device_id: e.device_id.clone(),
+                    channel: e.channel.clone(),
+                    reason: e.reason.clone(),
+                    permanent: e.permanent,
+                    attempts: e.attempt,
+                    failed_at: at,
+                })?;
+            }
+            Ok(())
+        }
+        Event::DeviceDisabled(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
+        Event::DeliveryAcked(e) => t.advance_receipt(&Receipt {
+            mid: e.mid,
+            uid: e.uid.clone(),
+            device_id: e.device_id.clone().unwrap_or_else(|| e.channel.clone()),
+            channel: e.channel.clone(),
+            status: match e.status {
+                AckStatus::Delivered => ReceiptStatus::Delivered,
+                AckStatus::Opened => ReceiptStatus::Opened,
+            },
+            attempts: 0,
+            reason: None,
+            updated_at: at,
+        }),
+        Event::DeliveryRequeued(e) => {
+            let id = FailedDelivery::id_of(e.mid, &e.device_id);
+            if t.take_failed_delivery(&id)?.is_some()
+                && effects.dispatch
+                && let Some(m) = t.message(e.mid)?
+            {
+                let mut task = task_for(&m, &e.uid);
+                task.only_devices = Some(vec![e.device_id.clone()]);
+                task.requeue = Some(env.id);
+                t.enqueue_task(&task)?;
+            }
+            Ok(())
         }
         Event::NotificationsRead(e) => {
             for id in &e.ids {
@@ -155,17 +259,25 @@ fn enlist<T: FoldTarget + ?Sized>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
+    DispatchTask {
+        mid: m.mid,
+        uid: uid.to_owned(),
+        tid: m.tid,
+        sender: m.sender.clone(),
+        msg: m.msg.clone(),
+        opts: m.opts.clone(),
+        created_at: m.created_at,
+        only_devices: None,
+        requeue: None,
+    }
+}
+
 fn deliver<T: FoldTarget + ?Sized>(
     t: &mut T,
-    mid: Uuid,
-    tid: Option<Uuid>,
-    sender: &str,
-    msg: &str,
-    opts: &MessageOpts,
-    at: OffsetDateTime,
+    m: &StoredMessage,
     recipients: Vec<String>,
-    live: bool,
+    effects: Effects,
     notices: &mut Vec<LiveNotice>,
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
@@ -173,19 +285,25 @@ fn deliver<T: FoldTarget + ?Sized>(
         if !seen.insert(uid.clone()) {
             continue;
         }
-        t.touch_user(&uid, at)?;
+        t.touch_user(&uid, m.created_at)?;
         let n = Notification {
-            id: mid,
+            id: m.mid,
             uid,
-            tid,
-            sender: sender.to_owned(),
-            msg: msg.to_owned(),
-            opts: opts.clone(),
-            created_at: at,
+            tid: m.tid,
+            sender: m.sender.clone(),
+            msg: m.msg.clone(),
+            opts: m.opts.clone(),
+            created_at: m.created_at,
             read_at: None,
         };
-        if t.insert_notification(&n)? && live {
+        if !t.insert_notification(&n)? {
+            continue;
+        }
+        if effects.live {
             notices.push(frame(&n.uid, "new", &n));
+        }
+        if effects.dispatch {
+            t.enqueue_task(&task_for(m, &n.uid))?;
         }
     }
     Ok(())

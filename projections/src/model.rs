@@ -69,3 +69,86 @@ pub struct InboxCounts {
     pub total: u64,
     pub unread: u64,
 }
+
+/// A message of any kind, as the fold and the receipts API need it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub mid: Uuid,
+    pub tid: Option<Uuid>,
+    pub sender: String,
+    pub msg: String,
+    pub opts: MessageOpts,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Where one delivery stands. Receipts only move forward (in this order), except that a
+/// requeued dead letter can still succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    Retrying,
+    Failed,
+    Sent,
+    Delivered,
+    Opened,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Retrying => "retrying",
+            ReceiptStatus::Failed => "failed",
+            ReceiptStatus::Sent => "sent",
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Opened => "opened",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "retrying" => ReceiptStatus::Retrying,
+            "failed" => ReceiptStatus::Failed,
+            "sent" => ReceiptStatus::Sent,
+            "delivered" => ReceiptStatus::Delivered,
+            "opened" => ReceiptStatus::Opened,
+            _ => return None,
+        })
+    }
+}
+
+/// The state of one (message, recipient, device) delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub mid: Uuid,
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    pub status: ReceiptStatus,
+    pub attempts: u32,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A dead letter: a delivery that failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedDelivery {
+    /// `<mid>.<device_id>`
+    pub id: String,
+    pub mid: Uuid,
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    pub reason: String,
+    pub permanent: bool,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
+}
+
+impl FailedDelivery {
+    pub fn id_of(mid: Uuid, device_id: &str) -> String {
+        format!("{mid}.{device_id}")
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use exchange::dispatch::TaskQueue;
 use exchange::log::{EventLog, LogError, Start, decode};
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -34,6 +35,10 @@ pub struct ProjectorSettings {
     pub live_horizon: Duration,
     /// Whether to publish live notices at all.
     pub live: bool,
+    /// Messages older than this when projected queue no delivery (a store rebuilt by a live
+    /// projector does not re-send history). Keep it within the dispatch stream's duplicate
+    /// window, which catches re-queued recent tasks.
+    pub dispatch_horizon: Duration,
 }
 
 impl Default for ProjectorSettings {
@@ -42,6 +47,7 @@ impl Default for ProjectorSettings {
             batch: 512,
             live_horizon: Duration::from_secs(300),
             live: true,
+            dispatch_horizon: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -53,6 +59,8 @@ pub struct Projector {
     store: Arc<dyn Store>,
     settings: ProjectorSettings,
     applied: watch::Sender<u64>,
+    /// Where delivery tasks go; `None` queues none.
+    tasks: Option<TaskQueue>,
 }
 
 impl Projector {
@@ -61,6 +69,7 @@ impl Projector {
         nats: async_nats::Client,
         store: Arc<dyn Store>,
         settings: ProjectorSettings,
+        tasks: Option<TaskQueue>,
     ) -> Self {
         let (applied, _) = watch::channel(0);
         Self {
@@ -69,6 +78,24 @@ impl Projector {
             store,
             settings,
             applied,
+            tasks,
+        }
+    }
+
+    /// Relays committed dispatch tasks to the work queue, then forgets them. A crash between
+    /// the two re-sends them on restart; their message ids make JetStream drop the copies.
+    async fn relay_outbox(&self) -> Result<(), ProjectorError> {
+        let Some(queue) = &self.tasks else {
+            return Ok(());
+        };
+        loop {
+            let pending = self.store.outbox(1000).await?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let (ids, tasks): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
+            queue.enqueue(&tasks).await?;
+            self.store.outbox_done(ids).await?;
         }
     }
 
@@ -97,6 +124,7 @@ impl Projector {
     async fn follow(&self) -> Result<(), ProjectorError> {
         let checkpoint = self.store.checkpoint().await?;
         self.applied.send_replace(checkpoint);
+        self.relay_outbox().await?;
         let name = format!("projector-{}", self.store.store_id().await?);
         let stream = self.log.stream().await?;
         // The store is the authority on progress: start the consumer right after its
@@ -146,12 +174,21 @@ impl Projector {
                 }
                 last = Some(m);
             }
-            let live_since = self.settings.live.then(|| {
-                OffsetDateTime::now_utc()
-                    - time::Duration::try_from(self.settings.live_horizon)
-                        .unwrap_or(time::Duration::minutes(5))
-            });
-            let applied = self.store.apply(batch, ApplyOptions { live_since }).await?;
+            let now = OffsetDateTime::now_utc();
+            let since =
+                |d: Duration| now - time::Duration::try_from(d).unwrap_or(time::Duration::ZERO);
+            let options = ApplyOptions {
+                live_since: self
+                    .settings
+                    .live
+                    .then(|| since(self.settings.live_horizon)),
+                dispatch_since: self
+                    .tasks
+                    .is_some()
+                    .then(|| since(self.settings.dispatch_horizon)),
+            };
+            let applied = self.store.apply(batch, options).await?;
+            self.relay_outbox().await?;
             if let Some(m) = last
                 && let Err(e) = m.ack().await
             {

@@ -16,9 +16,16 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::fold::{FoldTarget, apply_event};
-use crate::model::{Device, InboxCounts, Notification, Page, Thread, ThreadMessage};
-use crate::store::{Applied, ApplyOptions, SequencedEvent, Store, StoreError, StoreResult};
+use exchange::dispatch::{Directory, DispatchTask};
+
+use crate::fold::{Effects, FoldTarget, apply_event};
+use crate::model::{
+    Device, FailedDelivery, InboxCounts, Notification, Page, Receipt, ReceiptStatus, StoredMessage,
+    Thread, ThreadMessage,
+};
+use crate::store::{
+    Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -49,10 +56,30 @@ CREATE TABLE IF NOT EXISTS inbox (
 -- inbox counters, kept on write
 CREATE TABLE IF NOT EXISTS inbox_counts (
   uid TEXT PRIMARY KEY, total INTEGER NOT NULL, unread INTEGER NOT NULL) WITHOUT ROWID;
+-- every message by mid (receipts authorization, dead-letter requeue)
+CREATE TABLE IF NOT EXISTS messages (
+  mid TEXT PRIMARY KEY, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
+  created_at TEXT NOT NULL) WITHOUT ROWID;
+-- GET /messages/{mid}/receipts: partition mid
+CREATE TABLE IF NOT EXISTS receipts (
+  mid TEXT NOT NULL, uid TEXT NOT NULL, device_id TEXT NOT NULL, channel TEXT NOT NULL,
+  status TEXT NOT NULL, attempts INTEGER NOT NULL, reason TEXT, updated_at TEXT NOT NULL,
+  PRIMARY KEY (mid, uid, device_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipt_counts (
+  mid TEXT NOT NULL, channel TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (mid, channel, status)) WITHOUT ROWID;
+-- GET /deliveries/failed: dead letters, newest first
+CREATE TABLE IF NOT EXISTS failed_deliveries (
+  id TEXT PRIMARY KEY, mid TEXT NOT NULL, uid TEXT NOT NULL, device_id TEXT NOT NULL,
+  channel TEXT NOT NULL, reason TEXT NOT NULL, permanent INTEGER NOT NULL,
+  attempts INTEGER NOT NULL, failed_at TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS failed_deliveries_by_time ON failed_deliveries (failed_at DESC, id);
+-- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 8] = [
+pub const DATA_TABLES: [&str; 12] = [
     "users",
     "devices",
     "device_owners",
@@ -61,6 +88,10 @@ pub const DATA_TABLES: [&str; 8] = [
     "thread_messages",
     "inbox",
     "inbox_counts",
+    "messages",
+    "receipts",
+    "receipt_counts",
+    "failed_deliveries",
 ];
 
 const READERS: usize = 4;
@@ -485,6 +516,198 @@ impl FoldTarget for SqliteTx<'_> {
             .map_err(backend)?;
         notification_from(row).map(Some)
     }
+
+    fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
+        let n = self.exec(
+            "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                m.mid.to_string(),
+                m.tid.map(|t| t.to_string()),
+                m.sender,
+                m.msg,
+                to_json(&m.opts)?,
+                ts(m.created_at)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        message_by_id(self.tx, mid)
+    }
+
+    fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()> {
+        self.exec(
+            "INSERT INTO outbox (task) VALUES (?1)",
+            params![to_json(task)?],
+        )
+        .map(drop)
+    }
+
+    fn advance_receipt(&mut self, r: &Receipt) -> StoreResult<()> {
+        let mid = r.mid.to_string();
+        let old: Option<(String, String, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT status, channel, attempts FROM receipts
+                 WHERE mid = ?1 AND uid = ?2 AND device_id = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![mid, r.uid, r.device_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?;
+        let attempts = old
+            .as_ref()
+            .map_or(0, |o| o.2.max(0) as u32)
+            .max(r.attempts);
+        if let Some((status, channel, _)) = &old {
+            let current = ReceiptStatus::parse(status)
+                .ok_or_else(|| StoreError::Corrupt(format!("receipt status {status}")))?;
+            if r.status <= current
+                && !(current == ReceiptStatus::Failed && r.status == ReceiptStatus::Retrying)
+            {
+                // Receipts only move forward; keep the attempt count current.
+                self.exec(
+                    "UPDATE receipts SET attempts = ?4 WHERE mid = ?1 AND uid = ?2 AND device_id = ?3",
+                    params![mid, r.uid, r.device_id, attempts],
+                )?;
+                return Ok(());
+            }
+            self.exec(
+                "UPDATE receipt_counts SET n = n - 1 WHERE mid = ?1 AND channel = ?2 AND status = ?3",
+                params![mid, channel, status],
+            )?;
+        }
+        self.exec(
+            "INSERT OR REPLACE INTO receipts
+             (mid, uid, device_id, channel, status, attempts, reason, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                mid,
+                r.uid,
+                r.device_id,
+                r.channel,
+                r.status.as_str(),
+                attempts,
+                r.reason,
+                ts(r.updated_at)
+            ],
+        )?;
+        self.exec(
+            "INSERT INTO receipt_counts (mid, channel, status, n) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (mid, channel, status) DO UPDATE SET n = n + 1",
+            params![mid, r.channel, r.status.as_str()],
+        )
+        .map(drop)
+    }
+
+    fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO failed_deliveries
+             (id, mid, uid, device_id, channel, reason, permanent, attempts, failed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                f.id,
+                f.mid.to_string(),
+                f.uid,
+                f.device_id,
+                f.channel,
+                f.reason,
+                f.permanent,
+                f.attempts,
+                ts(f.failed_at)
+            ],
+        )
+        .map(drop)
+    }
+
+    fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>> {
+        let found = failed_by_id(self.tx, id)?;
+        if found.is_some() {
+            self.exec("DELETE FROM failed_deliveries WHERE id = ?1", params![id])?;
+        }
+        Ok(found)
+    }
+}
+
+fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+    let row: Option<(Option<String>, String, String, String, String)> = c
+        .prepare_cached("SELECT tid, sender, msg, opts, created_at FROM messages WHERE mid = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![mid.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    row.map(|r| {
+        Ok(StoredMessage {
+            mid,
+            tid: r.0.as_deref().map(parse_uuid).transpose()?,
+            sender: r.1,
+            msg: r.2,
+            opts: parse_json(&r.3)?,
+            created_at: parse_ts(&r.4)?,
+        })
+    })
+    .transpose()
+}
+
+const FAILED_COLS: &str =
+    "id, mid, uid, device_id, channel, reason, permanent, attempts, failed_at";
+
+type FailedRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    String,
+);
+
+fn failed_row(r: &Row<'_>) -> rusqlite::Result<FailedRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn failed_from(r: FailedRow) -> StoreResult<FailedDelivery> {
+    Ok(FailedDelivery {
+        id: r.0,
+        mid: parse_uuid(&r.1)?,
+        uid: r.2,
+        device_id: r.3,
+        channel: r.4,
+        reason: r.5,
+        permanent: r.6,
+        attempts: r.7.max(0) as u32,
+        failed_at: parse_ts(&r.8)?,
+    })
+}
+
+fn failed_by_id(c: &Connection, id: &str) -> StoreResult<Option<FailedDelivery>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {FAILED_COLS} FROM failed_deliveries WHERE id = ?1"
+        ))
+        .and_then(|mut s| s.query_row(params![id], failed_row).optional())
+        .map_err(backend)?;
+    row.map(failed_from).transpose()
 }
 
 fn read_checkpoint(conn: &Connection) -> StoreResult<u64> {
@@ -529,10 +752,12 @@ impl Store for SqliteStore {
                     if ev.seq <= checkpoint {
                         continue;
                     }
-                    let live = opts
-                        .live_since
-                        .is_some_and(|since| ev.envelope.occurred_at >= since);
-                    apply_event(&mut target, &ev.envelope, live, &mut out.notices)?;
+                    let at = ev.envelope.occurred_at;
+                    let effects = Effects {
+                        live: opts.live_since.is_some_and(|since| at >= since),
+                        dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
+                    };
+                    apply_event(&mut target, &ev.envelope, effects, &mut out.notices)?;
                     checkpoint = ev.seq;
                     out.applied += 1;
                 }
@@ -726,5 +951,158 @@ impl Store for SqliteStore {
             }))
         })
         .await
+    }
+
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<(i64, DispatchTask)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id, task FROM outbox ORDER BY id LIMIT ?1")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(backend)?;
+            collect(rows, |(id, t)| Ok((id, parse_json::<DispatchTask>(&t)?)))
+        })
+        .await
+    }
+
+    async fn outbox_done(&self, ids: Vec<i64>) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let tx = conn.transaction().map_err(backend)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                    .map_err(backend)?;
+                for id in ids {
+                    stmt.execute(params![id]).map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn message(&self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        self.read(move |c| message_by_id(c, mid)).await
+    }
+
+    async fn receipts(&self, mid: Uuid, limit: u32, offset: u64) -> StoreResult<Page<Receipt>> {
+        self.read(move |c| {
+            let mid_s = mid.to_string();
+            let total = counter(
+                c,
+                "SELECT COALESCE(SUM(n), 0) FROM receipt_counts WHERE mid = ?1",
+                &mid_s,
+            )?;
+            let (l, o) = limit_offset(limit, offset);
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT uid, device_id, channel, status, attempts, reason, updated_at
+                     FROM receipts WHERE mid = ?1 ORDER BY uid, device_id LIMIT ?2 OFFSET ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![mid_s, l, o], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, String>(6)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let items = collect(rows, |r| {
+                Ok(Receipt {
+                    mid,
+                    uid: r.0,
+                    device_id: r.1,
+                    channel: r.2,
+                    status: ReceiptStatus::parse(&r.3)
+                        .ok_or_else(|| StoreError::Corrupt(format!("receipt status {}", r.3)))?,
+                    attempts: r.4.max(0) as u32,
+                    reason: r.5,
+                    updated_at: parse_ts(&r.6)?,
+                })
+            })?;
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    async fn receipt_counts(&self, mid: Uuid) -> StoreResult<ReceiptCounts> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT channel, status, n FROM receipt_counts WHERE mid = ?1 AND n > 0
+                     ORDER BY channel, status",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![mid.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            collect(rows, |(c, s, n)| Ok((c, s, n.max(0) as u64)))
+        })
+        .await
+    }
+
+    async fn failed_deliveries(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<FailedDelivery>> {
+        self.read(move |c| {
+            let total: i64 = c
+                .query_row("SELECT COUNT(*) FROM failed_deliveries", [], |r| r.get(0))
+                .map_err(backend)?;
+            let (l, o) = limit_offset(limit, offset);
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {FAILED_COLS} FROM failed_deliveries
+                     ORDER BY failed_at DESC, id LIMIT ?1 OFFSET ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![l, o], failed_row).map_err(backend)?;
+            Ok(Page {
+                items: collect(rows, failed_from)?,
+                total: total.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn failed_delivery(&self, id: &str) -> StoreResult<Option<FailedDelivery>> {
+        let id = id.to_owned();
+        self.read(move |c| failed_by_id(c, &id)).await
+    }
+}
+
+#[async_trait]
+impl Directory for SqliteStore {
+    async fn devices(
+        &self,
+        uid: &str,
+    ) -> Result<Vec<(String, exchange::events::DeviceAddress)>, String> {
+        Store::devices(self, uid)
+            .await
+            .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
+            .map_err(|e| e.to_string())
     }
 }

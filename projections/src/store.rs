@@ -10,7 +10,12 @@ use exchange::live::LiveNotice;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{Device, InboxCounts, Notification, Page, Thread, ThreadMessage};
+use exchange::dispatch::DispatchTask;
+
+use crate::model::{
+    Device, FailedDelivery, InboxCounts, Notification, Page, Receipt, StoredMessage, Thread,
+    ThreadMessage,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,7 +40,13 @@ pub struct ApplyOptions {
     /// Build live notices only for events that occurred at or after this instant; `None` builds
     /// none (replay and rebuild never notify anyone).
     pub live_since: Option<OffsetDateTime>,
+    /// Queue dispatch tasks only for messages that occurred at or after this instant; `None`
+    /// queues none (replay and rebuild never send anything).
+    pub dispatch_since: Option<OffsetDateTime>,
 }
+
+/// Per-channel, per-status receipt counts of one message.
+pub type ReceiptCounts = Vec<(String, String, u64)>;
 
 /// What applying a batch did.
 #[derive(Debug, Clone, Default)]
@@ -82,4 +93,20 @@ pub trait Store: Send + Sync + 'static {
     async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>>;
 
     async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts>;
+
+    /// Dispatch tasks committed but not yet relayed to the work queue, oldest first.
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<(i64, DispatchTask)>>;
+    /// Forgets relayed outbox entries.
+    async fn outbox_done(&self, ids: Vec<i64>) -> StoreResult<()>;
+
+    async fn message(&self, mid: Uuid) -> StoreResult<Option<StoredMessage>>;
+
+    /// A message's receipts, by recipient and device.
+    async fn receipts(&self, mid: Uuid, limit: u32, offset: u64) -> StoreResult<Page<Receipt>>;
+    async fn receipt_counts(&self, mid: Uuid) -> StoreResult<ReceiptCounts>;
+
+    /// Dead letters, newest first.
+    async fn failed_deliveries(&self, limit: u32, offset: u64)
+    -> StoreResult<Page<FailedDelivery>>;
+    async fn failed_delivery(&self, id: &str) -> StoreResult<Option<FailedDelivery>>;
 }

@@ -45,6 +45,8 @@ pub fn options(nats_url: String, store_path: PathBuf) -> ExchangeOptions {
             ..Default::default()
         },
         projector: ProjectorSettings::default(),
+        channels: Default::default(),
+        dispatch: Default::default(),
     }
 }
 

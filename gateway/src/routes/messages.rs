@@ -34,6 +34,7 @@ pub async fn publish(
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Accepted> {
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
+    validate::opts(&body.opts)?;
     let thread = threads::load(&state, &body.tid).await?;
     let allowed = actor.is_admin()
         || thread.owner == actor.uid
@@ -145,6 +146,7 @@ async fn send_to(
     msg: String,
     opts: MessageOpts,
 ) -> ApiResult<Accepted> {
+    validate::opts(&opts)?;
     let event = Event::MessageSent(MessageSent {
         audience,
         sender: actor.uid.clone(),

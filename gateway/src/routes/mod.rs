@@ -7,6 +7,7 @@ use axum::routing::{delete, get, patch, post};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+mod deliveries;
 mod devices;
 mod messages;
 mod notifications;
@@ -17,6 +18,7 @@ mod ws;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/ping", get(ping))
+        .route("/health", get(ping))
         .route("/enlist", post(devices::enlist))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", delete(devices::remove))
@@ -32,6 +34,10 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications", get(notifications::list))
         .route("/notifications", patch(notifications::mark_read))
         .route("/connect", get(ws::connect))
+        .route("/ack", post(deliveries::ack))
+        .route("/messages/{mid}/receipts", get(deliveries::receipts))
+        .route("/deliveries/failed", get(deliveries::failed))
+        .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use exchange::Actor;
+use exchange::events::AckStatus;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -71,7 +72,7 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                     last_heard = Instant::now();
                     match msg {
                         Message::Text(t) => {
-                            if let Some(reply) = answer(t.as_str())
+                            if let Some(reply) = answer(&state, &actor, t.as_str()).await
                                 && socket.send(Message::Text(reply.into())).await.is_err()
                             {
                                 break;
@@ -97,14 +98,42 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
 }
 
 /// Replies to a client text frame, if it calls for one.
-fn answer(text: &str) -> Option<String> {
+async fn answer(state: &AppState, actor: &Actor, text: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     match v.get("action").and_then(|a| a.as_str()) {
         Some("ping") => Some(json!({ "action": "pong" }).to_string()),
+        Some("ack") => Some(ack(state, actor, &v).await),
         Some(other) => Some(
             json!({ "action": "error", "error": { "code": "unknown_action", "message": format!("unknown action {other}") } })
                 .to_string(),
         ),
         None => None,
+    }
+}
+
+/// `{"action":"ack","mid":"...","status":"delivered"|"opened"}`: a receipt for the live channel.
+async fn ack(state: &AppState, actor: &Actor, v: &serde_json::Value) -> String {
+    let mid = v
+        .get("mid")
+        .and_then(|m| m.as_str())
+        .and_then(|m| uuid::Uuid::parse_str(m).ok());
+    let status = match v
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("delivered")
+    {
+        "delivered" => Some(AckStatus::Delivered),
+        "opened" => Some(AckStatus::Opened),
+        _ => None,
+    };
+    let (Some(mid), Some(status)) = (mid, status) else {
+        return json!({ "action": "error", "error": { "code": "invalid_ack", "message": "ack needs a mid (UUID) and status delivered or opened" } }).to_string();
+    };
+    match crate::routes::deliveries::record_ack(state, actor, mid, status, None, "websocket".into())
+        .await
+    {
+        Ok(()) => json!({ "action": "acked", "mid": mid, "status": status.as_str() }).to_string(),
+        Err(e) => json!({ "action": "error", "error": { "code": e.code, "message": e.message } })
+            .to_string(),
     }
 }

@@ -1,0 +1,119 @@
+//! The dispatch work queue: stream `MSGXC_DISPATCH` (work-queue retention) with one subject and
+//! one durable consumer per urgency lane, so a backlog in one lane never delays another.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{Config as StreamConfig, RetentionPolicy, StorageType},
+};
+
+use crate::dispatch::DispatchTask;
+use crate::events::Urgency;
+use crate::log::LogError;
+
+pub const DISPATCH_STREAM: &str = "MSGXC_DISPATCH";
+const SUBJECT_PREFIX: &str = "msgxc.dispatch";
+
+/// An urgency lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    High,
+    Normal,
+    Low,
+    VeryLow,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 4] = [Lane::High, Lane::Normal, Lane::Low, Lane::VeryLow];
+
+    pub fn of(u: Urgency) -> Self {
+        match u {
+            Urgency::High => Lane::High,
+            Urgency::Normal => Lane::Normal,
+            Urgency::Low => Lane::Low,
+            Urgency::VeryLow => Lane::VeryLow,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+            Lane::VeryLow => "very-low",
+        }
+    }
+
+    pub fn subject(self) -> String {
+        format!("{SUBJECT_PREFIX}.{}", self.name())
+    }
+}
+
+/// Enqueues tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskQueue {
+    js: jetstream::Context,
+}
+
+impl TaskQueue {
+    /// Ensures the dispatch stream exists. `duplicate_window` bounds how long a re-enqueued
+    /// task (same message id) is recognised.
+    pub async fn open(
+        js: jetstream::Context,
+        duplicate_window: Duration,
+        replicas: usize,
+    ) -> Result<Self, LogError> {
+        js.create_or_update_stream(StreamConfig {
+            name: DISPATCH_STREAM.into(),
+            description: Some("msgxc delivery tasks, one subject per urgency lane".into()),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("creating {DISPATCH_STREAM}: {e}")))?;
+        Ok(Self { js })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Enqueues tasks with pipelined acks; returns once all are stored.
+    pub async fn enqueue(&self, tasks: &[DispatchTask]) -> Result<(), LogError> {
+        let mut acks = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let payload = serde_json::to_vec(t)
+                .map_err(|e| LogError::Rejected(format!("encoding task: {e}")))?;
+            let msg = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(t.message_id());
+            let subject = Lane::of(t.urgency()).subject();
+            acks.push(
+                self.js
+                    .send_publish(subject, msg)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: jetstream::context::PublishError) -> LogError {
+    match e.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            LogError::Unavailable(e.to_string())
+        }
+        _ => LogError::Rejected(e.to_string()),
+    }
+}

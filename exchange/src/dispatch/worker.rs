@@ -1,0 +1,371 @@
+//! The dispatcher: one pull consumer per lane, each with its own concurrency budget.
+//!
+//! Per task: resolve the recipient's devices, skip those already delivered (JetStream KV
+//! `MSGXC_DELIVERIES`, key `<mid>.<device>`), call each device's channel, and record every
+//! outcome as an event. Transient failures are retried by NAK-with-delay (exponential backoff
+//! with jitter, honouring Retry-After) up to `max_attempts`; the last failure is a dead letter.
+//!
+//! At-least-once, with one gap: a crash after a provider accepted a message but before the KV
+//! entry is written re-sends to that device on redelivery. APNs (`apns-id`), Web Push (`Topic`)
+//! and FCM (collapse keys) receive a per-(message, device) id so the duplicate is recognisable;
+//! SMS, e-mail and MQTT have no such guard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, pull},
+    kv,
+    stream::StorageType,
+};
+use futures::StreamExt;
+
+use crate::dispatch::{Channels, Delivery, Directory, DispatchTask, Lane, Outcome};
+use crate::events::{Actor, DeliveryFailed, DeliverySent, DeviceDisabled, Envelope, Event};
+use crate::log::{EventLog, LogError};
+
+pub const DELIVERIES_BUCKET: &str = "MSGXC_DELIVERIES";
+
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Attempts per device before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with jitter, capped at `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Longest a single provider call may take before it counts as a transient failure.
+    pub send_timeout: Duration,
+    /// Tasks in flight per lane: high, normal, low, very-low.
+    pub concurrency: [usize; 4],
+    /// How long delivered-markers are kept (bounds the redelivery guard).
+    pub marker_ttl: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(30),
+            concurrency: [64, 32, 16, 8],
+            marker_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The system actor recorded on dispatcher events.
+pub fn system_actor() -> Actor {
+    Actor {
+        uid: "msgxc".into(),
+        roles: vec!["system".into()],
+    }
+}
+
+/// Retry delay for `attempt` (1-based): base * 2^(attempt-1), capped, with +-20 % jitter,
+/// and never shorter than the provider's Retry-After.
+pub fn backoff(
+    settings: &DispatchSettings,
+    attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exp = settings
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(settings.backoff_max);
+    let jitter = 0.8 + fastrand::f64() * 0.4;
+    let d = exp.mul_f64(jitter);
+    retry_after.map_or(d, |r| d.max(r))
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    log: EventLog,
+    js: jetstream::Context,
+    channels: Channels,
+    directory: Arc<dyn Directory>,
+    markers: kv::Store,
+    settings: Arc<DispatchSettings>,
+}
+
+impl Dispatcher {
+    pub async fn new(
+        log: EventLog,
+        js: jetstream::Context,
+        channels: Channels,
+        directory: Arc<dyn Directory>,
+        settings: DispatchSettings,
+    ) -> Result<Self, LogError> {
+        let markers = match js.get_key_value(DELIVERIES_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: DELIVERIES_BUCKET.into(),
+                    description: "msgxc: deliveries a provider accepted, per message and device"
+                        .into(),
+                    history: 1,
+                    max_age: settings.marker_ttl,
+                    storage: StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| LogError::Unavailable(format!("creating {DELIVERIES_BUCKET}: {e}")))?,
+        };
+        Ok(Self {
+            log,
+            js,
+            channels,
+            directory,
+            markers,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// Runs every lane until the task is dropped.
+    pub async fn run(self) {
+        let lanes = Lane::ALL.iter().enumerate().map(|(i, lane)| {
+            let this = self.clone();
+            let concurrency = self.settings.concurrency[i].max(1);
+            tokio::spawn(this.run_lane(*lane, concurrency))
+        });
+        let handles: Vec<_> = lanes.collect();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    async fn run_lane(self, lane: Lane, concurrency: usize) {
+        let mut backoff_delay = Duration::from_millis(100);
+        loop {
+            match self.follow_lane(lane, concurrency).await {
+                Ok(()) => backoff_delay = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(lane = lane.name(), error = %e, "dispatch lane interrupted");
+                    tokio::time::sleep(backoff_delay).await;
+                    backoff_delay = (backoff_delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn follow_lane(&self, lane: Lane, concurrency: usize) -> Result<(), String> {
+        let stream = self
+            .js
+            .get_stream(super::DISPATCH_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = format!("dispatch-{}", lane.name());
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: lane.subject(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.settings.send_timeout * 4,
+                    max_ack_pending: (concurrency * 4) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(lane = lane.name(), concurrency, "dispatch lane running");
+        messages
+            .for_each_concurrent(concurrency, |m| async move {
+                match m {
+                    Ok(m) => self.handle(m).await,
+                    Err(e) => tracing::debug!(lane = lane.name(), error = %e, "pull error"),
+                }
+            })
+            .await;
+        Err("message stream ended".into())
+    }
+
+    async fn handle(&self, m: jetstream::Message) {
+        let attempt = m.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let task: DispatchTask = match serde_json::from_slice(&m.payload) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "dropping an undecodable dispatch task");
+                let _ = m.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        match self.deliver(&task, attempt).await {
+            Ok(None) => {
+                if let Err(e) = m.ack().await {
+                    tracing::debug!(error = %e, "task ack failed; it will be redelivered and skipped");
+                }
+            }
+            Ok(Some(delay)) => {
+                let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Err(e) => {
+                // Infrastructure trouble (store, log): retry the whole task soon.
+                tracing::warn!(mid = %task.mid, error = %e, "dispatch failed; retrying");
+                let _ = m
+                    .ack_with(AckKind::Nak(Some(backoff(&self.settings, attempt, None))))
+                    .await;
+            }
+        }
+    }
+
+    /// Delivers a task to every device not yet done. Returns the delay before the next try when
+    /// some devices failed transiently, `None` when the task is finished.
+    async fn deliver(&self, task: &DispatchTask, attempt: u32) -> Result<Option<Duration>, String> {
+        let devices = self.directory.devices(&task.uid).await?;
+        let mut retry_after: Option<Option<Duration>> = None;
+        for (device_id, address) in &devices {
+            if let Some(only) = &task.only_devices
+                && !only.contains(device_id)
+            {
+                continue;
+            }
+            let Some(channel) = self.channels.get(address.channel()) else {
+                continue; // channel not configured here
+            };
+            let marker = format!("{}.{}", task.mid, device_id);
+            if task.requeue.is_none()
+                && let Ok(Some(_)) = self.markers.get(&marker).await
+            {
+                continue; // delivered before a redelivery of this task
+            }
+            let delivery = Delivery {
+                task,
+                device_id,
+                address,
+                attempt,
+            };
+            let outcome =
+                match tokio::time::timeout(self.settings.send_timeout, channel.send(&delivery))
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(_) => Outcome::Retry {
+                        reason: format!("no answer within {:?}", self.settings.send_timeout),
+                        after: None,
+                    },
+                };
+            let channel_name = channel.name().to_owned();
+            match outcome {
+                Outcome::Accepted { provider_id } => {
+                    let _ = self.markers.put(&marker, "sent".into()).await;
+                    self.record(
+                        Event::DeliverySent(DeliverySent {
+                            mid: task.mid,
+                            uid: task.uid.clone(),
+                            device_id: device_id.clone(),
+                            channel: channel_name,
+                            attempt,
+                            provider_id,
+                        }),
+                        format!("sent.{marker}"),
+                    )
+                    .await?;
+                }
+                Outcome::Retry { reason, after } => {
+                    let dead = attempt >= self.settings.max_attempts;
+                    self.failed(task, device_id, &channel_name, attempt, reason, false, dead)
+                        .await?;
+                    if !dead {
+                        let prev = retry_after.flatten();
+                        retry_after = Some(match (prev, after) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        });
+                    }
+                }
+                Outcome::DeviceGone { reason } => {
+                    let _ = self.markers.put(&marker, "gone".into()).await;
+                    self.record(
+                        Event::DeviceDisabled(DeviceDisabled {
+                            uid: task.uid.clone(),
+                            device_id: device_id.clone(),
+                            channel: channel_name.clone(),
+                            reason: reason.clone(),
+                        }),
+                        format!("disabled.{marker}"),
+                    )
+                    .await?;
+                    self.failed(task, device_id, &channel_name, attempt, reason, true, true)
+                        .await?;
+                }
+                Outcome::Rejected { reason } => {
+                    let _ = self.markers.put(&marker, "rejected".into()).await;
+                    self.failed(task, device_id, &channel_name, attempt, reason, true, true)
+                        .await?;
+                }
+            }
+        }
+        Ok(retry_after.map(|after| backoff(&self.settings, attempt, after)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn failed(
+        &self,
+        task: &DispatchTask,
+        device_id: &str,
+        channel: &str,
+        attempt: u32,
+        reason: String,
+        permanent: bool,
+        dead: bool,
+    ) -> Result<(), String> {
+        tracing::info!(mid = %task.mid, device = device_id, channel, attempt, permanent, dead, %reason, "delivery failed");
+        self.record(
+            Event::DeliveryFailed(DeliveryFailed {
+                mid: task.mid,
+                uid: task.uid.clone(),
+                device_id: device_id.to_owned(),
+                channel: channel.to_owned(),
+                attempt,
+                reason,
+                permanent,
+                dead,
+            }),
+            format!(
+                "failed.{}.{device_id}.{attempt}.{}",
+                task.mid,
+                task.requeue.map(|r| r.to_string()).unwrap_or_default()
+            ),
+        )
+        .await
+    }
+
+    async fn record(&self, event: Event, msg_id: String) -> Result<(), String> {
+        let env = Envelope::new(system_actor(), event);
+        self.log
+            .append(&env, Some(&msg_id))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let s = DispatchSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let d1 = backoff(&s, 1, None);
+        assert!(d1 >= Duration::from_millis(800) && d1 <= Duration::from_millis(1200));
+        let d3 = backoff(&s, 3, None);
+        assert!(d3 >= Duration::from_millis(3200) && d3 <= Duration::from_millis(4800));
+        assert!(backoff(&s, 30, None) <= Duration::from_secs(12));
+        assert!(backoff(&s, 1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+}
