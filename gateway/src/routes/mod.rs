@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`.
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, patch, post};
 
@@ -45,10 +46,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ping() -> axum::Json<serde_json::Value> {
-    axum::Json(
-        serde_json::json!({ "ok": true, "service": "msgxc", "version": env!("CARGO_PKG_VERSION") }),
-    )
+/// Liveness, plus which delivery channels this deployment has configured.
+async fn ping(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "ok": true,
+        "service": "msgxc",
+        "version": env!("CARGO_PKG_VERSION"),
+        "channels": state.config.channels,
+    }))
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,507 @@
+//! Delivery through the production channel clients against local servers that speak the
+//! providers' protocols (Twilio-shaped SMS, APNs over HTTP/2) and a real SMTP server
+//! (aiosmtpd): retries, dead letters, disabled tokens, urgency lanes, receipts, idempotency.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Exchange, token, ws_connect};
+use exchange::channels::{ChannelSettings, apns::ApnsConfig, email::EmailConfig, sms::SmsConfig};
+use exchange::dispatch::DispatchSettings;
+use futures::SinkExt;
+use serde_json::{Value, json};
+use testkit::providers::{Reply, Sink, SmtpSink, apns_sink, form_value, sms_sink};
+use tokio_tungstenite::tungstenite::Message;
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const SMS_TOKEN: &str = "sms-auth-token";
+const KEY_ID: &str = "ABC123DEFG";
+const TEAM_ID: &str = "TEAM123456";
+const TOPIC: &str = "com.example.app";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+struct Providers {
+    sms: Sink,
+    apns: Sink,
+    smtp: SmtpSink,
+}
+
+async fn providers() -> Providers {
+    Providers {
+        sms: sms_sink(SID, SMS_TOKEN).await,
+        apns: apns_sink(&fixture("test-only-es256.pub.pem"), KEY_ID, TEAM_ID, TOPIC).await,
+        smtp: SmtpSink::start(),
+    }
+}
+
+async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
+    let (sms, apns, smtp) = (
+        p.sms.base_url.clone(),
+        p.apns.base_url.clone(),
+        p.smtp.url(),
+    );
+    Exchange::start_with(move |o| {
+        o.channels = ChannelSettings {
+            sms: Some(SmsConfig {
+                account_sid: SID.into(),
+                auth_token: SMS_TOKEN.into(),
+                from: "+15550001111".into(),
+                base_url: sms,
+            }),
+            apns: Some(ApnsConfig {
+                key_pem: fixture("test-only-es256.key.pem"),
+                key_id: KEY_ID.into(),
+                team_id: TEAM_ID.into(),
+                topic: TOPIC.into(),
+                base_url: apns,
+            }),
+            email: Some(EmailConfig {
+                url: smtp,
+                from: "msgxc <noreply@example.com>".into(),
+            }),
+        };
+        o.dispatch = DispatchSettings {
+            max_attempts,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            ..Default::default()
+        };
+    })
+    .await
+}
+
+async fn enlist(ex: &Exchange, user: &str, body: Value) -> String {
+    let (s, b) = ex.post("/enlist", &token(user, false), body).await;
+    assert_eq!(s, 201, "{b}");
+    b["id"].as_str().unwrap().to_owned()
+}
+
+fn apns_token(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+/// Polls the receipts of `mid` until `check` holds.
+async fn receipts_until(ex: &Exchange, mid: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let admin = token("root", true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, b) = ex.get(&format!("/messages/{mid}/receipts"), &admin).await;
+        assert_eq!(s, 200, "{b}");
+        if check(&b) {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "receipts never matched: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn ping_lists_the_configured_channels() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    let (_, b) = ex.call(reqwest::Method::GET, "/ping", None, None).await;
+    assert_eq!(b["channels"], json!(["websocket", "apns", "email", "sms"]));
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_give_one_success_receipt() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 5).await;
+    enlist(&ex, "bob", json!({"os": "sms", "phone": "+14155550101"})).await;
+    p.sms.script(
+        "+14155550101",
+        vec![
+            Reply::status(503, r#"{"code":20500,"message":"Internal error"}"#),
+            Reply::status(503, r#"{"code":20500,"message":"Internal error"}"#),
+        ],
+    );
+    let (s, b) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "hi bob", "uid": "bob", "opts": {"title": "Note"}}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let got = p.sms.wait_for(3).await;
+    let form = String::from_utf8_lossy(&got[2].body).to_string();
+    assert_eq!(form_value(&form, "To").as_deref(), Some("+14155550101"));
+    assert_eq!(form_value(&form, "From").as_deref(), Some("+15550001111"));
+    assert_eq!(form_value(&form, "Body").as_deref(), Some("Note: hi bob"));
+    let r = receipts_until(&ex, &mid, |b| b["counts"]["sms"]["sent"] == 1).await;
+    assert_eq!(r["results"][0]["attempts"], 3, "{r}");
+    assert_eq!(r["results"][0]["status"], "sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.sms.count(), 3, "no fourth attempt after the success");
+}
+
+#[tokio::test]
+async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_message() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 5).await;
+    let (good, gone) = (apns_token(1), apns_token(2));
+    enlist(&ex, "bob", json!({"os": "ios", "token": good})).await;
+    let gone_id = enlist(&ex, "bob", json!({"os": "ios", "token": gone})).await;
+    enlist(&ex, "bob", json!({"os": "sms", "phone": "+14155550102"})).await;
+    p.apns.script(
+        &gone,
+        vec![Reply::status(
+            410,
+            r#"{"reason":"Unregistered","timestamp":1}"#,
+        )],
+    );
+    let admin = token("root", true);
+    let (_, b) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"msg": "first", "uid": "bob", "opts": {"urgency": "high", "data": {"k": 1}}}),
+        )
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    p.apns.wait_for(2).await;
+    p.sms.wait_for(1).await;
+    // The dead token disappears from the user's devices.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, d) = ex.get("/devices", &token("bob", false)).await;
+        if d["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["id"] != gone_id.as_str())
+        {
+            assert_eq!(d["count"], 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device never disabled: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = receipts_until(&ex, &mid, |b| {
+        b["counts"]["apns"]["failed"] == 1 && b["counts"]["apns"]["sent"] == 1
+    })
+    .await;
+    assert_eq!(r["counts"]["sms"]["sent"], 1, "{r}");
+
+    // The accepted request carried the APNs headers and payload.
+    let first = p.apns.received();
+    let good_req = first.iter().find(|r| r.path.contains(&good)).unwrap();
+    let h = |k: &str| {
+        good_req
+            .headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(h("apns-topic"), TOPIC);
+    assert_eq!(h("apns-push-type"), "alert");
+    assert_eq!(h("apns-priority"), "10");
+    assert!(uuid::Uuid::parse_str(&h("apns-id")).is_ok());
+    let payload: Value = serde_json::from_slice(&good_req.body).unwrap();
+    assert_eq!(payload["aps"]["alert"]["body"], "first");
+    assert_eq!(payload["mid"], mid.as_str());
+    assert_eq!(payload["data"]["k"], 1);
+
+    // The next message goes to the good token only, at low priority for low urgency.
+    ex.post(
+        "/send",
+        &admin,
+        json!({"msg": "second", "uid": "bob", "opts": {"urgency": "low"}}),
+    )
+    .await;
+    let all = p.apns.wait_for(3).await;
+    p.sms.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all_after = p.apns.received();
+    assert_eq!(all_after.len(), 3, "the disabled token is never used again");
+    assert_eq!(
+        all.iter().filter(|r| r.path.contains(&gone)).count(),
+        1,
+        "410 is not retried"
+    );
+    let third = &all_after[2];
+    assert!(third.path.contains(&good));
+    assert_eq!(third.headers.get("apns-priority").unwrap(), "5");
+}
+
+#[tokio::test]
+async fn email_arrives_over_real_smtp() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    enlist(
+        &ex,
+        "carol",
+        json!({"os": "email", "email": "carol@example.com"}),
+    )
+    .await;
+    let (s, _) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "Your <report> is ready", "uid": "carol", "opts": {"title": "Report", "url": "https://example.com/r/1"}}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let mails = p.smtp.wait_for(1).await;
+    let mail = &mails[0];
+    assert!(mail.contains("Subject: Report"), "{mail}");
+    assert!(mail.contains("To: carol@example.com"), "{mail}");
+    assert!(mail.contains("From: msgxc <noreply@example.com>"), "{mail}");
+    assert!(mail.contains("multipart/alternative"), "{mail}");
+    assert!(
+        mail.contains("Your <report> is ready"),
+        "plain part: {mail}"
+    );
+    assert!(
+        mail.contains("Your &lt;report&gt; is ready"),
+        "escaped HTML part: {mail}"
+    );
+    assert!(mail.contains("https://example.com/r/1"), "{mail}");
+}
+
+#[tokio::test]
+async fn exhausted_retries_become_a_dead_letter_that_an_admin_can_requeue() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    enlist(&ex, "dave", json!({"os": "sms", "phone": "+14155550103"})).await;
+    p.sms
+        .script("+14155550103", vec![Reply::status(500, "{}"); 3]);
+    let admin = token("root", true);
+    let (_, b) = ex
+        .post("/send", &admin, json!({"msg": "x", "uid": "dave"}))
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    p.sms.wait_for(3).await;
+    receipts_until(&ex, &mid, |b| b["counts"]["sms"]["failed"] == 1).await;
+    let (s, failed) = ex.get("/deliveries/failed", &admin).await;
+    assert_eq!(s, 200);
+    assert_eq!(failed["count"], 1, "{failed}");
+    let entry = &failed["results"][0];
+    assert_eq!(entry["mid"], mid.as_str());
+    assert_eq!(entry["attempts"], 3);
+    assert_eq!(entry["permanent"], false);
+    let id = entry["id"].as_str().unwrap().to_owned();
+    // Non-admins may not see or requeue dead letters.
+    assert_eq!(
+        ex.get("/deliveries/failed", &token("dave", false)).await.0,
+        403
+    );
+    // Requeue: the provider answers 201 now.
+    let (s, b) = ex
+        .post(&format!("/deliveries/{id}/retry"), &admin, json!({}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    p.sms.wait_for(4).await;
+    let r = receipts_until(&ex, &mid, |b| b["counts"]["sms"]["sent"] == 1).await;
+    assert_eq!(r["results"][0]["status"], "sent");
+    assert_eq!(ex.get("/deliveries/failed", &admin).await.1["count"], 0);
+    assert_eq!(
+        ex.post(&format!("/deliveries/{id}/retry"), &admin, json!({}))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn high_urgency_overtakes_a_low_urgency_backlog() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    // 10,000 users with an SMS device each, appended straight to the log.
+    let log = &ex.running().log;
+    for i in 0..10_000u32 {
+        let uid = format!("user{i}");
+        let address = exchange::events::DeviceAddress::Sms {
+            phone: format!("+1415{i:07}"),
+        };
+        let env = exchange::Envelope::new(
+            exchange::Actor {
+                uid: uid.clone(),
+                roles: vec![],
+            },
+            exchange::Event::DeviceEnlisted(exchange::events::DeviceEnlisted {
+                uid,
+                device_id: address.device_id(),
+                address,
+            }),
+        );
+        log.append(&env, None).await.unwrap();
+    }
+    enlist(&ex, "vip", json!({"os": "sms", "phone": "+19995550000"})).await;
+    p.sms.set_delay(Duration::from_millis(2));
+    let admin = token("root", true);
+    let (s, _) = ex
+        .post(
+            "/broadcast",
+            &admin,
+            json!({"msg": "sale", "opts": {"urgency": "very-low"}}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    p.sms.wait_for(20).await; // the low lane is draining
+    let (s, _) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"msg": "call now", "uid": "vip", "opts": {"urgency": "high"}}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (position, seen) = p
+        .sms
+        .wait_until(|r| String::from_utf8_lossy(&r.body).contains("call+now"))
+        .await;
+    // The broadcast makes 10,001 requests; when the high-urgency one arrived, most of them had
+    // not been sent yet.
+    assert!(
+        seen.len() < 10_001,
+        "the high-urgency message (request #{position}) waited for the whole backlog"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_task_does_not_notify_the_device_twice() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    enlist(&ex, "erin", json!({"os": "sms", "phone": "+14155550104"})).await;
+    let (_, b) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "once", "uid": "erin"}),
+        )
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    p.sms.wait_for(1).await;
+    receipts_until(&ex, &mid, |b| b["counts"]["sms"]["sent"] == 1).await;
+    // Simulate JetStream redelivering the same task (a dispatcher that crashed before acking):
+    // the same payload, published again under another message id.
+    let js = ex.running().log.jetstream().clone();
+    let task = exchange::dispatch::DispatchTask {
+        mid: mid.parse().unwrap(),
+        uid: "erin".into(),
+        tid: None,
+        sender: "root".into(),
+        msg: "once".into(),
+        opts: Default::default(),
+        created_at: time::OffsetDateTime::now_utc(),
+        only_devices: None,
+        requeue: None,
+    };
+    js.publish(
+        "msgxc.dispatch.normal",
+        serde_json::to_vec(&task).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Wait until the normal lane has nothing pending or unacknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("MSGXC_DISPATCH")
+            .await
+            .unwrap()
+            .get_consumer("dispatch-normal")
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= 2
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lane never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.sms.count(), 1, "the device was not notified twice");
+}
+
+#[tokio::test]
+async fn app_and_websocket_acks_become_receipts() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    let device = enlist(&ex, "fay", json!({"os": "ios", "token": apns_token(7)})).await;
+    let fay = token("fay", false);
+    let mut ws = ws_connect(&ex, &fay).await;
+    let (_, b) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "ping", "uid": "fay"}),
+        )
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let frame = common::next_json(&mut ws).await;
+    assert_eq!(frame["notification"]["id"], mid.as_str());
+    ws.send(Message::Text(
+        json!({"action": "ack", "mid": mid, "status": "opened"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let reply = common::next_json(&mut ws).await;
+    assert_eq!(reply["action"], "acked", "{reply}");
+    let (s, _) = ex
+        .post(
+            "/ack",
+            &fay,
+            json!({"mid": mid, "status": "delivered", "device": device}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    // Acks for messages not in the caller's inbox, or for foreign devices, are refused.
+    assert_eq!(
+        ex.post(
+            "/ack",
+            &token("mallory", false),
+            json!({"mid": mid, "status": "opened"})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        ex.post(
+            "/ack",
+            &fay,
+            json!({"mid": mid, "status": "opened", "device": "apns-nope"})
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        ex.post("/ack", &fay, json!({"mid": mid, "status": "seen"}))
+            .await
+            .0,
+        400
+    );
+    let r = receipts_until(&ex, &mid, |b| {
+        b["counts"]["websocket"]["opened"] == 1 && b["counts"]["apns"]["delivered"] == 1
+    })
+    .await;
+    assert_eq!(r["count"], 2, "{r}");
+    // Receipts are for the sender or an admin only.
+    assert_eq!(
+        ex.get(&format!("/messages/{mid}/receipts"), &fay).await.0,
+        403
+    );
+}
