@@ -258,6 +258,20 @@ pub struct ChannelArgs {
     /// Sender of e-mails, e.g. "msgxc <noreply@example.com>".
     #[arg(long, env = "MSGXC_EMAIL_FROM")]
     pub email_from: Option<String>,
+    /// VAPID private key (base64url); default: the data dir's vapid.key from `msgxc vapid`.
+    #[arg(long, env = "MSGXC_WEBPUSH_VAPID_KEY", hide_env_values = true)]
+    pub webpush_vapid_key: Option<String>,
+    /// VAPID contact (mailto: or https:); Web Push is on when this and a key are set.
+    #[arg(long, env = "MSGXC_WEBPUSH_SUBJECT")]
+    pub webpush_subject: Option<String>,
+    /// Comma-separated hosts Web Push endpoints may use (subdomains included).
+    #[arg(
+        long,
+        env = "MSGXC_WEBPUSH_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = "fcm.googleapis.com,updates.push.services.mozilla.com,push.services.mozilla.com,push.apple.com,notify.windows.com"
+    )]
+    pub webpush_allowed_hosts: Vec<String>,
     /// Attempts per device before a delivery is dead-lettered.
     #[arg(long, env = "MSGXC_DISPATCH_MAX_ATTEMPTS", default_value_t = 5)]
     pub dispatch_max_attempts: u32,
@@ -291,8 +305,29 @@ fn all_or_none<const N: usize>(
     Ok(Some(fields.map(|(_, v)| v.clone().unwrap_or_default())))
 }
 
+/// Name of the VAPID key file `msgxc vapid` writes in the data dir.
+pub const VAPID_FILE: &str = "vapid.key";
+
+/// Reads the data dir's VAPID key, creating it when `create` is set.
+pub fn vapid_key(data_dir: &Path, create: bool) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(VAPID_FILE);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        let k = k.trim().to_owned();
+        exchange::channels::webpush::vapid_public_key(&k)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(Some(k));
+    }
+    if !create {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let key = exchange::channels::webpush::generate_vapid_key().map_err(|e| anyhow::anyhow!(e))?;
+    write_private(&path, &key)?;
+    Ok(Some(key))
+}
+
 impl ChannelArgs {
-    pub fn settings(&self) -> anyhow::Result<exchange::channels::ChannelSettings> {
+    pub fn settings(&self, data_dir: &Path) -> anyhow::Result<exchange::channels::ChannelSettings> {
         use exchange::channels::{apns::ApnsConfig, email::EmailConfig, sms::SmsConfig};
         let sms = all_or_none(
             "SMS",
@@ -336,7 +371,33 @@ impl ChannelArgs {
             ],
         )?
         .map(|[url, from]| EmailConfig { url, from });
-        Ok(exchange::channels::ChannelSettings { sms, apns, email })
+        let key = match &self.webpush_vapid_key {
+            Some(k) => Some(k.clone()),
+            None => vapid_key(data_dir, false)?,
+        };
+        let webpush = match (key, &self.webpush_subject) {
+            (Some(k), Some(subject)) => Some(exchange::channels::webpush::WebPushConfig {
+                vapid_private_key: k,
+                subject: subject.clone(),
+                allowed_hosts: self.webpush_allowed_hosts.clone(),
+            }),
+            (Some(_), None) => {
+                tracing::warn!(
+                    "a VAPID key exists but MSGXC_WEBPUSH_SUBJECT is unset: Web Push is off"
+                );
+                None
+            }
+            (None, Some(_)) => {
+                bail!("MSGXC_WEBPUSH_SUBJECT is set but there is no VAPID key: run `msgxc vapid`")
+            }
+            (None, None) => None,
+        };
+        Ok(exchange::channels::ChannelSettings {
+            sms,
+            apns,
+            email,
+            webpush,
+        })
     }
 
     pub fn dispatch(&self) -> exchange::dispatch::DispatchSettings {

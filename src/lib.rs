@@ -169,6 +169,12 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             }
         }));
         let mut gateway_config = opts.gateway.clone();
+        if let Some(w) = &opts.channels.webpush {
+            gateway_config.vapid_public_key = Some(
+                exchange::channels::webpush::vapid_public_key(&w.vapid_private_key)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+        }
         gateway_config.channels = std::iter::once("websocket")
             .chain(channels.names())
             .map(str::to_owned)

@@ -40,6 +40,15 @@ enum Command {
     Replay(ReplayArgs),
     /// Rebuild all read models from the log into a fresh store. Sends nothing to anyone.
     Rebuild(RebuildArgs),
+    /// Create the Web Push VAPID key in the data dir (kept if it exists) and print its public key.
+    Vapid(VapidArgs),
+}
+
+#[derive(clap::Args)]
+struct VapidArgs {
+    /// Directory holding vapid.key.
+    #[arg(long, env = "MSGXC_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -167,6 +176,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(a) => token(a),
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
+            Command::Vapid(a) => vapid(a),
         }
     });
     match result {
@@ -208,6 +218,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             socket_buffer: a.socket_buffer,
             ping_interval: a.ping_interval,
             channels: Vec::new(),
+            webpush_allowed_hosts: a.channels.webpush_allowed_hosts.clone(),
+            vapid_public_key: None,
         },
         projector: ProjectorSettings {
             batch: a.projector_batch.max(1),
@@ -215,7 +227,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             live: true,
             dispatch_horizon: a.dispatch_horizon,
         },
-        channels: a.channels.settings()?,
+        channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),
     };
     let store_display = opts.store_path.display().to_string();
@@ -347,5 +359,18 @@ async fn rebuild(a: RebuildArgs) -> anyhow::Result<()> {
         "to use it: stop msgxc serve, then run it with MSGXC_STORE=sqlite://{}",
         into.display()
     );
+    Ok(())
+}
+
+fn vapid(a: VapidArgs) -> anyhow::Result<()> {
+    let key = msgxc::config::vapid_key(&a.data_dir, true)?
+        .ok_or_else(|| anyhow::anyhow!("no VAPID key"))?;
+    let public =
+        exchange::channels::webpush::vapid_public_key(&key).map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!(
+        "VAPID key in {}; set MSGXC_WEBPUSH_SUBJECT (mailto: or https:) to turn Web Push on",
+        a.data_dir.join(msgxc::config::VAPID_FILE).display()
+    );
+    println!("{public}");
     Ok(())
 }

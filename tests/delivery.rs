@@ -67,6 +67,7 @@ async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
                 url: smtp,
                 from: "msgxc <noreply@example.com>".into(),
             }),
+            webpush: None,
         };
         o.dispatch = DispatchSettings {
             max_attempts,
@@ -504,4 +505,120 @@ async fn app_and_websocket_acks_become_receipts() {
         ex.get(&format!("/messages/{mid}/receipts"), &fay).await.0,
         403
     );
+}
+
+#[tokio::test]
+async fn web_push_is_encrypted_for_the_subscription_and_signed_with_vapid() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let sink = testkit::providers::webpush_sink().await;
+    let vapid_key = exchange::channels::webpush::generate_vapid_key().unwrap();
+    let vapid_public = exchange::channels::webpush::vapid_public_key(&vapid_key).unwrap();
+    let key_for_config = vapid_key.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.channels.webpush = Some(exchange::channels::webpush::WebPushConfig {
+            vapid_private_key: key_for_config,
+            subject: "mailto:ops@example.com".into(),
+            allowed_hosts: vec!["127.0.0.1".into()],
+        });
+        o.gateway.webpush_allowed_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    // The browser side: fetch the VAPID key, subscribe (a real P-256 key pair and auth secret).
+    let (s, b) = ex
+        .call(
+            reqwest::Method::GET,
+            "/webpush/vapid-public-key",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["publicKey"], vapid_public.as_str());
+    let (keypair, auth) = ece::generate_keypair_and_auth_secret().unwrap();
+    let endpoint = format!("{}/push/sub1", sink.base_url);
+    let gone_endpoint = format!("{}/push/gone", sink.base_url);
+    for e in [&endpoint, &gone_endpoint] {
+        enlist(
+            &ex,
+            "gina",
+            json!({"endpoint": e, "expirationTime": null,
+                   "keys": {"p256dh": b64(&keypair.pub_as_raw().unwrap()), "auth": b64(&auth)}}),
+        )
+        .await;
+    }
+    sink.script("/push/gone", vec![Reply::status(410, r#"{"errno":106}"#)]);
+    // Endpoints outside the allow-list are refused at enlistment.
+    let (s, b) = ex
+        .post(
+            "/enlist",
+            &token("gina", false),
+            json!({"endpoint": "http://10.0.0.1/push/x",
+            "keys": {"p256dh": b64(&keypair.pub_as_raw().unwrap()), "auth": b64(&auth)}}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("endpoint")),
+        "{b}"
+    );
+
+    let (_, b) = ex
+        .post("/send", &token("root", true), json!({"msg": "secret text", "uid": "gina",
+            "opts": {"urgency": "high", "ttl": 600, "title": "T", "data": {"n": 1}, "collapse_key": "score"}}))
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let (i, got) = sink.wait_until(|r| r.path == "/push/sub1").await;
+    let req = &got[i];
+    let header = |k: &str| {
+        req.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("content-encoding"), "aes128gcm");
+    assert_eq!(header("ttl"), "600");
+    assert_eq!(header("urgency"), "high");
+    assert_eq!(header("topic"), "score");
+    // The body decrypts with the subscription's private key to exactly what was published.
+    let plain = ece::decrypt(&keypair.raw_components().unwrap(), &auth, &req.body).unwrap();
+    let payload: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(payload["body"], "secret text");
+    assert_eq!(payload["title"], "T");
+    assert_eq!(payload["mid"], mid.as_str());
+    assert_eq!(payload["data"]["n"], 1);
+    assert!(
+        !String::from_utf8_lossy(&req.body).contains("secret text"),
+        "sent encrypted"
+    );
+    // VAPID: `vapid t=<ES256 JWT>, k=<public key>`, the JWT signed by that key for this origin.
+    let auth_header = header("authorization");
+    let rest = auth_header.strip_prefix("vapid ").expect("vapid scheme");
+    let part = |name: &str| {
+        rest.split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(part("k"), vapid_public);
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part("k"))
+        .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_ec_components(&b64(&raw[1..33]), &b64(&raw[33..65]))
+        .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[sink.base_url.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(&part("t"), &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "mailto:ops@example.com");
+    // The 410 subscription is disabled; the good one stays.
+    receipts_until(&ex, &mid, |b| {
+        b["counts"]["webpush"]["sent"] == 1 && b["counts"]["webpush"]["failed"] == 1
+    })
+    .await;
+    let (_, d) = ex.get("/devices", &token("gina", false)).await;
+    assert_eq!(d["count"], 1, "{d}");
 }

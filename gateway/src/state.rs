@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     /// Delivery channels configured in this deployment (reported by `/ping`); `websocket` is
     /// always on.
     pub channels: Vec<String>,
+    /// Hosts Web Push endpoints may point at (enlisting others is refused).
+    pub webpush_allowed_hosts: Vec<String>,
+    /// The VAPID public key browsers subscribe with, when Web Push is configured.
+    pub vapid_public_key: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -44,6 +48,11 @@ impl Default for GatewayConfig {
             socket_buffer: 256,
             ping_interval: Duration::from_secs(30),
             channels: vec!["websocket".into()],
+            webpush_allowed_hosts: exchange::channels::webpush::DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
+            vapid_public_key: None,
         }
     }
 }

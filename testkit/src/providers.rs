@@ -349,6 +349,32 @@ pub async fn apns_sink(public_pem: &[u8], key_id: &str, team_id: &str, topic: &s
     sink
 }
 
+/// A push service (RFC 8030 receiver): `POST /push/{id}` answers 201 with a `Location`
+/// unless scripted otherwise. Tests decrypt the recorded bodies and check the VAPID header.
+pub async fn webpush_sink() -> Sink {
+    let mut sink = Sink::default();
+    let s = sink.clone();
+    let router = Router::new().route(
+        "/push/{id}",
+        post(
+            move |UrlPath(id): UrlPath<String>, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move {
+                    let path = format!("/push/{id}");
+                    s.record(path.clone(), headers, body).await;
+                    let mut created = Reply::status(201, "");
+                    created
+                        .headers
+                        .push(("location".into(), format!("/message/{}", s.count())));
+                    respond(s.next_reply(&path, created))
+                }
+            },
+        ),
+    );
+    sink.base_url = serve(router).await;
+    sink
+}
+
 /// A real SMTP server: aiosmtpd with its Mailbox handler, writing each mail to a maildir.
 pub struct SmtpSink {
     child: std::process::Child,

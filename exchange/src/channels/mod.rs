@@ -4,6 +4,7 @@
 pub mod apns;
 pub mod email;
 pub mod sms;
+pub mod webpush;
 
 use std::time::Duration;
 
@@ -80,6 +81,7 @@ pub struct ChannelSettings {
     pub sms: Option<sms::SmsConfig>,
     pub apns: Option<apns::ApnsConfig>,
     pub email: Option<email::EmailConfig>,
+    pub webpush: Option<webpush::WebPushConfig>,
 }
 
 impl ChannelSettings {
@@ -95,6 +97,9 @@ impl ChannelSettings {
         }
         if let Some(c) = &self.email {
             channels.add(Arc::new(email::EmailChannel::new(c)?));
+        }
+        if let Some(c) = &self.webpush {
+            channels.add(Arc::new(webpush::WebPushChannel::new(c.clone())?));
         }
         Ok(channels)
     }

@@ -40,7 +40,7 @@ struct NativeDevice {
     email: Option<String>,
 }
 
-fn address(body: Value) -> Result<DeviceAddress, ApiError> {
+fn address(body: Value, allowed_hosts: &[String]) -> Result<DeviceAddress, ApiError> {
     // Decide the shape first so errors name the fields of the shape the client meant.
     // The body is `{"os": "ios"|"android"|"sms"|"email", ...}` or a Push API subscription.
     let parsed = if body.get("endpoint").is_some() {
@@ -69,6 +69,12 @@ fn address(body: Value) -> Result<DeviceAddress, ApiError> {
                 return Err(ApiError::field(
                     "endpoint",
                     "must be an http(s) URL of at most 2048 characters",
+                ));
+            }
+            if !exchange::channels::webpush::host_allowed(&s.endpoint, allowed_hosts) {
+                return Err(ApiError::field(
+                    "endpoint",
+                    "host is not an allowed push service (MSGXC_WEBPUSH_ALLOWED_HOSTS)",
                 ));
             }
             base64url("keys.p256dh", &s.keys.p256dh, 65)?;
@@ -181,7 +187,7 @@ pub async fn enlist(
             "expected a JSON object",
         ));
     }
-    let address = address(body)?;
+    let address = address(body, &state.config.webpush_allowed_hosts)?;
     let device_id = address.device_id();
     // Apps enlist on every launch: an unchanged device records no new event.
     let existing = state.store.devices(&actor.uid).await?;
@@ -232,4 +238,14 @@ pub async fn remove(
     });
     state.append_consistent(&actor, event, None).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /webpush/vapid-public-key`: the key browsers pass to `pushManager.subscribe`.
+pub async fn vapid_public_key(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let key = state
+        .config
+        .vapid_public_key
+        .clone()
+        .ok_or_else(|| ApiError::not_found("Web Push is not configured on this exchange"))?;
+    Ok(Json(json!({ "publicKey": key })))
 }

@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/enlist", post(devices::enlist))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", delete(devices::remove))
+        .route("/webpush/vapid-public-key", get(devices::vapid_public_key))
         .route("/threads", post(threads::create))
         .route("/threads/{tid}", get(threads::get))
         .route("/threads/{tid}/messages", get(threads::messages))
