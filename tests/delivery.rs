@@ -622,3 +622,86 @@ async fn web_push_is_encrypted_for_the_subscription_and_signed_with_vapid() {
     let (_, d) = ex.get("/devices", &token("gina", false)).await;
     assert_eq!(d["count"], 1, "{d}");
 }
+
+#[tokio::test]
+async fn preferences_and_message_channels_choose_the_channels() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    let hal = token("hal", false);
+    let admin = token("root", true);
+    enlist(&ex, "hal", json!({"os": "sms", "phone": "+14155550105"})).await;
+    enlist(
+        &ex,
+        "hal",
+        json!({"os": "email", "email": "hal@example.com"}),
+    )
+    .await;
+    let tid = ex.thread(&admin, true, true).await;
+    assert_eq!(
+        ex.post("/subscribe", &hal, json!({"tid": tid})).await.0,
+        200
+    );
+
+    // Defaults: everything on.
+    let (s, b) = ex.get("/preferences", &hal).await;
+    assert_eq!(s, 200);
+    assert_eq!(b, json!({"channels": {}, "threads": {}}));
+    // Bad channel names are refused, naming the field.
+    let (s, b) = ex
+        .call(
+            reqwest::Method::PUT,
+            "/preferences",
+            Some(&hal),
+            Some(json!({"channels": {"pager": false}})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("channels")),
+        "{b}"
+    );
+    // No SMS in general, but SMS and no e-mail for this thread.
+    let prefs = json!({"channels": {"sms": false}, "threads": {tid.clone(): {"sms": true, "email": false}}});
+    let (s, b) = ex
+        .call(
+            reqwest::Method::PUT,
+            "/preferences",
+            Some(&hal),
+            Some(prefs.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(ex.get("/preferences", &hal).await.1, prefs);
+
+    let (_, b) = ex
+        .post("/send", &admin, json!({"msg": "direct", "uid": "hal"}))
+        .await;
+    let direct = b["mid"].as_str().unwrap().to_owned();
+    let (_, b) = ex
+        .post("/publish", &admin, json!({"tid": tid, "msg": "in thread"}))
+        .await;
+    let threaded = b["mid"].as_str().unwrap().to_owned();
+    let (_, b) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"msg": "mail only", "uid": "hal", "opts": {"channels": ["email"]}}),
+        )
+        .await;
+    let restricted = b["mid"].as_str().unwrap().to_owned();
+
+    let d = receipts_until(&ex, &direct, |b| b["count"] == 1).await;
+    assert_eq!(
+        d["counts"],
+        json!({"email": {"sent": 1}}),
+        "direct: e-mail only"
+    );
+    let t = receipts_until(&ex, &threaded, |b| b["count"] == 1).await;
+    assert_eq!(t["counts"], json!({"sms": {"sent": 1}}), "thread: SMS only");
+    let r = receipts_until(&ex, &restricted, |b| b["count"] == 1).await;
+    assert_eq!(r["counts"], json!({"email": {"sent": 1}}));
+    assert_eq!(p.sms.count(), 1);
+    assert_eq!(p.smtp.messages().len(), 2);
+    // The inbox got all three regardless.
+    ex.inbox_until(&hal, 3).await;
+}

@@ -81,6 +81,7 @@ pub enum Event {
     DeviceDisabled(DeviceDisabled),
     DeliveryAcked(DeliveryAcked),
     DeliveryRequeued(DeliveryRequeued),
+    PreferencesSet(PreferencesSet),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -118,11 +119,12 @@ impl Event {
             Event::DeviceDisabled(_) => "device_disabled",
             Event::DeliveryAcked(_) => "delivery_acked",
             Event::DeliveryRequeued(_) => "delivery_requeued",
+            Event::PreferencesSet(_) => "preferences_set",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -136,6 +138,7 @@ impl Event {
         "device_disabled",
         "delivery_acked",
         "delivery_requeued",
+        "preferences_set",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -146,6 +149,7 @@ impl Event {
             Event::DeviceRemoved(e) => (Aggregate::User, e.uid.clone()),
             Event::NotificationsRead(e) => (Aggregate::User, e.uid.clone()),
             Event::DeviceDisabled(e) => (Aggregate::User, e.uid.clone()),
+            Event::PreferencesSet(e) => (Aggregate::User, e.uid.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryAcked(e) => (Aggregate::Message, e.mid.to_string()),
@@ -396,6 +400,36 @@ impl<'de> Deserialize<'de> for Urgency {
 pub struct NotificationsRead {
     pub uid: String,
     pub ids: Vec<Uuid>,
+}
+
+/// A user replaced their delivery preferences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreferencesSet {
+    pub uid: String,
+    pub preferences: Preferences,
+}
+
+/// Which channels a user wants, globally and per thread. A channel not mentioned is on; a
+/// thread's entry overrides the global one for that thread's messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Preferences {
+    /// `channel -> enabled`, e.g. `{"sms": false}`.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, bool>,
+    /// `tid -> {channel -> enabled}`.
+    #[serde(default)]
+    pub threads: std::collections::BTreeMap<Uuid, std::collections::BTreeMap<String, bool>>,
+}
+
+impl Preferences {
+    /// Whether `channel` may carry a message of thread `tid` (or a direct message).
+    pub fn allows(&self, channel: &str, tid: Option<Uuid>) -> bool {
+        tid.and_then(|t| self.threads.get(&t))
+            .and_then(|m| m.get(channel))
+            .or_else(|| self.channels.get(channel))
+            .copied()
+            .unwrap_or(true)
+    }
 }
 
 /// A provider accepted a message for one device (APNs 200, FCM name, SMTP 250, ...).

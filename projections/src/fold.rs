@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use exchange::dispatch::DispatchTask;
-use exchange::events::AckStatus;
+use exchange::events::{AckStatus, Preferences};
 
 use crate::model::{
     Device, FailedDelivery, Notification, Receipt, ReceiptStatus, StoredMessage, Thread,
@@ -68,6 +68,8 @@ pub trait FoldTarget {
     fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()>;
     /// Removes a dead letter; returns it when it existed.
     fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>>;
+
+    fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()>;
 }
 
 /// Side effects a batch may produce besides read models.
@@ -213,6 +215,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             reason: None,
             updated_at: at,
         }),
+        Event::PreferencesSet(e) => t.put_preferences(&e.uid, &e.preferences),
         Event::DeliveryRequeued(e) => {
             let id = FailedDelivery::id_of(e.mid, &e.device_id);
             if t.take_failed_delivery(&id)?.is_some()

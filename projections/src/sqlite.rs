@@ -74,12 +74,14 @@ CREATE TABLE IF NOT EXISTS failed_deliveries (
   channel TEXT NOT NULL, reason TEXT NOT NULL, permanent INTEGER NOT NULL,
   attempts INTEGER NOT NULL, failed_at TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS failed_deliveries_by_time ON failed_deliveries (failed_at DESC, id);
+-- GET /preferences and dispatch routing: partition uid
+CREATE TABLE IF NOT EXISTS preferences (uid TEXT PRIMARY KEY, prefs TEXT NOT NULL) WITHOUT ROWID;
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 12] = [
+pub const DATA_TABLES: [&str; 13] = [
     "users",
     "devices",
     "device_owners",
@@ -92,6 +94,7 @@ pub const DATA_TABLES: [&str; 12] = [
     "receipts",
     "receipt_counts",
     "failed_deliveries",
+    "preferences",
 ];
 
 const READERS: usize = 4;
@@ -625,6 +628,18 @@ impl FoldTarget for SqliteTx<'_> {
         .map(drop)
     }
 
+    fn put_preferences(
+        &mut self,
+        uid: &str,
+        preferences: &exchange::events::Preferences,
+    ) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO preferences (uid, prefs) VALUES (?1, ?2)",
+            params![uid, to_json(preferences)?],
+        )
+        .map(drop)
+    }
+
     fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>> {
         let found = failed_by_id(self.tx, id)?;
         if found.is_some() {
@@ -1092,6 +1107,18 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| failed_by_id(c, &id)).await
     }
+
+    async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let json: Option<String> = c
+                .prepare_cached("SELECT prefs FROM preferences WHERE uid = ?1")
+                .and_then(|mut s| s.query_row(params![uid], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            json.map_or_else(|| Ok(Default::default()), |j| parse_json(&j))
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1103,6 +1130,12 @@ impl Directory for SqliteStore {
         Store::devices(self, uid)
             .await
             .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn preferences(&self, uid: &str) -> Result<exchange::events::Preferences, String> {
+        Store::preferences(self, uid)
+            .await
             .map_err(|e| e.to_string())
     }
 }

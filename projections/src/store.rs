@@ -109,4 +109,7 @@ pub trait Store: Send + Sync + 'static {
     async fn failed_deliveries(&self, limit: u32, offset: u64)
     -> StoreResult<Page<FailedDelivery>>;
     async fn failed_delivery(&self, id: &str) -> StoreResult<Option<FailedDelivery>>;
+
+    /// A user's delivery preferences (defaults when never set).
+    async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences>;
 }

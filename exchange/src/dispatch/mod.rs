@@ -148,6 +148,8 @@ impl Channels {
 pub trait Directory: Send + Sync {
     /// A user's current devices as `(device_id, address)`.
     async fn devices(&self, uid: &str) -> Result<Vec<(String, DeviceAddress)>, String>;
+    /// A user's delivery preferences (defaults when never set).
+    async fn preferences(&self, uid: &str) -> Result<crate::events::Preferences, String>;
 }
 
 #[cfg(test)]

@@ -222,12 +222,23 @@ impl Dispatcher {
     /// some devices failed transiently, `None` when the task is finished.
     async fn deliver(&self, task: &DispatchTask, attempt: u32) -> Result<Option<Duration>, String> {
         let devices = self.directory.devices(&task.uid).await?;
+        let preferences = self.directory.preferences(&task.uid).await?;
+        let wanted = |channel: &str| {
+            task.opts
+                .channels
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|c| c == channel))
+                && preferences.allows(channel, task.tid)
+        };
         let mut retry_after: Option<Option<Duration>> = None;
         for (device_id, address) in &devices {
             if let Some(only) = &task.only_devices
                 && !only.contains(device_id)
             {
                 continue;
+            }
+            if !wanted(address.channel()) {
+                continue; // restricted by the message or opted out by the user
             }
             let Some(channel) = self.channels.get(address.channel()) else {
                 continue; // channel not configured here

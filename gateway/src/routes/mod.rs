@@ -12,6 +12,7 @@ mod deliveries;
 mod devices;
 mod messages;
 mod notifications;
+mod preferences;
 mod threads;
 mod validate;
 mod ws;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications", patch(notifications::mark_read))
         .route("/connect", get(ws::connect))
         .route("/ack", post(deliveries::ack))
+        .route("/preferences", get(preferences::get).put(preferences::put))
         .route("/messages/{mid}/receipts", get(deliveries::receipts))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))

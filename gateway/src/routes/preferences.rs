@@ -1,0 +1,55 @@
+//! `GET /preferences` and `PUT /preferences`: which channels the caller wants, globally and per
+//! thread. Opted-out channels receive nothing; the inbox always does.
+
+use axum::Json;
+use axum::extract::State;
+use exchange::events::{Event, Preferences, PreferencesSet};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::routes::validate::CHANNELS;
+use crate::state::AppState;
+
+pub async fn get(State(state): State<AppState>, Caller(actor): Caller) -> ApiResult<Json<Value>> {
+    let prefs = state.store.preferences(&actor.uid).await?;
+    Ok(Json(json!(prefs)))
+}
+
+fn check_channels(
+    field: &str,
+    m: &std::collections::BTreeMap<String, bool>,
+) -> Result<(), ApiError> {
+    match m.keys().find(|c| !CHANNELS.contains(&c.as_str())) {
+        Some(bad) => Err(ApiError::field(
+            field,
+            format!("unknown channel {bad}; use {}", CHANNELS.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Replaces the caller's preferences.
+pub async fn put(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    JsonBody(prefs): JsonBody<Preferences>,
+) -> ApiResult<Json<Value>> {
+    check_channels("channels", &prefs.channels)?;
+    if prefs.threads.len() > 1000 {
+        return Err(ApiError::field("threads", "at most 1000 threads"));
+    }
+    for (tid, m) in &prefs.threads {
+        check_channels(&format!("threads.{tid}"), m)?;
+    }
+    let event = Event::PreferencesSet(PreferencesSet {
+        uid: actor.uid.clone(),
+        preferences: prefs,
+    });
+    let recorded = state.append_consistent(&actor, event, None).await?;
+    let Event::PreferencesSet(p) = recorded.envelope.event else {
+        return Err(ApiError::internal("unexpected stored event"));
+    };
+    Ok(Json(json!(p.preferences)))
+}
