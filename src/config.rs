@@ -258,6 +258,19 @@ pub struct ChannelArgs {
     /// Sender of e-mails, e.g. "msgxc <noreply@example.com>".
     #[arg(long, env = "MSGXC_EMAIL_FROM")]
     pub email_from: Option<String>,
+    /// FCM service-account key file (JSON) for the HTTP v1 API.
+    #[arg(long, env = "MSGXC_FCM_SERVICE_ACCOUNT")]
+    pub fcm_service_account: Option<PathBuf>,
+    /// FCM project id (default: the key's project_id).
+    #[arg(long, env = "MSGXC_FCM_PROJECT_ID")]
+    pub fcm_project_id: Option<String>,
+    /// FCM API base URL.
+    #[arg(
+        long,
+        env = "MSGXC_FCM_BASE_URL",
+        default_value = "https://fcm.googleapis.com"
+    )]
+    pub fcm_base_url: String,
     /// VAPID private key (base64url); default: the data dir's vapid.key from `msgxc vapid`.
     #[arg(long, env = "MSGXC_WEBPUSH_VAPID_KEY", hide_env_values = true)]
     pub webpush_vapid_key: Option<String>,
@@ -392,11 +405,22 @@ impl ChannelArgs {
             }
             (None, None) => None,
         };
+        let fcm = match &self.fcm_service_account {
+            None => None,
+            Some(path) => Some(exchange::channels::fcm::FcmConfig {
+                service_account_json: std::fs::read_to_string(path).with_context(|| {
+                    format!("reading MSGXC_FCM_SERVICE_ACCOUNT {}", path.display())
+                })?,
+                project_id: self.fcm_project_id.clone(),
+                base_url: self.fcm_base_url.clone(),
+            }),
+        };
         Ok(exchange::channels::ChannelSettings {
             sms,
             apns,
             email,
             webpush,
+            fcm,
         })
     }
 

@@ -68,6 +68,7 @@ async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
                 from: "msgxc <noreply@example.com>".into(),
             }),
             webpush: None,
+            fcm: None,
         };
         o.dispatch = DispatchSettings {
             max_attempts,
@@ -704,4 +705,107 @@ async fn preferences_and_message_channels_choose_the_channels() {
     assert_eq!(p.smtp.messages().len(), 2);
     // The inbox got all three regardless.
     ex.inbox_until(&hal, 3).await;
+}
+
+#[tokio::test]
+async fn fcm_v1_with_an_oauth_token_from_the_service_account() {
+    let email = "msgxc@test-project.iam.gserviceaccount.com";
+    let sink = testkit::providers::fcm_sink(&fixture("test-only-rs256.pub.pem"), email).await;
+    let key = json!({
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "k1",
+        "private_key": String::from_utf8(fixture("test-only-rs256.key.pem")).unwrap(),
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": format!("{}/token", sink.base_url),
+    })
+    .to_string();
+    let base = sink.base_url.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.channels.fcm = Some(exchange::channels::fcm::FcmConfig {
+            service_account_json: key,
+            project_id: None,
+            base_url: base,
+        });
+        o.dispatch.backoff_base = Duration::from_millis(50);
+    })
+    .await;
+    enlist(
+        &ex,
+        "ivy",
+        json!({"os": "android", "token": "fcm-token-good"}),
+    )
+    .await;
+    let gone = enlist(
+        &ex,
+        "ivy",
+        json!({"os": "android", "token": "fcm-token-gone"}),
+    )
+    .await;
+    sink.script(
+        "fcm-token-gone",
+        vec![Reply::status(404, r#"{"error":{"code":404,"status":"NOT_FOUND","message":"Requested entity was not found.","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#)],
+    );
+    sink.script(
+        "fcm-token-good",
+        vec![Reply::status(
+            503,
+            r#"{"error":{"code":503,"status":"UNAVAILABLE"}}"#,
+        )],
+    );
+    let admin = token("root", true);
+    let (_, b) = ex
+        .post("/send", &admin, json!({"msg": "fcm hi", "uid": "ivy",
+            "opts": {"urgency": "high", "ttl": 60, "collapse_key": "c1", "title": "T", "data": {"n": 5, "s": "x"}}}))
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let r = receipts_until(&ex, &mid, |b| {
+        b["counts"]["fcm"]["sent"] == 1 && b["counts"]["fcm"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(r["count"], 2);
+    let got = sink.received();
+    // One OAuth token, fetched once and reused for all three sends.
+    assert_eq!(got.iter().filter(|r| r.path == "/token").count(), 1);
+    let sends: Vec<_> = got
+        .iter()
+        .filter(|r| r.path.contains("/messages/"))
+        .collect();
+    assert_eq!(sends.len(), 3, "good (503, then 200) + gone (404)");
+    assert!(
+        sends
+            .iter()
+            .all(|r| r.path.starts_with("/v1/projects/test-project/"))
+    );
+    let ok = sends
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("fcm-token-good"))
+        .unwrap();
+    let m: Value = serde_json::from_slice(&ok.body).unwrap();
+    let m = &m["message"];
+    assert_eq!(m["notification"], json!({"title": "T", "body": "fcm hi"}));
+    assert_eq!(m["data"]["mid"], mid.as_str());
+    assert_eq!(m["data"]["n"], "5", "data values are strings");
+    assert_eq!(m["data"]["s"], "x");
+    assert_eq!(
+        m["android"],
+        json!({"priority": "HIGH", "ttl": "60s", "collapse_key": "c1"})
+    );
+    assert_eq!(m["apns"]["headers"]["apns-priority"], "10");
+    // UNREGISTERED disables the device.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ex.get("/devices", &token("ivy", false)).await.1["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == gone.as_str())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "UNREGISTERED device not disabled"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -375,6 +375,81 @@ pub async fn webpush_sink() -> Sink {
     sink
 }
 
+/// Google's OAuth2 token endpoint and the FCM HTTP v1 send endpoint. `POST /token` checks the
+/// JWT-bearer assertion (RS256 with `public_pem`, `iss` = `client_email`, the FCM scope, `aud` =
+/// the token URI) and issues an access token; `POST /v1/projects/{project}/messages:send`
+/// requires that token and a `message.token`, and answers with a message name unless scripted.
+pub async fn fcm_sink(public_pem: &[u8], client_email: &str) -> Sink {
+    use axum::extract::Form;
+    let mut sink = Sink::default();
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_pem).expect("FCM test key");
+    let issued: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let token_uri = format!("{base}/token");
+    let (s1, s2) = (sink.clone(), sink.clone());
+    let (issued1, issued2) = (issued.clone(), issued.clone());
+    let client_email = client_email.to_owned();
+    let router = Router::new()
+        .route(
+            "/token",
+            post(move |headers: HeaderMap, Form(form): Form<std::collections::HashMap<String, String>>| {
+                let (s, key, issued) = (s1.clone(), key.clone(), issued1.clone());
+                let (client_email, token_uri) = (client_email.clone(), token_uri.clone());
+                async move {
+                    let bad = |m: &str| respond(Reply::status(400, &format!(r#"{{"error":"invalid_grant","error_description":"{m}"}}"#)));
+                    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+                        return bad("grant_type");
+                    }
+                    // gcp_auth pads its base64url segments; Google accepts that, so do we.
+                    let assertion = form.get("assertion").cloned().unwrap_or_default().replace('=', "");
+                    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+                    v.set_issuer(&[client_email.as_str()]);
+                    v.set_audience(&[token_uri.as_str()]);
+                    let Ok(claims) = jsonwebtoken::decode::<serde_json::Value>(&assertion, &key, &v) else {
+                        return bad("assertion");
+                    };
+                    if !claims.claims["scope"].as_str().unwrap_or_default().contains("firebase.messaging") {
+                        return bad("scope");
+                    }
+                    let token = format!("ya29.test-{}", issued.lock().map(|i| i.len()).unwrap_or(0));
+                    if let Ok(mut i) = issued.lock() {
+                        i.push(token.clone());
+                    }
+                    s.record("/token".into(), headers, Bytes::from(assertion)).await;
+                    respond(Reply::status(200, &format!(r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#)))
+                }
+            }),
+        )
+        .route(
+            "/v1/projects/{project}/messages:send",
+            post(move |UrlPath(project): UrlPath<String>, headers: HeaderMap, body: Bytes| {
+                let (s, issued) = (s2.clone(), issued2.clone());
+                async move {
+                    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().to_owned();
+                    if !issued.lock().map(|i| i.contains(&bearer)).unwrap_or(false) {
+                        return respond(Reply::status(401, r#"{"error":{"code":401,"status":"UNAUTHENTICATED","message":"Request had invalid authentication credentials."}}"#));
+                    }
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let Some(token) = json["message"]["token"].as_str().map(str::to_owned) else {
+                        return respond(Reply::status(400, r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","message":"message.token is required"}}"#));
+                    };
+                    let path = format!("/v1/projects/{project}/messages/{token}");
+                    s.record(path.clone(), headers, body).await;
+                    let name = format!(r#"{{"name":"projects/{project}/messages/0:{}"}}"#, s.count());
+                    respond(s.next_reply(&path, Reply::status(200, &name)))
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    sink.base_url = base;
+    sink
+}
+
 /// A real SMTP server: aiosmtpd with its Mailbox handler, writing each mail to a maildir.
 pub struct SmtpSink {
     child: std::process::Child,

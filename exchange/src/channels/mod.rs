@@ -3,6 +3,7 @@
 
 pub mod apns;
 pub mod email;
+pub mod fcm;
 pub mod sms;
 pub mod webpush;
 
@@ -82,6 +83,7 @@ pub struct ChannelSettings {
     pub apns: Option<apns::ApnsConfig>,
     pub email: Option<email::EmailConfig>,
     pub webpush: Option<webpush::WebPushConfig>,
+    pub fcm: Option<fcm::FcmConfig>,
 }
 
 impl ChannelSettings {
@@ -97,6 +99,9 @@ impl ChannelSettings {
         }
         if let Some(c) = &self.email {
             channels.add(Arc::new(email::EmailChannel::new(c)?));
+        }
+        if let Some(c) = &self.fcm {
+            channels.add(Arc::new(fcm::FcmChannel::new(c)?));
         }
         if let Some(c) = &self.webpush {
             channels.add(Arc::new(webpush::WebPushChannel::new(c.clone())?));

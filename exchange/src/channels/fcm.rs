@@ -1,0 +1,181 @@
+//! Firebase Cloud Messaging, HTTP v1 API: `POST {base}/v1/projects/{project}/messages:send`
+//! with an OAuth2 access token that `gcp_auth` obtains from the service-account key (JWT bearer
+//! grant against the key's own `token_uri`) and caches until it expires.
+//!
+//! Urgency maps onto `android.priority` (HIGH for high, NORMAL otherwise) and, for iOS devices
+//! reached through FCM, the APNs headers; `ttl` and `collapse_key` onto their FCM fields.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gcp_auth::{CustomServiceAccount, TokenProvider};
+use serde_json::{Value, json};
+
+use crate::channels::{apns, http_client, retry_after, text_of, transport_error, truncate};
+use crate::dispatch::{Channel, Delivery, Outcome};
+use crate::events::{DeviceAddress, Urgency};
+
+pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+
+#[derive(Clone)]
+pub struct FcmConfig {
+    /// The service-account key JSON (client_email, private_key, token_uri, project_id).
+    pub service_account_json: String,
+    /// Overrides the key's `project_id`.
+    pub project_id: Option<String>,
+    /// `https://fcm.googleapis.com` by default.
+    pub base_url: String,
+}
+
+pub struct FcmChannel {
+    auth: Arc<CustomServiceAccount>,
+    project: String,
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl FcmChannel {
+    pub fn new(config: &FcmConfig) -> Result<Self, String> {
+        let auth = CustomServiceAccount::from_json(&config.service_account_json)
+            .map_err(|e| format!("FCM service account: {e}"))?;
+        let project = config
+            .project_id
+            .clone()
+            .or_else(|| auth.project_id().map(str::to_owned))
+            .ok_or("FCM: no project id in the key; set MSGXC_FCM_PROJECT_ID")?;
+        Ok(Self {
+            auth: Arc::new(auth),
+            project,
+            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            http: http_client(&config.base_url, false)?,
+        })
+    }
+}
+
+/// The v1 `message` object for one registration token.
+pub fn message(d: &Delivery<'_>, token: &str) -> Value {
+    let (title, body) = text_of(d);
+    let t = d.task;
+    // FCM data values must be strings.
+    let mut data: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(map) = &t.opts.data {
+        for (k, v) in map {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            data.insert(k.clone(), s);
+        }
+    }
+    data.insert("mid".into(), t.mid.to_string());
+    if let Some(tid) = t.tid {
+        data.insert("tid".into(), tid.to_string());
+    }
+    if let Some(url) = &t.opts.url {
+        data.insert("url".into(), url.clone());
+    }
+    let urgency = t.urgency();
+    let mut android =
+        json!({ "priority": if urgency == Urgency::High { "HIGH" } else { "NORMAL" } });
+    if let Some(ttl) = t.opts.ttl {
+        android["ttl"] = format!("{ttl}s").into();
+    }
+    let mut apns_headers = json!({ "apns-priority": apns::priority(urgency) });
+    if let Some(k) = &t.opts.collapse_key {
+        android["collapse_key"] = k.as_str().into();
+        apns_headers["apns-collapse-id"] = truncate(k, 64).into();
+    }
+    let mut notification = json!({ "body": body });
+    if let Some(title) = title {
+        notification["title"] = title.into();
+    }
+    json!({
+        "token": token,
+        "notification": notification,
+        "data": data,
+        "android": android,
+        "apns": { "headers": apns_headers },
+    })
+}
+
+/// Reads `error.status` and the FCM `errorCode` detail of an error response.
+fn error_codes(body: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    let status = v["error"]["status"].as_str().unwrap_or_default().to_owned();
+    let code = v["error"]["details"]
+        .as_array()
+        .and_then(|ds| ds.iter().find_map(|d| d["errorCode"].as_str()))
+        .unwrap_or_default()
+        .to_owned();
+    (status, code)
+}
+
+#[async_trait]
+impl Channel for FcmChannel {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    async fn send(&self, d: &Delivery<'_>) -> Outcome {
+        let DeviceAddress::Fcm { token } = d.address else {
+            return Outcome::Rejected {
+                reason: "not an FCM address".into(),
+            };
+        };
+        let access = match self.auth.token(&[SCOPE]).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Outcome::Retry {
+                    reason: format!("FCM OAuth token: {e}"),
+                    after: None,
+                };
+            }
+        };
+        let url = format!(
+            "{}/v1/projects/{}/messages:send",
+            self.base_url, self.project
+        );
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(access.as_str())
+            .json(&json!({ "message": message(d, token) }))
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return transport_error(&e),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            let name = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["name"].as_str().map(str::to_owned));
+            return Outcome::Accepted { provider_id: name };
+        }
+        let (err_status, code) = error_codes(&body);
+        let reason = format!("FCM {status} {err_status} {code}")
+            .trim()
+            .to_owned();
+        match (status, code.as_str()) {
+            (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") | (404, _) => Outcome::DeviceGone { reason },
+            (400, "INVALID_ARGUMENT") if body.contains("registration token") => {
+                Outcome::DeviceGone { reason }
+            }
+            (429 | 500 | 502 | 503 | 504, _)
+            | (_, "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => Outcome::Retry {
+                reason,
+                after: retry_after(&headers),
+            },
+            // An expired or revoked access token: gcp_auth fetches a new one when it expires.
+            (401, _) => Outcome::Retry {
+                reason,
+                after: None,
+            },
+            _ => Outcome::Rejected { reason },
+        }
+    }
+}
