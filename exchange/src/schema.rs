@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::events::{
     DeliveryAcked, DeliveryFailed, DeliveryRequeued, DeliverySent, DeviceDisabled, DeviceEnlisted,
-    DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead, Subscribed,
-    ThreadCreated, Unsubscribed,
+    DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead, PreferencesSet,
+    Subscribed, ThreadCreated, Unsubscribed,
 };
 
 fn schema_of<T: JsonSchema>() -> Value {
@@ -40,6 +40,7 @@ pub fn event_schemas() -> Vec<(String, Value)> {
             "delivery_requeued.json".into(),
             schema_of::<DeliveryRequeued>(),
         ),
+        ("preferences_set.json".into(), schema_of::<PreferencesSet>()),
     ]
 }
 
