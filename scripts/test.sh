@@ -4,7 +4,7 @@
 # starts its own nats-server on a free port with a temporary store; nothing is left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-tools.sh
+scripts/setup-tools.sh --test
 export MSGXC_TOOLS_DIR="$PWD/.tools"
 if rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
   cargo fmt --all -- --check

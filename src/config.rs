@@ -258,6 +258,18 @@ pub struct ChannelArgs {
     /// Sender of e-mails, e.g. "msgxc <noreply@example.com>".
     #[arg(long, env = "MSGXC_EMAIL_FROM")]
     pub email_from: Option<String>,
+    /// MQTT broker: mqtt://[user:pass@]host:port, or mqtts://... for TLS.
+    #[arg(long, env = "MSGXC_MQTT_URL", hide_env_values = true)]
+    pub mqtt_url: Option<String>,
+    /// Root of the MQTT topics (/{base}/user/{uid}/messages/publish, /{base}/thread/{tid}/...).
+    #[arg(long, env = "MSGXC_MQTT_TOPIC_BASE", default_value = "msgxc")]
+    pub mqtt_topic_base: String,
+    /// MQTT QoS (0, 1 or 2).
+    #[arg(long, env = "MSGXC_MQTT_QOS", default_value_t = 1)]
+    pub mqtt_qos: u8,
+    /// Publish with the MQTT retain flag.
+    #[arg(long, env = "MSGXC_MQTT_RETAIN", default_value_t = false)]
+    pub mqtt_retain: bool,
     /// FCM service-account key file (JSON) for the HTTP v1 API.
     #[arg(long, env = "MSGXC_FCM_SERVICE_ACCOUNT")]
     pub fcm_service_account: Option<PathBuf>,
@@ -415,12 +427,22 @@ impl ChannelArgs {
                 base_url: self.fcm_base_url.clone(),
             }),
         };
+        let mqtt = self
+            .mqtt_url
+            .as_ref()
+            .map(|url| exchange::channels::mqtt::MqttConfig {
+                url: url.clone(),
+                topic_base: self.mqtt_topic_base.clone(),
+                qos: self.mqtt_qos,
+                retain: self.mqtt_retain,
+            });
         Ok(exchange::channels::ChannelSettings {
             sms,
             apns,
             email,
             webpush,
             fcm,
+            mqtt,
         })
     }
 

@@ -69,6 +69,7 @@ async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
             }),
             webpush: None,
             fcm: None,
+            mqtt: None,
         };
         o.dispatch = DispatchSettings {
             max_attempts,
@@ -405,6 +406,7 @@ async fn a_redelivered_task_does_not_notify_the_device_twice() {
         created_at: time::OffsetDateTime::now_utc(),
         only_devices: None,
         requeue: None,
+        thread_topic: false,
     };
     js.publish(
         "msgxc.dispatch.normal",
@@ -808,4 +810,90 @@ async fn fcm_v1_with_an_oauth_token_from_the_service_account() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test]
+async fn mqtt_user_and_thread_topics_carry_the_seed_payload() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let broker = testkit::providers::Mosquitto::start();
+    let url = broker.url();
+    let ex = Exchange::start_with(move |o| {
+        o.channels.mqtt = Some(exchange::channels::mqtt::MqttConfig {
+            url,
+            topic_base: "msgxc".into(),
+            qos: 1,
+            retain: false,
+        });
+    })
+    .await;
+    let admin = token("root", true);
+    let jo = token("jo", false);
+    let tid = ex.thread(&admin, true, true).await;
+    assert_eq!(ex.post("/subscribe", &jo, json!({"tid": tid})).await.0, 200);
+
+    // A subscriber such as a mobile client would run.
+    let (client, mut events) = AsyncClient::new(
+        MqttOptions::new("test-subscriber", "127.0.0.1", broker.port),
+        64,
+    );
+    client
+        .subscribe("/msgxc/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            match ev {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = tx.send(None);
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let body: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                    let _ = tx.send(Some((p.topic.clone(), body)));
+                }
+                _ => {}
+            }
+        }
+    });
+    assert!(matches!(rx.recv().await, Some(None)), "subscribed");
+
+    let (_, b) = ex
+        .post(
+            "/publish",
+            &admin,
+            json!({"tid": tid, "msg": "to the thread"}),
+        )
+        .await;
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("MQTT publications within 10 s");
+        if let Some(Some(x)) = item {
+            got.push(x);
+        }
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let (thread_topic, thread_body) = &got[0];
+    let (user_topic, user_body) = &got[1];
+    assert_eq!(
+        thread_topic,
+        &format!("/msgxc/thread/{tid}/messages/publish")
+    );
+    assert_eq!(user_topic, "/msgxc/user/jo/messages/publish");
+    for body in [thread_body, user_body] {
+        assert_eq!(body["id"], mid.as_str());
+        assert_eq!(body["payload"]["message"], "to the thread");
+        assert_eq!(body["payload"]["author"]["username"], "root");
+        assert!(body["time"].is_string());
+    }
+    assert_eq!(thread_body["payload"]["context"]["type"], "thread");
+    assert_eq!(
+        thread_body["payload"]["context"]["metadata"]["id"],
+        tid.as_str()
+    );
+    assert_eq!(user_body["payload"]["context"]["type"], "user");
+    assert_eq!(user_body["payload"]["context"]["metadata"]["id"], "jo");
+    receipts_until(&ex, &mid, |b| b["counts"]["mqtt"]["sent"] == 1).await;
 }

@@ -140,7 +140,14 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .into_iter()
                 .filter(|uid| uid != &e.sender)
                 .collect();
-            deliver(t, &stored, recipients, effects, notices)
+            deliver(t, &stored, recipients, effects, notices)?;
+            if effects.dispatch {
+                // Topic channels (MQTT) publish a thread message once on the thread's topic.
+                let mut topic = task_for(&stored, "");
+                topic.thread_topic = true;
+                t.enqueue_task(&topic)?;
+            }
+            Ok(())
         }
         Event::MessageSent(e) => {
             let stored = StoredMessage {
@@ -273,6 +280,7 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
         created_at: m.created_at,
         only_devices: None,
         requeue: None,
+        thread_topic: false,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod apns;
 pub mod email;
 pub mod fcm;
+pub mod mqtt;
 pub mod sms;
 pub mod webpush;
 
@@ -84,6 +85,7 @@ pub struct ChannelSettings {
     pub email: Option<email::EmailConfig>,
     pub webpush: Option<webpush::WebPushConfig>,
     pub fcm: Option<fcm::FcmConfig>,
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 impl ChannelSettings {
@@ -99,6 +101,9 @@ impl ChannelSettings {
         }
         if let Some(c) = &self.email {
             channels.add(Arc::new(email::EmailChannel::new(c)?));
+        }
+        if let Some(c) = &self.mqtt {
+            channels.set_mqtt(Arc::new(mqtt::MqttChannel::new(c)?));
         }
         if let Some(c) = &self.fcm {
             channels.add(Arc::new(fcm::FcmChannel::new(c)?));

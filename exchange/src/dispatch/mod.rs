@@ -40,6 +40,9 @@ pub struct DispatchTask {
     /// Distinguishes repeated requeues of the same delivery (their JetStream message ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue: Option<Uuid>,
+    /// The once-per-message publication on a thread's MQTT topic (no recipient).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thread_topic: bool,
 }
 
 impl DispatchTask {
@@ -50,9 +53,10 @@ impl DispatchTask {
     /// JetStream message id: the same task enqueued twice (a re-run outbox, a re-projected
     /// event inside the duplicate window) is stored once.
     pub fn message_id(&self) -> String {
-        match self.requeue {
-            None => format!("task.{}.{}", self.mid, crate::subject::token(&self.uid)),
-            Some(r) => format!("requeue.{r}"),
+        match (self.requeue, self.thread_topic) {
+            (Some(r), _) => format!("requeue.{r}"),
+            (None, true) => format!("thread.{}", self.mid),
+            (None, false) => format!("task.{}.{}", self.mid, crate::subject::token(&self.uid)),
         }
     }
 }
@@ -116,10 +120,11 @@ pub trait Channel: Send + Sync {
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome;
 }
 
-/// The configured channels, by name.
+/// The configured channels, by name, plus the MQTT topic channel.
 #[derive(Clone, Default)]
 pub struct Channels {
     by_name: HashMap<&'static str, Arc<dyn Channel>>,
+    mqtt: Option<Arc<crate::channels::mqtt::MqttChannel>>,
 }
 
 impl Channels {
@@ -127,19 +132,30 @@ impl Channels {
         self.by_name.insert(channel.name(), channel);
     }
 
+    pub fn set_mqtt(&mut self, mqtt: Arc<crate::channels::mqtt::MqttChannel>) {
+        self.mqtt = Some(mqtt);
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Channel>> {
         self.by_name.get(name)
+    }
+
+    pub fn mqtt(&self) -> Option<&Arc<crate::channels::mqtt::MqttChannel>> {
+        self.mqtt.as_ref()
     }
 
     /// Names of the configured channels, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         let mut v: Vec<_> = self.by_name.keys().copied().collect();
+        if self.mqtt.is_some() {
+            v.push("mqtt");
+        }
         v.sort_unstable();
         v
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.by_name.is_empty() && self.mqtt.is_none()
     }
 }
 
@@ -170,6 +186,7 @@ mod tests {
             created_at: OffsetDateTime::now_utc(),
             only_devices: None,
             requeue: None,
+            thread_topic: false,
         }
     }
 

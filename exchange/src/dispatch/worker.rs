@@ -27,6 +27,23 @@ use crate::log::{EventLog, LogError};
 
 pub const DELIVERIES_BUCKET: &str = "MSGXC_DELIVERIES";
 
+/// The receipt "device" of a recipient's MQTT user-topic copy.
+pub const MQTT_DEVICE: &str = "mqtt";
+
+/// Whether any target of a task needs a retry, and the longest Retry-After among them.
+#[derive(Default)]
+struct RetryAfter(Option<Option<Duration>>);
+
+impl RetryAfter {
+    fn note(&mut self, after: Option<Duration>) {
+        let prev = self.0.flatten();
+        self.0 = Some(match (prev, after) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        });
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
     /// Attempts per device before a delivery is dead-lettered.
@@ -221,6 +238,9 @@ impl Dispatcher {
     /// Delivers a task to every device not yet done. Returns the delay before the next try when
     /// some devices failed transiently, `None` when the task is finished.
     async fn deliver(&self, task: &DispatchTask, attempt: u32) -> Result<Option<Duration>, String> {
+        if task.thread_topic {
+            return Ok(self.deliver_thread_topic(task, attempt).await);
+        }
         let devices = self.directory.devices(&task.uid).await?;
         let preferences = self.directory.preferences(&task.uid).await?;
         let wanted = |channel: &str| {
@@ -230,7 +250,7 @@ impl Dispatcher {
                 .is_none_or(|only| only.iter().any(|c| c == channel))
                 && preferences.allows(channel, task.tid)
         };
-        let mut retry_after: Option<Option<Duration>> = None;
+        let mut retry = RetryAfter::default();
         for (device_id, address) in &devices {
             if let Some(only) = &task.only_devices
                 && !only.contains(device_id)
@@ -244,10 +264,8 @@ impl Dispatcher {
                 continue; // channel not configured here
             };
             let marker = format!("{}.{}", task.mid, device_id);
-            if task.requeue.is_none()
-                && let Ok(Some(_)) = self.markers.get(&marker).await
-            {
-                continue; // delivered before a redelivery of this task
+            if self.already_done(task, &marker).await {
+                continue;
             }
             let delivery = Delivery {
                 task,
@@ -255,68 +273,144 @@ impl Dispatcher {
                 address,
                 attempt,
             };
-            let outcome =
-                match tokio::time::timeout(self.settings.send_timeout, channel.send(&delivery))
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(_) => Outcome::Retry {
-                        reason: format!("no answer within {:?}", self.settings.send_timeout),
-                        after: None,
-                    },
-                };
-            let channel_name = channel.name().to_owned();
-            match outcome {
-                Outcome::Accepted { provider_id } => {
-                    let _ = self.markers.put(&marker, "sent".into()).await;
-                    self.record(
-                        Event::DeliverySent(DeliverySent {
-                            mid: task.mid,
-                            uid: task.uid.clone(),
-                            device_id: device_id.clone(),
-                            channel: channel_name,
-                            attempt,
-                            provider_id,
-                        }),
-                        format!("sent.{marker}"),
-                    )
-                    .await?;
-                }
-                Outcome::Retry { reason, after } => {
-                    let dead = attempt >= self.settings.max_attempts;
-                    self.failed(task, device_id, &channel_name, attempt, reason, false, dead)
-                        .await?;
-                    if !dead {
-                        let prev = retry_after.flatten();
-                        retry_after = Some(match (prev, after) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
-                        });
-                    }
-                }
-                Outcome::DeviceGone { reason } => {
-                    let _ = self.markers.put(&marker, "gone".into()).await;
-                    self.record(
-                        Event::DeviceDisabled(DeviceDisabled {
-                            uid: task.uid.clone(),
-                            device_id: device_id.clone(),
-                            channel: channel_name.clone(),
-                            reason: reason.clone(),
-                        }),
-                        format!("disabled.{marker}"),
-                    )
-                    .await?;
-                    self.failed(task, device_id, &channel_name, attempt, reason, true, true)
-                        .await?;
-                }
-                Outcome::Rejected { reason } => {
-                    let _ = self.markers.put(&marker, "rejected".into()).await;
-                    self.failed(task, device_id, &channel_name, attempt, reason, true, true)
-                        .await?;
-                }
+            let outcome = self.bounded(channel.send(&delivery)).await;
+            self.settle(
+                task,
+                attempt,
+                device_id,
+                channel.name(),
+                &marker,
+                outcome,
+                &mut retry,
+            )
+            .await?;
+        }
+        // MQTT carries every recipient's copy on their user topic, no enlistment needed.
+        let only_devices_excludes_mqtt = task
+            .only_devices
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|d| d == MQTT_DEVICE));
+        if let Some(mqtt) = self.channels.mqtt()
+            && wanted("mqtt")
+            && !only_devices_excludes_mqtt
+        {
+            let marker = format!("{}.{MQTT_DEVICE}", task.mid);
+            if !self.already_done(task, &marker).await {
+                let outcome = self.bounded(mqtt.publish_user(task)).await;
+                self.settle(
+                    task,
+                    attempt,
+                    MQTT_DEVICE,
+                    "mqtt",
+                    &marker,
+                    outcome,
+                    &mut retry,
+                )
+                .await?;
             }
         }
-        Ok(retry_after.map(|after| backoff(&self.settings, attempt, after)))
+        Ok(retry.0.map(|after| backoff(&self.settings, attempt, after)))
+    }
+
+    /// A thread message on its MQTT thread topic (no recipient, no receipt).
+    async fn deliver_thread_topic(&self, task: &DispatchTask, attempt: u32) -> Option<Duration> {
+        let (Some(mqtt), Some(tid)) = (self.channels.mqtt(), task.tid) else {
+            return None;
+        };
+        if task
+            .opts
+            .channels
+            .as_ref()
+            .is_some_and(|c| !c.iter().any(|c| c == "mqtt"))
+        {
+            return None;
+        }
+        match self.bounded(mqtt.publish_thread(task, tid)).await {
+            Outcome::Retry { after, .. } if attempt < self.settings.max_attempts => {
+                Some(backoff(&self.settings, attempt, after))
+            }
+            Outcome::Accepted { .. } => None,
+            other => {
+                tracing::warn!(mid = %task.mid, outcome = ?other, "thread topic not published");
+                None
+            }
+        }
+    }
+
+    /// A redelivered task skips targets a provider already accepted (requeues do not).
+    async fn already_done(&self, task: &DispatchTask, marker: &str) -> bool {
+        task.requeue.is_none() && matches!(self.markers.get(marker).await, Ok(Some(_)))
+    }
+
+    /// Runs one provider call with the send timeout.
+    async fn bounded(&self, send: impl std::future::Future<Output = Outcome>) -> Outcome {
+        match tokio::time::timeout(self.settings.send_timeout, send).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Retry {
+                reason: format!("no answer within {:?}", self.settings.send_timeout),
+                after: None,
+            },
+        }
+    }
+
+    /// Records one target's outcome as events and notes whether a retry is due.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        task: &DispatchTask,
+        attempt: u32,
+        device_id: &str,
+        channel: &str,
+        marker: &str,
+        outcome: Outcome,
+        retry: &mut RetryAfter,
+    ) -> Result<(), String> {
+        match outcome {
+            Outcome::Accepted { provider_id } => {
+                let _ = self.markers.put(marker, "sent".into()).await;
+                self.record(
+                    Event::DeliverySent(DeliverySent {
+                        mid: task.mid,
+                        uid: task.uid.clone(),
+                        device_id: device_id.to_owned(),
+                        channel: channel.to_owned(),
+                        attempt,
+                        provider_id,
+                    }),
+                    format!("sent.{marker}"),
+                )
+                .await
+            }
+            Outcome::Retry { reason, after } => {
+                let dead = attempt >= self.settings.max_attempts;
+                self.failed(task, device_id, channel, attempt, reason, false, dead)
+                    .await?;
+                if !dead {
+                    retry.note(after);
+                }
+                Ok(())
+            }
+            Outcome::DeviceGone { reason } => {
+                let _ = self.markers.put(marker, "gone".into()).await;
+                self.record(
+                    Event::DeviceDisabled(DeviceDisabled {
+                        uid: task.uid.clone(),
+                        device_id: device_id.to_owned(),
+                        channel: channel.to_owned(),
+                        reason: reason.clone(),
+                    }),
+                    format!("disabled.{marker}"),
+                )
+                .await?;
+                self.failed(task, device_id, channel, attempt, reason, true, true)
+                    .await
+            }
+            Outcome::Rejected { reason } => {
+                let _ = self.markers.put(marker, "rejected".into()).await;
+                self.failed(task, device_id, channel, attempt, reason, true, true)
+                    .await
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -28,7 +28,15 @@ pub fn text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// Channel names a message may be restricted to.
-pub const CHANNELS: [&str; 6] = ["apns", "fcm", "webpush", "sms", "email", "websocket"];
+pub const CHANNELS: [&str; 7] = [
+    "apns",
+    "fcm",
+    "webpush",
+    "sms",
+    "email",
+    "mqtt",
+    "websocket",
+];
 
 /// Checks the typed message options (urgency and data are checked by their types).
 pub fn opts(o: &exchange::events::MessageOpts) -> Result<(), ApiError> {
