@@ -303,6 +303,10 @@ pub struct ChannelArgs {
     /// First retry delay (doubled per attempt, with jitter).
     #[arg(long, env = "MSGXC_DISPATCH_BACKOFF", default_value = "2s", value_parser = parse_duration)]
     pub dispatch_backoff: Duration,
+    /// Skip-if-seen window: a normal/low message for a connected user waits this long and is
+    /// not pushed if acknowledged on the WebSocket meanwhile (0s turns it off).
+    #[arg(long, env = "MSGXC_SKIP_IF_SEEN", default_value = "3s", value_parser = parse_duration)]
+    pub skip_if_seen: Duration,
     /// Longest retry delay.
     #[arg(long, env = "MSGXC_DISPATCH_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub dispatch_backoff_max: Duration,
@@ -451,6 +455,7 @@ impl ChannelArgs {
             max_attempts: self.dispatch_max_attempts.max(1),
             backoff_base: self.dispatch_backoff,
             backoff_max: self.dispatch_backoff_max.max(self.dispatch_backoff),
+            skip_if_seen: self.skip_if_seen,
             ..Default::default()
         }
     }

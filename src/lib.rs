@@ -139,12 +139,15 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(projector.run()));
     }
 
+    let presence =
+        exchange::presence::Presence::open(log.jetstream(), opts.gateway.ping_interval).await?;
     if matches!(opts.role, Role::All | Role::Dispatcher) {
         let dispatcher = Dispatcher::new(
             log.clone(),
             log.jetstream().clone(),
             channels.clone(),
             store.clone(),
+            Some(presence.clone()),
             opts.dispatch.clone(),
         )
         .await?;
@@ -186,6 +189,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             hub: hub.clone(),
             config: Arc::new(gateway_config),
             applied,
+            presence: Some(presence.clone()),
         };
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await

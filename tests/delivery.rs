@@ -897,3 +897,77 @@ async fn mqtt_user_and_thread_topics_carry_the_seed_payload() {
     assert_eq!(user_body["payload"]["context"]["metadata"]["id"], "jo");
     receipts_until(&ex, &mid, |b| b["counts"]["mqtt"]["sent"] == 1).await;
 }
+
+#[tokio::test]
+async fn skip_if_seen_spares_the_phone_when_the_socket_acknowledged() {
+    let p = providers().await;
+    let sms_url = p.sms.base_url.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.channels.sms = Some(SmsConfig {
+            account_sid: SID.into(),
+            auth_token: SMS_TOKEN.into(),
+            from: "+15550001111".into(),
+            base_url: sms_url,
+        });
+        o.dispatch.skip_if_seen = Duration::from_millis(1500);
+    })
+    .await;
+    enlist(&ex, "kim", json!({"os": "sms", "phone": "+14155550106"})).await;
+    let mut ws = ws_connect(&ex, &token("kim", false)).await;
+    let admin = token("root", true);
+    let send = |msg: &'static str, urgency: &'static str| {
+        let ex = &ex;
+        let admin = admin.clone();
+        async move {
+            let (s, b) = ex
+                .post(
+                    "/send",
+                    &admin,
+                    json!({"msg": msg, "uid": "kim", "opts": {"urgency": urgency}}),
+                )
+                .await;
+            assert_eq!(s, 202);
+            b["mid"].as_str().unwrap().to_owned()
+        }
+    };
+    // m1 is read on the live socket right away: no SMS for it.
+    let m1 = send("seen on the socket", "normal").await;
+    let frame = common::next_json(&mut ws).await;
+    assert_eq!(frame["notification"]["id"], m1.as_str());
+    ws.send(Message::Text(
+        json!({"action": "ack", "mid": m1, "status": "delivered"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(common::next_json(&mut ws).await["action"], "acked");
+    // m2 is not acknowledged: it is pushed after the grace window.
+    send("not acknowledged", "normal").await;
+    // m3 is urgent: pushed at once, even to a connected user.
+    send("urgent", "high").await;
+    let (i2, got) = p
+        .sms
+        .wait_until(|r| String::from_utf8_lossy(&r.body).contains("not+acknowledged"))
+        .await;
+    let i3 = got
+        .iter()
+        .position(|r| String::from_utf8_lossy(&r.body).contains("urgent"))
+        .expect("the urgent message was pushed");
+    assert!(
+        i3 < i2,
+        "the urgent message did not wait for the grace window"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies: Vec<String> = p
+        .sms
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        !bodies.iter().any(|b| b.contains("seen+on+the+socket")),
+        "{bodies:?}"
+    );
+}

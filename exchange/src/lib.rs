@@ -7,6 +7,7 @@ pub mod events;
 pub mod live;
 pub mod log;
 pub mod natsd;
+pub mod presence;
 pub mod schema;
 pub mod subject;
 

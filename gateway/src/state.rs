@@ -66,6 +66,8 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     /// The in-process projector's checkpoint, when it runs in this process.
     pub applied: Option<watch::Receiver<u64>>,
+    /// Presence stamps for skip-if-seen, refreshed while sockets are open.
+    pub presence: Option<exchange::presence::Presence>,
 }
 
 /// The outcome of an append: the stored event (the original one when the idempotency key was

@@ -1138,4 +1138,22 @@ impl Directory for SqliteStore {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT 1 FROM receipts WHERE mid = ?1 AND uid = ?2 AND device_id = 'websocket'
+                 AND status IN ('delivered', 'opened')",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![mid.to_string(), uid], |_| Ok(()))
+                    .optional()
+            })
+            .map(|r| r.is_some())
+            .map_err(backend)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
 }

@@ -166,6 +166,8 @@ pub trait Directory: Send + Sync {
     async fn devices(&self, uid: &str) -> Result<Vec<(String, DeviceAddress)>, String>;
     /// A user's delivery preferences (defaults when never set).
     async fn preferences(&self, uid: &str) -> Result<crate::events::Preferences, String>;
+    /// Whether the user acknowledged the message on a live WebSocket (skip-if-seen).
+    async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String>;
 }
 
 #[cfg(test)]

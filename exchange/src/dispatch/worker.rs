@@ -24,6 +24,7 @@ use futures::StreamExt;
 use crate::dispatch::{Channels, Delivery, Directory, DispatchTask, Lane, Outcome};
 use crate::events::{Actor, DeliveryFailed, DeliverySent, DeviceDisabled, Envelope, Event};
 use crate::log::{EventLog, LogError};
+use crate::presence::Presence;
 
 pub const DELIVERIES_BUCKET: &str = "MSGXC_DELIVERIES";
 
@@ -57,6 +58,10 @@ pub struct DispatchSettings {
     pub concurrency: [usize; 4],
     /// How long delivered-markers are kept (bounds the redelivery guard).
     pub marker_ttl: Duration,
+    /// Skip-if-seen: a normal, low or very-low message for a user with a live connection waits
+    /// this long and is not pushed when the user acknowledged it on the WebSocket meanwhile.
+    /// Zero turns it off.
+    pub skip_if_seen: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -68,6 +73,7 @@ impl Default for DispatchSettings {
             send_timeout: Duration::from_secs(30),
             concurrency: [64, 32, 16, 8],
             marker_ttl: Duration::from_secs(7 * 24 * 3600),
+            skip_if_seen: Duration::from_secs(3),
         }
     }
 }
@@ -103,6 +109,7 @@ pub struct Dispatcher {
     channels: Channels,
     directory: Arc<dyn Directory>,
     markers: kv::Store,
+    presence: Option<Presence>,
     settings: Arc<DispatchSettings>,
 }
 
@@ -112,6 +119,7 @@ impl Dispatcher {
         js: jetstream::Context,
         channels: Channels,
         directory: Arc<dyn Directory>,
+        presence: Option<Presence>,
         settings: DispatchSettings,
     ) -> Result<Self, LogError> {
         let markers = match js.get_key_value(DELIVERIES_BUCKET).await {
@@ -135,6 +143,7 @@ impl Dispatcher {
             channels,
             directory,
             markers,
+            presence,
             settings: Arc::new(settings),
         })
     }
@@ -180,8 +189,10 @@ impl Dispatcher {
                     durable_name: Some(name.clone()),
                     filter_subject: lane.subject(),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.settings.send_timeout * 4,
-                    max_ack_pending: (concurrency * 4) as i64,
+                    ack_wait: self.settings.send_timeout * 4 + self.settings.skip_if_seen,
+                    // Room for tasks held back by skip-if-seen, which wait outside the
+                    // concurrency budget.
+                    max_ack_pending: (concurrency * 4 + 10_000) as i64,
                     ..Default::default()
                 },
             )
@@ -216,7 +227,41 @@ impl Dispatcher {
                 return;
             }
         };
-        match self.deliver(&task, attempt).await {
+        if attempt == 1 && self.should_wait_for_live_ack(&task).await {
+            // Wait outside the lane's concurrency budget, then push only if still unseen.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let age = time::OffsetDateTime::now_utc() - task.created_at;
+                let age = Duration::try_from(age).unwrap_or_default();
+                tokio::time::sleep(this.settings.skip_if_seen.saturating_sub(age)).await;
+                match this.directory.seen_live(task.mid, &task.uid).await {
+                    Ok(true) => {
+                        tracing::debug!(mid = %task.mid, uid = %task.uid, "seen live; push skipped");
+                        let _ = m.ack().await;
+                    }
+                    _ => this.finish(m, &task, attempt).await,
+                }
+            });
+            return;
+        }
+        self.finish(m, &task, attempt).await;
+    }
+
+    /// Skip-if-seen applies to non-urgent messages for users with a live connection.
+    async fn should_wait_for_live_ack(&self, task: &DispatchTask) -> bool {
+        let Some(presence) = &self.presence else {
+            return false;
+        };
+        !self.settings.skip_if_seen.is_zero()
+            && !task.thread_topic
+            && task.requeue.is_none()
+            && task.urgency() <= crate::events::Urgency::Normal
+            && presence.is_present(&task.uid).await
+    }
+
+    /// Delivers and acks, naks for a retry, or naks after an infrastructure error.
+    async fn finish(&self, m: jetstream::Message, task: &DispatchTask, attempt: u32) {
+        match self.deliver(task, attempt).await {
             Ok(None) => {
                 if let Err(e) = m.ack().await {
                     tracing::debug!(error = %e, "task ack failed; it will be redelivered and skipped");

@@ -46,6 +46,9 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
+    if let Some(p) = &state.presence {
+        p.touch(&actor.uid).await;
+    }
     let ping_every = state.config.ping_interval.max(Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut last_heard = Instant::now();
@@ -91,6 +94,9 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
+                }
+                if let Some(p) = &state.presence {
+                    p.touch(&actor.uid).await;
                 }
             }
         }
