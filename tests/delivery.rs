@@ -407,6 +407,8 @@ async fn a_redelivered_task_does_not_notify_the_device_twice() {
         only_devices: None,
         requeue: None,
         thread_topic: false,
+        fallback_due: None,
+        only_channels: None,
     };
     js.publish(
         "msgxc.dispatch.normal",
@@ -970,4 +972,106 @@ async fn skip_if_seen_spares_the_phone_when_the_socket_acknowledged() {
         !bodies.iter().any(|b| b.contains("seen+on+the+socket")),
         "{bodies:?}"
     );
+}
+
+#[tokio::test]
+async fn fallback_channels_are_used_only_for_unread_notifications() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    let lee = token("lee", false);
+    enlist(&ex, "lee", json!({"os": "sms", "phone": "+14155550107"})).await;
+    enlist(
+        &ex,
+        "lee",
+        json!({"os": "email", "email": "lee@example.com"}),
+    )
+    .await;
+    let admin = token("root", true);
+    let fallback = json!({"after": "1s", "channels": ["email"]});
+    // Bad fallbacks are refused.
+    for (bad, field) in [
+        (
+            json!({"after": "1w", "channels": ["email"]}),
+            "opts.fallback.after",
+        ),
+        (
+            json!({"after": 0, "channels": ["email"]}),
+            "opts.fallback.after",
+        ),
+        (
+            json!({"after": 60, "channels": []}),
+            "opts.fallback.channels",
+        ),
+        (
+            json!({"after": 60, "channels": ["websocket"]}),
+            "opts.fallback.channels",
+        ),
+    ] {
+        let (s, b) = ex
+            .post(
+                "/send",
+                &admin,
+                json!({"msg": "x", "uid": "lee", "opts": {"fallback": bad}}),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].clone()), (400, json!(field)), "{b}");
+    }
+    let (_, b) = ex
+        .post("/send", &admin, json!({"msg": "read in time", "uid": "lee", "opts": {"title": "first", "fallback": fallback}}))
+        .await;
+    let read_mid = b["mid"].as_str().unwrap().to_owned();
+    let (_, b) = ex
+        .post("/send", &admin, json!({"msg": "left unread", "uid": "lee", "opts": {"title": "second", "fallback": fallback}}))
+        .await;
+    let unread_mid = b["mid"].as_str().unwrap().to_owned();
+    // The normal channels (SMS) get both at once; e-mail is reserved for the fallback.
+    p.sms.wait_for(2).await;
+    assert!(
+        p.smtp.messages().is_empty(),
+        "no e-mail before the fallback is due"
+    );
+    let (s, _) = ex
+        .patch("/notifications", &lee, json!({"ids": [read_mid]}))
+        .await;
+    assert_eq!(s, 200);
+    // After the delay only the unread one falls back to e-mail.
+    let mails = p.smtp.wait_for(1).await;
+    assert!(mails[0].contains("Subject: second"), "{}", mails[0]);
+    receipts_until(&ex, &unread_mid, |b| b["counts"]["email"]["sent"] == 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.smtp.messages().len(),
+        1,
+        "the read notification did not fall back"
+    );
+    let r = receipts_until(&ex, &read_mid, |b| b["counts"]["sms"]["sent"] == 1).await;
+    assert!(r["counts"].get("email").is_none(), "{r}");
+}
+
+#[tokio::test]
+async fn a_pending_fallback_survives_a_restart() {
+    let p = providers().await;
+    let mut ex = exchange_with(&p, 3).await;
+    enlist(
+        &ex,
+        "max",
+        json!({"os": "email", "email": "max@example.com"}),
+    )
+    .await;
+    let (s, _) = ex
+        .post("/send", &token("root", true), json!({"msg": "later", "uid": "max",
+            "opts": {"title": "fallback after restart", "fallback": {"after": 2, "channels": ["email"]}}}))
+        .await;
+    assert_eq!(s, 202);
+    ex.caught_up().await;
+    // Stop everything (gateway, projector, dispatcher) before the fallback is due...
+    let opts = ex.opts.clone();
+    ex.running.take().unwrap().shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(p.smtp.messages().is_empty());
+    // ...and start again on the same store and JetStream: the fallback still fires.
+    let running = msgxc::start(opts).await.unwrap();
+    ex.running = Some(running);
+    let mails = p.smtp.wait_for(1).await;
+    assert!(mails[0].contains("Subject: fallback after restart"));
 }

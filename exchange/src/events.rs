@@ -322,11 +322,49 @@ pub struct MessageOpts {
     /// Deep link the app opens (universal link / app link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Restricts delivery to these channels (apns, fcm, webpush, sms, email).
+    /// Restricts delivery to these channels (apns, fcm, webpush, sms, email, mqtt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// Channels used only if the notification is still unread after a delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `{"after": "10m" | seconds, "channels": [...]}`: send on `channels` only if the user has
+/// not read the notification `after` its creation. Those channels are not used otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Fallback {
+    /// Delay in seconds (accepted as a number or a string such as `90s`, `10m`, `2h`, `1d`).
+    #[serde(deserialize_with = "seconds_or_duration")]
+    #[schemars(with = "u64")]
+    pub after: u64,
+    pub channels: Vec<String>,
+}
+
+fn seconds_or_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let bad =
+        || serde::de::Error::custom("expected seconds or a duration such as 90s, 10m, 2h, 1d");
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(bad),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            let mult = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(bad()),
+            };
+            n.checked_mul(mult).ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// Urgency levels from the msgxc design (and RFC 8030's Urgency header). Accepted as a number

@@ -281,6 +281,8 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
         only_devices: None,
         requeue: None,
         thread_topic: false,
+        fallback_due: None,
+        only_channels: None,
     }
 }
 
@@ -315,6 +317,13 @@ fn deliver<T: FoldTarget + ?Sized>(
         }
         if effects.dispatch {
             t.enqueue_task(&task_for(m, &n.uid))?;
+            if let Some(f) = &m.opts.fallback {
+                let mut wait = task_for(m, &n.uid);
+                wait.fallback_due = Some(
+                    m.created_at + time::Duration::seconds(f.after.min(i64::MAX as u64) as i64),
+                );
+                t.enqueue_task(&wait)?;
+            }
         }
     }
     Ok(())

@@ -1156,4 +1156,11 @@ impl Directory for SqliteStore {
         .await
         .map_err(|e| e.to_string())
     }
+
+    async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
+        let n = Store::notifications(self, uid, &[mid])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n.first().is_none_or(|n| n.read_at.is_some()))
+    }
 }

@@ -43,6 +43,16 @@ pub struct DispatchTask {
     /// The once-per-message publication on a thread's MQTT topic (no recipient).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub thread_topic: bool,
+    /// A fallback waiting in the fallback lane until this instant.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub fallback_due: Option<OffsetDateTime>,
+    /// Restricts the task to these channels (a due fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_channels: Option<Vec<String>>,
 }
 
 impl DispatchTask {
@@ -53,11 +63,37 @@ impl DispatchTask {
     /// JetStream message id: the same task enqueued twice (a re-run outbox, a re-projected
     /// event inside the duplicate window) is stored once.
     pub fn message_id(&self) -> String {
-        match (self.requeue, self.thread_topic) {
-            (Some(r), _) => format!("requeue.{r}"),
-            (None, true) => format!("thread.{}", self.mid),
-            (None, false) => format!("task.{}.{}", self.mid, crate::subject::token(&self.uid)),
+        let uid = crate::subject::token(&self.uid);
+        if let Some(r) = self.requeue {
+            format!("requeue.{r}")
+        } else if self.thread_topic {
+            format!("thread.{}", self.mid)
+        } else if self.fallback_due.is_some() {
+            format!("fallback-wait.{}.{uid}", self.mid)
+        } else if self.only_channels.is_some() {
+            format!("fallback.{}.{uid}", self.mid)
+        } else {
+            format!("task.{}.{uid}", self.mid)
         }
+    }
+
+    /// Whether this task may use `channel`: a due fallback only its fallback channels; any
+    /// other task the message's channels minus its fallback channels.
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        if let Some(only) = &self.only_channels {
+            return only.iter().any(|c| c == channel);
+        }
+        let listed = self
+            .opts
+            .channels
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|c| c == channel));
+        let reserved = self
+            .opts
+            .fallback
+            .as_ref()
+            .is_some_and(|f| f.channels.iter().any(|c| c == channel));
+        listed && !reserved
     }
 }
 
@@ -168,6 +204,8 @@ pub trait Directory: Send + Sync {
     async fn preferences(&self, uid: &str) -> Result<crate::events::Preferences, String>;
     /// Whether the user acknowledged the message on a live WebSocket (skip-if-seen).
     async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String>;
+    /// Whether the user's notification of `mid` is read (or gone).
+    async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String>;
 }
 
 #[cfg(test)]
@@ -189,6 +227,8 @@ mod tests {
             only_devices: None,
             requeue: None,
             thread_topic: false,
+            fallback_due: None,
+            only_channels: None,
         }
     }
 

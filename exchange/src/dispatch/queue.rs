@@ -24,10 +24,27 @@ pub enum Lane {
     Normal,
     Low,
     VeryLow,
+    /// Fallbacks waiting for their time; they re-enter an urgency lane when due.
+    Fallback,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 4] = [Lane::High, Lane::Normal, Lane::Low, Lane::VeryLow];
+    pub const ALL: [Lane; 5] = [
+        Lane::High,
+        Lane::Normal,
+        Lane::Low,
+        Lane::VeryLow,
+        Lane::Fallback,
+    ];
+
+    /// The lane a task goes to.
+    pub fn of_task(t: &DispatchTask) -> Self {
+        if t.fallback_due.is_some() {
+            Lane::Fallback
+        } else {
+            Lane::of(t.urgency())
+        }
+    }
 
     pub fn of(u: Urgency) -> Self {
         match u {
@@ -44,6 +61,7 @@ impl Lane {
             Lane::Normal => "normal",
             Lane::Low => "low",
             Lane::VeryLow => "very-low",
+            Lane::Fallback => "fallback",
         }
     }
 
@@ -81,6 +99,11 @@ impl TaskQueue {
         Ok(Self { js })
     }
 
+    /// A queue handle on a stream that already exists.
+    pub fn from_context(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
@@ -94,7 +117,7 @@ impl TaskQueue {
             let msg = PublishMessage::build()
                 .payload(payload.into())
                 .message_id(t.message_id());
-            let subject = Lane::of(t.urgency()).subject();
+            let subject = Lane::of_task(t).subject();
             acks.push(
                 self.js
                     .send_publish(subject, msg)

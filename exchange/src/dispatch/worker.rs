@@ -21,7 +21,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use crate::dispatch::{Channels, Delivery, Directory, DispatchTask, Lane, Outcome};
+use crate::dispatch::{Channels, Delivery, Directory, DispatchTask, Lane, Outcome, TaskQueue};
 use crate::events::{Actor, DeliveryFailed, DeliverySent, DeviceDisabled, Envelope, Event};
 use crate::log::{EventLog, LogError};
 use crate::presence::Presence;
@@ -54,8 +54,8 @@ pub struct DispatchSettings {
     pub backoff_max: Duration,
     /// Longest a single provider call may take before it counts as a transient failure.
     pub send_timeout: Duration,
-    /// Tasks in flight per lane: high, normal, low, very-low.
-    pub concurrency: [usize; 4],
+    /// Tasks in flight per lane: high, normal, low, very-low, fallback.
+    pub concurrency: [usize; 5],
     /// How long delivered-markers are kept (bounds the redelivery guard).
     pub marker_ttl: Duration,
     /// Skip-if-seen: a normal, low or very-low message for a user with a live connection waits
@@ -71,7 +71,7 @@ impl Default for DispatchSettings {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             send_timeout: Duration::from_secs(30),
-            concurrency: [64, 32, 16, 8],
+            concurrency: [64, 32, 16, 8, 16],
             marker_ttl: Duration::from_secs(7 * 24 * 3600),
             skip_if_seen: Duration::from_secs(3),
         }
@@ -108,6 +108,7 @@ pub struct Dispatcher {
     js: jetstream::Context,
     channels: Channels,
     directory: Arc<dyn Directory>,
+    queue: TaskQueue,
     markers: kv::Store,
     presence: Option<Presence>,
     settings: Arc<DispatchSettings>,
@@ -139,6 +140,7 @@ impl Dispatcher {
         };
         Ok(Self {
             log,
+            queue: TaskQueue::from_context(js.clone()),
             js,
             channels,
             directory,
@@ -191,8 +193,12 @@ impl Dispatcher {
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: self.settings.send_timeout * 4 + self.settings.skip_if_seen,
                     // Room for tasks held back by skip-if-seen, which wait outside the
-                    // concurrency budget.
-                    max_ack_pending: (concurrency * 4 + 10_000) as i64,
+                    // concurrency budget, and for fallbacks waiting for their time.
+                    max_ack_pending: if lane == Lane::Fallback {
+                        100_000
+                    } else {
+                        (concurrency * 4 + 10_000) as i64
+                    },
                     ..Default::default()
                 },
             )
@@ -227,6 +233,10 @@ impl Dispatcher {
                 return;
             }
         };
+        if let Some(due) = task.fallback_due {
+            self.fallback(m, task, due).await;
+            return;
+        }
         if attempt == 1 && self.should_wait_for_live_ack(&task).await {
             // Wait outside the lane's concurrency budget, then push only if still unseen.
             let this = self.clone();
@@ -247,6 +257,45 @@ impl Dispatcher {
         self.finish(m, &task, attempt).await;
     }
 
+    /// A waiting fallback: not due yet -> wait more; read meanwhile -> done; otherwise it
+    /// becomes an ordinary task limited to the fallback channels (with the usual retries).
+    async fn fallback(&self, m: jetstream::Message, task: DispatchTask, due: time::OffsetDateTime) {
+        let wait = Duration::try_from(due - time::OffsetDateTime::now_utc()).unwrap_or_default();
+        if !wait.is_zero() {
+            // Long waits are re-checked hourly; JetStream keeps the task across restarts.
+            let _ = m
+                .ack_with(AckKind::Nak(Some(wait.min(Duration::from_secs(3600)))))
+                .await;
+            return;
+        }
+        match self.directory.is_read(task.mid, &task.uid).await {
+            Ok(true) => {
+                let _ = m.ack().await;
+            }
+            Ok(false) => {
+                let channels = task.opts.fallback.as_ref().map(|f| f.channels.clone());
+                let send = DispatchTask {
+                    fallback_due: None,
+                    only_channels: Some(channels.unwrap_or_default()),
+                    ..task
+                };
+                match self.queue.enqueue(std::slice::from_ref(&send)).await {
+                    Ok(()) => {
+                        let _ = m.ack().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(mid = %send.mid, error = %e, "fallback not queued; retrying");
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fallback read check failed; retrying");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+
     /// Skip-if-seen applies to non-urgent messages for users with a live connection.
     async fn should_wait_for_live_ack(&self, task: &DispatchTask) -> bool {
         let Some(presence) = &self.presence else {
@@ -255,6 +304,7 @@ impl Dispatcher {
         !self.settings.skip_if_seen.is_zero()
             && !task.thread_topic
             && task.requeue.is_none()
+            && task.only_channels.is_none()
             && task.urgency() <= crate::events::Urgency::Normal
             && presence.is_present(&task.uid).await
     }
@@ -288,13 +338,8 @@ impl Dispatcher {
         }
         let devices = self.directory.devices(&task.uid).await?;
         let preferences = self.directory.preferences(&task.uid).await?;
-        let wanted = |channel: &str| {
-            task.opts
-                .channels
-                .as_ref()
-                .is_none_or(|only| only.iter().any(|c| c == channel))
-                && preferences.allows(channel, task.tid)
-        };
+        let wanted =
+            |channel: &str| task.allows_channel(channel) && preferences.allows(channel, task.tid);
         let mut retry = RetryAfter::default();
         for (device_id, address) in &devices {
             if let Some(only) = &task.only_devices

@@ -68,6 +68,30 @@ pub fn opts(o: &exchange::events::MessageOpts) -> Result<(), ApiError> {
             ));
         }
     }
+    if let Some(f) = &o.fallback {
+        if f.after == 0 || f.after > 30 * 86_400 {
+            return Err(ApiError::field(
+                "opts.fallback.after",
+                "must be between 1 second and 30 days",
+            ));
+        }
+        if f.channels.is_empty() {
+            return Err(ApiError::field(
+                "opts.fallback.channels",
+                "must name at least one channel",
+            ));
+        }
+        if let Some(bad) = f
+            .channels
+            .iter()
+            .find(|c| !CHANNELS.contains(&c.as_str()) || *c == "websocket")
+        {
+            return Err(ApiError::field(
+                "opts.fallback.channels",
+                format!("{bad} cannot be a fallback channel"),
+            ));
+        }
+    }
     if let Some(cs) = &o.channels {
         if cs.is_empty() {
             return Err(ApiError::field(
