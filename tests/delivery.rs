@@ -154,9 +154,14 @@ async fn transient_failures_are_retried_and_give_one_success_receipt() {
 async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_message() {
     let p = providers().await;
     let ex = exchange_with(&p, 5).await;
-    let (good, gone) = (apns_token(1), apns_token(2));
+    let (good, gone, bad) = (apns_token(1), apns_token(2), apns_token(3));
     enlist(&ex, "bob", json!({"os": "ios", "token": good})).await;
     let gone_id = enlist(&ex, "bob", json!({"os": "ios", "token": gone})).await;
+    let bad_id = enlist(&ex, "bob", json!({"os": "ios", "token": bad})).await;
+    p.apns.script(
+        &bad,
+        vec![Reply::status(400, r#"{"reason":"BadDeviceToken"}"#)],
+    );
     enlist(&ex, "bob", json!({"os": "sms", "phone": "+14155550102"})).await;
     p.apns.script(
         &gone,
@@ -174,9 +179,9 @@ async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_messag
         )
         .await;
     let mid = b["mid"].as_str().unwrap().to_owned();
-    p.apns.wait_for(2).await;
+    p.apns.wait_for(3).await;
     p.sms.wait_for(1).await;
-    // The dead token disappears from the user's devices.
+    // The dead tokens (410 Unregistered, 400 BadDeviceToken) disappear from the user's devices.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, d) = ex.get("/devices", &token("bob", false)).await;
@@ -184,7 +189,7 @@ async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_messag
             .as_array()
             .unwrap()
             .iter()
-            .all(|x| x["id"] != gone_id.as_str())
+            .all(|x| x["id"] != gone_id.as_str() && x["id"] != bad_id.as_str())
         {
             assert_eq!(d["count"], 2);
             break;
@@ -196,10 +201,11 @@ async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_messag
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let r = receipts_until(&ex, &mid, |b| {
-        b["counts"]["apns"]["failed"] == 1 && b["counts"]["apns"]["sent"] == 1
+        b["counts"]["apns"]["failed"] == 2 && b["counts"]["apns"]["sent"] == 1
     })
     .await;
     assert_eq!(r["counts"]["sms"]["sent"], 1, "{r}");
+    assert_eq!(r["recipients"], 1, "{r}");
 
     // The accepted request carried the APNs headers and payload.
     let first = p.apns.received();
@@ -228,17 +234,23 @@ async fn a_gone_token_disables_the_device_and_other_devices_still_get_the_messag
         json!({"msg": "second", "uid": "bob", "opts": {"urgency": "low"}}),
     )
     .await;
-    let all = p.apns.wait_for(3).await;
+    let all = p.apns.wait_for(4).await;
     p.sms.wait_for(2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let all_after = p.apns.received();
-    assert_eq!(all_after.len(), 3, "the disabled token is never used again");
     assert_eq!(
-        all.iter().filter(|r| r.path.contains(&gone)).count(),
-        1,
-        "410 is not retried"
+        all_after.len(),
+        4,
+        "the disabled tokens are never used again"
     );
-    let third = &all_after[2];
+    for dead in [&gone, &bad] {
+        let n = all
+            .iter()
+            .filter(|r| r.path.contains(dead.as_str()))
+            .count();
+        assert_eq!(n, 1, "a 410/400-token answer is not retried");
+    }
+    let third = &all_after[3];
     assert!(third.path.contains(&good));
     assert_eq!(third.headers.get("apns-priority").unwrap(), "5");
 }

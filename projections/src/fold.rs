@@ -59,6 +59,8 @@ pub trait FoldTarget {
     /// known already.
     fn insert_message(&mut self, message: &StoredMessage) -> StoreResult<bool>;
     fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>>;
+    /// Counts one more recipient of a message.
+    fn add_recipient(&mut self, mid: Uuid) -> StoreResult<()>;
 
     /// Queues a dispatch task in the outbox, committed with the batch and relayed after it.
     fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()>;
@@ -122,6 +124,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 msg: e.msg.clone(),
                 opts: e.opts.clone(),
                 created_at: at,
+                recipients: 0,
             };
             if !t.insert_message(&stored)? {
                 return Ok(());
@@ -157,6 +160,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 msg: e.msg.clone(),
                 opts: e.opts.clone(),
                 created_at: at,
+                recipients: 0,
             };
             if !t.insert_message(&stored)? {
                 return Ok(());
@@ -312,6 +316,7 @@ fn deliver<T: FoldTarget + ?Sized>(
         if !t.insert_notification(&n)? {
             continue;
         }
+        t.add_recipient(m.mid)?;
         if effects.live {
             notices.push(frame(&n.uid, "new", &n));
         }

@@ -80,6 +80,9 @@ pub struct StoredMessage {
     pub opts: MessageOpts,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Inbox entries the message created (its recipients).
+    #[serde(default)]
+    pub recipients: u64,
 }
 
 /// Where one delivery stands. Receipts only move forward (in this order), except that a

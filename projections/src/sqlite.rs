@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS inbox_counts (
 -- every message by mid (receipts authorization, dead-letter requeue)
 CREATE TABLE IF NOT EXISTS messages (
   mid TEXT PRIMARY KEY, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
-  created_at TEXT NOT NULL) WITHOUT ROWID;
+  created_at TEXT NOT NULL, recipients INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 -- GET /messages/{mid}/receipts: partition mid
 CREATE TABLE IF NOT EXISTS receipts (
   mid TEXT NOT NULL, uid TEXT NOT NULL, device_id TEXT NOT NULL, channel TEXT NOT NULL,
@@ -540,6 +540,14 @@ impl FoldTarget for SqliteTx<'_> {
         message_by_id(self.tx, mid)
     }
 
+    fn add_recipient(&mut self, mid: Uuid) -> StoreResult<()> {
+        self.exec(
+            "UPDATE messages SET recipients = recipients + 1 WHERE mid = ?1",
+            params![mid.to_string()],
+        )
+        .map(drop)
+    }
+
     fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()> {
         self.exec(
             "INSERT INTO outbox (task) VALUES (?1)",
@@ -650,11 +658,20 @@ impl FoldTarget for SqliteTx<'_> {
 }
 
 fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
-    let row: Option<(Option<String>, String, String, String, String)> = c
-        .prepare_cached("SELECT tid, sender, msg, opts, created_at FROM messages WHERE mid = ?1")
+    let row: Option<(Option<String>, String, String, String, String, i64)> = c
+        .prepare_cached(
+            "SELECT tid, sender, msg, opts, created_at, recipients FROM messages WHERE mid = ?1",
+        )
         .and_then(|mut s| {
             s.query_row(params![mid.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()
         })
@@ -667,6 +684,7 @@ fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>
             msg: r.2,
             opts: parse_json(&r.3)?,
             created_at: parse_ts(&r.4)?,
+            recipients: r.5.max(0) as u64,
         })
     })
     .transpose()

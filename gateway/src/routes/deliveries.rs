@@ -106,6 +106,7 @@ pub async fn receipts(
     let (next, previous) = paging.links(&format!("/api/v1/messages/{mid}/receipts"), page.total);
     Ok(Json(json!({
         "mid": mid,
+        "recipients": message.recipients,
         "counts": counts,
         "count": page.total,
         "next": next,
