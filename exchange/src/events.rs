@@ -82,6 +82,11 @@ pub enum Event {
     DeliveryAcked(DeliveryAcked),
     DeliveryRequeued(DeliveryRequeued),
     PreferencesSet(PreferencesSet),
+    TypeRegistered(TypeRegistered),
+    NotificationsArchived(NotificationsArchived),
+    NotificationsDeleted(NotificationsDeleted),
+    InboxReadAll(InboxReadAll),
+    InboxSeen(InboxSeen),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -90,6 +95,7 @@ pub enum Aggregate {
     User,
     Thread,
     Message,
+    Type,
 }
 
 impl Aggregate {
@@ -98,6 +104,7 @@ impl Aggregate {
             Aggregate::User => "user",
             Aggregate::Thread => "thread",
             Aggregate::Message => "message",
+            Aggregate::Type => "type",
         }
     }
 }
@@ -120,11 +127,16 @@ impl Event {
             Event::DeliveryAcked(_) => "delivery_acked",
             Event::DeliveryRequeued(_) => "delivery_requeued",
             Event::PreferencesSet(_) => "preferences_set",
+            Event::TypeRegistered(_) => "type_registered",
+            Event::NotificationsArchived(_) => "notifications_archived",
+            Event::NotificationsDeleted(_) => "notifications_deleted",
+            Event::InboxReadAll(_) => "inbox_read_all",
+            Event::InboxSeen(_) => "inbox_seen",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 19] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -139,6 +151,11 @@ impl Event {
         "delivery_acked",
         "delivery_requeued",
         "preferences_set",
+        "type_registered",
+        "notifications_archived",
+        "notifications_deleted",
+        "inbox_read_all",
+        "inbox_seen",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -150,6 +167,11 @@ impl Event {
             Event::NotificationsRead(e) => (Aggregate::User, e.uid.clone()),
             Event::DeviceDisabled(e) => (Aggregate::User, e.uid.clone()),
             Event::PreferencesSet(e) => (Aggregate::User, e.uid.clone()),
+            Event::NotificationsArchived(e) => (Aggregate::User, e.uid.clone()),
+            Event::NotificationsDeleted(e) => (Aggregate::User, e.uid.clone()),
+            Event::InboxReadAll(e) => (Aggregate::User, e.uid.clone()),
+            Event::InboxSeen(e) => (Aggregate::User, e.uid.clone()),
+            Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryAcked(e) => (Aggregate::Message, e.mid.to_string()),
@@ -328,6 +350,15 @@ pub struct MessageOpts {
     /// Channels used only if the notification is still unread after a delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// A registered notification type (`POST /types`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ntype: Option<String>,
+    /// 0 normal, 50 needs action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u8>,
+    /// Level-50 admin messages marked mandatory ignore the recipients' type preferences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mandatory: Option<bool>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -447,10 +478,13 @@ pub struct PreferencesSet {
     pub preferences: Preferences,
 }
 
-/// Which channels a user wants, globally and per thread. A channel not mentioned is on; a
-/// thread's entry overrides the global one for that thread's messages.
+/// Which channels and notification types a user wants. A channel or type not mentioned is on;
+/// a thread's channel entry overrides the global one for that thread's messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Preferences {
+    /// `type -> enabled`: a disabled type creates no notification and no delivery.
+    #[serde(default)]
+    pub types: std::collections::BTreeMap<String, bool>,
     /// `channel -> enabled`, e.g. `{"sms": false}`.
     #[serde(default)]
     pub channels: std::collections::BTreeMap<String, bool>,
@@ -460,6 +494,16 @@ pub struct Preferences {
 }
 
 impl Preferences {
+    /// Whether a message of this classification reaches the user.
+    pub fn accepts(&self, opts: &MessageOpts) -> bool {
+        let mandatory = opts.mandatory == Some(true) && opts.level.unwrap_or(0) >= 50;
+        mandatory
+            || opts
+                .ntype
+                .as_ref()
+                .is_none_or(|t| self.types.get(t).copied().unwrap_or(true))
+    }
+
     /// Whether `channel` may carry a message of thread `tid` (or a direct message).
     pub fn allows(&self, channel: &str, tid: Option<Uuid>) -> bool {
         tid.and_then(|t| self.threads.get(&t))
@@ -468,6 +512,46 @@ impl Preferences {
             .copied()
             .unwrap_or(true)
     }
+}
+
+/// An admin registered (or re-described) a notification type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TypeRegistered {
+    pub name: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The user archived notifications (archiving also marks them read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationsArchived {
+    pub uid: String,
+    pub ids: Vec<Uuid>,
+}
+
+/// The user deleted notifications from their inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationsDeleted {
+    pub uid: String,
+    pub ids: Vec<Uuid>,
+}
+
+/// The user marked every unread notification (optionally of one type or thread) read, up to
+/// the moment of the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxReadAll {
+    pub uid: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ntype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<Uuid>,
+}
+
+/// The user looked at their inbox: the unseen count restarts from zero (seed 003's mlast).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxSeen {
+    pub uid: String,
 }
 
 /// A provider accepted a message for one device (APNs 200, FCM name, SMTP 250, ...).

@@ -4,11 +4,7 @@
 use schemars::{JsonSchema, schema_for};
 use serde_json::Value;
 
-use crate::events::{
-    DeliveryAcked, DeliveryFailed, DeliveryRequeued, DeliverySent, DeviceDisabled, DeviceEnlisted,
-    DeviceRemoved, Envelope, MessagePublished, MessageSent, NotificationsRead, PreferencesSet,
-    Subscribed, ThreadCreated, Unsubscribed,
-};
+use crate::events::*;
 
 fn schema_of<T: JsonSchema>() -> Value {
     serde_json::to_value(schema_for!(T)).unwrap_or(Value::Null)
@@ -41,6 +37,17 @@ pub fn event_schemas() -> Vec<(String, Value)> {
             schema_of::<DeliveryRequeued>(),
         ),
         ("preferences_set.json".into(), schema_of::<PreferencesSet>()),
+        ("type_registered.json".into(), schema_of::<TypeRegistered>()),
+        (
+            "notifications_archived.json".into(),
+            schema_of::<NotificationsArchived>(),
+        ),
+        (
+            "notifications_deleted.json".into(),
+            schema_of::<NotificationsDeleted>(),
+        ),
+        ("inbox_read_all.json".into(), schema_of::<InboxReadAll>()),
+        ("inbox_seen.json".into(), schema_of::<InboxSeen>()),
     ]
 }
 

@@ -16,8 +16,8 @@ use exchange::dispatch::DispatchTask;
 use exchange::events::{AckStatus, Preferences};
 
 use crate::model::{
-    Device, FailedDelivery, Notification, Receipt, ReceiptStatus, StoredMessage, Thread,
-    ThreadMessage,
+    Device, FailedDelivery, Notification, NotificationType, Receipt, ReceiptStatus, StoredMessage,
+    Thread, ThreadMessage,
 };
 use crate::store::StoreResult;
 
@@ -54,6 +54,26 @@ pub trait FoldTarget {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>>;
+    /// Archives an entry (marking it read); returns it when it changed. Maintains counters.
+    fn archive(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>>;
+    /// Removes an entry; returns it when it existed. Maintains counters.
+    fn delete_notification(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>>;
+    /// Unread, unarchived entries of a user, optionally of one type or thread.
+    fn unread_ids(
+        &mut self,
+        uid: &str,
+        ntype: Option<&str>,
+        tid: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Restarts the unseen count at this stream position.
+    fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()>;
+    fn put_type(&mut self, t: &NotificationType) -> StoreResult<()>;
+    fn preferences(&mut self, uid: &str) -> StoreResult<Preferences>;
 
     /// Records a message of any kind (receipts authorization, dead-letter requeue); false when
     /// known already.
@@ -87,6 +107,7 @@ pub struct Effects {
 /// when `effects` asks for them (never during replay).
 pub fn apply_event<T: FoldTarget + ?Sized>(
     t: &mut T,
+    seq: u64,
     env: &Envelope,
     effects: Effects,
     notices: &mut Vec<LiveNotice>,
@@ -143,7 +164,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .into_iter()
                 .filter(|uid| uid != &e.sender)
                 .collect();
-            deliver(t, &stored, recipients, effects, notices)?;
+            deliver(t, seq, &stored, recipients, effects, notices)?;
             if effects.dispatch {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
                 let mut topic = task_for(&stored, "");
@@ -170,7 +191,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 Audience::Users { uids } => uids.clone(),
                 Audience::All => t.all_users()?,
             };
-            deliver(t, &stored, recipients, effects, notices)
+            deliver(t, seq, &stored, recipients, effects, notices)
         }
         Event::DeliverySent(e) => t.advance_receipt(&Receipt {
             mid: e.mid,
@@ -250,6 +271,43 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             }
             Ok(())
         }
+        Event::InboxReadAll(e) => {
+            for id in t.unread_ids(&e.uid, e.ntype.as_deref(), e.tid)? {
+                if let Some(n) = t.mark_read(&e.uid, id, at)?
+                    && live
+                {
+                    notices.push(frame(&e.uid, "read", &n));
+                }
+            }
+            Ok(())
+        }
+        Event::NotificationsArchived(e) => {
+            for id in &e.ids {
+                if let Some(n) = t.archive(&e.uid, *id, at)?
+                    && live
+                {
+                    notices.push(frame(&e.uid, "archived", &n));
+                }
+            }
+            Ok(())
+        }
+        Event::NotificationsDeleted(e) => {
+            for id in &e.ids {
+                if let Some(n) = t.delete_notification(&e.uid, *id)?
+                    && live
+                {
+                    notices.push(frame(&e.uid, "deleted", &n));
+                }
+            }
+            Ok(())
+        }
+        Event::InboxSeen(e) => t.mark_seen(&e.uid, at, seq),
+        Event::TypeRegistered(e) => t.put_type(&NotificationType {
+            name: e.name.clone(),
+            title: e.title.clone(),
+            description: e.description.clone(),
+            registered_at: at,
+        }),
     }
 }
 
@@ -292,6 +350,7 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
 
 fn deliver<T: FoldTarget + ?Sized>(
     t: &mut T,
+    seq: u64,
     m: &StoredMessage,
     recipients: Vec<String>,
     effects: Effects,
@@ -303,16 +362,11 @@ fn deliver<T: FoldTarget + ?Sized>(
             continue;
         }
         t.touch_user(&uid, m.created_at)?;
-        let n = Notification {
-            id: m.mid,
-            uid,
-            tid: m.tid,
-            sender: m.sender.clone(),
-            msg: m.msg.clone(),
-            opts: m.opts.clone(),
-            created_at: m.created_at,
-            read_at: None,
-        };
+        // A type the user turned off creates nothing for them (mandatory admin messages excepted).
+        if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
+            continue;
+        }
+        let n = Notification::new(m, uid, seq);
         if !t.insert_notification(&n)? {
             continue;
         }

@@ -49,11 +49,122 @@ pub struct Notification {
     pub tid: Option<Uuid>,
     pub sender: String,
     pub msg: String,
+    /// The registered notification type, if any.
+    #[serde(rename = "type")]
+    pub ntype: Option<String>,
+    /// 0 normal, 50 needs action.
+    pub level: u8,
+    pub title: Option<String>,
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
     pub opts: MessageOpts,
+    pub status: NotificationStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub read_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub archived_at: Option<OffsetDateTime>,
+    /// Stream position of the message event: inbox order for cursors, never reused.
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    Unread,
+    Read,
+    Archived,
+}
+
+impl Notification {
+    /// A new unread entry of message `m` for `uid` at stream position `seq`.
+    pub fn new(m: &StoredMessage, uid: String, seq: u64) -> Self {
+        Self {
+            id: m.mid,
+            uid,
+            tid: m.tid,
+            sender: m.sender.clone(),
+            msg: m.msg.clone(),
+            ntype: m.opts.ntype.clone(),
+            level: m.opts.level.unwrap_or(0),
+            title: m.opts.title.clone(),
+            data: m.opts.data.clone(),
+            opts: m.opts.clone(),
+            status: NotificationStatus::Unread,
+            created_at: m.created_at,
+            read_at: None,
+            archived_at: None,
+            seq,
+        }
+    }
+
+    pub fn status_of(
+        read_at: Option<OffsetDateTime>,
+        archived_at: Option<OffsetDateTime>,
+    ) -> NotificationStatus {
+        match (read_at, archived_at) {
+            (_, Some(_)) => NotificationStatus::Archived,
+            (Some(_), None) => NotificationStatus::Read,
+            (None, None) => NotificationStatus::Unread,
+        }
+    }
+}
+
+/// Which inbox entries a listing wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxFilter {
+    /// `None`: everything but archived.
+    pub status: Option<StatusFilter>,
+    pub ntype: Option<String>,
+    pub sender: Option<String>,
+    pub level: Option<u8>,
+    pub tid: Option<Uuid>,
+    /// Created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Created before.
+    pub before: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Unread,
+    Read,
+    Archived,
+    All,
+}
+
+/// A page request: newest first with limit/offset, or, with `after`, the entries that came
+/// after a cursor position, oldest first (incremental sync).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxQuery {
+    pub filter: InboxFilter,
+    pub limit: u32,
+    pub offset: u64,
+    pub after: Option<u64>,
+}
+
+/// Inbox counters of one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxStats {
+    pub total: u64,
+    pub unread: u64,
+    /// Entries that arrived since the user last cleared their stats.
+    pub unseen: u64,
+    pub unread_by_type: std::collections::BTreeMap<String, u64>,
+    pub unread_by_level: std::collections::BTreeMap<String, u64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub seen_at: Option<OffsetDateTime>,
+}
+
+/// A registered notification type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationType {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub registered_at: OffsetDateTime,
 }
 
 /// One page of a listing plus the total number of entries in the partition.

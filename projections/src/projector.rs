@@ -188,16 +188,17 @@ impl Projector {
                     .then(|| since(self.settings.dispatch_horizon)),
             };
             let applied = self.store.apply(batch, options).await?;
+            // Live frames first: they are what users wait for; the relay can follow.
+            self.applied.send_replace(applied.checkpoint);
+            if !applied.notices.is_empty() {
+                exchange::live::publish(&self.nats, applied.notices).await;
+            }
             self.relay_outbox().await?;
             if let Some(m) = last
                 && let Err(e) = m.ack().await
             {
                 // Harmless: a redelivered event at or below the checkpoint is skipped.
                 tracing::debug!(error = %e, "ack failed");
-            }
-            self.applied.send_replace(applied.checkpoint);
-            if !applied.notices.is_empty() {
-                exchange::live::publish(&self.nats, applied.notices).await;
             }
         }
         Err(ProjectorError::Consumer("message stream ended".into()))

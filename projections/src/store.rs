@@ -13,8 +13,8 @@ use uuid::Uuid;
 use exchange::dispatch::DispatchTask;
 
 use crate::model::{
-    Device, FailedDelivery, InboxCounts, Notification, Page, Receipt, StoredMessage, Thread,
-    ThreadMessage,
+    Device, FailedDelivery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
+    Page, Receipt, StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +86,16 @@ pub trait Store: Send + Sync + 'static {
     /// A user's devices, newest first.
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>>;
 
-    /// A user's inbox, newest first.
-    async fn inbox(&self, uid: &str, limit: u32, offset: u64) -> StoreResult<Page<Notification>>;
+    /// A page of a user's inbox (see [`InboxQuery`]).
+    async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>>;
+
+    /// The position of the newest entry in a user's inbox (0 when empty).
+    async fn inbox_position(&self, uid: &str) -> StoreResult<u64>;
+
+    async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats>;
+
+    /// Registered notification types, by name.
+    async fn types(&self) -> StoreResult<Vec<NotificationType>>;
 
     /// The given notifications of a user that exist (any order).
     async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>>;

@@ -19,8 +19,71 @@ use crate::state::AppState;
 
 type Accepted = (StatusCode, Json<Value>);
 
+/// Top-level classification fields of the message bodies (seed 003/004 style); they are stored
+/// in the message options and win over the same keys inside `opts`.
+#[derive(Deserialize, Default)]
+pub struct Classification {
+    #[serde(default, rename = "type")]
+    ntype: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    data: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    level: Option<u8>,
+    #[serde(default)]
+    mandatory: Option<bool>,
+}
+
+/// Merges and checks the classification: a registered type, level 0 or 50, and `mandatory`
+/// only on level-50 messages from admins.
+async fn classify(
+    state: &AppState,
+    actor: &Actor,
+    class: Classification,
+    mut opts: MessageOpts,
+) -> ApiResult<MessageOpts> {
+    if class.ntype.is_some() {
+        opts.ntype = class.ntype;
+    }
+    if class.title.is_some() {
+        opts.title = class.title;
+    }
+    if class.data.is_some() {
+        opts.data = class.data;
+    }
+    if class.level.is_some() {
+        opts.level = class.level;
+    }
+    if class.mandatory.is_some() {
+        opts.mandatory = class.mandatory;
+    }
+    validate::opts(&opts)?;
+    if let Some(l) = opts.level
+        && l != 0
+        && l != 50
+    {
+        return Err(ApiError::field(
+            "level",
+            "must be 0 (normal) or 50 (needs action)",
+        ));
+    }
+    if opts.mandatory == Some(true) && !(actor.is_admin() && opts.level == Some(50)) {
+        return Err(ApiError::field(
+            "mandatory",
+            "only admins may send mandatory messages, and only at level 50",
+        ));
+    }
+    if let Some(t) = &opts.ntype {
+        super::types::require_registered(state, "type", [t]).await?;
+    }
+    Ok(opts)
+}
+
 #[derive(Deserialize)]
 pub struct PublishBody {
+    #[serde(flatten)]
+    class: Classification,
     tid: String,
     msg: String,
     #[serde(default)]
@@ -34,7 +97,7 @@ pub async fn publish(
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Accepted> {
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
-    validate::opts(&body.opts)?;
+    let opts = classify(&state, &actor, body.class, body.opts).await?;
     let thread = threads::load(&state, &body.tid).await?;
     let allowed = actor.is_admin()
         || thread.owner == actor.uid
@@ -48,13 +111,15 @@ pub async fn publish(
         tid: thread.tid,
         sender: actor.uid.clone(),
         msg: body.msg,
-        opts: body.opts,
+        opts,
     });
     accept(&state, &actor, &headers, event).await
 }
 
 #[derive(Deserialize)]
 pub struct BroadcastBody {
+    #[serde(flatten)]
+    class: Classification,
     msg: String,
     #[serde(default)]
     opts: MessageOpts,
@@ -74,13 +139,15 @@ pub async fn broadcast(
         &headers,
         Audience::All,
         body.msg,
-        body.opts,
+        (body.class, body.opts),
     )
     .await
 }
 
 #[derive(Deserialize)]
 pub struct MulticastBody {
+    #[serde(flatten)]
+    class: Classification,
     msg: String,
     uids: Vec<String>,
     #[serde(default)]
@@ -114,11 +181,21 @@ pub async fn multicast(
         ));
     }
     let audience = Audience::Users { uids };
-    send_to(&state, &caller.0, &headers, audience, body.msg, body.opts).await
+    send_to(
+        &state,
+        &caller.0,
+        &headers,
+        audience,
+        body.msg,
+        (body.class, body.opts),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
 pub struct SendBody {
+    #[serde(flatten)]
+    class: Classification,
     msg: String,
     uid: String,
     #[serde(default)]
@@ -135,7 +212,15 @@ pub async fn send(
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
     validate::uid("uid", &body.uid)?;
     let audience = Audience::User { uid: body.uid };
-    send_to(&state, &caller.0, &headers, audience, body.msg, body.opts).await
+    send_to(
+        &state,
+        &caller.0,
+        &headers,
+        audience,
+        body.msg,
+        (body.class, body.opts),
+    )
+    .await
 }
 
 async fn send_to(
@@ -144,9 +229,9 @@ async fn send_to(
     headers: &HeaderMap,
     audience: Audience,
     msg: String,
-    opts: MessageOpts,
+    (class, opts): (Classification, MessageOpts),
 ) -> ApiResult<Accepted> {
-    validate::opts(&opts)?;
+    let opts = classify(state, actor, class, opts).await?;
     let event = Event::MessageSent(MessageSent {
         audience,
         sender: actor.uid.clone(),

@@ -14,6 +14,7 @@ mod messages;
 mod notifications;
 mod preferences;
 mod threads;
+mod types;
 mod validate;
 mod ws;
 
@@ -34,8 +35,21 @@ pub fn router(state: AppState) -> Router {
         .route("/broadcast", post(messages::broadcast))
         .route("/multicast", post(messages::multicast))
         .route("/send", post(messages::send))
-        .route("/notifications", get(notifications::list))
-        .route("/notifications", patch(notifications::mark_read))
+        .route(
+            "/notifications",
+            get(notifications::list).patch(notifications::mark_read),
+        )
+        .route(
+            "/notifications/stats",
+            get(notifications::stats).delete(notifications::clear_stats),
+        )
+        .route("/notifications/read-all", post(notifications::read_all))
+        .route(
+            "/notifications/{id}",
+            patch(notifications::read_one).delete(notifications::delete),
+        )
+        .route("/notifications/{id}/archive", post(notifications::archive))
+        .route("/types", get(types::list).post(types::register))
         .route("/connect", get(ws::connect))
         .route("/ack", post(deliveries::ack))
         .route("/preferences", get(preferences::get).put(preferences::put))

@@ -43,6 +43,7 @@ pub async fn put(
     for (tid, m) in &prefs.threads {
         check_channels(&format!("threads.{tid}"), m)?;
     }
+    super::types::require_registered(&state, "types", prefs.types.keys()).await?;
     let event = Event::PreferencesSet(PreferencesSet {
         uid: actor.uid.clone(),
         preferences: prefs,

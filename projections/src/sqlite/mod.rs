@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use exchange::events::{DeviceAddress, MessageOpts};
+use exchange::events::DeviceAddress;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -18,10 +18,12 @@ use uuid::Uuid;
 
 use exchange::dispatch::{Directory, DispatchTask};
 
+mod inbox;
+
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
-    Device, FailedDelivery, InboxCounts, Notification, Page, Receipt, ReceiptStatus, StoredMessage,
-    Thread, ThreadMessage,
+    Device, FailedDelivery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
+    Page, Receipt, ReceiptStatus, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -49,13 +51,10 @@ CREATE TABLE IF NOT EXISTS thread_subscribers (
 CREATE TABLE IF NOT EXISTS thread_messages (
   tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
   created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
--- GET /notifications: partition uid, clustered by id (UUIDv7)
-CREATE TABLE IF NOT EXISTS inbox (
-  uid TEXT NOT NULL, id TEXT NOT NULL, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL,
-  opts TEXT NOT NULL, created_at TEXT NOT NULL, read_at TEXT, PRIMARY KEY (uid, id)) WITHOUT ROWID;
--- inbox counters, kept on write
-CREATE TABLE IF NOT EXISTS inbox_counts (
-  uid TEXT PRIMARY KEY, total INTEGER NOT NULL, unread INTEGER NOT NULL) WITHOUT ROWID;
+-- GET /types
+CREATE TABLE IF NOT EXISTS types (
+  name TEXT PRIMARY KEY, title TEXT NOT NULL, description TEXT NOT NULL,
+  registered_at TEXT NOT NULL) WITHOUT ROWID;
 -- every message by mid (receipts authorization, dead-letter requeue)
 CREATE TABLE IF NOT EXISTS messages (
   mid TEXT PRIMARY KEY, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
@@ -81,7 +80,7 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TE
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 13] = [
+pub const DATA_TABLES: [&str; 15] = [
     "users",
     "devices",
     "device_owners",
@@ -90,6 +89,8 @@ pub const DATA_TABLES: [&str; 13] = [
     "thread_messages",
     "inbox",
     "inbox_counts",
+    "inbox_unread_by",
+    "types",
     "messages",
     "receipts",
     "receipt_counts",
@@ -135,6 +136,7 @@ impl SqliteStore {
         }
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
+        writer.execute_batch(inbox::SCHEMA).map_err(backend)?;
         writer
             .execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
@@ -262,45 +264,6 @@ fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
     })
 }
 
-type NotificationRow = (
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-);
-
-const NOTIFICATION_COLS: &str = "uid, id, tid, sender, msg, opts, created_at, read_at";
-
-fn notification_row(row: &Row<'_>) -> rusqlite::Result<NotificationRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ))
-}
-
-fn notification_from(r: NotificationRow) -> StoreResult<Notification> {
-    Ok(Notification {
-        uid: r.0,
-        id: parse_uuid(&r.1)?,
-        tid: r.2.as_deref().map(parse_uuid).transpose()?,
-        sender: r.3,
-        msg: r.4,
-        opts: parse_json::<MessageOpts>(&r.5)?,
-        created_at: parse_ts(&r.6)?,
-        read_at: r.7.as_deref().map(parse_ts).transpose()?,
-    })
-}
-
 /// A maintained counter of one partition (0 when the partition does not exist).
 fn counter(c: &Connection, sql: &str, key: &str) -> StoreResult<u64> {
     let n: Option<i64> = c
@@ -325,15 +288,6 @@ impl SqliteTx<'_> {
             .prepare_cached(sql)
             .and_then(|mut s| s.execute(p))
             .map_err(backend)
-    }
-
-    fn bump_counts(&self, uid: &str, total: i64, unread: i64) -> StoreResult<()> {
-        self.exec(
-            "INSERT INTO inbox_counts (uid, total, unread) VALUES (?1, ?2, ?3)
-             ON CONFLICT (uid) DO UPDATE SET total = total + ?2, unread = unread + ?3",
-            params![uid, total, unread],
-        )
-        .map(drop)
     }
 }
 
@@ -475,25 +429,7 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
-        let inserted = self.exec(
-            "INSERT OR IGNORE INTO inbox (uid, id, tid, sender, msg, opts, created_at, read_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                n.uid,
-                n.id.to_string(),
-                n.tid.map(|t| t.to_string()),
-                n.sender,
-                n.msg,
-                to_json(&n.opts)?,
-                ts(n.created_at),
-                n.read_at.map(ts)
-            ],
-        )? > 0;
-        if inserted {
-            let unread = i64::from(n.read_at.is_none());
-            self.bump_counts(&n.uid, 1, unread)?;
-        }
-        Ok(inserted)
+        inbox::insert(self.tx, n)
     }
 
     fn mark_read(
@@ -502,22 +438,46 @@ impl FoldTarget for SqliteTx<'_> {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>> {
-        let changed = self.exec(
-            "UPDATE inbox SET read_at = ?3 WHERE uid = ?1 AND id = ?2 AND read_at IS NULL",
-            params![uid, id.to_string(), ts(at)],
-        )?;
-        if changed == 0 {
-            return Ok(None);
-        }
-        self.bump_counts(uid, 0, -1)?;
-        let row = self
-            .tx
-            .prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1 AND id = ?2"
-            ))
-            .and_then(|mut s| s.query_row(params![uid, id.to_string()], notification_row))
-            .map_err(backend)?;
-        notification_from(row).map(Some)
+        inbox::mark_read(self.tx, uid, id, at)
+    }
+
+    fn archive(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>> {
+        inbox::archive(self.tx, uid, id, at)
+    }
+
+    fn delete_notification(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        inbox::delete(self.tx, uid, id)
+    }
+
+    fn unread_ids(
+        &mut self,
+        uid: &str,
+        ntype: Option<&str>,
+        tid: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>> {
+        inbox::unread_ids(self.tx, uid, ntype, tid)
+    }
+
+    fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()> {
+        inbox::mark_seen(self.tx, uid, at, seq)
+    }
+
+    fn put_type(&mut self, t: &NotificationType) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO types (name, title, description, registered_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![t.name, t.title, t.description, ts(t.registered_at)],
+        )
+        .map(drop)
+    }
+
+    fn preferences(&mut self, uid: &str) -> StoreResult<exchange::events::Preferences> {
+        preferences_of(self.tx, uid)
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
@@ -743,6 +703,14 @@ fn failed_by_id(c: &Connection, id: &str) -> StoreResult<Option<FailedDelivery>>
     row.map(failed_from).transpose()
 }
 
+fn preferences_of(c: &Connection, uid: &str) -> StoreResult<exchange::events::Preferences> {
+    let json: Option<String> = c
+        .prepare_cached("SELECT prefs FROM preferences WHERE uid = ?1")
+        .and_then(|mut s| s.query_row(params![uid], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    json.map_or_else(|| Ok(Default::default()), |j| parse_json(&j))
+}
+
 fn read_checkpoint(conn: &Connection) -> StoreResult<u64> {
     let v: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| {
@@ -790,7 +758,7 @@ impl Store for SqliteStore {
                         live: opts.live_since.is_some_and(|since| at >= since),
                         dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
                     };
-                    apply_event(&mut target, &ev.envelope, effects, &mut out.notices)?;
+                    apply_event(&mut target, ev.seq, &ev.envelope, effects, &mut out.notices)?;
                     checkpoint = ev.seq;
                     out.applied += 1;
                 }
@@ -921,67 +889,56 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn inbox(&self, uid: &str, limit: u32, offset: u64) -> StoreResult<Page<Notification>> {
+    async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>> {
+        let (uid, query) = (uid.to_owned(), query.clone());
+        self.read(move |c| inbox::query(c, &uid, &query)).await
+    }
+
+    async fn inbox_position(&self, uid: &str) -> StoreResult<u64> {
         let uid = uid.to_owned();
-        self.read(move |c| {
-            let total = counter(c, "SELECT total FROM inbox_counts WHERE uid = ?1", &uid)?;
-            let (l, o) = limit_offset(limit, offset);
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1
-                     ORDER BY id DESC LIMIT ?2 OFFSET ?3"
-                ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![uid, l, o], notification_row)
-                .map_err(backend)?;
-            Ok(Page {
-                items: collect(rows, notification_from)?,
-                total,
-            })
-        })
-        .await
+        self.read(move |c| inbox::last_position(c, &uid)).await
     }
 
     async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>> {
-        let uid = uid.to_owned();
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {NOTIFICATION_COLS} FROM inbox WHERE uid = ?1 AND id = ?2"
-                ))
-                .map_err(backend)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row = stmt
-                    .query_row(params![uid, id], notification_row)
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(r) = row {
-                    out.push(notification_from(r)?);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        let (uid, ids) = (uid.to_owned(), ids.to_vec());
+        self.read(move |c| inbox::by_ids(c, &uid, &ids)).await
     }
 
     async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts> {
         let uid = uid.to_owned();
-        self.read(move |c| {
-            let row: Option<(i64, i64)> = c
-                .query_row(
-                    "SELECT total, unread FROM inbox_counts WHERE uid = ?1",
-                    params![uid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+        self.read(move |c| inbox::counts(c, &uid)).await
+    }
+
+    async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats> {
+        let uid = uid.to_owned();
+        self.read(move |c| inbox::stats(c, &uid)).await
+    }
+
+    async fn types(&self) -> StoreResult<Vec<NotificationType>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name, title, description, registered_at FROM types ORDER BY name",
                 )
-                .optional()
                 .map_err(backend)?;
-            Ok(row.map_or_else(InboxCounts::default, |(t, u)| InboxCounts {
-                total: t.max(0) as u64,
-                unread: u.max(0) as u64,
-            }))
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(backend)?;
+            collect(rows, |r| {
+                Ok(NotificationType {
+                    name: r.0,
+                    title: r.1,
+                    description: r.2,
+                    registered_at: parse_ts(&r.3)?,
+                })
+            })
         })
         .await
     }
@@ -1128,14 +1085,7 @@ impl Store for SqliteStore {
 
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         let uid = uid.to_owned();
-        self.read(move |c| {
-            let json: Option<String> = c
-                .prepare_cached("SELECT prefs FROM preferences WHERE uid = ?1")
-                .and_then(|mut s| s.query_row(params![uid], |r| r.get(0)).optional())
-                .map_err(backend)?;
-            json.map_or_else(|| Ok(Default::default()), |j| parse_json(&j))
-        })
-        .await
+        self.read(move |c| preferences_of(c, &uid)).await
     }
 }
 

@@ -1,0 +1,482 @@
+//! Inbox features of the notification seeds: notification types, filters, offset and cursor
+//! pagination, read/archive/delete (live on every device), read-all, exact counters, type
+//! preferences that suppress both the inbox entry and the push.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Exchange, next_json, token, ws_connect};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn register(ex: &Exchange, name: &str) {
+    let (s, b) = ex
+        .post(
+            "/types",
+            &token("root", true),
+            json!({"name": name, "title": format!("{name} title"), "description": "d"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+async fn send(ex: &Exchange, uid: &str, body: Value) -> String {
+    let mut body = body;
+    body["uid"] = uid.into();
+    let (s, b) = ex.post("/send", &token("root", true), body).await;
+    assert_eq!(s, 202, "{b}");
+    b["mid"].as_str().unwrap().to_owned()
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn types_are_registered_by_admins_and_required_for_typed_messages() {
+    let ex = Exchange::start().await;
+    let (s, _) = ex
+        .post(
+            "/types",
+            &token("bob", false),
+            json!({"name": "x", "title": "X"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, b) = ex
+        .post(
+            "/types",
+            &token("root", true),
+            json!({"name": "Bad Name", "title": "X"}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].clone()), (400, json!("name")));
+    register(&ex, "comment_reply").await;
+    register(&ex, "admin_message").await;
+    let (s, b) = ex.get("/types", &token("bob", false)).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["count"], 2);
+    assert_eq!(b["results"][0]["name"], "admin_message");
+    assert_eq!(b["results"][0]["title"], "admin_message title");
+    // Unknown types and bad levels are refused, naming the field.
+    let (s, b) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "x", "uid": "bob", "type": "nope"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("type")),
+        "{b}"
+    );
+    let (s, b) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "x", "uid": "bob", "level": 7}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("level")),
+        "{b}"
+    );
+    // Typed message: type, title, data and level land on the notification.
+    send(&ex, "bob", json!({"msg": "hello", "type": "admin_message", "title": "Hi", "data": {"k": 1}, "level": 50})).await;
+    let inbox = ex.inbox_until(&token("bob", false), 1).await;
+    let n = &inbox["results"][0];
+    assert_eq!(n["type"], "admin_message");
+    assert_eq!(n["title"], "Hi");
+    assert_eq!(n["data"]["k"], 1);
+    assert_eq!(n["level"], 50);
+    assert_eq!(n["status"], "unread");
+}
+
+#[tokio::test]
+async fn filters_status_read_archive_delete_and_read_all() {
+    let ex = Exchange::start().await;
+    register(&ex, "a").await;
+    register(&ex, "b").await;
+    let ann = token("ann", false);
+    let thread = ex.thread(&token("root", true), true, true).await;
+    assert_eq!(
+        ex.post("/subscribe", &ann, json!({"tid": thread})).await.0,
+        200
+    );
+    let m1 = send(&ex, "ann", json!({"msg": "1", "type": "a"})).await;
+    let m2 = send(&ex, "ann", json!({"msg": "2", "type": "b", "level": 50})).await;
+    let m3 = send(&ex, "ann", json!({"msg": "3", "type": "a"})).await;
+    let (_, b) = ex
+        .post(
+            "/publish",
+            &token("root", true),
+            json!({"tid": thread, "msg": "4", "type": "b"}),
+        )
+        .await;
+    let m4 = b["mid"].as_str().unwrap().to_owned();
+    ex.inbox_until(&ann, 4).await;
+    let q = |query: &str| {
+        let path = format!("/notifications?{query}");
+        let ex = &ex;
+        let ann = ann.clone();
+        async move {
+            let (s, b) = ex.get(&path, &ann).await;
+            assert_eq!(s, 200, "{path}: {b}");
+            b
+        }
+    };
+    assert_eq!(ids(&q("type=a").await), vec![m3.clone(), m1.clone()]);
+    assert_eq!(ids(&q("level=50").await), vec![m2.clone()]);
+    assert_eq!(ids(&q(&format!("thread={thread}")).await), vec![m4.clone()]);
+    assert_eq!(q("sender=root").await["count"], 4);
+    assert_eq!(q("sender=nobody").await["count"], 0);
+    assert_eq!(q("since=2000-01-01T00:00:00Z").await["count"], 4);
+    assert_eq!(q("before=2000-01-01T00:00:00Z").await["count"], 0);
+    for (bad, field) in [
+        ("status=new", "status"),
+        ("since=yesterday", "since"),
+        ("thread=x", "thread"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        let (s, b) = ex.get(&format!("/notifications?{bad}"), &ann).await;
+        assert_eq!(
+            (s, b["error"]["field"].clone()),
+            (400, json!(field)),
+            "{bad}: {b}"
+        );
+    }
+
+    // Read one (no body), archive one, delete one.
+    let (s, n) = ex
+        .call(
+            Method::PATCH,
+            &format!("/notifications/{m1}"),
+            Some(&ann),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(n["status"], "read");
+    let (s, n) = ex
+        .post(&format!("/notifications/{m2}/archive"), &ann, json!({}))
+        .await;
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(n["status"], "archived");
+    assert!(n["read_at"].is_string(), "archiving marks read");
+    let (s, _) = ex
+        .call(
+            Method::DELETE,
+            &format!("/notifications/{m3}"),
+            Some(&ann),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = ex
+        .call(
+            Method::DELETE,
+            &format!("/notifications/{m3}"),
+            Some(&ann),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Nobody else can touch ann's notifications.
+    let (s, _) = ex
+        .call(
+            Method::PATCH,
+            &format!("/notifications/{m4}"),
+            Some(&token("eve", false)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    assert_eq!(
+        ids(&q("").await),
+        vec![m4.clone(), m1.clone()],
+        "default: all but archived"
+    );
+    assert_eq!(ids(&q("status=archived").await), vec![m2.clone()]);
+    assert_eq!(ids(&q("status=read").await), vec![m1.clone()]);
+    assert_eq!(ids(&q("status=unread").await), vec![m4.clone()]);
+    assert_eq!(q("status=all").await["count"], 3);
+
+    // Read-all of one type leaves the others unread.
+    let m5 = send(&ex, "ann", json!({"msg": "5", "type": "a"})).await;
+    ex.inbox_until(&ann, 3).await;
+    let (s, b) = ex
+        .post("/notifications/read-all", &ann, json!({"type": "b"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(ids(&q("status=unread").await), vec![m5.clone()]);
+    let (s, b) = ex
+        .call(Method::POST, "/notifications/read-all", Some(&ann), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["unread"], 0);
+}
+
+#[tokio::test]
+async fn cursor_sync_never_skips_or_repeats_while_messages_arrive() {
+    let ex = Exchange::start().await;
+    let cy = token("cy", false);
+    // Some history first.
+    for i in 0..5 {
+        send(&ex, "cy", json!({"msg": format!("old {i}")})).await;
+    }
+    ex.inbox_until(&cy, 5).await;
+    let (_, first) = ex.get("/notifications?limit=100", &cy).await;
+    let mut cursor = first["cursor"].as_str().unwrap().to_owned();
+    // New messages keep arriving, from concurrent senders, while the client syncs.
+    let sender = {
+        let base = ex.base.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let admin = token("root", true);
+            let mut sent = Vec::new();
+            let mut tasks = Vec::new();
+            for i in 0..60 {
+                let (http, admin, base) = (http.clone(), admin.clone(), base.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = http
+                        .post(format!("{base}/send"))
+                        .bearer_auth(admin)
+                        .json(&json!({"msg": format!("new {i}"), "uid": "cy"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    r.json::<Value>().await.unwrap()["mid"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                }));
+                if i % 10 == 9 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            for t in tasks {
+                sent.push(t.await.unwrap());
+            }
+            sent
+        })
+    };
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 60 {
+        let (s, page) = ex
+            .get(&format!("/notifications?cursor={cursor}&limit=7"), &cy)
+            .await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(ids(&page));
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync stalled at {}",
+            seen.len()
+        );
+        if page["results"].as_array().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let sent: HashSet<String> = sender.await.unwrap().into_iter().collect();
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was repeated");
+    assert_eq!(seen.len(), 60);
+    assert!(
+        seen.iter().all(|id| sent.contains(id)),
+        "an old entry came back"
+    );
+    // Nothing more after the last cursor.
+    let (_, rest) = ex
+        .get(&format!("/notifications?cursor={cursor}"), &cy)
+        .await;
+    assert_eq!(rest["results"], json!([]));
+    assert_eq!(rest["cursor"], cursor.as_str());
+}
+
+#[tokio::test]
+async fn counters_stay_exact_under_concurrent_delivery_and_marking() {
+    let ex = Exchange::start().await;
+    register(&ex, "t1").await;
+    register(&ex, "t2").await;
+    let dee = token("dee", false);
+    let first: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..10 {
+            v.push(
+                send(
+                    &ex,
+                    "dee",
+                    json!({"msg": format!("{i}"), "type": if i % 2 == 0 { "t1" } else { "t2" }}),
+                )
+                .await,
+            );
+        }
+        v
+    };
+    ex.inbox_until(&dee, 10).await;
+    // Concurrently: 20 more deliveries, marking the first ten read one by one, and archiving.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (http, base) = (ex.http.clone(), ex.base.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{base}/send"))
+                .bearer_auth(token("root", true))
+                .json(&json!({"msg": format!("c{i}"), "uid": "dee", "type": "t1", "level": if i % 4 == 0 { 50 } else { 0 }}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for (i, id) in first.iter().enumerate() {
+        let (http, base, dee, id) = (ex.http.clone(), ex.base.clone(), dee.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = if i % 3 == 0 {
+                http.post(format!("{base}/notifications/{id}/archive"))
+                    .json(&json!({}))
+            } else {
+                http.patch(format!("{base}/notifications/{id}"))
+            };
+            req.bearer_auth(dee).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(s == 200 || s == 202, "{s}");
+    }
+    ex.inbox_until(&dee, 26).await; // 30 entries, 4 of them archived (hidden by default)
+    ex.caught_up().await;
+    let (_, stats) = ex.get("/notifications/stats", &dee).await;
+    let (_, all) = ex.get("/notifications?status=all&limit=100", &dee).await;
+    let entries = all["results"].as_array().unwrap();
+    let unread: Vec<&Value> = entries.iter().filter(|n| n["status"] == "unread").collect();
+    assert_eq!(stats["total"], 30);
+    assert_eq!(stats["unread"], unread.len() as u64);
+    assert_eq!(stats["unread"], 20, "{stats}");
+    let by_type = |t: &str| unread.iter().filter(|n| n["type"] == t).count() as u64;
+    assert_eq!(stats["unread_by_type"]["t1"], by_type("t1"));
+    assert_eq!(
+        stats["unread_by_type"]
+            .get("t2")
+            .map_or(0, |v| v.as_u64().unwrap()),
+        by_type("t2")
+    );
+    let at_50 = unread.iter().filter(|n| n["level"] == 50).count() as u64;
+    assert_eq!(stats["unread_by_level"]["50"], at_50);
+    assert_eq!(stats["unseen"], 30);
+    // Clearing the stats restarts the unseen count; new arrivals count again.
+    let (s, cleared) = ex
+        .call(Method::DELETE, "/notifications/stats", Some(&dee), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(cleared["unseen"], 0);
+    assert!(cleared["seen_at"].is_string());
+    send(&ex, "dee", json!({"msg": "after"})).await;
+    ex.inbox_until(&dee, 27).await;
+    let (_, stats) = ex.get("/notifications/stats", &dee).await;
+    assert_eq!(stats["unseen"], 1);
+    assert_eq!(stats["unread"], 21);
+}
+
+#[tokio::test]
+async fn disabled_types_create_no_notification_unless_mandatory() {
+    let ex = Exchange::start().await;
+    register(&ex, "promo").await;
+    register(&ex, "security").await;
+    let eli = token("eli", false);
+    let (s, b) = ex
+        .call(
+            Method::PUT,
+            "/preferences",
+            Some(&eli),
+            Some(json!({"types": {"promo": false}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = ex
+        .call(
+            Method::PUT,
+            "/preferences",
+            Some(&eli),
+            Some(json!({"types": {"nope": false}})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("types")),
+        "{b}"
+    );
+    send(&ex, "eli", json!({"msg": "sale!", "type": "promo"})).await;
+    send(
+        &ex,
+        "eli",
+        json!({"msg": "must read", "type": "promo", "level": 50, "mandatory": true}),
+    )
+    .await;
+    send(&ex, "eli", json!({"msg": "login", "type": "security"})).await;
+    ex.caught_up().await;
+    let inbox = ex.inbox_until(&eli, 2).await;
+    let msgs: Vec<&str> = inbox["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs, vec!["login", "must read"]);
+    // Only admins may send mandatory messages.
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &token("eli", false),
+            json!({"tid": uuid::Uuid::now_v7(), "msg": "x", "level": 50, "mandatory": true}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].clone()),
+        (400, json!("mandatory")),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn archive_and_delete_reach_the_other_devices_live() {
+    let ex = Exchange::start().await;
+    let fox = token("fox", false);
+    let mut other_device = ws_connect(&ex, &fox).await;
+    let m1 = send(&ex, "fox", json!({"msg": "one"})).await;
+    let m2 = send(&ex, "fox", json!({"msg": "two"})).await;
+    for expected in [&m1, &m2] {
+        let f = next_json(&mut other_device).await;
+        assert_eq!(
+            (f["action"].clone(), f["notification"]["id"].clone()),
+            (json!("new"), json!(expected))
+        );
+    }
+    ex.post(&format!("/notifications/{m1}/archive"), &fox, json!({}))
+        .await;
+    let f = next_json(&mut other_device).await;
+    assert_eq!(f["action"], "archived");
+    assert_eq!(f["notification"]["status"], "archived");
+    ex.call(
+        Method::DELETE,
+        &format!("/notifications/{m2}"),
+        Some(&fox),
+        None,
+    )
+    .await;
+    let f = next_json(&mut other_device).await;
+    assert_eq!(f["action"], "deleted");
+    assert_eq!(f["notification"]["id"], m2.as_str());
+}
