@@ -480,3 +480,143 @@ async fn archive_and_delete_reach_the_other_devices_live() {
     assert_eq!(f["action"], "deleted");
     assert_eq!(f["notification"]["id"], m2.as_str());
 }
+
+/// A minimal Server-Sent Events reader over a streaming response.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+#[derive(Debug)]
+struct SseEvent {
+    id: String,
+    event: String,
+    data: Value,
+}
+
+impl Sse {
+    async fn open(ex: &Exchange, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut req = ex.http.get(ex.url("/stream")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return SseEvent {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data).unwrap(),
+                };
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("an SSE event within 10 s")
+                .unwrap()
+                .expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_delivers_changes_live_and_resumes_from_last_event_id_without_gaps() {
+    let ex = Exchange::start().await;
+    let gus = token("gus", false);
+    let mut sse = Sse::open(&ex, &gus, None).await;
+    let m1 = send(&ex, "gus", json!({"msg": "one"})).await;
+    let e = sse.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.data["notification"]["id"].clone()),
+        ("new", json!(m1))
+    );
+    // Read on another device reaches this one.
+    ex.patch("/notifications", &gus, json!({"ids": [m1]})).await;
+    let e = sse.next().await;
+    assert_eq!(e.event, "read");
+    assert_eq!(e.data["notification"]["status"], "read");
+    let last_seen = e.id.clone();
+    drop(sse);
+
+    // While disconnected: three new messages, one archived.
+    let m2 = send(&ex, "gus", json!({"msg": "two"})).await;
+    let m3 = send(&ex, "gus", json!({"msg": "three"})).await;
+    let m4 = send(&ex, "gus", json!({"msg": "four"})).await;
+    ex.inbox_until(&gus, 4).await;
+    ex.post(&format!("/notifications/{m2}/archive"), &gus, json!({}))
+        .await;
+
+    let mut sse = Sse::open(&ex, &gus, Some(&last_seen)).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let e = sse.next().await;
+        got.push((
+            e.event.clone(),
+            e.data["notification"]["id"].as_str().unwrap().to_owned(),
+            e.id,
+        ));
+    }
+    let expected = vec![
+        ("new".to_string(), m2.clone()),
+        ("new".to_string(), m3.clone()),
+        ("new".to_string(), m4.clone()),
+        ("archived".to_string(), m2.clone()),
+    ];
+    assert_eq!(
+        got.iter()
+            .map(|(a, b, _)| (a.clone(), b.clone()))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    // Event ids increase strictly: no repeats.
+    let positions: Vec<_> = got
+        .iter()
+        .map(|(_, _, id)| projections::fold::Position::parse(id).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    // And live delivery continues after the replay.
+    let m5 = send(&ex, "gus", json!({"msg": "five"})).await;
+    let e = sse.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.data["notification"]["id"].clone()),
+        ("new", json!(m5))
+    );
+    // A malformed Last-Event-ID is a 400.
+    let resp = ex
+        .http
+        .get(ex.url("/stream"))
+        .bearer_auth(&gus)
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}

@@ -73,6 +73,15 @@ pub trait FoldTarget {
     /// Restarts the unseen count at this stream position.
     fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()>;
     fn put_type(&mut self, t: &NotificationType) -> StoreResult<()>;
+    /// Appends to a user's change feed (SSE resume), dropping entries older than
+    /// [`CHANGE_RETENTION`] before `at`.
+    fn put_change(
+        &mut self,
+        uid: &str,
+        position: Position,
+        frame: &[u8],
+        at: OffsetDateTime,
+    ) -> StoreResult<()>;
     fn preferences(&mut self, uid: &str) -> StoreResult<Preferences>;
 
     /// Records a message of any kind (receipts authorization, dead-letter requeue); false when
@@ -112,7 +121,14 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
     effects: Effects,
     notices: &mut Vec<LiveNotice>,
 ) -> StoreResult<()> {
-    let live = effects.live;
+    let mut changes = Changes {
+        seq,
+        next: 0,
+        live: effects.live,
+        at: env.occurred_at,
+        notices,
+    };
+    let changes = &mut changes;
     let at = env.occurred_at;
     t.touch_user(&env.actor.uid, at)?;
     match &env.event {
@@ -164,7 +180,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .into_iter()
                 .filter(|uid| uid != &e.sender)
                 .collect();
-            deliver(t, seq, &stored, recipients, effects, notices)?;
+            deliver(t, seq, &stored, recipients, effects, changes)?;
             if effects.dispatch {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
                 let mut topic = task_for(&stored, "");
@@ -191,7 +207,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 Audience::Users { uids } => uids.clone(),
                 Audience::All => t.all_users()?,
             };
-            deliver(t, seq, &stored, recipients, effects, notices)
+            deliver(t, seq, &stored, recipients, effects, changes)
         }
         Event::DeliverySent(e) => t.advance_receipt(&Receipt {
             mid: e.mid,
@@ -263,40 +279,32 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         }
         Event::NotificationsRead(e) => {
             for id in &e.ids {
-                if let Some(n) = t.mark_read(&e.uid, *id, at)?
-                    && live
-                {
-                    notices.push(frame(&e.uid, "read", &n));
+                if let Some(n) = t.mark_read(&e.uid, *id, at)? {
+                    changes.record(t, "read", &n)?;
                 }
             }
             Ok(())
         }
         Event::InboxReadAll(e) => {
             for id in t.unread_ids(&e.uid, e.ntype.as_deref(), e.tid)? {
-                if let Some(n) = t.mark_read(&e.uid, id, at)?
-                    && live
-                {
-                    notices.push(frame(&e.uid, "read", &n));
+                if let Some(n) = t.mark_read(&e.uid, id, at)? {
+                    changes.record(t, "read", &n)?;
                 }
             }
             Ok(())
         }
         Event::NotificationsArchived(e) => {
             for id in &e.ids {
-                if let Some(n) = t.archive(&e.uid, *id, at)?
-                    && live
-                {
-                    notices.push(frame(&e.uid, "archived", &n));
+                if let Some(n) = t.archive(&e.uid, *id, at)? {
+                    changes.record(t, "archived", &n)?;
                 }
             }
             Ok(())
         }
         Event::NotificationsDeleted(e) => {
             for id in &e.ids {
-                if let Some(n) = t.delete_notification(&e.uid, *id)?
-                    && live
-                {
-                    notices.push(frame(&e.uid, "deleted", &n));
+                if let Some(n) = t.delete_notification(&e.uid, *id)? {
+                    changes.record(t, "deleted", &n)?;
                 }
             }
             Ok(())
@@ -354,7 +362,7 @@ fn deliver<T: FoldTarget + ?Sized>(
     m: &StoredMessage,
     recipients: Vec<String>,
     effects: Effects,
-    notices: &mut Vec<LiveNotice>,
+    changes: &mut Changes<'_>,
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
     for uid in recipients {
@@ -371,9 +379,7 @@ fn deliver<T: FoldTarget + ?Sized>(
             continue;
         }
         t.add_recipient(m.mid)?;
-        if effects.live {
-            notices.push(frame(&n.uid, "new", &n));
-        }
+        changes.record(t, "new", &n)?;
         if effects.dispatch {
             t.enqueue_task(&task_for(m, &n.uid))?;
             if let Some(f) = &m.opts.fallback {
@@ -388,11 +394,70 @@ fn deliver<T: FoldTarget + ?Sized>(
     Ok(())
 }
 
-/// The frame a connected client receives: `{"action": "...", "notification": {...}}`.
-pub fn frame(uid: &str, action: &str, n: &Notification) -> LiveNotice {
-    let body = json!({ "action": action, "notification": n });
-    LiveNotice {
-        uid: uid.to_owned(),
-        frame: serde_json::to_vec(&body).unwrap_or_default().into(),
+/// How long a user's change feed is kept (SSE resume window).
+pub const CHANGE_RETENTION: time::Duration = time::Duration::days(7);
+
+/// Where an inbox change sits in a user's feed: the event's stream sequence and the change's
+/// index within that event. Serialized as `"<seq>.<sub>"` (the SSE event id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub seq: u64,
+    pub sub: u32,
+}
+
+impl Position {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (seq, sub) = s.trim().split_once('.')?;
+        Some(Self {
+            seq: seq.parse().ok()?,
+            sub: sub.parse().ok()?,
+        })
     }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.seq, self.sub)
+    }
+}
+
+/// The inbox changes one event makes: each goes to the user's change feed (always, so the feed
+/// is part of the deterministic projection) and, when live, to their connections.
+pub struct Changes<'a> {
+    seq: u64,
+    next: u32,
+    live: bool,
+    at: OffsetDateTime,
+    notices: &'a mut Vec<LiveNotice>,
+}
+
+impl Changes<'_> {
+    fn record<T: FoldTarget + ?Sized>(
+        &mut self,
+        t: &mut T,
+        action: &str,
+        n: &Notification,
+    ) -> StoreResult<()> {
+        let position = Position {
+            seq: self.seq,
+            sub: self.next,
+        };
+        self.next += 1;
+        let frame = frame(action, n, position);
+        t.put_change(&n.uid, position, &frame, self.at)?;
+        if self.live {
+            self.notices.push(LiveNotice {
+                uid: n.uid.clone(),
+                frame: frame.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The frame a connected client receives:
+/// `{"action": "new"|"read"|"archived"|"deleted", "notification": {...}, "position": "s.n"}`.
+pub fn frame(action: &str, n: &Notification, position: Position) -> Vec<u8> {
+    let body = json!({ "action": action, "notification": n, "position": position.to_string() });
+    serde_json::to_vec(&body).unwrap_or_default()
 }

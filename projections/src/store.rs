@@ -94,6 +94,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats>;
 
+    /// A user's inbox changes after a feed position (frames as sent live), oldest first.
+    async fn changes_after(
+        &self,
+        uid: &str,
+        after: crate::fold::Position,
+        limit: u32,
+    ) -> StoreResult<Vec<(crate::fold::Position, String)>>;
+
     /// Registered notification types, by name.
     async fn types(&self) -> StoreResult<Vec<NotificationType>>;
 

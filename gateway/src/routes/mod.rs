@@ -13,6 +13,7 @@ mod devices;
 mod messages;
 mod notifications;
 mod preferences;
+mod stream;
 mod threads;
 mod types;
 mod validate;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications/{id}/archive", post(notifications::archive))
         .route("/types", get(types::list).post(types::register))
         .route("/connect", get(ws::connect))
+        .route("/stream", get(stream::stream))
         .route("/ack", post(deliveries::ack))
         .route("/preferences", get(preferences::get).put(preferences::put))
         .route("/messages/{mid}/receipts", get(deliveries::receipts))

@@ -25,6 +25,11 @@ CREATE TABLE IF NOT EXISTS inbox_counts (
   uid TEXT PRIMARY KEY, total INTEGER NOT NULL, unread INTEGER NOT NULL,
   unseen INTEGER NOT NULL DEFAULT 0, seen_seq INTEGER NOT NULL DEFAULT 0, seen_at TEXT)
   WITHOUT ROWID;
+-- GET /stream resume: each user's inbox changes in feed order, kept CHANGE_RETENTION
+CREATE TABLE IF NOT EXISTS inbox_changes (
+  uid TEXT NOT NULL, seq INTEGER NOT NULL, sub INTEGER NOT NULL, frame TEXT NOT NULL,
+  at TEXT NOT NULL, PRIMARY KEY (uid, seq, sub)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_changes_by_time ON inbox_changes (uid, at);
 -- GET /notifications/stats: unread per type ('type') and per level ('level')
 CREATE TABLE IF NOT EXISTS inbox_unread_by (
   uid TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
@@ -421,4 +426,67 @@ pub(super) fn stats(c: &Connection, uid: &str) -> StoreResult<InboxStats> {
         target.insert(key, n.max(0) as u64);
     }
     Ok(s)
+}
+
+pub(super) fn put_change(
+    c: &Connection,
+    uid: &str,
+    p: crate::fold::Position,
+    frame: &[u8],
+    at: OffsetDateTime,
+) -> StoreResult<()> {
+    exec(
+        c,
+        "INSERT OR REPLACE INTO inbox_changes (uid, seq, sub, frame, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            uid,
+            p.seq as i64,
+            i64::from(p.sub),
+            String::from_utf8_lossy(frame),
+            ts(at)
+        ],
+    )?;
+    exec(
+        c,
+        "DELETE FROM inbox_changes WHERE uid = ?1 AND at < ?2",
+        params![uid, ts(at - crate::fold::CHANGE_RETENTION)],
+    )
+    .map(drop)
+}
+
+/// A user's changes after `p`, in feed order.
+pub(super) fn changes_after(
+    c: &Connection,
+    uid: &str,
+    p: crate::fold::Position,
+    limit: u32,
+) -> StoreResult<Vec<(crate::fold::Position, String)>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT seq, sub, frame FROM inbox_changes
+             WHERE uid = ?1 AND (seq > ?2 OR (seq = ?2 AND sub > ?3))
+             ORDER BY seq, sub LIMIT ?4",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            params![uid, p.seq as i64, i64::from(p.sub), i64::from(limit)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    collect(rows, |(seq, sub, frame)| {
+        Ok((
+            crate::fold::Position {
+                seq: seq.max(0) as u64,
+                sub: u32::try_from(sub).unwrap_or(0),
+            },
+            frame,
+        ))
+    })
 }

@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TE
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 15] = [
+pub const DATA_TABLES: [&str; 16] = [
     "users",
     "devices",
     "device_owners",
@@ -90,6 +90,7 @@ pub const DATA_TABLES: [&str; 15] = [
     "inbox",
     "inbox_counts",
     "inbox_unread_by",
+    "inbox_changes",
     "types",
     "messages",
     "receipts",
@@ -478,6 +479,16 @@ impl FoldTarget for SqliteTx<'_> {
 
     fn preferences(&mut self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         preferences_of(self.tx, uid)
+    }
+
+    fn put_change(
+        &mut self,
+        uid: &str,
+        position: crate::fold::Position,
+        frame: &[u8],
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        inbox::put_change(self.tx, uid, position, frame, at)
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
@@ -907,6 +918,17 @@ impl Store for SqliteStore {
     async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts> {
         let uid = uid.to_owned();
         self.read(move |c| inbox::counts(c, &uid)).await
+    }
+
+    async fn changes_after(
+        &self,
+        uid: &str,
+        after: crate::fold::Position,
+        limit: u32,
+    ) -> StoreResult<Vec<(crate::fold::Position, String)>> {
+        let uid = uid.to_owned();
+        self.read(move |c| inbox::changes_after(c, &uid, after, limit))
+            .await
     }
 
     async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats> {
