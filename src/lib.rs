@@ -190,6 +190,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             config: Arc::new(gateway_config),
             applied,
             presence: Some(presence.clone()),
+            rate: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await

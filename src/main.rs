@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Most recipients of one multicast (400 above).
     #[arg(long, env = "MSGXC_MAX_RECIPIENTS", default_value_t = 1000)]
     max_recipients: usize,
+    /// Private messages one user may send per minute (per gateway process; 0 = unlimited).
+    #[arg(long, env = "MSGXC_PRIVATE_MESSAGES_PER_MINUTE", default_value_t = 30)]
+    private_messages_per_minute: u32,
     /// Longest message text, in characters.
     #[arg(long, env = "MSGXC_MAX_MESSAGE_CHARS", default_value_t = 16 * 1024)]
     max_message_chars: usize,
@@ -220,6 +223,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             channels: Vec::new(),
             webpush_allowed_hosts: a.channels.webpush_allowed_hosts.clone(),
             vapid_public_key: None,
+            private_messages_per_minute: a.private_messages_per_minute,
         },
         projector: ProjectorSettings {
             batch: a.projector_batch.max(1),

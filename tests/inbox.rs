@@ -620,3 +620,80 @@ async fn sse_delivers_changes_live_and_resumes_from_last_event_id_without_gaps()
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test]
+async fn private_messages_respect_blocks_and_the_per_sender_rate() {
+    let ex = Exchange::start_with(|o| o.gateway.private_messages_per_minute = 3).await;
+    let (amy, ben, cal) = (
+        token("amy", false),
+        token("ben", false),
+        token("cal", false),
+    );
+    let (s, b) = ex
+        .post(
+            "/messages",
+            &amy,
+            json!({"to": "ben", "msg": "hi ben", "type": null}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let inbox = ex.inbox_until(&ben, 1).await;
+    assert_eq!(inbox["results"][0]["sender"], "amy");
+    assert_eq!(inbox["results"][0]["msg"], "hi ben");
+    // Ben blocks Cal: Cal's messages are refused, Amy's still arrive.
+    let (s, _) = ex.call(Method::PUT, "/blocks/cal", Some(&ben), None).await;
+    assert_eq!(s, 204);
+    assert_eq!(ex.get("/blocks", &ben).await.1["results"], json!(["cal"]));
+    let (s, b) = ex
+        .post("/messages", &cal, json!({"to": "ben", "msg": "let me in"}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].clone()),
+        (403, json!("forbidden")),
+        "{b}"
+    );
+    assert_eq!(
+        ex.post("/messages", &amy, json!({"to": "ben", "msg": "two"}))
+            .await
+            .0,
+        202
+    );
+    // Unblocking restores it.
+    assert_eq!(
+        ex.call(Method::DELETE, "/blocks/cal", Some(&ben), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        ex.post("/messages", &cal, json!({"to": "ben", "msg": "thanks"}))
+            .await
+            .0,
+        202
+    );
+    // Amy has used 2 of her 3 per minute; the 4th is a 429 with Retry-After.
+    assert_eq!(
+        ex.post("/messages", &amy, json!({"to": "cal", "msg": "three"}))
+            .await
+            .0,
+        202
+    );
+    let resp = ex
+        .http
+        .post(ex.url("/messages"))
+        .bearer_auth(&amy)
+        .json(&json!({"to": "cal", "msg": "four"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let b: Value = resp.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "rate_limited");
+    ex.inbox_until(&ben, 3).await;
+}

@@ -87,6 +87,8 @@ pub enum Event {
     NotificationsDeleted(NotificationsDeleted),
     InboxReadAll(InboxReadAll),
     InboxSeen(InboxSeen),
+    UserBlocked(UserBlocked),
+    UserUnblocked(UserUnblocked),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -132,11 +134,13 @@ impl Event {
             Event::NotificationsDeleted(_) => "notifications_deleted",
             Event::InboxReadAll(_) => "inbox_read_all",
             Event::InboxSeen(_) => "inbox_seen",
+            Event::UserBlocked(_) => "user_blocked",
+            Event::UserUnblocked(_) => "user_unblocked",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 21] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -156,6 +160,8 @@ impl Event {
         "notifications_deleted",
         "inbox_read_all",
         "inbox_seen",
+        "user_blocked",
+        "user_unblocked",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -171,6 +177,8 @@ impl Event {
             Event::NotificationsDeleted(e) => (Aggregate::User, e.uid.clone()),
             Event::InboxReadAll(e) => (Aggregate::User, e.uid.clone()),
             Event::InboxSeen(e) => (Aggregate::User, e.uid.clone()),
+            Event::UserBlocked(e) => (Aggregate::User, e.uid.clone()),
+            Event::UserUnblocked(e) => (Aggregate::User, e.uid.clone()),
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
@@ -552,6 +560,19 @@ pub struct InboxReadAll {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InboxSeen {
     pub uid: String,
+}
+
+/// `uid` no longer accepts private messages from `blocked`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserBlocked {
+    pub uid: String,
+    pub blocked: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserUnblocked {
+    pub uid: String,
+    pub blocked: String,
 }
 
 /// A provider accepted a message for one device (APNs 200, FCM name, SMTP 250, ...).

@@ -48,6 +48,8 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         ),
         ("inbox_read_all.json".into(), schema_of::<InboxReadAll>()),
         ("inbox_seen.json".into(), schema_of::<InboxSeen>()),
+        ("user_blocked.json".into(), schema_of::<UserBlocked>()),
+        ("user_unblocked.json".into(), schema_of::<UserUnblocked>()),
     ]
 }
 

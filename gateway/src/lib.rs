@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod rate;
 pub mod routes;
 pub mod state;
 

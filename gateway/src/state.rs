@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub webpush_allowed_hosts: Vec<String>,
     /// The VAPID public key browsers subscribe with, when Web Push is configured.
     pub vapid_public_key: Option<String>,
+    /// Private messages one user may send per minute (per gateway process).
+    pub private_messages_per_minute: u32,
 }
 
 impl Default for GatewayConfig {
@@ -53,6 +55,7 @@ impl Default for GatewayConfig {
                 .map(|h| (*h).to_owned())
                 .collect(),
             vapid_public_key: None,
+            private_messages_per_minute: 30,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct AppState {
     pub applied: Option<watch::Receiver<u64>>,
     /// Presence stamps for skip-if-seen, refreshed while sockets are open.
     pub presence: Option<exchange::presence::Presence>,
+    /// Per-sender limits on private messages.
+    pub rate: crate::rate::RateLimiter,
 }
 
 /// The outcome of an append: the stored event (the original one when the idempotency key was

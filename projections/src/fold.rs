@@ -73,6 +73,14 @@ pub trait FoldTarget {
     /// Restarts the unseen count at this stream position.
     fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()>;
     fn put_type(&mut self, t: &NotificationType) -> StoreResult<()>;
+    /// Records or lifts a block of `blocked` by `uid`.
+    fn set_blocked(
+        &mut self,
+        uid: &str,
+        blocked: &str,
+        on: bool,
+        at: OffsetDateTime,
+    ) -> StoreResult<()>;
     /// Appends to a user's change feed (SSE resume), dropping entries older than
     /// [`CHANGE_RETENTION`] before `at`.
     fn put_change(
@@ -310,6 +318,8 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::InboxSeen(e) => t.mark_seen(&e.uid, at, seq),
+        Event::UserBlocked(e) => t.set_blocked(&e.uid, &e.blocked, true, at),
+        Event::UserUnblocked(e) => t.set_blocked(&e.uid, &e.blocked, false, at),
         Event::TypeRegistered(e) => t.put_type(&NotificationType {
             name: e.name.clone(),
             title: e.title.clone(),

@@ -94,6 +94,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats>;
 
+    /// Users whose private messages `uid` refuses.
+    async fn blocks(&self, uid: &str) -> StoreResult<Vec<String>>;
+    async fn is_blocked(&self, uid: &str, sender: &str) -> StoreResult<bool>;
+
     /// A user's inbox changes after a feed position (frames as sent live), oldest first.
     async fn changes_after(
         &self,

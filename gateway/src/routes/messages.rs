@@ -37,7 +37,7 @@ pub struct Classification {
 
 /// Merges and checks the classification: a registered type, level 0 or 50, and `mandatory`
 /// only on level-50 messages from admins.
-async fn classify(
+pub(crate) async fn classify(
     state: &AppState,
     actor: &Actor,
     class: Classification,
@@ -242,7 +242,7 @@ async fn send_to(
 }
 
 /// Appends the message event and answers 202 `{"mid"}` (the original mid on a retried key).
-async fn accept(
+pub(crate) async fn accept(
     state: &AppState,
     actor: &Actor,
     headers: &HeaderMap,

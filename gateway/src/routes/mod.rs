@@ -3,16 +3,17 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
 mod deliveries;
 mod devices;
-mod messages;
+pub(crate) mod messages;
 mod notifications;
 mod preferences;
+mod private;
 mod stream;
 mod threads;
 mod types;
@@ -51,6 +52,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/notifications/{id}/archive", post(notifications::archive))
         .route("/types", get(types::list).post(types::register))
+        .route("/messages", post(private::send))
+        .route("/blocks", get(private::list))
+        .route(
+            "/blocks/{uid}",
+            put(private::block).delete(private::unblock),
+        )
         .route("/connect", get(ws::connect))
         .route("/stream", get(stream::stream))
         .route("/ack", post(deliveries::ack))

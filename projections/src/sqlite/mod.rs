@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS thread_subscribers (
 CREATE TABLE IF NOT EXISTS thread_messages (
   tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
   created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
+-- private-message blocks: partition uid (the blocker)
+CREATE TABLE IF NOT EXISTS blocks (
+  uid TEXT NOT NULL, blocked TEXT NOT NULL, since TEXT NOT NULL,
+  PRIMARY KEY (uid, blocked)) WITHOUT ROWID;
 -- GET /types
 CREATE TABLE IF NOT EXISTS types (
   name TEXT PRIMARY KEY, title TEXT NOT NULL, description TEXT NOT NULL,
@@ -80,7 +84,7 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TE
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 16] = [
+pub const DATA_TABLES: [&str; 17] = [
     "users",
     "devices",
     "device_owners",
@@ -91,6 +95,7 @@ pub const DATA_TABLES: [&str; 16] = [
     "inbox_counts",
     "inbox_unread_by",
     "inbox_changes",
+    "blocks",
     "types",
     "messages",
     "receipts",
@@ -479,6 +484,27 @@ impl FoldTarget for SqliteTx<'_> {
 
     fn preferences(&mut self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         preferences_of(self.tx, uid)
+    }
+
+    fn set_blocked(
+        &mut self,
+        uid: &str,
+        blocked: &str,
+        on: bool,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        if on {
+            self.exec(
+                "INSERT OR IGNORE INTO blocks (uid, blocked, since) VALUES (?1, ?2, ?3)",
+                params![uid, blocked, ts(at)],
+            )
+        } else {
+            self.exec(
+                "DELETE FROM blocks WHERE uid = ?1 AND blocked = ?2",
+                params![uid, blocked],
+            )
+        }
+        .map(drop)
     }
 
     fn put_change(
@@ -929,6 +955,31 @@ impl Store for SqliteStore {
         let uid = uid.to_owned();
         self.read(move |c| inbox::changes_after(c, &uid, after, limit))
             .await
+    }
+
+    async fn blocks(&self, uid: &str) -> StoreResult<Vec<String>> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT blocked FROM blocks WHERE uid = ?1 ORDER BY blocked")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![uid], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            collect(rows, Ok)
+        })
+        .await
+    }
+
+    async fn is_blocked(&self, uid: &str, sender: &str) -> StoreResult<bool> {
+        let (uid, sender) = (uid.to_owned(), sender.to_owned());
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM blocks WHERE uid = ?1 AND blocked = ?2")
+                .and_then(|mut s| s.query_row(params![uid, sender], |_| Ok(())).optional())
+                .map(|r| r.is_some())
+                .map_err(backend)
+        })
+        .await
     }
 
     async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats> {
