@@ -697,3 +697,176 @@ async fn private_messages_respect_blocks_and_the_per_sender_rate() {
     assert_eq!(b["error"]["code"], "rate_limited");
     ex.inbox_until(&ben, 3).await;
 }
+
+#[tokio::test]
+async fn aliases_and_the_messaging_api_with_its_permission_rules() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let (ona, enum1, outsider) = (
+        token("ona", false),
+        token("enum1", false),
+        token("outsider", false),
+    );
+    // A form as a thread with an alias; members subscribe.
+    let (s, b) = ex
+        .post(
+            "/threads",
+            &ona,
+            json!({"name": "Form 1337", "alias": "xform:1337", "open_subscribe": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["alias"], "xform:1337");
+    let (s, b) = ex
+        .post(
+            "/threads",
+            &admin,
+            json!({"name": "dup", "alias": "xform:1337"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].clone()),
+        (409, json!("alias_taken")),
+        "{b}"
+    );
+    let (s, b) = ex
+        .post(
+            "/threads",
+            &admin,
+            json!({"name": "bad", "alias": "no spaces"}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].clone()), (400, json!("alias")));
+    let (s, t) = ex.get("/threads/by-alias/xform:1337", &enum1).await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["name"], "Form 1337");
+    assert_eq!(ex.get("/threads/by-alias/xform:1", &enum1).await.0, 404);
+    assert_eq!(
+        ex.post("/subscribe", &enum1, json!({"tid": t["tid"]}))
+            .await
+            .0,
+        200
+    );
+
+    // Members post and read; others may not.
+    let (s, m) = ex
+        .post(
+            "/messaging",
+            &ona,
+            json!({"target_type": "xform", "target_id": "1337", "message": "Hello, World!"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{m}");
+    assert_eq!(m["target_type"], "xform");
+    assert_eq!(m["target_id"], "1337");
+    assert_eq!(m["user"], "ona");
+    assert!(m["timestamp"].is_string());
+    let id = m["id"].as_str().unwrap().to_owned();
+    let (s, _) = ex
+        .post(
+            "/messaging",
+            &outsider,
+            json!({"target_type": "xform", "target_id": "1337", "message": "spam"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = ex
+        .post(
+            "/messaging",
+            &ona,
+            json!({"target_type": "project", "target_id": "7", "message": "x"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    ex.inbox_until(&enum1, 1).await; // subscribers get it in their inbox too
+    let (s, list) = ex
+        .get("/messaging?target_type=xform&target_id=1337", &enum1)
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["results"][0]["message"], "Hello, World!");
+    assert_eq!(
+        ex.get(
+            "/messaging?target_type=xform&target_id=1337&user=nobody",
+            &enum1
+        )
+        .await
+        .1["count"],
+        0
+    );
+    assert_eq!(
+        ex.get(
+            "/messaging?target_type=xform&target_id=1337&since=2100-01-01T00:00:00Z",
+            &enum1
+        )
+        .await
+        .1["count"],
+        0
+    );
+    assert_eq!(
+        ex.get("/messaging?target_type=xform&target_id=1337", &outsider)
+            .await
+            .0,
+        403
+    );
+    let (s, b) = ex.get("/messaging?target_type=xform", &enum1).await;
+    assert_eq!((s, b["error"]["field"].clone()), (400, json!("target_id")));
+    let (s, one) = ex.get(&format!("/messaging/{id}"), &enum1).await;
+    assert_eq!(s, 200);
+    assert_eq!(one["target_id"], "1337");
+    assert_eq!(ex.get(&format!("/messaging/{id}"), &outsider).await.0, 403);
+
+    // User targets: only that user reads them.
+    let (s, _) = ex
+        .post(
+            "/messaging",
+            &ona,
+            json!({"target_type": "user", "target_id": "enum1", "message": "psst"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    ex.inbox_until(&enum1, 2).await;
+    let (s, mine) = ex
+        .get("/messaging?target_type=user&target_id=enum1", &enum1)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(mine["count"], 1);
+    assert_eq!(mine["results"][0]["message"], "psst");
+    assert_eq!(
+        ex.get("/messaging?target_type=user&target_id=enum1", &outsider)
+            .await
+            .0,
+        403
+    );
+
+    // Only the author or an admin deletes.
+    assert_eq!(
+        ex.call(
+            Method::DELETE,
+            &format!("/messaging/{id}"),
+            Some(&enum1),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        ex.call(
+            Method::DELETE,
+            &format!("/messaging/{id}"),
+            Some(&ona),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(ex.get(&format!("/messaging/{id}"), &enum1).await.0, 404);
+    assert_eq!(
+        ex.get("/messaging?target_type=xform&target_id=1337", &enum1)
+            .await
+            .1["count"],
+        0
+    );
+}

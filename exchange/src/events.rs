@@ -89,6 +89,7 @@ pub enum Event {
     InboxSeen(InboxSeen),
     UserBlocked(UserBlocked),
     UserUnblocked(UserUnblocked),
+    MessageDeleted(MessageDeleted),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -136,11 +137,12 @@ impl Event {
             Event::InboxSeen(_) => "inbox_seen",
             Event::UserBlocked(_) => "user_blocked",
             Event::UserUnblocked(_) => "user_unblocked",
+            Event::MessageDeleted(_) => "message_deleted",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 22] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -162,6 +164,7 @@ impl Event {
         "inbox_seen",
         "user_blocked",
         "user_unblocked",
+        "message_deleted",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -179,6 +182,7 @@ impl Event {
             Event::InboxSeen(e) => (Aggregate::User, e.uid.clone()),
             Event::UserBlocked(e) => (Aggregate::User, e.uid.clone()),
             Event::UserUnblocked(e) => (Aggregate::User, e.uid.clone()),
+            Event::MessageDeleted(e) => (Aggregate::Message, e.mid.to_string()),
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
@@ -285,6 +289,10 @@ pub struct ThreadCreated {
     pub open_subscribe: bool,
     /// Any subscriber may publish (otherwise only the owner or an admin may).
     pub open_publish: bool,
+    /// A unique external name such as `xform:1337` or `project:7` (seed 000's targets). When
+    /// two threads claim one alias, the first in the stream keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -560,6 +568,13 @@ pub struct InboxReadAll {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InboxSeen {
     pub uid: String,
+}
+
+/// A message was deleted by its author or an admin: it leaves the thread history and the
+/// messaging API. Recipients' inbox copies stay until they delete them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageDeleted {
+    pub mid: Uuid,
 }
 
 /// `uid` no longer accepts private messages from `blocked`.

@@ -50,6 +50,7 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         ("inbox_seen.json".into(), schema_of::<InboxSeen>()),
         ("user_blocked.json".into(), schema_of::<UserBlocked>()),
         ("user_unblocked.json".into(), schema_of::<UserUnblocked>()),
+        ("message_deleted.json".into(), schema_of::<MessageDeleted>()),
     ]
 }
 

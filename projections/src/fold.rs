@@ -73,6 +73,8 @@ pub trait FoldTarget {
     /// Restarts the unseen count at this stream position.
     fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()>;
     fn put_type(&mut self, t: &NotificationType) -> StoreResult<()>;
+    /// Removes a message from the thread history and the message table; false when unknown.
+    fn delete_message(&mut self, mid: Uuid) -> StoreResult<bool>;
     /// Records or lifts a block of `blocked` by `uid`.
     fn set_blocked(
         &mut self,
@@ -153,6 +155,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 created_at: at,
                 subscribers: 0,
                 messages: 0,
+                alias: e.alias.clone(),
             })
             .map(drop)
         }
@@ -318,6 +321,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::InboxSeen(e) => t.mark_seen(&e.uid, at, seq),
+        Event::MessageDeleted(e) => t.delete_message(e.mid).map(drop),
         Event::UserBlocked(e) => t.set_blocked(&e.uid, &e.blocked, true, at),
         Event::UserUnblocked(e) => t.set_blocked(&e.uid, &e.blocked, false, at),
         Event::TypeRegistered(e) => t.put_type(&NotificationType {

@@ -16,6 +16,17 @@ pub struct Thread {
     pub created_at: OffsetDateTime,
     pub subscribers: u64,
     pub messages: u64,
+    pub alias: Option<String>,
+}
+
+/// A page request over a thread's history, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub limit: u32,
+    pub offset: u64,
+    pub sender: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub before: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +135,8 @@ pub struct InboxFilter {
     pub since: Option<OffsetDateTime>,
     /// Created before.
     pub before: Option<OffsetDateTime>,
+    /// Only direct messages (no thread).
+    pub direct: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

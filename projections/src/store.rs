@@ -13,8 +13,8 @@ use uuid::Uuid;
 use exchange::dispatch::DispatchTask;
 
 use crate::model::{
-    Device, FailedDelivery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
-    Page, Receipt, StoredMessage, Thread, ThreadMessage,
+    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
+    NotificationType, Page, Receipt, StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +75,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool>;
 
-    /// A thread's messages, newest first.
+    /// A thread's messages, newest first, optionally by sender and time.
     async fn thread_messages(
         &self,
         tid: Uuid,
-        limit: u32,
-        offset: u64,
+        query: &HistoryQuery,
     ) -> StoreResult<Page<ThreadMessage>>;
+
+    /// The thread holding an alias.
+    async fn thread_by_alias(&self, alias: &str) -> StoreResult<Option<Thread>>;
 
     /// A user's devices, newest first.
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>>;

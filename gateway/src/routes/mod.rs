@@ -11,6 +11,7 @@ use crate::state::AppState;
 mod deliveries;
 mod devices;
 pub(crate) mod messages;
+mod messaging;
 mod notifications;
 mod preferences;
 mod private;
@@ -53,6 +54,12 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications/{id}/archive", post(notifications::archive))
         .route("/types", get(types::list).post(types::register))
         .route("/messages", post(private::send))
+        .route("/messaging", get(messaging::list).post(messaging::post))
+        .route(
+            "/messaging/{id}",
+            get(messaging::get).delete(messaging::delete),
+        )
+        .route("/threads/by-alias/{alias}", get(threads::by_alias))
         .route("/blocks", get(private::list))
         .route(
             "/blocks/{uid}",

@@ -75,6 +75,7 @@ fn filter_from(q: &HashMap<String, String>) -> Result<InboxFilter, ApiError> {
         tid,
         since: time_param(q, "since")?,
         before: time_param(q, "before")?,
+        direct: false,
     })
 }
 

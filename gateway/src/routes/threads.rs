@@ -22,6 +22,8 @@ use crate::state::AppState;
 pub struct CreateThread {
     name: String,
     #[serde(default)]
+    alias: Option<String>,
+    #[serde(default)]
     open_subscribe: bool,
     #[serde(default)]
     open_publish: bool,
@@ -34,6 +36,15 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateThread>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate::text("name", &body.name, 200)?;
+    if let Some(a) = &body.alias {
+        check_alias(a)?;
+        if state.store.thread_by_alias(a).await?.is_some() {
+            return Err(ApiError::conflict(
+                "alias_taken",
+                format!("alias {a} is taken"),
+            ));
+        }
+    }
     let key = idempotency_key(&headers)?;
     let event = Event::ThreadCreated(ThreadCreated {
         tid: Uuid::now_v7(),
@@ -41,6 +52,7 @@ pub async fn create(
         owner: actor.uid.clone(),
         open_subscribe: body.open_subscribe,
         open_publish: body.open_publish,
+        alias: body.alias,
     });
     let recorded = state
         .append_consistent(&actor, event, key.as_deref())
@@ -48,7 +60,53 @@ pub async fn create(
     let Event::ThreadCreated(t) = recorded.envelope.event else {
         return Err(ApiError::internal("unexpected stored event"));
     };
-    Ok((StatusCode::CREATED, Json(json!({ "tid": t.tid }))))
+    if let Some(a) = &t.alias {
+        // Two concurrent claims: the first in the stream keeps the alias.
+        let holder = state.store.thread_by_alias(a).await?;
+        if holder.is_some_and(|h| h.tid != t.tid) {
+            return Err(ApiError::conflict(
+                "alias_taken",
+                format!("alias {a} was claimed first by another thread; this thread has none"),
+            ));
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "tid": t.tid, "alias": t.alias })),
+    ))
+}
+
+/// Aliases: `<kind>:<id>` such as `xform:1337`, 3-128 characters of `[A-Za-z0-9_.:-]`.
+pub(crate) fn check_alias(a: &str) -> Result<(), ApiError> {
+    let ok = (3..=128).contains(&a.len())
+        && a.contains(':')
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "alias",
+            "must look like kind:id (letters, digits, _ . : -)",
+        ))
+    }
+}
+
+/// `GET /threads/by-alias/{alias}`.
+pub async fn by_alias(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(alias): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let thread = state
+        .store
+        .thread_by_alias(&alias)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no thread has this alias"))?;
+    let subscribed = state.store.is_subscribed(thread.tid, &actor.uid).await?;
+    let mut body = json!(thread);
+    body["subscribed"] = subscribed.into();
+    Ok(Json(body))
 }
 
 /// Loads a thread or answers 404.
@@ -61,7 +119,7 @@ pub(crate) async fn load(state: &AppState, raw_tid: &str) -> ApiResult<Thread> {
         .ok_or_else(|| ApiError::not_found("no such thread"))
 }
 
-fn is_owner_or_admin(actor: &Actor, thread: &Thread) -> bool {
+pub(crate) fn is_owner_or_admin(actor: &Actor, thread: &Thread) -> bool {
     actor.is_admin() || thread.owner == actor.uid
 }
 
@@ -137,7 +195,14 @@ pub async fn messages(
     }
     let page = state
         .store
-        .thread_messages(thread.tid, paging.limit, paging.offset)
+        .thread_messages(
+            thread.tid,
+            &projections::model::HistoryQuery {
+                limit: paging.limit,
+                offset: paging.offset,
+                ..Default::default()
+            },
+        )
         .await?;
     let path = format!("/api/v1/threads/{}/messages", thread.tid);
     let (next, previous) = paging.links(&path, page.total);

@@ -320,6 +320,9 @@ fn filter_sql(q: &InboxQuery) -> (String, Vec<rusqlite::types::Value>) {
     if let Some(t) = f.before {
         bind(&mut sql, " AND created_at < ?", V::Text(ts(t)));
     }
+    if f.direct {
+        sql.push_str(" AND tid IS NULL");
+    }
     if let Some(after) = q.after {
         bind(&mut sql, " AND seq > ?", V::Integer(after as i64));
     }

@@ -22,8 +22,8 @@ mod inbox;
 
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
-    Device, FailedDelivery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
-    Page, Receipt, ReceiptStatus, StoredMessage, Thread, ThreadMessage,
+    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
+    NotificationType, Page, Receipt, ReceiptStatus, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -43,7 +43,10 @@ CREATE TABLE IF NOT EXISTS device_owners (device_id TEXT PRIMARY KEY, uid TEXT N
 CREATE TABLE IF NOT EXISTS threads (
   tid TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, open_subscribe INTEGER NOT NULL,
   open_publish INTEGER NOT NULL, created_at TEXT NOT NULL,
-  subscribers INTEGER NOT NULL DEFAULT 0, messages INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+  subscribers INTEGER NOT NULL DEFAULT 0, messages INTEGER NOT NULL DEFAULT 0, alias TEXT)
+  WITHOUT ROWID;
+-- GET /threads/by-alias/{alias}, /messaging targets: unique, first claim wins
+CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, tid TEXT NOT NULL) WITHOUT ROWID;
 -- permission checks and fan-out: partition tid
 CREATE TABLE IF NOT EXISTS thread_subscribers (
   tid TEXT NOT NULL, uid TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (tid, uid)) WITHOUT ROWID;
@@ -84,7 +87,7 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TE
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 17] = [
+pub const DATA_TABLES: [&str; 18] = [
     "users",
     "devices",
     "device_owners",
@@ -96,6 +99,7 @@ pub const DATA_TABLES: [&str; 17] = [
     "inbox_unread_by",
     "inbox_changes",
     "blocks",
+    "aliases",
     "types",
     "messages",
     "receipts",
@@ -255,7 +259,34 @@ fn collect<R, T>(
     rows.map(|r| r.map_err(backend).and_then(&parse)).collect()
 }
 
-type ThreadRow = (String, String, String, bool, bool, String, i64, i64);
+type ThreadRow = (
+    String,
+    String,
+    String,
+    bool,
+    bool,
+    String,
+    i64,
+    i64,
+    Option<String>,
+);
+
+const THREAD_COLS: &str =
+    "tid, name, owner, open_subscribe, open_publish, created_at, subscribers, messages, alias";
+
+fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
 
 fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
     Ok(Thread {
@@ -267,6 +298,7 @@ fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
         created_at: parse_ts(&r.5)?,
         subscribers: r.6.max(0) as u64,
         messages: r.7.max(0) as u64,
+        alias: r.8,
     })
 }
 
@@ -352,10 +384,19 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn insert_thread(&mut self, t: &Thread) -> StoreResult<bool> {
+        // The first thread to claim an alias keeps it; a later claimant gets none.
+        let alias = match &t.alias {
+            Some(a) => {
+                let claimed = self.exec(
+                    "INSERT OR IGNORE INTO aliases (alias, tid) VALUES (?1, ?2)",
+                    params![a, t.tid.to_string()],
+                )? > 0;
+                claimed.then(|| a.clone())
+            }
+            None => None,
+        };
         let n = self.exec(
-            "INSERT OR IGNORE INTO threads
-             (tid, name, owner, open_subscribe, open_publish, created_at, subscribers, messages)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            &format!("INSERT OR IGNORE INTO threads ({THREAD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
             params![
                 t.tid.to_string(),
                 t.name,
@@ -364,10 +405,34 @@ impl FoldTarget for SqliteTx<'_> {
                 t.open_publish,
                 ts(t.created_at),
                 t.subscribers as i64,
-                t.messages as i64
+                t.messages as i64,
+                alias
             ],
         )?;
         Ok(n > 0)
+    }
+
+    fn delete_message(&mut self, mid: Uuid) -> StoreResult<bool> {
+        let Some(m) = message_by_id(self.tx, mid)? else {
+            return Ok(false);
+        };
+        self.exec(
+            "DELETE FROM messages WHERE mid = ?1",
+            params![mid.to_string()],
+        )?;
+        if let Some(tid) = m.tid {
+            let n = self.exec(
+                "DELETE FROM thread_messages WHERE tid = ?1 AND mid = ?2",
+                params![tid.to_string(), mid.to_string()],
+            )?;
+            if n > 0 {
+                self.exec(
+                    "UPDATE threads SET messages = messages - 1 WHERE tid = ?1",
+                    params![tid.to_string()],
+                )?;
+            }
+        }
+        Ok(true)
     }
 
     fn add_subscriber(&mut self, tid: Uuid, uid: &str, at: OffsetDateTime) -> StoreResult<bool> {
@@ -740,6 +805,14 @@ fn failed_by_id(c: &Connection, id: &str) -> StoreResult<Option<FailedDelivery>>
     row.map(failed_from).transpose()
 }
 
+fn thread_by_tid(c: &Connection, tid: &str) -> StoreResult<Option<Thread>> {
+    let row = c
+        .prepare_cached(&format!("SELECT {THREAD_COLS} FROM threads WHERE tid = ?1"))
+        .and_then(|mut s| s.query_row(params![tid], thread_row).optional())
+        .map_err(backend)?;
+    row.map(thread_from).transpose()
+}
+
 fn preferences_of(c: &Connection, uid: &str) -> StoreResult<exchange::events::Preferences> {
     let json: Option<String> = c
         .prepare_cached("SELECT prefs FROM preferences WHERE uid = ?1")
@@ -813,28 +886,20 @@ impl Store for SqliteStore {
     }
 
     async fn thread(&self, tid: Uuid) -> StoreResult<Option<Thread>> {
+        self.read(move |c| thread_by_tid(c, &tid.to_string())).await
+    }
+
+    async fn thread_by_alias(&self, alias: &str) -> StoreResult<Option<Thread>> {
+        let alias = alias.to_owned();
         self.read(move |c| {
-            let row = c
-                .query_row(
-                    "SELECT tid, name, owner, open_subscribe, open_publish, created_at,
-                            subscribers, messages FROM threads WHERE tid = ?1",
-                    params![tid.to_string()],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                        ))
-                    },
-                )
-                .optional()
+            let tid: Option<String> = c
+                .prepare_cached("SELECT tid FROM aliases WHERE alias = ?1")
+                .and_then(|mut s| s.query_row(params![alias], |r| r.get(0)).optional())
                 .map_err(backend)?;
-            row.map(thread_from).transpose()
+            match tid {
+                Some(t) => thread_by_tid(c, &t),
+                None => Ok(None),
+            }
         })
         .await
     }
@@ -857,21 +922,37 @@ impl Store for SqliteStore {
     async fn thread_messages(
         &self,
         tid: Uuid,
-        limit: u32,
-        offset: u64,
+        q: &HistoryQuery,
     ) -> StoreResult<Page<ThreadMessage>> {
+        let q = q.clone();
         self.read(move |c| {
             let tid_s = tid.to_string();
-            let total = counter(c, "SELECT messages FROM threads WHERE tid = ?1", &tid_s)?;
-            let (l, o) = limit_offset(limit, offset);
+            let filtered = q.sender.is_some() || q.since.is_some() || q.before.is_some();
+            let (l, o) = limit_offset(q.limit, q.offset);
+            let cond =
+                "tid = ?1 AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR created_at >= ?3)
+                        AND (?4 IS NULL OR created_at < ?4)";
+            let (sender, since, before) = (q.sender.clone(), q.since.map(ts), q.before.map(ts));
+            let total = if filtered {
+                let n: i64 = c
+                    .query_row(
+                        &format!("SELECT COUNT(*) FROM thread_messages WHERE {cond}"),
+                        params![tid_s, sender, since, before],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                n.max(0) as u64
+            } else {
+                counter(c, "SELECT messages FROM threads WHERE tid = ?1", &tid_s)?
+            };
             let mut stmt = c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT mid, sender, msg, opts, created_at FROM thread_messages
-                     WHERE tid = ?1 ORDER BY mid DESC LIMIT ?2 OFFSET ?3",
-                )
+                     WHERE {cond} ORDER BY mid DESC LIMIT ?5 OFFSET ?6"
+                ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![tid_s, l, o], |r| {
+                .query_map(params![tid_s, sender, since, before, l, o], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
