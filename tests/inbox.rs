@@ -870,3 +870,35 @@ async fn aliases_and_the_messaging_api_with_its_permission_rules() {
         0
     );
 }
+
+#[tokio::test]
+async fn seed_compatible_parameters() {
+    let ex = Exchange::start().await;
+    let ivy = token("ivy", false);
+    let mut mids = Vec::new();
+    for i in 0..5 {
+        mids.push(send(&ex, "ivy", json!({"msg": format!("{i}")})).await);
+    }
+    ex.inbox_until(&ivy, 5).await;
+    ex.patch("/notifications", &ivy, json!({"ids": [mids[0]]}))
+        .await;
+    // Seed 003: page (1-based) and size.
+    let (_, p2) = ex.get("/notifications?page=2&size=2", &ivy).await;
+    assert_eq!(ids(&p2), vec![mids[2].clone(), mids[1].clone()]);
+    assert_eq!(ex.get("/notifications?page=0", &ivy).await.0, 400);
+    // Seed 004: readed=true|false.
+    assert_eq!(
+        ids(&ex.get("/notifications?readed=true", &ivy).await.1),
+        vec![mids[0].clone()]
+    );
+    assert_eq!(
+        ex.get("/notifications?readed=false", &ivy).await.1["count"],
+        4
+    );
+    // Seed 000: the messaging list without a target is empty.
+    let (s, b) = ex.get("/messaging", &ivy).await;
+    assert_eq!(
+        (s, b["count"].clone(), b["results"].clone()),
+        (200, json!(0), json!([]))
+    );
+}

@@ -95,6 +95,34 @@ pub const MAX_LIMIT: u32 = 100;
 
 impl Paging {
     pub fn from_query(q: &std::collections::HashMap<String, String>) -> Result<Self, ApiError> {
+        // Seed 003's `page` (1-based) and `size` are accepted as well.
+        if !q.contains_key("limit")
+            && !q.contains_key("offset")
+            && (q.contains_key("page") || q.contains_key("size"))
+        {
+            let size = match q.get("size") {
+                None => DEFAULT_LIMIT,
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::field("size", format!("must be an integer from 1 to {MAX_LIMIT}"))
+                    })?,
+            };
+            let page = match q.get("page") {
+                None => 1,
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| ApiError::field("page", "must be an integer from 1"))?,
+            };
+            return Ok(Self {
+                limit: size,
+                offset: (page - 1).saturating_mul(u64::from(size)),
+            });
+        }
         let limit = match q.get("limit") {
             None => DEFAULT_LIMIT,
             Some(v) => match v.parse::<u32>() {

@@ -161,6 +161,12 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let paging = Paging::from_query(&q)?;
+    // As in the seed: without a target the list is empty.
+    if !q.contains_key("target_type") && !q.contains_key("target_id") {
+        return Ok(Json(
+            json!({ "count": 0, "next": null, "previous": null, "results": [] }),
+        ));
+    }
     let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
     let sender = q.get("user").cloned();
     let (since, before) = (time_param(&q, "since")?, time_param(&q, "before")?);

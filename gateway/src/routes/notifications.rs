@@ -46,7 +46,14 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<OffsetDat
 }
 
 fn filter_from(q: &HashMap<String, String>) -> Result<InboxFilter, ApiError> {
-    let status = match q.get("status").map(String::as_str) {
+    // Seed 004's `readed=true|false` means status read / unread.
+    let readed = match q.get("readed").map(String::as_str) {
+        None => None,
+        Some("true") => Some("read"),
+        Some("false") => Some("unread"),
+        Some(_) => return Err(ApiError::field("readed", "must be true or false")),
+    };
+    let status = match q.get("status").map(String::as_str).or(readed) {
         None => None,
         Some("unread") => Some(StatusFilter::Unread),
         Some("read") => Some(StatusFilter::Read),
