@@ -69,9 +69,15 @@ impl Running {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        for t in self.tasks.drain(..) {
+        for t in &self.tasks {
             t.abort();
         }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        // Aborting dropped the projector's lease, which hands it back in a spawned task; give
+        // that a moment so a standby takes over at once instead of after the lease expires.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 
     /// Resolves when the HTTP server stops (after a shutdown signal).

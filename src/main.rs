@@ -89,6 +89,9 @@ struct ServeArgs {
     /// WebSocket ping interval; a client silent for three intervals is dropped.
     #[arg(long, env = "MSGXC_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     ping_interval: Duration,
+    /// With several projectors on one store one is active; the others take over within this.
+    #[arg(long, env = "MSGXC_PROJECTOR_LEASE", default_value = "10s", value_parser = parse_duration)]
+    projector_lease: Duration,
     /// Events committed per projector transaction at most.
     #[arg(long, env = "MSGXC_PROJECTOR_BATCH", default_value_t = 512)]
     projector_batch: usize,
@@ -230,6 +233,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             live_horizon: a.live_horizon,
             live: true,
             dispatch_horizon: a.dispatch_horizon,
+            lease_ttl: a.projector_lease,
         },
         channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),

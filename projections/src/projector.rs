@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv;
 use exchange::dispatch::TaskQueue;
 use exchange::log::{EventLog, LogError, Start, decode};
 use futures::StreamExt;
@@ -35,6 +36,9 @@ pub struct ProjectorSettings {
     pub live_horizon: Duration,
     /// Whether to publish live notices at all.
     pub live: bool,
+    /// How long the projector lease lasts without renewal: with several projectors on one
+    /// store, one is active and the others take over within this time when it stops.
+    pub lease_ttl: Duration,
     /// Messages older than this when projected queue no delivery (a store rebuilt by a live
     /// projector does not re-send history). Keep it within the dispatch stream's duplicate
     /// window, which catches re-queued recent tasks.
@@ -48,6 +52,7 @@ impl Default for ProjectorSettings {
             live_horizon: Duration::from_secs(300),
             live: true,
             dispatch_horizon: Duration::from_secs(12 * 3600),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -104,17 +109,72 @@ impl Projector {
         self.applied.subscribe()
     }
 
-    /// Runs until the task is dropped, reconnecting after errors.
+    /// Runs until the task is dropped: waits for the store's projector lease, follows the
+    /// stream while it holds the lease, and reconnects after errors.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.follow().await {
-                Ok(()) => backoff = Duration::from_millis(100),
+            let lease = match self.wait_for_lease().await {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "projector interrupted");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "projector lease unavailable");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
+            };
+            let renew_every = self.settings.lease_ttl / 3;
+            tokio::select! {
+                result = self.follow() => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "projector interrupted");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                () = lease.keep(renew_every) => {
+                    tracing::warn!("projector lease lost; standing by");
+                }
+            }
+        }
+    }
+
+    /// Takes the store's projector lease, mirroring the store's checkpoint into the watch while
+    /// another projector holds it (so read-your-writes waits in this process still work).
+    async fn wait_for_lease(&self) -> Result<Lease, ProjectorError> {
+        let kv = lease_bucket(self.log.jetstream(), self.settings.lease_ttl).await?;
+        let key = format!("projector-{}", self.store.store_id().await?);
+        let owner = uuid::Uuid::now_v7().to_string();
+        let mut announced = false;
+        loop {
+            match kv.create(&key, owner.clone().into()).await {
+                Ok(revision) => {
+                    tracing::info!(lease = %key, "projector lease acquired");
+                    return Ok(Lease {
+                        kv,
+                        key,
+                        owner,
+                        revision,
+                    });
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    if !announced {
+                        tracing::info!(lease = %key, "another projector is active; standing by");
+                        announced = true;
+                    }
+                    if let Ok(c) = self.store.checkpoint().await {
+                        self.applied.send_if_modified(|v| {
+                            let changed = *v != c;
+                            *v = c;
+                            changed
+                        });
+                    }
+                    tokio::time::sleep(
+                        Duration::from_millis(100).max(self.settings.lease_ttl / 20),
+                    )
+                    .await;
+                }
+                Err(e) => return Err(ProjectorError::Consumer(format!("lease: {e}"))),
             }
         }
     }
@@ -202,6 +262,75 @@ impl Projector {
             }
         }
         Err(ProjectorError::Consumer("message stream ended".into()))
+    }
+}
+
+/// The projector lease bucket: one key per store, expiring `ttl` after its last renewal.
+async fn lease_bucket(
+    js: &async_nats::jetstream::Context,
+    ttl: Duration,
+) -> Result<kv::Store, ProjectorError> {
+    if let Ok(kv) = js.get_key_value(LEASE_BUCKET).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: LEASE_BUCKET.into(),
+        description: "msgxc: which projector is active for each store".into(),
+        history: 1,
+        max_age: ttl,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ProjectorError::Consumer(format!("creating {LEASE_BUCKET}: {e}")))
+}
+
+pub const LEASE_BUCKET: &str = "MSGXC_LEASES";
+
+/// A held projector lease.
+struct Lease {
+    kv: kv::Store,
+    key: String,
+    owner: String,
+    revision: u64,
+}
+
+impl Lease {
+    /// Renews the lease until a renewal fails (another projector took it, or NATS is gone for
+    /// longer than the lease), then returns.
+    async fn keep(mut self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .kv
+                .update(&self.key, self.owner.clone().into(), self.revision)
+                .await
+            {
+                Ok(r) => self.revision = r,
+                Err(e) => {
+                    tracing::warn!(lease = %self.key, error = %e, "lease renewal failed");
+                    self.revision = 0; // lost: nothing to release
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    /// A projector that stops (shutdown, task aborted) hands the lease back at once, so a
+    /// standby or a restarted process need not wait for it to expire. Only the revision we
+    /// wrote is purged, never a successor's.
+    fn drop(&mut self) {
+        if self.revision == 0 {
+            return;
+        }
+        let (kv, key, revision) = (self.kv.clone(), self.key.clone(), self.revision);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = kv.purge_expect_revision(&key, Some(revision)).await;
+            });
+        }
     }
 }
 

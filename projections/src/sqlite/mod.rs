@@ -854,7 +854,11 @@ impl Store for SqliteStore {
                 .writer
                 .lock()
                 .map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
-            let tx = conn.transaction().map_err(backend)?;
+            // IMMEDIATE: take the write lock before reading the checkpoint, so two writers on one
+            // file serialize instead of failing on a stale snapshot.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let mut checkpoint = read_checkpoint(&tx)?;
             let mut out = Applied::default();
             {
