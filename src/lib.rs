@@ -1,6 +1,7 @@
 //! The `msgxc` binary's wiring: configuration, NATS connection (or a supervised nats-server),
 //! and starting the gateway, projector and live hub together or as separate roles.
 
+pub mod bench;
 pub mod config;
 pub mod nats;
 

@@ -42,6 +42,21 @@ enum Command {
     Rebuild(RebuildArgs),
     /// Create the Web Push VAPID key in the data dir (kept if it exists) and print its public key.
     Vapid(VapidArgs),
+    /// Measure msgxc beside raw JetStream and a bare HTTP handler, in the same run; prints a
+    /// Markdown table. Starts its own nats-server; loopback only.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Scenarios to run: ingest, project (default: all).
+    scenarios: Vec<String>,
+    /// Smaller loads (under two minutes on two cores).
+    #[arg(long)]
+    quick: bool,
+    /// nats-server binary (default: the project's .tools dir, then PATH).
+    #[arg(long, env = "MSGXC_NATS_SERVER_BIN")]
+    nats_server_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +198,14 @@ fn main() -> std::process::ExitCode {
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
             Command::Vapid(a) => vapid(a),
+            Command::Bench(a) => {
+                msgxc::bench::run(msgxc::bench::BenchOptions {
+                    scenarios: a.scenarios,
+                    quick: a.quick,
+                    nats_server_bin: a.nats_server_bin,
+                })
+                .await
+            }
         }
     });
     match result {

@@ -1,0 +1,95 @@
+//! `msgxc bench`: bounded loads on loopback that put msgxc beside the limits underneath it,
+//! measured in the same run on the same server, printed as a Markdown table.
+
+mod measure;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+/// One line of the result table.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub subject: String,
+    /// Events (or requests) per second.
+    pub rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// CPU seconds of this process (server and load generator) during the run.
+    pub cpu_s: f64,
+    /// CPU seconds of the nats-server during the run.
+    pub nats_cpu_s: f64,
+    pub peak_rss_mib: f64,
+    /// `(label, value)` notes such as ratios and lag.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenarios: Vec<String>,
+    pub quick: bool,
+    pub nats_server_bin: Option<PathBuf>,
+}
+
+pub const SCENARIOS: [&str; 2] = ["ingest", "project"];
+
+pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
+    let wanted: Vec<String> = if opts.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        opts.scenarios.clone()
+    };
+    for s in &wanted {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!(
+                "unknown scenario {s}; available: {} (fanout and live are not implemented yet)",
+                SCENARIOS.join(", ")
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    for s in &wanted {
+        eprintln!(
+            "bench: running {s}{}",
+            if opts.quick { " (quick)" } else { "" }
+        );
+        let r = match s.as_str() {
+            "ingest" => scenarios::ingest(&opts).await?,
+            _ => scenarios::project(&opts).await?,
+        };
+        rows.extend(r);
+    }
+    println!("{}", table(&rows));
+    Ok(())
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+/// The Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | subject | rate (/s) | p50 ms | p99 ms | p99.9 ms | CPU s | nats CPU s | peak RSS MiB | notes |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
+            r.scenario,
+            r.subject,
+            r.rate,
+            fmt_ms(r.p50_ms),
+            fmt_ms(r.p99_ms),
+            fmt_ms(r.p999_ms),
+            r.cpu_s,
+            r.nats_cpu_s,
+            r.peak_rss_mib,
+            r.notes.join("; ")
+        ));
+    }
+    out
+}
