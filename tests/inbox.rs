@@ -902,3 +902,46 @@ async fn seed_compatible_parameters() {
         (200, json!(0), json!([]))
     );
 }
+
+#[tokio::test]
+async fn the_seed_004_filter_endpoint_maps_onto_type_preferences() {
+    let ex = Exchange::start().await;
+    register(&ex, "promo").await;
+    register(&ex, "news").await;
+    let kay = token("kay", false);
+    assert_eq!(
+        ex.get("/notifications/filter", &kay).await.1,
+        json!({"types": {}})
+    );
+    let (s, b) = ex
+        .patch(
+            "/notifications/filter",
+            &kay,
+            json!({"types": {"promo": false}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b, json!({"types": {"promo": false}}));
+    // Channel choices made elsewhere survive a filter patch.
+    ex.call(
+        Method::PUT,
+        "/preferences",
+        Some(&kay),
+        Some(json!({"types": {"promo": false}, "channels": {"sms": false}})),
+    )
+    .await;
+    ex.patch(
+        "/notifications/filter",
+        &kay,
+        json!({"types": {"news": true}}),
+    )
+    .await;
+    let (_, prefs) = ex.get("/preferences", &kay).await;
+    assert_eq!(prefs["channels"], json!({"sms": false}));
+    assert_eq!(prefs["types"], json!({"promo": false, "news": true}));
+    send(&ex, "kay", json!({"msg": "sale", "type": "promo"})).await;
+    send(&ex, "kay", json!({"msg": "headline", "type": "news"})).await;
+    ex.caught_up().await;
+    let inbox = ex.inbox_until(&kay, 1).await;
+    assert_eq!(inbox["results"][0]["msg"], "headline");
+}

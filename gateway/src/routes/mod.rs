@@ -48,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/notifications/read-all", post(notifications::read_all))
         .route(
+            "/notifications/filter",
+            get(preferences::get_filter).patch(preferences::patch_filter),
+        )
+        .route(
             "/notifications/{id}",
             patch(notifications::read_one).delete(notifications::delete),
         )

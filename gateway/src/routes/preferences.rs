@@ -54,3 +54,38 @@ pub async fn put(
     };
     Ok(Json(json!(p.preferences)))
 }
+
+/// Seed 004's `GET /notifications/filter`: the caller's type choices.
+pub async fn get_filter(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> ApiResult<Json<Value>> {
+    let prefs = state.store.preferences(&actor.uid).await?;
+    Ok(Json(json!({ "types": prefs.types })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct FilterPatch {
+    types: std::collections::BTreeMap<String, bool>,
+}
+
+/// Seed 004's `PATCH /notifications/filter {"types": {...}}`: merges type choices into the
+/// caller's preferences, leaving channel choices as they are.
+pub async fn patch_filter(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    JsonBody(patch): JsonBody<FilterPatch>,
+) -> ApiResult<Json<Value>> {
+    super::types::require_registered(&state, "types", patch.types.keys()).await?;
+    let mut prefs = state.store.preferences(&actor.uid).await?;
+    prefs.types.extend(patch.types);
+    let event = Event::PreferencesSet(PreferencesSet {
+        uid: actor.uid.clone(),
+        preferences: prefs,
+    });
+    let recorded = state.append_consistent(&actor, event, None).await?;
+    let Event::PreferencesSet(p) = recorded.envelope.event else {
+        return Err(ApiError::internal("unexpected stored event"));
+    };
+    Ok(Json(json!({ "types": p.preferences.types })))
+}
