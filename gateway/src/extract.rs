@@ -157,6 +157,19 @@ impl Paging {
     }
 }
 
+/// An optional RFC 3339 query parameter, naming it on error.
+pub fn time_param(
+    q: &std::collections::HashMap<String, String>,
+    key: &str,
+) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::field(key, "must be an RFC 3339 timestamp"))
+        })
+        .transpose()
+}
+
 /// Parses a UUID path or body parameter, naming it on error.
 pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::field(field, "must be a UUID"))

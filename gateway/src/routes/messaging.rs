@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, Paging, parse_id};
+use crate::extract::{JsonBody, Paging, parse_id, time_param};
 use crate::routes::{idempotency_key, threads, validate};
 use crate::state::AppState;
 
@@ -143,15 +143,6 @@ fn required<'a>(q: &'a HashMap<String, String>, key: &str) -> Result<&'a str, Ap
             e.code = "missing_field";
             e
         })
-}
-
-fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<OffsetDateTime>, ApiError> {
-    q.get(key)
-        .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339)
-                .map_err(|_| ApiError::field(key, "must be an RFC 3339 timestamp"))
-        })
-        .transpose()
 }
 
 /// `GET /messaging?target_type&target_id[&user][&since][&before][&limit][&offset]`.

@@ -13,13 +13,11 @@ use exchange::events::{
 use projections::model::{InboxFilter, InboxQuery, StatusFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, Paging, parse_id};
+use crate::extract::{JsonBody, Paging, parse_id, time_param};
 use crate::state::AppState;
 
 /// Opaque cursor: base64url of `p<position>`.
@@ -34,15 +32,6 @@ fn decode_cursor(raw: &str) -> Result<u64, ApiError> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix('p').and_then(|n| n.parse().ok()))
         .ok_or_else(|| ApiError::field("cursor", "is not a cursor this server issued"))
-}
-
-fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<OffsetDateTime>, ApiError> {
-    q.get(key)
-        .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339)
-                .map_err(|_| ApiError::field(key, "must be an RFC 3339 timestamp"))
-        })
-        .transpose()
 }
 
 fn filter_from(q: &HashMap<String, String>) -> Result<InboxFilter, ApiError> {

@@ -44,15 +44,25 @@ pub async fn put(
         check_channels(&format!("threads.{tid}"), m)?;
     }
     super::types::require_registered(&state, "types", prefs.types.keys()).await?;
+    let stored = store(&state, &actor, prefs).await?;
+    Ok(Json(json!(stored)))
+}
+
+/// Records the caller's new preferences and returns them as stored.
+async fn store(
+    state: &AppState,
+    actor: &exchange::Actor,
+    preferences: Preferences,
+) -> ApiResult<Preferences> {
     let event = Event::PreferencesSet(PreferencesSet {
         uid: actor.uid.clone(),
-        preferences: prefs,
+        preferences,
     });
-    let recorded = state.append_consistent(&actor, event, None).await?;
-    let Event::PreferencesSet(p) = recorded.envelope.event else {
-        return Err(ApiError::internal("unexpected stored event"));
-    };
-    Ok(Json(json!(p.preferences)))
+    let recorded = state.append_consistent(actor, event, None).await?;
+    match recorded.envelope.event {
+        Event::PreferencesSet(p) => Ok(p.preferences),
+        _ => Err(ApiError::internal("unexpected stored event")),
+    }
 }
 
 /// Seed 004's `GET /notifications/filter`: the caller's type choices.
@@ -79,13 +89,6 @@ pub async fn patch_filter(
     super::types::require_registered(&state, "types", patch.types.keys()).await?;
     let mut prefs = state.store.preferences(&actor.uid).await?;
     prefs.types.extend(patch.types);
-    let event = Event::PreferencesSet(PreferencesSet {
-        uid: actor.uid.clone(),
-        preferences: prefs,
-    });
-    let recorded = state.append_consistent(&actor, event, None).await?;
-    let Event::PreferencesSet(p) = recorded.envelope.event else {
-        return Err(ApiError::internal("unexpected stored event"));
-    };
-    Ok(Json(json!({ "types": p.preferences.types })))
+    let stored = store(&state, &actor, prefs).await?;
+    Ok(Json(json!({ "types": stored.types })))
 }
