@@ -135,11 +135,13 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
 
     let mut applied = None;
     if matches!(opts.role, Role::All | Role::Projector) {
+        let mut settings = opts.projector.clone();
+        settings.topic_tasks = opts.channels.mqtt.is_some();
         let projector = Projector::new(
             log.clone(),
             client.clone(),
             dyn_store.clone(),
-            opts.projector.clone(),
+            settings,
             Some(queue.clone()),
         );
         applied = Some(projector.watch());

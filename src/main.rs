@@ -257,6 +257,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             live: true,
             dispatch_horizon: a.dispatch_horizon,
             lease_ttl: a.projector_lease,
+            topic_tasks: false, // set from the channel configuration at start
         },
         channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),

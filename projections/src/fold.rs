@@ -120,6 +120,8 @@ pub struct Effects {
     pub live: bool,
     /// Queue dispatch tasks.
     pub dispatch: bool,
+    /// Also queue one thread-topic task per thread message (only useful with MQTT).
+    pub topic_tasks: bool,
 }
 
 /// Applies one event. Live notices are appended to `notices` and dispatch tasks queued only
@@ -192,7 +194,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .filter(|uid| uid != &e.sender)
                 .collect();
             deliver(t, seq, &stored, recipients, effects, changes)?;
-            if effects.dispatch {
+            if effects.dispatch && effects.topic_tasks {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
                 let mut topic = task_for(&stored, "");
                 topic.thread_topic = true;

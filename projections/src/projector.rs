@@ -36,6 +36,9 @@ pub struct ProjectorSettings {
     pub live_horizon: Duration,
     /// Whether to publish live notices at all.
     pub live: bool,
+    /// Queue a thread-topic task per thread message: set when a topic channel (MQTT) is
+    /// configured, useless work otherwise.
+    pub topic_tasks: bool,
     /// How long the projector lease lasts without renewal: with several projectors on one
     /// store, one is active and the others take over within this time when it stops.
     pub lease_ttl: Duration,
@@ -53,6 +56,7 @@ impl Default for ProjectorSettings {
             live: true,
             dispatch_horizon: Duration::from_secs(12 * 3600),
             lease_ttl: Duration::from_secs(10),
+            topic_tasks: false,
         }
     }
 }
@@ -246,6 +250,7 @@ impl Projector {
                     .tasks
                     .is_some()
                     .then(|| since(self.settings.dispatch_horizon)),
+                topic_tasks: self.settings.topic_tasks,
             };
             let applied = self.store.apply(batch, options).await?;
             // Live frames first: they are what users wait for; the relay can follow.

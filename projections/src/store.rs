@@ -43,6 +43,8 @@ pub struct ApplyOptions {
     /// Queue dispatch tasks only for messages that occurred at or after this instant; `None`
     /// queues none (replay and rebuild never send anything).
     pub dispatch_since: Option<OffsetDateTime>,
+    /// Queue thread-topic tasks (a topic channel such as MQTT is configured).
+    pub topic_tasks: bool,
 }
 
 /// Per-channel, per-status receipt counts of one message.

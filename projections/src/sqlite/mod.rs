@@ -871,6 +871,7 @@ impl Store for SqliteStore {
                     let effects = Effects {
                         live: opts.live_since.is_some_and(|since| at >= since),
                         dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
+                        topic_tasks: opts.topic_tasks,
                     };
                     apply_event(&mut target, ev.seq, &ev.envelope, effects, &mut out.notices)?;
                     checkpoint = ev.seq;
