@@ -70,6 +70,9 @@ pub struct Projector {
     applied: watch::Sender<u64>,
     /// Where delivery tasks go; `None` queues none.
     tasks: Option<TaskQueue>,
+    /// This projector's identity in the lease, stable for its lifetime, so it can resume its
+    /// own lease after a NATS outage instead of waiting for it to expire.
+    owner: String,
 }
 
 impl Projector {
@@ -88,6 +91,7 @@ impl Projector {
             settings,
             applied,
             tasks,
+            owner: uuid::Uuid::now_v7().to_string(),
         }
     }
 
@@ -148,7 +152,7 @@ impl Projector {
     async fn wait_for_lease(&self) -> Result<Lease, ProjectorError> {
         let kv = lease_bucket(self.log.jetstream(), self.settings.lease_ttl).await?;
         let key = format!("projector-{}", self.store.store_id().await?);
-        let owner = uuid::Uuid::now_v7().to_string();
+        let owner = self.owner.clone();
         let mut announced = false;
         loop {
             match kv.create(&key, owner.clone().into()).await {
@@ -162,6 +166,18 @@ impl Projector {
                     });
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Still ours (renewals failed during an outage): carry on with it.
+                    if let Ok(Some(entry)) = kv.entry(&key).await
+                        && entry.value.as_ref() == owner.as_bytes()
+                    {
+                        tracing::info!(lease = %key, "projector lease resumed");
+                        return Ok(Lease {
+                            kv,
+                            key,
+                            owner,
+                            revision: entry.revision,
+                        });
+                    }
                     if !announced {
                         tracing::info!(lease = %key, "another projector is active; standing by");
                         announced = true;

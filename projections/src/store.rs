@@ -93,8 +93,13 @@ pub trait Store: Send + Sync + 'static {
     /// A page of a user's inbox (see [`InboxQuery`]).
     async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>>;
 
-    /// The position of the newest entry in a user's inbox (0 when empty).
-    async fn inbox_position(&self, uid: &str) -> StoreResult<u64>;
+    /// A page of a user's inbox and, from the same snapshot, the position of their newest entry
+    /// (0 when empty): the cursor a client continues from neither skips nor repeats an entry.
+    async fn inbox_snapshot(
+        &self,
+        uid: &str,
+        query: &InboxQuery,
+    ) -> StoreResult<(Page<Notification>, u64)>;
 
     async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats>;
 

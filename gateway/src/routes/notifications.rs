@@ -88,12 +88,11 @@ pub async fn list(
     if after.is_some() && paging.offset > 0 {
         return Err(ApiError::field("offset", "cannot be combined with cursor"));
     }
-    // Read the position first: entries projected later have higher positions, so a client
-    // continuing from it neither skips nor repeats anything.
-    let position = state.store.inbox_position(&actor.uid).await?;
-    let page = state
+    // The page and the position come from one snapshot, so a client continuing from the
+    // returned cursor neither skips nor repeats an entry.
+    let (page, position) = state
         .store
-        .inbox(
+        .inbox_snapshot(
             &actor.uid,
             &InboxQuery {
                 filter,

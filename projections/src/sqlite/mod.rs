@@ -1017,9 +1017,21 @@ impl Store for SqliteStore {
         self.read(move |c| inbox::query(c, &uid, &query)).await
     }
 
-    async fn inbox_position(&self, uid: &str) -> StoreResult<u64> {
-        let uid = uid.to_owned();
-        self.read(move |c| inbox::last_position(c, &uid)).await
+    async fn inbox_snapshot(
+        &self,
+        uid: &str,
+        query: &InboxQuery,
+    ) -> StoreResult<(Page<Notification>, u64)> {
+        let (uid, query) = (uid.to_owned(), query.clone());
+        self.read(move |c| {
+            // One read transaction: WAL gives both queries the same snapshot.
+            let tx = c.unchecked_transaction().map_err(backend)?;
+            let position = inbox::last_position(&tx, &uid)?;
+            let page = inbox::query(&tx, &uid, &query)?;
+            tx.finish().map_err(backend)?;
+            Ok((page, position))
+        })
+        .await
     }
 
     async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>> {
