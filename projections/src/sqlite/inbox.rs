@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{backend, collect, limit_offset, parse_json, parse_ts, parse_uuid, to_json, ts};
+use super::{backend, collect, limit_offset, parse_json, parse_ts, parse_uuid, to_json, ts, tuple};
 use crate::model::{
     InboxCounts, InboxQuery, InboxStats, Notification, NotificationStatus, Page, StatusFilter,
 };
@@ -55,20 +55,7 @@ type RawRow = (
 );
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
+    tuple(r)
 }
 
 fn parse(r: RawRow) -> StoreResult<Notification> {

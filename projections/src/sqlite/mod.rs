@@ -275,17 +275,7 @@ const THREAD_COLS: &str =
     "tid, name, owner, open_subscribe, open_publish, created_at, subscribers, messages, alias";
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<ThreadRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
+    tuple(r)
 }
 
 fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
@@ -300,6 +290,15 @@ fn thread_from(r: ThreadRow) -> StoreResult<Thread> {
         messages: r.7.max(0) as u64,
         alias: r.8,
     })
+}
+
+/// A row as a tuple of its column types (rusqlite's conversion wants one lifetime; `Row` is
+/// covariant, so the borrow is shortened to match).
+fn tuple<'a, T: TryFrom<&'a Row<'a>, Error = rusqlite::Error>>(
+    r: &'a Row<'_>,
+) -> rusqlite::Result<T> {
+    let r: &'a Row<'a> = r;
+    T::try_from(r)
 }
 
 /// A maintained counter of one partition (0 when the partition does not exist).
@@ -768,17 +767,7 @@ type FailedRow = (
 );
 
 fn failed_row(r: &Row<'_>) -> rusqlite::Result<FailedRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
+    tuple(r)
 }
 
 fn failed_from(r: FailedRow) -> StoreResult<FailedDelivery> {
