@@ -310,6 +310,14 @@ pub struct ChannelArgs {
     /// Longest retry delay.
     #[arg(long, env = "MSGXC_DISPATCH_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub dispatch_backoff_max: Duration,
+    /// Tasks in flight per urgency lane: high,normal,low,very-low,fallback.
+    #[arg(
+        long,
+        env = "MSGXC_DISPATCH_CONCURRENCY",
+        value_delimiter = ',',
+        default_value = "64,32,16,8,16"
+    )]
+    pub dispatch_concurrency: Vec<usize>,
 }
 
 /// All set or none: a half-configured channel is an error naming what is missing.
@@ -456,6 +464,14 @@ impl ChannelArgs {
             backoff_base: self.dispatch_backoff,
             backoff_max: self.dispatch_backoff_max.max(self.dispatch_backoff),
             skip_if_seen: self.skip_if_seen,
+            concurrency: std::array::from_fn(|i| {
+                let default = exchange::dispatch::DispatchSettings::default().concurrency[i];
+                self.dispatch_concurrency
+                    .get(i)
+                    .copied()
+                    .unwrap_or(default)
+                    .max(1)
+            }),
             ..Default::default()
         }
     }

@@ -45,12 +45,30 @@ enum Command {
     /// Measure msgxc beside raw JetStream and a bare HTTP handler, in the same run; prints a
     /// Markdown table. Starts its own nats-server; loopback only.
     Bench(BenchArgs),
+    /// The live benchmark's baseline server (bare axum WebSocket broadcast); used by `bench`.
+    #[command(hide = true)]
+    BenchWsBaseline(BenchWsBaselineArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchWsBaselineArgs {
+    #[arg(long)]
+    listen: SocketAddr,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios to run: ingest, project (default: all).
+    /// Scenarios to run: ingest, fanout, live, project (default: all).
     scenarios: Vec<String>,
+    /// fanout: devices the broadcast reaches [default: 100000, --quick 20000].
+    #[arg(long)]
+    devices: Option<u64>,
+    /// live: connected WebSocket clients [default: 10000, --quick 2000].
+    #[arg(long)]
+    sockets: Option<u64>,
+    /// live: thread messages per second in total, each to 100 members [default: 200, --quick 40].
+    #[arg(long)]
+    rate: Option<u64>,
     /// Smaller loads (under two minutes on two cores).
     #[arg(long)]
     quick: bool,
@@ -166,8 +184,22 @@ struct RebuildArgs {
     batch: usize,
 }
 
+/// glibc gives every thread that allocates its own arena (up to 8 per core), and memory freed
+/// into an idle arena stays resident. A server whose memory is mostly many small per-connection
+/// buffers keeps far less resident with two (measured by `msgxc bench live`).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        limit_malloc_arenas();
+    }
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         _ => "warn",
@@ -179,8 +211,11 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Blocking work is mostly SQLite reads on a handful of connections: more threads than that
+    // only wait on locks, and each idle thread holds stack and allocator memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(32)
         .build()
     {
         Ok(r) => r,
@@ -203,9 +238,13 @@ fn main() -> std::process::ExitCode {
                     scenarios: a.scenarios,
                     quick: a.quick,
                     nats_server_bin: a.nats_server_bin,
+                    devices: a.devices,
+                    sockets: a.sockets,
+                    rate: a.rate,
                 })
                 .await
             }
+            Command::BenchWsBaseline(a) => msgxc::bench::serve_ws_baseline(a.listen).await,
         }
     });
     match result {

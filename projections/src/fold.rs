@@ -32,6 +32,8 @@ pub trait FoldTarget {
     fn device_owner(&mut self, device_id: &str) -> StoreResult<Option<String>>;
     /// Inserts or replaces a device (and its owner entry).
     fn put_device(&mut self, device: &Device) -> StoreResult<()>;
+    /// Whether a user has any enlisted device.
+    fn has_devices(&mut self, uid: &str) -> StoreResult<bool>;
     /// Removes a device of a user; false when it was not there.
     fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool>;
 
@@ -98,8 +100,8 @@ pub trait FoldTarget {
     /// known already.
     fn insert_message(&mut self, message: &StoredMessage) -> StoreResult<bool>;
     fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>>;
-    /// Counts one more recipient of a message.
-    fn add_recipient(&mut self, mid: Uuid) -> StoreResult<()>;
+    /// Counts `n` more recipients of a message.
+    fn add_recipients(&mut self, mid: Uuid, n: u64) -> StoreResult<()>;
 
     /// Queues a dispatch task in the outbox, committed with the batch and relayed after it.
     fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()>;
@@ -381,11 +383,15 @@ fn deliver<T: FoldTarget + ?Sized>(
     changes: &mut Changes<'_>,
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
+    let mut delivered = 0u64;
     for uid in recipients {
         if !seen.insert(uid.clone()) {
             continue;
         }
-        t.touch_user(&uid, m.created_at)?;
+        // Thread subscribers are known users already (touched when they subscribed).
+        if m.tid.is_none() {
+            t.touch_user(&uid, m.created_at)?;
+        }
         // A type the user turned off creates nothing for them (mandatory admin messages excepted).
         if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
             continue;
@@ -394,9 +400,11 @@ fn deliver<T: FoldTarget + ?Sized>(
         if !t.insert_notification(&n)? {
             continue;
         }
-        t.add_recipient(m.mid)?;
+        delivered += 1;
         changes.record(t, "new", &n)?;
-        if effects.dispatch {
+        // A recipient with no device has nothing to push to (unless a topic channel such as
+        // MQTT carries every user's copy): their inbox entry and live frame are the delivery.
+        if effects.dispatch && (effects.topic_tasks || t.has_devices(&n.uid)?) {
             t.enqueue_task(&task_for(m, &n.uid))?;
             if let Some(f) = &m.opts.fallback {
                 let mut wait = task_for(m, &n.uid);
@@ -406,6 +414,9 @@ fn deliver<T: FoldTarget + ?Sized>(
                 t.enqueue_task(&wait)?;
             }
         }
+    }
+    if delivered > 0 {
+        t.add_recipients(m.mid, delivered)?;
     }
     Ok(())
 }

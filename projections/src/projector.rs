@@ -13,7 +13,7 @@ use exchange::dispatch::TaskQueue;
 use exchange::log::{EventLog, LogError, Start, decode};
 use futures::StreamExt;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::store::{ApplyOptions, SequencedEvent, Store, StoreError};
 
@@ -95,21 +95,30 @@ impl Projector {
         }
     }
 
-    /// Relays committed dispatch tasks to the work queue, then forgets them. A crash between
-    /// the two re-sends them on restart; their message ids make JetStream drop the copies.
+    /// Relays committed dispatch tasks to the work queue, then forgets them.
     async fn relay_outbox(&self) -> Result<(), ProjectorError> {
-        let Some(queue) = &self.tasks else {
-            return Ok(());
-        };
-        loop {
-            let pending = self.store.outbox(1000).await?;
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let (ids, tasks): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
-            queue.enqueue(&tasks).await?;
-            self.store.outbox_done(ids).await?;
+        match &self.tasks {
+            Some(queue) => relay(self.store.as_ref(), queue).await,
+            None => Ok(()),
         }
+    }
+
+    /// A task relaying the outbox whenever `wake` is notified, so a slow work queue never
+    /// holds up the fold (and the live frames that follow each commit).
+    fn spawn_relay(&self, wake: Arc<Notify>) -> Option<AbortOnDrop> {
+        let queue = self.tasks.clone()?;
+        let store = self.store.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = relay(store.as_ref(), &queue).await {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        })))
     }
 
     /// Receives the store's checkpoint after every commit (read-your-writes waits on it).
@@ -205,6 +214,8 @@ impl Projector {
         let checkpoint = self.store.checkpoint().await?;
         self.applied.send_replace(checkpoint);
         self.relay_outbox().await?;
+        let relay_wake = Arc::new(Notify::new());
+        let _relay = self.spawn_relay(relay_wake.clone());
         let name = format!("projector-{}", self.store.store_id().await?);
         let stream = self.log.stream().await?;
         // The store is the authority on progress: start the consumer right after its
@@ -268,13 +279,24 @@ impl Projector {
                     .then(|| since(self.settings.dispatch_horizon)),
                 topic_tasks: self.settings.topic_tasks,
             };
+            let newest = batch.last().map(|e| e.envelope.occurred_at);
+            let events = batch.len();
+            let apply_started = std::time::Instant::now();
             let applied = self.store.apply(batch, options).await?;
+            tracing::debug!(
+                events,
+                apply_ms = apply_started.elapsed().as_secs_f64() * 1e3,
+                lag_ms = newest.map_or(0.0, |t| (OffsetDateTime::now_utc() - t).as_seconds_f64()
+                    * 1e3),
+                notices = applied.notices.len(),
+                "batch applied"
+            );
             // Live frames first: they are what users wait for; the relay can follow.
             self.applied.send_replace(applied.checkpoint);
             if !applied.notices.is_empty() {
                 exchange::live::publish(&self.nats, applied.notices).await;
             }
-            self.relay_outbox().await?;
+            relay_wake.notify_one();
             if let Some(m) = last
                 && let Err(e) = m.ack().await
             {
@@ -283,6 +305,29 @@ impl Projector {
             }
         }
         Err(ProjectorError::Consumer("message stream ended".into()))
+    }
+}
+
+/// Relays committed dispatch tasks to the work queue, then forgets them. A crash between the
+/// two re-sends them on restart; their message ids make JetStream drop the copies.
+async fn relay(store: &dyn Store, queue: &TaskQueue) -> Result<(), ProjectorError> {
+    loop {
+        let pending = store.outbox(1000).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (ids, tasks): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
+        queue.enqueue(&tasks).await?;
+        store.outbox_done(ids).await?;
+    }
+}
+
+/// Aborts a spawned task when dropped (the relay lives as long as the projector's follow).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -68,3 +68,20 @@ pub fn peak_rss_mib() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`), as MiB.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| {
+                v.trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

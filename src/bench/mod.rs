@@ -1,6 +1,10 @@
 //! `msgxc bench`: bounded loads on loopback that put msgxc beside the limits underneath it,
 //! measured in the same run on the same server, printed as a Markdown table.
 
+mod child;
+mod fanout;
+mod live;
+pub use live::serve_ws_baseline;
 mod measure;
 mod scenarios;
 
@@ -32,9 +36,15 @@ pub struct BenchOptions {
     pub scenarios: Vec<String>,
     pub quick: bool,
     pub nats_server_bin: Option<PathBuf>,
+    /// fanout: devices to broadcast to (default 100,000; 20,000 with `--quick`).
+    pub devices: Option<u64>,
+    /// live: WebSocket clients (default 10,000; 2,000 with `--quick`).
+    pub sockets: Option<u64>,
+    /// live: thread messages published per second in total (default 200; 40 with `--quick`).
+    pub rate: Option<u64>,
 }
 
-pub const SCENARIOS: [&str; 2] = ["ingest", "project"];
+pub const SCENARIOS: [&str; 4] = ["ingest", "fanout", "live", "project"];
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let wanted: Vec<String> = if opts.scenarios.is_empty() {
@@ -44,10 +54,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     };
     for s in &wanted {
         if !SCENARIOS.contains(&s.as_str()) {
-            bail!(
-                "unknown scenario {s}; available: {} (fanout and live are not implemented yet)",
-                SCENARIOS.join(", ")
-            );
+            bail!("unknown scenario {s}; available: {}", SCENARIOS.join(", "));
         }
     }
     let mut rows = Vec::new();
@@ -58,6 +65,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         );
         let r = match s.as_str() {
             "ingest" => scenarios::ingest(&opts).await?,
+            "fanout" => fanout::fanout(&opts).await?,
+            "live" => live::live(&opts).await?,
             _ => scenarios::project(&opts).await?,
         };
         rows.extend(r);

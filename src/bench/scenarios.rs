@@ -25,28 +25,28 @@ use super::measure::{cpu_of, cpu_self, histogram, ms, peak_rss_mib, record, rese
 use super::{BenchOptions, Row};
 use crate::{ExchangeOptions, Role};
 
-const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
+pub(super) const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 const CONNECTIONS: usize = 64;
 
 /// About 200 bytes of message text.
-fn text() -> String {
+pub(super) fn text() -> String {
     "benchmark message ".repeat(11)
 }
 
-struct Server {
-    nats: NatsServer,
+pub(super) struct Server {
+    pub(super) nats: NatsServer,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(opts: &BenchOptions) -> anyhow::Result<Self> {
+    pub(super) fn start(opts: &BenchOptions) -> anyhow::Result<Self> {
         let bin = exchange::natsd::find_binary(opts.nats_server_bin.as_deref())?;
         let dir = tempfile::tempdir()?;
         let nats = NatsServer::start(&bin, &dir.path().join("js"), None)?;
         Ok(Self { nats, _dir: dir })
     }
 
-    fn nats_cpu(&self) -> f64 {
+    pub(super) fn nats_cpu(&self) -> f64 {
         self.nats.pid().map_or(0.0, cpu_of)
     }
 }
@@ -89,16 +89,135 @@ impl Meter {
     }
 }
 
-fn token() -> anyhow::Result<String> {
+pub(super) fn token() -> anyhow::Result<String> {
+    user_token("bench", &["admin".to_owned()])
+}
+
+/// An HS256 token for `uid` with `roles`, valid for an hour.
+pub(super) fn user_token(uid: &str, roles: &[String]) -> anyhow::Result<String> {
     Ok(sign(
         &EncodingKey::from_secret(SECRET.as_bytes()),
         Algorithm::HS256,
-        "bench",
-        &["admin".to_owned()],
+        uid,
+        roles,
         3600,
         None,
         None,
     )?)
+}
+
+/// What an HTTP load measured.
+struct LoadResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    /// Which generator ran it.
+    generator: &'static str,
+}
+
+/// POSTs `body` to `url` over 64 keep-alive connections: with `wrk` (a separate process, so
+/// the generator does not share this process's runtime) for `seconds` when it is installed,
+/// otherwise `total` requests from an in-process reqwest generator.
+async fn http_load(
+    url: &str,
+    token: &str,
+    body: Vec<u8>,
+    total: usize,
+    seconds: u64,
+) -> anyhow::Result<LoadResult> {
+    if let Some(r) = wrk_load(url, token, &body, seconds).await? {
+        return Ok(r);
+    }
+    let (elapsed, h) = load(url, token, body, total, CONNECTIONS).await?;
+    Ok(LoadResult {
+        rate: total as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        p999_ms: ms(&h, 0.999),
+        generator: "in-process reqwest",
+    })
+}
+
+/// Runs `wrk` when it is on PATH; `None` when it is not.
+async fn wrk_load(
+    url: &str,
+    token: &str,
+    body: &[u8],
+    seconds: u64,
+) -> anyhow::Result<Option<LoadResult>> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("post.lua");
+    let lua_string = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\n\
+             wrk.body = {}\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = {}\n\
+             done = function(summary, latency, requests)\n\
+               local e = summary.errors\n\
+               io.write(string.format(\"MSGXC-BENCH %d %d %d %d %d %d\\n\", summary.requests,\n\
+                 summary.duration, latency:percentile(50), latency:percentile(99),\n\
+                 latency:percentile(99.9), e.connect + e.read + e.write + e.status + e.timeout))\n\
+             end\n",
+            lua_string(&String::from_utf8_lossy(body)),
+            lua_string(&format!("Bearer {token}")),
+        ),
+    )?;
+    let output = match tokio::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("running wrk"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MSGXC-BENCH "))
+        .with_context(|| format!("wrk printed no result: {stdout}"))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let [requests, duration_us, p50, p99, p999, errors] = v[..] else {
+        anyhow::bail!("unexpected wrk result: {line}");
+    };
+    anyhow::ensure!(errors == 0.0, "wrk saw {errors} failed requests");
+    Ok(Some(LoadResult {
+        rate: requests / (duration_us / 1e6),
+        p50_ms: p50 / 1000.0,
+        p99_ms: p99 / 1000.0,
+        p999_ms: p999 / 1000.0,
+        generator: "wrk",
+    }))
+}
+
+impl LoadResult {
+    fn into_row(self, meter: &Meter, server: &Server, subject: &str) -> Row {
+        let mut row = meter.row(
+            server,
+            "ingest",
+            &format!("{subject} [{}]", self.generator),
+            self.rate,
+            None,
+        );
+        row.p50_ms = Some(self.p50_ms);
+        row.p99_ms = Some(self.p99_ms);
+        row.p999_ms = Some(self.p999_ms);
+        row
+    }
 }
 
 /// `total` POSTs of `body` to `url` over `conns` keep-alive connections.
@@ -188,6 +307,8 @@ async fn ceiling_handler(
 /// publish-with-ack and a bare HTTP handler.
 pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let n = if opts.quick { 20_000 } else { 100_000 };
+    // wrk runs by time: long enough for a steady state, short enough for the time budget.
+    let seconds = if opts.quick { 4 } else { 15 };
     let server = Server::start(opts)?;
     let token = token()?;
     let msg = text();
@@ -253,15 +374,9 @@ pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         .to_string()
         .into_bytes();
     let meter = Meter::start(&server);
-    let (elapsed, h) = load(&ceiling_url, &token, body, n, CONNECTIONS).await?;
-    let http_rate = n as f64 / elapsed.as_secs_f64();
-    let ceiling = meter.row(
-        &server,
-        "ingest",
-        "bare axum + JWT + JSON (no store)",
-        http_rate,
-        Some(&h),
-    );
+    let result = http_load(&ceiling_url, &token, body, n, seconds).await?;
+    let http_rate = result.rate;
+    let ceiling = result.into_row(&meter, &server, "bare axum + JWT + JSON (no store)");
     ceiling_server.abort();
 
     // msgxc: the real exchange (gateway, projector, dispatcher) on the same server.
@@ -315,15 +430,9 @@ pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     };
     let meter = Meter::start(&server);
     let started = Instant::now();
-    let (elapsed, h) = load(&format!("{base}/publish"), &token, body, n, CONNECTIONS).await?;
-    let rate = n as f64 / elapsed.as_secs_f64();
-    let mut row = meter.row(
-        &server,
-        "ingest",
-        "msgxc POST /publish (2xx = in JetStream)",
-        rate,
-        Some(&h),
-    );
+    let result = http_load(&format!("{base}/publish"), &token, body, n, seconds).await?;
+    let rate = result.rate;
+    let mut row = result.into_row(&meter, &server, "msgxc POST /publish (2xx = in JetStream)");
     sampling.store(false, Ordering::Relaxed);
     let max_lag = sampler.await.unwrap_or(0);
     let last = log.last_seq().await?;
@@ -460,4 +569,35 @@ pub async fn project(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         .push(format!("{:.2} of the raw read", rate / raw_rate));
     anyhow::ensure!(store.checkpoint().await? == n, "rebuild stopped early");
     Ok(vec![raw, row])
+}
+
+/// Appends events straight to the log, 1024 publishes in flight: how the scenarios set up
+/// large populations (devices, subscriptions) quickly. Returns how many were written.
+pub(super) async fn append_all(
+    js: &jetstream::Context,
+    events: impl IntoIterator<Item = Envelope>,
+) -> anyhow::Result<u64> {
+    let mut inflight = FuturesUnordered::new();
+    let mut written = 0u64;
+    for env in events {
+        let ack = js
+            .send_publish(
+                env.subject(),
+                PublishMessage::build()
+                    .payload(serde_json::to_vec(&env)?.into())
+                    .message_id(env.id.to_string()),
+            )
+            .await?;
+        inflight.push(ack.into_future());
+        written += 1;
+        if inflight.len() >= 1024
+            && let Some(r) = inflight.next().await
+        {
+            r?;
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        r?;
+    }
+    Ok(written)
 }

@@ -73,10 +73,18 @@ pub fn vapid_public_key(private_key: &str) -> Result<String, String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(builder.get_public_key()))
 }
 
+/// A signed VAPID JWT is reused for one push service origin this long (it is valid for twelve
+/// hours): signing is an ECDSA operation per request otherwise.
+const VAPID_REUSE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub struct WebPushChannel {
     config: WebPushConfig,
     vapid: PartialVapidSignatureBuilder,
     http: reqwest::Client,
+    /// Signed VAPID headers by origin (`aud`), with when they were signed.
+    signatures: std::sync::Mutex<
+        std::collections::HashMap<String, (web_push::VapidSignature, std::time::Instant)>,
+    >,
 }
 
 impl WebPushChannel {
@@ -92,7 +100,34 @@ impl WebPushChannel {
             config,
             vapid,
             http,
+            signatures: Default::default(),
         })
+    }
+
+    /// The VAPID signature for a push service origin, signed anew when missing or old.
+    fn signature(
+        &self,
+        info: &SubscriptionInfo,
+        origin: &str,
+    ) -> Result<web_push::VapidSignature, String> {
+        if let Ok(cache) = self.signatures.lock()
+            && let Some((sig, at)) = cache.get(origin)
+            && at.elapsed() < VAPID_REUSE
+        {
+            return Ok(sig.clone());
+        }
+        let mut builder = self.vapid.clone().add_sub_info(info);
+        builder.add_claim("sub", self.config.subject.as_str());
+        builder.add_claim("aud", origin);
+        let sig = builder.build().map_err(|e| format!("VAPID: {e}"))?;
+        if let Ok(mut cache) = self.signatures.lock() {
+            // Push services are few; an unbounded map of origins would mean abuse, so start over.
+            if cache.len() > 1024 {
+                cache.clear();
+            }
+            cache.insert(origin.to_owned(), (sig.clone(), std::time::Instant::now()));
+        }
+        Ok(sig)
     }
 }
 
@@ -158,16 +193,9 @@ impl Channel for WebPushChannel {
         let origin = reqwest::Url::parse(endpoint)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
-        let mut sig = self.vapid.clone().add_sub_info(&info);
-        sig.add_claim("sub", self.config.subject.as_str());
-        sig.add_claim("aud", origin.as_str());
-        let signature = match sig.build() {
+        let signature = match self.signature(&info, &origin) {
             Ok(s) => s,
-            Err(e) => {
-                return Outcome::Rejected {
-                    reason: format!("VAPID: {e}"),
-                };
-            }
+            Err(reason) => return Outcome::Rejected { reason },
         };
         let content = payload(d).to_string().into_bytes();
         let mut builder = WebPushMessageBuilder::new(&info);

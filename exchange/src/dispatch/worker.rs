@@ -427,7 +427,10 @@ impl Dispatcher {
         }
     }
 
-    /// A redelivered task skips targets a provider already accepted (requeues do not).
+    /// A redelivered task skips targets a provider already accepted (requeues do not). The
+    /// lookup is made on first deliveries too: a copy of a task can arrive as a new message
+    /// (republished after the duplicate window), and JetStream's delivery count would not
+    /// tell.
     async fn already_done(&self, task: &DispatchTask, marker: &str) -> bool {
         task.requeue.is_none() && matches!(self.markers.get(marker).await, Ok(Some(_)))
     }
@@ -457,19 +460,22 @@ impl Dispatcher {
     ) -> Result<(), String> {
         match outcome {
             Outcome::Accepted { provider_id } => {
-                let _ = self.markers.put(marker, "sent".into()).await;
-                self.record(
-                    Event::DeliverySent(DeliverySent {
-                        mid: task.mid,
-                        uid: task.uid.clone(),
-                        device_id: device_id.to_owned(),
-                        channel: channel.to_owned(),
-                        attempt,
-                        provider_id,
-                    }),
-                    format!("sent.{marker}"),
-                )
-                .await
+                // Independent writes: the marker guards redelivery, the event is the receipt.
+                let (_, recorded) = tokio::join!(
+                    self.markers.put(marker, "sent".into()),
+                    self.record(
+                        Event::DeliverySent(DeliverySent {
+                            mid: task.mid,
+                            uid: task.uid.clone(),
+                            device_id: device_id.to_owned(),
+                            channel: channel.to_owned(),
+                            attempt,
+                            provider_id,
+                        }),
+                        format!("sent.{marker}"),
+                    )
+                );
+                recorded
             }
             Outcome::Retry { reason, after } => {
                 let dead = attempt >= self.settings.max_attempts;

@@ -36,9 +36,9 @@ pub async fn connect(
 
 async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
     let mut registration = state.hub.register(&actor.uid, state.config.socket_buffer);
-    let unread = state
-        .store
-        .inbox_counts(&actor.uid)
+    // Rare paths are boxed: an idle connection's future is as large as its largest await, and
+    // there are many idle connections.
+    let unread = Box::pin(state.store.inbox_counts(&actor.uid))
         .await
         .map(|c| c.unread)
         .unwrap_or(0);
@@ -47,7 +47,7 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
         return;
     }
     if let Some(p) = &state.presence {
-        p.touch(&actor.uid).await;
+        Box::pin(p.touch(&actor.uid)).await;
     }
     let ping_every = state.config.ping_interval.max(Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -75,7 +75,7 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                     last_heard = Instant::now();
                     match msg {
                         Message::Text(t) => {
-                            if let Some(reply) = answer(&state, &actor, t.as_str()).await
+                            if let Some(reply) = Box::pin(answer(&state, &actor, t.as_str())).await
                                 && socket.send(Message::Text(reply.into())).await.is_err()
                             {
                                 break;
@@ -96,7 +96,7 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                     break;
                 }
                 if let Some(p) = &state.presence {
-                    p.touch(&actor.uid).await;
+                    Box::pin(p.touch(&actor.uid)).await;
                 }
             }
         }

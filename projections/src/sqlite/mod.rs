@@ -304,8 +304,8 @@ fn tuple<'a, T: TryFrom<&'a Row<'a>, Error = rusqlite::Error>>(
 /// A maintained counter of one partition (0 when the partition does not exist).
 fn counter(c: &Connection, sql: &str, key: &str) -> StoreResult<u64> {
     let n: Option<i64> = c
-        .query_row(sql, params![key], |r| r.get(0))
-        .optional()
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
         .map_err(backend)?;
     Ok(n.unwrap_or(0).max(0) as u64)
 }
@@ -352,6 +352,14 @@ impl FoldTarget for SqliteTx<'_> {
         self.tx
             .prepare_cached("SELECT uid FROM device_owners WHERE device_id = ?1")
             .and_then(|mut s| s.query_row(params![device_id], |r| r.get(0)).optional())
+            .map_err(backend)
+    }
+
+    fn has_devices(&mut self, uid: &str) -> StoreResult<bool> {
+        self.tx
+            .prepare_cached("SELECT 1 FROM devices WHERE uid = ?1 LIMIT 1")
+            .and_then(|mut s| s.query_row(params![uid], |_| Ok(())).optional())
+            .map(|found| found.is_some())
             .map_err(backend)
     }
 
@@ -601,10 +609,10 @@ impl FoldTarget for SqliteTx<'_> {
         message_by_id(self.tx, mid)
     }
 
-    fn add_recipient(&mut self, mid: Uuid) -> StoreResult<()> {
+    fn add_recipients(&mut self, mid: Uuid, n: u64) -> StoreResult<()> {
         self.exec(
-            "UPDATE messages SET recipients = recipients + 1 WHERE mid = ?1",
-            params![mid.to_string()],
+            "UPDATE messages SET recipients = recipients + ?2 WHERE mid = ?1",
+            params![mid.to_string(), i64::try_from(n).unwrap_or(i64::MAX)],
         )
         .map(drop)
     }
@@ -812,9 +820,8 @@ fn preferences_of(c: &Connection, uid: &str) -> StoreResult<exchange::events::Pr
 
 fn read_checkpoint(conn: &Connection) -> StoreResult<u64> {
     let v: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT value FROM meta WHERE key = 'checkpoint'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(backend)?;
     v.parse()
         .map_err(|e| StoreError::Corrupt(format!("checkpoint {v}: {e}")))

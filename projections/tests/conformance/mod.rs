@@ -1,0 +1,787 @@
+//! The store conformance suite: what every `Store` backend must do, written once over the trait.
+//! Each case takes a fresh, empty store, applies events as the projector would and checks the
+//! reads the API makes. `store_sqlite.rs` runs it against SQLite (always); a backend is
+//! conformant when every case passes against it.
+
+#![allow(dead_code)]
+
+use exchange::events::{
+    AckStatus, Actor, Audience, DeliveryAcked, DeliveryFailed, DeliveryRequeued, DeliverySent,
+    DeviceAddress, DeviceEnlisted, DeviceRemoved, Envelope, Event, InboxReadAll, MessageOpts,
+    MessagePublished, MessageSent, NotificationsArchived, NotificationsDeleted, NotificationsRead,
+    Preferences, PreferencesSet, Subscribed, ThreadCreated, TypeRegistered, Unsubscribed,
+    UserBlocked, UserUnblocked,
+};
+use projections::model::{
+    HistoryQuery, InboxFilter, InboxQuery, NotificationStatus, ReceiptStatus, StatusFilter,
+};
+use projections::{ApplyOptions, SequencedEvent, Store};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Applies events in order, numbering them after the store's checkpoint. Live notices and
+/// dispatch tasks are produced as for a live projector.
+pub struct Feed<'a> {
+    store: &'a dyn Store,
+}
+
+impl<'a> Feed<'a> {
+    pub fn new(store: &'a dyn Store) -> Self {
+        Self { store }
+    }
+
+    pub async fn apply(&self, events: Vec<Envelope>) -> projections::Applied {
+        let from = self.store.checkpoint().await.expect("checkpoint");
+        let batch = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, envelope)| SequencedEvent {
+                seq: from + 1 + i as u64,
+                envelope,
+            })
+            .collect();
+        self.store
+            .apply(batch, live())
+            .await
+            .expect("applying a batch")
+    }
+
+    pub async fn one(&self, uid: &str, event: Event) -> Uuid {
+        let env = by(uid, event);
+        let id = env.id;
+        self.apply(vec![env]).await;
+        id
+    }
+}
+
+fn live() -> ApplyOptions {
+    let past = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    ApplyOptions {
+        live_since: Some(past),
+        dispatch_since: Some(past),
+        topic_tasks: false,
+    }
+}
+
+pub fn by(uid: &str, event: Event) -> Envelope {
+    Envelope::new(
+        Actor {
+            uid: uid.into(),
+            roles: vec![],
+        },
+        event,
+    )
+}
+
+fn thread(tid: Uuid, owner: &str, alias: Option<&str>) -> Event {
+    Event::ThreadCreated(ThreadCreated {
+        tid,
+        name: "general".into(),
+        owner: owner.into(),
+        open_subscribe: true,
+        open_publish: true,
+        alias: alias.map(str::to_owned),
+    })
+}
+
+fn subscribe(tid: Uuid, uid: &str) -> Event {
+    Event::Subscribed(Subscribed {
+        tid,
+        uid: uid.into(),
+    })
+}
+
+fn publish(tid: Uuid, sender: &str, msg: &str, opts: MessageOpts) -> Event {
+    Event::MessagePublished(MessagePublished {
+        tid,
+        sender: sender.into(),
+        msg: msg.into(),
+        opts,
+    })
+}
+
+fn send(audience: Audience, msg: &str, opts: MessageOpts) -> Event {
+    Event::MessageSent(MessageSent {
+        audience,
+        sender: "admin".into(),
+        msg: msg.into(),
+        opts,
+    })
+}
+
+fn enlist(uid: &str, device_id: &str, token: &str) -> Event {
+    Event::DeviceEnlisted(DeviceEnlisted {
+        uid: uid.into(),
+        device_id: device_id.into(),
+        address: DeviceAddress::Apns {
+            token: token.into(),
+        },
+    })
+}
+
+fn all(status: Option<StatusFilter>) -> InboxQuery {
+    InboxQuery {
+        filter: InboxFilter {
+            status,
+            ..Default::default()
+        },
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+/// Events at or below the checkpoint are skipped: a redelivered batch changes nothing.
+pub async fn redelivered_batch_is_harmless(store: &dyn Store) {
+    assert_eq!(store.checkpoint().await.unwrap(), 0);
+    let tid = Uuid::now_v7();
+    let batch = vec![
+        SequencedEvent {
+            seq: 1,
+            envelope: by("ann", thread(tid, "ann", None)),
+        },
+        SequencedEvent {
+            seq: 2,
+            envelope: by("bob", subscribe(tid, "bob")),
+        },
+        SequencedEvent {
+            seq: 3,
+            envelope: by("ann", publish(tid, "ann", "hello", MessageOpts::default())),
+        },
+    ];
+    let first = store.apply(batch.clone(), live()).await.unwrap();
+    assert_eq!((first.checkpoint, first.applied), (3, 3));
+    let again = store.apply(batch, live()).await.unwrap();
+    assert_eq!((again.checkpoint, again.applied), (3, 0));
+    assert!(again.notices.is_empty(), "a redelivery notifies nobody");
+    assert_eq!(store.checkpoint().await.unwrap(), 3);
+    let t = store.thread(tid).await.unwrap().unwrap();
+    assert_eq!((t.subscribers, t.messages), (1, 1));
+    assert_eq!(store.inbox_counts("bob").await.unwrap().total, 1);
+}
+
+/// Threads, subscriptions, aliases and thread history.
+pub async fn threads_and_history(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let tid = Uuid::now_v7();
+    feed.apply(vec![
+        by("ann", thread(tid, "ann", Some("team"))),
+        by("bob", subscribe(tid, "bob")),
+        by("cat", subscribe(tid, "cat")),
+        by("cat", subscribe(tid, "cat")),
+    ])
+    .await;
+    let t = store.thread(tid).await.unwrap().unwrap();
+    assert_eq!((t.owner.as_str(), t.subscribers), ("ann", 2));
+    assert_eq!(t.alias.as_deref(), Some("team"));
+    assert_eq!(
+        store.thread_by_alias("team").await.unwrap().unwrap().tid,
+        tid
+    );
+    assert!(store.thread_by_alias("nope").await.unwrap().is_none());
+    assert!(store.thread(Uuid::now_v7()).await.unwrap().is_none());
+    assert!(store.is_subscribed(tid, "cat").await.unwrap());
+    feed.one(
+        "cat",
+        Event::Unsubscribed(Unsubscribed {
+            tid,
+            uid: "cat".into(),
+        }),
+    )
+    .await;
+    assert!(!store.is_subscribed(tid, "cat").await.unwrap());
+    assert_eq!(store.thread(tid).await.unwrap().unwrap().subscribers, 1);
+
+    for (sender, msg) in [("ann", "one"), ("bob", "two"), ("ann", "three")] {
+        feed.one(sender, publish(tid, sender, msg, MessageOpts::default()))
+            .await;
+    }
+    let page = store
+        .thread_messages(
+            tid,
+            &HistoryQuery {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    let texts: Vec<&str> = page.items.iter().map(|m| m.msg.as_str()).collect();
+    assert_eq!(texts, ["three", "two"], "newest first, limited");
+    let rest = store
+        .thread_messages(
+            tid,
+            &HistoryQuery {
+                limit: 2,
+                offset: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].msg, "one");
+    let by_ann = store
+        .thread_messages(
+            tid,
+            &HistoryQuery {
+                limit: 10,
+                sender: Some("ann".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_ann.items.len(), 2);
+    assert!(by_ann.items.iter().all(|m| m.sender == "ann"));
+    assert_eq!(store.thread(tid).await.unwrap().unwrap().messages, 3);
+}
+
+/// Devices: newest first, an exclusive push token moves to its new user, removal.
+pub async fn devices(store: &dyn Store) {
+    let feed = Feed::new(store);
+    feed.one("ann", enlist("ann", "phone", "aa01")).await;
+    feed.one("ann", enlist("ann", "tablet", "aa02")).await;
+    let ids: Vec<String> = store
+        .devices("ann")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["tablet", "phone"]);
+    // The same physical device (token) enlisted by another user leaves ann.
+    feed.one("bob", enlist("bob", "phone", "aa01")).await;
+    assert_eq!(store.devices("ann").await.unwrap().len(), 1);
+    assert_eq!(store.devices("bob").await.unwrap()[0].id, "phone");
+    feed.one(
+        "ann",
+        Event::DeviceRemoved(DeviceRemoved {
+            uid: "ann".into(),
+            device_id: "tablet".into(),
+        }),
+    )
+    .await;
+    assert!(store.devices("ann").await.unwrap().is_empty());
+}
+
+/// A thread message reaches every subscriber but its sender, with counters, change feed,
+/// live notices and, for recipients with a device, a dispatch task.
+pub async fn thread_message_fans_out(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let tid = Uuid::now_v7();
+    feed.apply(vec![
+        by("ann", thread(tid, "ann", None)),
+        by("ann", subscribe(tid, "ann")),
+        by("bob", subscribe(tid, "bob")),
+        by("cat", subscribe(tid, "cat")),
+        by("bob", enlist("bob", "phone", "bb01")),
+    ])
+    .await;
+    let env = by("ann", publish(tid, "ann", "hi all", MessageOpts::default()));
+    let mid = env.id;
+    let applied = feed.apply(vec![env]).await;
+    let notified: Vec<&str> = applied.notices.iter().map(|n| n.uid.as_str()).collect();
+    assert_eq!(notified.len(), 2);
+    assert!(notified.contains(&"bob") && notified.contains(&"cat"));
+    assert_eq!(
+        store.inbox_counts("ann").await.unwrap().total,
+        0,
+        "not to the sender"
+    );
+    let bob = store.inbox("bob", &all(None)).await.unwrap();
+    assert_eq!(bob.total, 1);
+    assert_eq!(bob.items[0].id, mid);
+    assert_eq!(bob.items[0].status, NotificationStatus::Unread);
+    let m = store.message(mid).await.unwrap().unwrap();
+    assert_eq!((m.tid, m.recipients), (Some(tid), 2));
+    // Only bob has a device: one task for him, none for cat (the inbox is her delivery).
+    let outbox = store.outbox(100).await.unwrap();
+    let uids: Vec<&str> = outbox.iter().map(|(_, t)| t.uid.as_str()).collect();
+    assert_eq!(uids, ["bob"]);
+    store
+        .outbox_done(outbox.into_iter().map(|(id, _)| id).collect())
+        .await
+        .unwrap();
+    assert!(store.outbox(100).await.unwrap().is_empty());
+    let changes = store
+        .changes_after("cat", Default::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].1.contains("\"action\":\"new\""));
+}
+
+/// Replay (no live, no dispatch options) builds the same read models and sends nothing.
+pub async fn replay_sends_nothing(store: &dyn Store) {
+    let tid = Uuid::now_v7();
+    let events: Vec<SequencedEvent> = [
+        by("ann", thread(tid, "ann", None)),
+        by("bob", subscribe(tid, "bob")),
+        by("bob", enlist("bob", "phone", "bb02")),
+        by(
+            "ann",
+            publish(tid, "ann", "history", MessageOpts::default()),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, envelope)| SequencedEvent {
+        seq: i as u64 + 1,
+        envelope,
+    })
+    .collect();
+    let applied = store.apply(events, ApplyOptions::default()).await.unwrap();
+    assert!(applied.notices.is_empty());
+    assert!(store.outbox(100).await.unwrap().is_empty());
+    assert_eq!(store.inbox_counts("bob").await.unwrap().total, 1);
+}
+
+/// Direct messages: one user, a list, everyone known.
+pub async fn audiences(store: &dyn Store) {
+    let feed = Feed::new(store);
+    feed.one("ann", enlist("ann", "p1", "cc01")).await;
+    feed.one("bob", enlist("bob", "p2", "cc02")).await;
+    feed.one("cat", enlist("cat", "p3", "cc03")).await;
+    feed.one(
+        "admin",
+        send(
+            Audience::User { uid: "ann".into() },
+            "to ann",
+            MessageOpts::default(),
+        ),
+    )
+    .await;
+    feed.one(
+        "admin",
+        send(
+            Audience::Users {
+                uids: vec!["ann".into(), "bob".into(), "bob".into()],
+            },
+            "to two",
+            MessageOpts::default(),
+        ),
+    )
+    .await;
+    let mid = feed
+        .one(
+            "admin",
+            send(Audience::All, "to all", MessageOpts::default()),
+        )
+        .await;
+    assert_eq!(store.inbox_counts("ann").await.unwrap().total, 3);
+    assert_eq!(store.inbox_counts("bob").await.unwrap().total, 2);
+    assert_eq!(store.inbox_counts("cat").await.unwrap().total, 1);
+    // The broadcast reached every known user, the sending admin included.
+    assert_eq!(store.message(mid).await.unwrap().unwrap().recipients, 4);
+    let direct = store
+        .inbox(
+            "ann",
+            &InboxQuery {
+                filter: InboxFilter {
+                    direct: true,
+                    ..Default::default()
+                },
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(direct.total, 3);
+    assert!(direct.items.iter().all(|n| n.tid.is_none()));
+}
+
+/// Read, archive, delete, read-all, with counters and stats that follow.
+pub async fn inbox_lifecycle(store: &dyn Store) {
+    let feed = Feed::new(store);
+    feed.one(
+        "admin",
+        Event::TypeRegistered(TypeRegistered {
+            name: "billing".into(),
+            title: "Billing".into(),
+            description: "invoices".into(),
+        }),
+    )
+    .await;
+    let typed = MessageOpts {
+        ntype: Some("billing".into()),
+        level: Some(50),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (i, opts) in [
+        MessageOpts::default(),
+        typed.clone(),
+        typed,
+        MessageOpts::default(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ids.push(
+            feed.one(
+                "admin",
+                send(Audience::User { uid: "ann".into() }, &format!("m{i}"), opts),
+            )
+            .await,
+        );
+    }
+    let stats = store.inbox_stats("ann").await.unwrap();
+    assert_eq!((stats.total, stats.unread, stats.unseen), (4, 4, 4));
+    assert_eq!(stats.unread_by_type.get("billing"), Some(&2));
+    assert_eq!(stats.unread_by_level.get("50"), Some(&2));
+    assert_eq!(store.types().await.unwrap()[0].name, "billing");
+
+    let newest_first: Vec<Uuid> = store
+        .inbox("ann", &all(None))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(newest_first, ids.iter().rev().copied().collect::<Vec<_>>());
+
+    feed.one(
+        "ann",
+        Event::NotificationsRead(NotificationsRead {
+            uid: "ann".into(),
+            ids: vec![ids[0]],
+        }),
+    )
+    .await;
+    feed.one(
+        "ann",
+        Event::NotificationsArchived(NotificationsArchived {
+            uid: "ann".into(),
+            ids: vec![ids[1]],
+        }),
+    )
+    .await;
+    feed.one(
+        "ann",
+        Event::NotificationsDeleted(NotificationsDeleted {
+            uid: "ann".into(),
+            ids: vec![ids[3]],
+        }),
+    )
+    .await;
+    let counts = store.inbox_counts("ann").await.unwrap();
+    assert_eq!((counts.total, counts.unread), (3, 1));
+    let unread = store
+        .inbox("ann", &all(Some(StatusFilter::Unread)))
+        .await
+        .unwrap();
+    assert_eq!(
+        unread.items.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+    let archived = store
+        .inbox("ann", &all(Some(StatusFilter::Archived)))
+        .await
+        .unwrap();
+    assert_eq!(archived.items[0].status, NotificationStatus::Archived);
+    let default = store.inbox("ann", &all(None)).await.unwrap();
+    assert_eq!(default.total, 2, "archived entries are hidden by default");
+    let billing = store
+        .inbox(
+            "ann",
+            &InboxQuery {
+                filter: InboxFilter {
+                    status: Some(StatusFilter::All),
+                    ntype: Some("billing".into()),
+                    ..Default::default()
+                },
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(billing.total, 2);
+    feed.one(
+        "ann",
+        Event::InboxReadAll(InboxReadAll {
+            uid: "ann".into(),
+            ntype: None,
+            tid: None,
+        }),
+    )
+    .await;
+    assert_eq!(store.inbox_counts("ann").await.unwrap().unread, 0);
+    let found = store
+        .notifications("ann", &[ids[0], ids[3], Uuid::now_v7()])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "deleted and unknown ids are not found");
+    let feed_entries = store
+        .changes_after("ann", Default::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        feed_entries.windows(2).all(|w| w[0].0 < w[1].0),
+        "feed in order"
+    );
+}
+
+/// Cursor sync: entries after a position, oldest first, and a snapshot's position.
+pub async fn cursor_sync(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let first = feed
+        .one(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                "a",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    let (page, position) = store.inbox_snapshot("ann", &all(None)).await.unwrap();
+    assert_eq!(page.items[0].id, first);
+    assert!(position > 0);
+    let second = feed
+        .one(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                "b",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    let third = feed
+        .one(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                "c",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    let after = store
+        .inbox(
+            "ann",
+            &InboxQuery {
+                after: Some(position),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after.items.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [second, third]
+    );
+}
+
+/// Blocks and preferences.
+pub async fn blocks_and_preferences(store: &dyn Store) {
+    let feed = Feed::new(store);
+    feed.one(
+        "ann",
+        Event::UserBlocked(UserBlocked {
+            uid: "ann".into(),
+            blocked: "spam".into(),
+        }),
+    )
+    .await;
+    feed.one(
+        "ann",
+        Event::UserBlocked(UserBlocked {
+            uid: "ann".into(),
+            blocked: "troll".into(),
+        }),
+    )
+    .await;
+    assert!(store.is_blocked("ann", "spam").await.unwrap());
+    feed.one(
+        "ann",
+        Event::UserUnblocked(UserUnblocked {
+            uid: "ann".into(),
+            blocked: "spam".into(),
+        }),
+    )
+    .await;
+    assert!(!store.is_blocked("ann", "spam").await.unwrap());
+    assert_eq!(store.blocks("ann").await.unwrap(), ["troll"]);
+
+    assert_eq!(
+        store.preferences("ann").await.unwrap(),
+        Preferences::default()
+    );
+    let mut prefs = Preferences::default();
+    prefs.types.insert("promo".into(), false);
+    prefs.channels.insert("sms".into(), false);
+    feed.one(
+        "ann",
+        Event::PreferencesSet(PreferencesSet {
+            uid: "ann".into(),
+            preferences: prefs.clone(),
+        }),
+    )
+    .await;
+    assert_eq!(store.preferences("ann").await.unwrap(), prefs);
+    // A type the user turned off creates no inbox entry.
+    feed.one(
+        "admin",
+        send(
+            Audience::User { uid: "ann".into() },
+            "sale!",
+            MessageOpts {
+                ntype: Some("promo".into()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(store.inbox_counts("ann").await.unwrap().total, 0);
+}
+
+/// Receipts move forward; a dead letter is listed until requeued.
+pub async fn receipts_and_dead_letters(store: &dyn Store) {
+    let feed = Feed::new(store);
+    feed.one("ann", enlist("ann", "phone", "dd01")).await;
+    feed.one("ann", enlist("ann", "tablet", "dd02")).await;
+    let mid = feed
+        .one(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                "x",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    feed.one(
+        "msgxc",
+        Event::DeliverySent(DeliverySent {
+            mid,
+            uid: "ann".into(),
+            device_id: "phone".into(),
+            channel: "apns".into(),
+            attempt: 1,
+            provider_id: Some("p-1".into()),
+        }),
+    )
+    .await;
+    feed.one(
+        "ann",
+        Event::DeliveryAcked(DeliveryAcked {
+            mid,
+            uid: "ann".into(),
+            device_id: Some("phone".into()),
+            channel: "apns".into(),
+            status: AckStatus::Opened,
+        }),
+    )
+    .await;
+    // A late "sent" does not move an opened receipt back.
+    feed.one(
+        "msgxc",
+        Event::DeliverySent(DeliverySent {
+            mid,
+            uid: "ann".into(),
+            device_id: "phone".into(),
+            channel: "apns".into(),
+            attempt: 2,
+            provider_id: None,
+        }),
+    )
+    .await;
+    feed.one(
+        "msgxc",
+        Event::DeliveryFailed(DeliveryFailed {
+            mid,
+            uid: "ann".into(),
+            device_id: "tablet".into(),
+            channel: "apns".into(),
+            attempt: 5,
+            reason: "503".into(),
+            permanent: false,
+            dead: true,
+        }),
+    )
+    .await;
+    let receipts = store.receipts(mid, 10, 0).await.unwrap();
+    assert_eq!(receipts.total, 2);
+    let status = |device: &str| {
+        receipts
+            .items
+            .iter()
+            .find(|r| r.device_id == device)
+            .map(|r| r.status)
+    };
+    assert_eq!(status("phone"), Some(ReceiptStatus::Opened));
+    assert_eq!(status("tablet"), Some(ReceiptStatus::Failed));
+    let counts = store.receipt_counts(mid).await.unwrap();
+    assert!(counts.contains(&("apns".into(), "opened".into(), 1)));
+    assert!(counts.contains(&("apns".into(), "failed".into(), 1)));
+    let dead = store.failed_deliveries(10, 0).await.unwrap();
+    assert_eq!(dead.total, 1);
+    let id = dead.items[0].id.clone();
+    assert_eq!(
+        store.failed_delivery(&id).await.unwrap().unwrap().reason,
+        "503"
+    );
+    store
+        .outbox_done(
+            store
+                .outbox(100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect(),
+        )
+        .await
+        .unwrap();
+    feed.one(
+        "admin",
+        Event::DeliveryRequeued(DeliveryRequeued {
+            mid,
+            uid: "ann".into(),
+            device_id: "tablet".into(),
+        }),
+    )
+    .await;
+    assert!(store.failed_delivery(&id).await.unwrap().is_none());
+    let requeued = store.outbox(10).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(
+        requeued[0].1.only_devices.as_deref(),
+        Some(&["tablet".to_owned()][..])
+    );
+}
+
+/// One `#[tokio::test]` per case. `$fresh` is an async fn returning `(guard, store)`: a new,
+/// empty store, and whatever must live as long as it (a temp dir, a keyspace to drop).
+#[macro_export]
+macro_rules! conformance_cases {
+    ($fresh:path) => {
+        conformance_cases!(@cases $fresh;
+            redelivered_batch_is_harmless,
+            threads_and_history,
+            devices,
+            thread_message_fans_out,
+            replay_sends_nothing,
+            audiences,
+            inbox_lifecycle,
+            cursor_sync,
+            blocks_and_preferences,
+            receipts_and_dead_letters,
+        );
+    };
+    (@cases $fresh:path; $($case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (_guard, store) = $fresh().await;
+                conformance::$case(&store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,13 @@
+//! The store conformance suite against SQLite: a fresh database file per case.
+
+mod conformance;
+
+use projections::SqliteStore;
+
+async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("store.sqlite3")).expect("opening SQLite");
+    (dir, store)
+}
+
+conformance_cases!(fresh);
