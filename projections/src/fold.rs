@@ -8,7 +8,6 @@ use std::collections::HashSet;
 
 use exchange::events::{Audience, DeviceEnlisted, Envelope, Event};
 use exchange::live::LiveNotice;
-use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -85,8 +84,8 @@ pub trait FoldTarget {
         on: bool,
         at: OffsetDateTime,
     ) -> StoreResult<()>;
-    /// Appends to a user's change feed (SSE resume), dropping entries older than
-    /// [`CHANGE_RETENTION`] before `at`.
+    /// Appends to a user's change feed (SSE resume), dropping entries from before the UTC day
+    /// [`CHANGE_RETENTION`] before `at` (so at least that much history is kept).
     fn put_change(
         &mut self,
         uid: &str,
@@ -485,6 +484,17 @@ impl Changes<'_> {
 /// The frame a connected client receives:
 /// `{"action": "new"|"read"|"archived"|"deleted", "notification": {...}, "position": "s.n"}`.
 pub fn frame(action: &str, n: &Notification, position: Position) -> Vec<u8> {
-    let body = json!({ "action": action, "notification": n, "position": position.to_string() });
-    serde_json::to_vec(&body).unwrap_or_default()
+    // Serialized straight from the fields (one per recipient; no intermediate JSON tree).
+    #[derive(serde::Serialize)]
+    struct Frame<'a> {
+        action: &'a str,
+        notification: &'a Notification,
+        position: String,
+    }
+    serde_json::to_vec(&Frame {
+        action,
+        notification: n,
+        position: position.to_string(),
+    })
+    .unwrap_or_default()
 }

@@ -578,6 +578,44 @@ pub async fn cursor_sync(store: &dyn Store) {
     );
 }
 
+/// The change feed keeps at least a week and drops what is older than that (by day).
+pub async fn change_feed_keeps_a_week(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let dm = |msg: &str, days_ago: i64| {
+        let mut env = by(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                msg,
+                MessageOpts::default(),
+            ),
+        );
+        env.occurred_at = OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+        env
+    };
+    feed.apply(vec![dm("old", 10), dm("recent", 6)]).await;
+    assert_eq!(
+        store
+            .changes_after("ann", Default::default(), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    feed.apply(vec![dm("today", 0)]).await;
+    let kept = store
+        .changes_after("ann", Default::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2, "the 10-day-old change is gone");
+    assert!(kept[0].1.contains("recent") && kept[1].1.contains("today"));
+    assert_eq!(
+        store.inbox_counts("ann").await.unwrap().total,
+        3,
+        "the inbox keeps all"
+    );
+}
+
 /// Blocks and preferences.
 pub async fn blocks_and_preferences(store: &dyn Store) {
     let feed = Feed::new(store);
@@ -771,6 +809,7 @@ macro_rules! conformance_cases {
             audiences,
             inbox_lifecycle,
             cursor_sync,
+            change_feed_keeps_a_week,
             blocks_and_preferences,
             receipts_and_dead_letters,
         );
