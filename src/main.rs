@@ -216,6 +216,7 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(32)
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
     {
         Ok(r) => r,

@@ -178,8 +178,9 @@ where
     let received = Received::new(base);
     let rss_before = server.rss_mib();
     let clients = connect_all((0..load.sockets).map(url).collect(), received.clone()).await?;
-    // Settle: handshake-time helpers (blocking-pool threads idle for 10 s) wind down first.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Settle: handshake-time helpers (blocking-pool threads, idle for 2 s in `serve`) wind
+    // down first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle = server.rss_mib();
     let per_socket_kib = (rss_idle - rss_before) * 1024.0 / load.sockets as f64;
 
