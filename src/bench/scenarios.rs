@@ -469,7 +469,7 @@ pub async fn project(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         uid: "owner".into(),
         roles: vec![],
     };
-    let mut events = vec![
+    let setup = [
         Envelope::new(
             owner.clone(),
             Event::ThreadCreated(ThreadCreated {
@@ -494,41 +494,19 @@ pub async fn project(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     ];
     eprintln!("bench: writing {n} events");
     let js = log.jetstream().clone();
-    let mut inflight = FuturesUnordered::new();
     let msg = text();
-    for i in 0..n {
-        let env = if (i as usize) < events.len() {
-            events[i as usize].clone()
-        } else {
-            Envelope::new(
-                owner.clone(),
-                Event::MessagePublished(MessagePublished {
-                    tid,
-                    sender: "owner".into(),
-                    msg: msg.clone(),
-                    opts: Default::default(),
-                }),
-            )
-        };
-        let ack = js
-            .send_publish(
-                env.subject(),
-                PublishMessage::build()
-                    .payload(serde_json::to_vec(&env)?.into())
-                    .message_id(env.id.to_string()),
-            )
-            .await?;
-        inflight.push(ack.into_future());
-        if inflight.len() >= 1024
-            && let Some(r) = inflight.next().await
-        {
-            r?;
-        }
-    }
-    while let Some(r) = inflight.next().await {
-        r?;
-    }
-    events.clear();
+    let messages = (setup.len() as u64..n).map(|_| {
+        Envelope::new(
+            owner.clone(),
+            Event::MessagePublished(MessagePublished {
+                tid,
+                sender: "owner".into(),
+                msg: msg.clone(),
+                opts: Default::default(),
+            }),
+        )
+    });
+    append_all(&js, setup.into_iter().chain(messages)).await?;
 
     // Baseline: an ordered consumer reading every event (no decoding, no store).
     let meter = Meter::start(&server);
