@@ -34,7 +34,8 @@ pub struct CommonArgs {
     /// Directory for the store, the generated JWT secret and the managed nats-server's data.
     #[arg(long, env = "MSGXC_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// NATS server URL. Unset: use the server `msgxc serve` manages for this data dir, or start one.
+    /// NATS server URL, or several of one cluster separated by commas. Unset: use the server
+    /// `msgxc serve` manages for this data dir, or start one.
     #[arg(long, env = "MSGXC_NATS_URL")]
     pub nats_url: Option<String>,
     /// nats-server binary for the managed server (default: the project's .tools dir, then PATH).
@@ -161,19 +162,40 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `MSGXC_STORE`: `sqlite://PATH`, a plain path, or unset for `<data>/msgxc.sqlite3`.
-pub fn store_path(store: Option<&str>, data_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Where the read models live.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A ScyllaDB / Cassandra keyspace.
+    Scylla(projections::ScyllaConfig),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreLocation::Scylla(c) => write!(f, "scylla://{}/{}", c.nodes.join(","), c.keyspace),
+        }
+    }
+}
+
+/// `MSGXC_STORE`: `sqlite://PATH`, a plain path, unset for `<data>/msgxc.sqlite3`, or
+/// `scylla://host:9042[,host...]/keyspace[?options]` (also `cassandra://`).
+pub fn store_location(store: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreLocation> {
     match store {
-        None => Ok(data_dir.join("msgxc.sqlite3")),
-        Some(s) if s.starts_with("scylla://") || s.starts_with("cassandra://") => bail!(
-            "the Scylla/Cassandra store is not available in this build yet; use sqlite://PATH"
-        ),
+        None => Ok(StoreLocation::Sqlite(data_dir.join("msgxc.sqlite3"))),
+        Some(s) if s.starts_with("scylla://") || s.starts_with("cassandra://") => {
+            projections::ScyllaConfig::parse(s)
+                .map(StoreLocation::Scylla)
+                .map_err(|e| anyhow::anyhow!("MSGXC_STORE: {e}"))
+        }
         Some(s) => {
             let p = s.strip_prefix("sqlite://").unwrap_or(s);
             if p.is_empty() {
                 bail!("MSGXC_STORE=sqlite:// needs a path");
             }
-            Ok(PathBuf::from(p))
+            Ok(StoreLocation::Sqlite(PathBuf::from(p)))
         }
     }
 }
@@ -196,12 +218,21 @@ mod tests {
     #[test]
     fn store_urls() {
         let d = Path::new("/d");
-        assert_eq!(store_path(None, d).unwrap(), d.join("msgxc.sqlite3"));
-        assert_eq!(
-            store_path(Some("sqlite:///x/y.db"), d).unwrap(),
-            PathBuf::from("/x/y.db")
-        );
-        assert!(store_path(Some("scylla://h:9042/ks"), d).is_err());
+        let sqlite = |s: Option<&str>| match store_location(s, d).unwrap() {
+            StoreLocation::Sqlite(p) => p,
+            other => panic!("{other}"),
+        };
+        assert_eq!(sqlite(None), d.join("msgxc.sqlite3"));
+        assert_eq!(sqlite(Some("sqlite:///x/y.db")), PathBuf::from("/x/y.db"));
+        match store_location(Some("scylla://h1:9042,h2/ks"), d).unwrap() {
+            StoreLocation::Scylla(c) => {
+                assert_eq!(c.nodes, ["h1:9042", "h2:9042"]);
+                assert_eq!(c.keyspace, "ks");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(store_location(Some("scylla://h:9042"), d).is_err());
+        assert!(store_location(Some("sqlite://"), d).is_err());
     }
 
     #[test]

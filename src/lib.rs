@@ -6,17 +6,19 @@ pub mod config;
 pub mod nats;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use exchange::channels::ChannelSettings;
+use exchange::dispatch::Directory;
 use exchange::dispatch::{DispatchSettings, Dispatcher, TaskQueue};
 use exchange::{EventLog, LogSettings};
 use gateway::auth::{JwtKey, JwtVerifier};
 use gateway::hub::Hub;
 use gateway::{AppState, GatewayConfig};
-use projections::{Projector, ProjectorSettings, SqliteStore, Store};
+use projections::{Projector, ProjectorSettings, ScyllaStore, SqliteStore, Store};
+
+pub use config::StoreLocation;
 use tokio::task::JoinHandle;
 
 /// Which parts of the exchange this process runs.
@@ -37,8 +39,10 @@ pub enum Role {
 pub struct ExchangeOptions {
     pub role: Role,
     pub listen: SocketAddr,
+    /// Roles without the gateway: where to answer GET /api/v1/ping.
+    pub health_listen: Option<SocketAddr>,
     pub nats_url: String,
-    pub store_path: PathBuf,
+    pub store: StoreLocation,
     pub jwt_key: JwtKey,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
@@ -53,7 +57,9 @@ pub struct ExchangeOptions {
 pub struct Running {
     /// The bound HTTP address (useful with port 0), when the gateway runs.
     pub addr: Option<SocketAddr>,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
+    /// The same store when it is SQLite (dumps and comparisons in tests and tools).
+    pub sqlite: Option<Arc<SqliteStore>>,
     pub log: EventLog,
     pub hub: Hub,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -110,15 +116,35 @@ impl Drop for Running {
     }
 }
 
+type OpenedStore = (Arc<dyn Store>, Arc<dyn Directory>, Option<Arc<SqliteStore>>);
+
+/// Opens the configured store: as the read models, as the dispatcher's directory, and as
+/// itself when it is SQLite.
+pub async fn open_store(location: &StoreLocation) -> anyhow::Result<OpenedStore> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => {
+            let s = Arc::new(
+                SqliteStore::open(path)
+                    .with_context(|| format!("opening store {}", path.display()))?,
+            );
+            (s.clone(), s.clone(), Some(s))
+        }
+        StoreLocation::Scylla(config) => {
+            let s = Arc::new(
+                ScyllaStore::open(config)
+                    .await
+                    .with_context(|| format!("opening store {location}"))?,
+            );
+            (s.clone(), s, None)
+        }
+    })
+}
+
 /// Connects to NATS and starts the configured role.
 pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     let client = nats::connect(&opts.nats_url).await?;
     let log = nats::open_log(client.clone(), opts.log.clone()).await?;
-    let store = Arc::new(
-        SqliteStore::open(&opts.store_path)
-            .with_context(|| format!("opening store {}", opts.store_path.display()))?,
-    );
-    let dyn_store: Arc<dyn Store> = store.clone();
+    let (dyn_store, directory, sqlite) = open_store(&opts.store).await?;
     let hub = Hub::default();
     let mut tasks = Vec::new();
 
@@ -137,6 +163,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     if matches!(opts.role, Role::All | Role::Projector) {
         let mut settings = opts.projector.clone();
         settings.topic_tasks = opts.channels.mqtt.is_some();
+        settings.replicas = opts.log.replicas;
         let projector = Projector::new(
             log.clone(),
             client.clone(),
@@ -148,16 +175,22 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(projector.run()));
     }
 
-    let presence =
-        exchange::presence::Presence::open(log.jetstream(), opts.gateway.ping_interval).await?;
+    let presence = exchange::presence::Presence::open(
+        log.jetstream(),
+        opts.gateway.ping_interval,
+        opts.log.replicas,
+    )
+    .await?;
     if matches!(opts.role, Role::All | Role::Dispatcher) {
+        let mut settings = opts.dispatch.clone();
+        settings.replicas = opts.log.replicas;
         let dispatcher = Dispatcher::new(
             log.clone(),
             log.jetstream().clone(),
             channels.clone(),
-            store.clone(),
+            directory,
             Some(presence.clone()),
-            opts.dispatch.clone(),
+            settings,
         )
         .await?;
         tracing::info!(channels = ?channels.names(), "dispatcher starting");
@@ -219,10 +252,39 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             }
         }));
         tracing::info!(%bound, "gateway listening");
+    } else if let Some(listen) = opts.health_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let bound = listener.local_addr()?;
+        addr = Some(bound);
+        let role = format!("{:?}", opts.role).to_lowercase();
+        let app = axum::Router::new().route(
+            "/api/v1/ping",
+            axum::routing::get(move || {
+                let role = role.clone();
+                async move {
+                    axum::Json(serde_json::json!({"ok": true, "service": "msgxc", "role": role}))
+                }
+            }),
+        );
+        server = Some(tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        }));
+        tracing::info!(%bound, "health endpoint listening");
     }
     Ok(Running {
         addr,
-        store,
+        store: dyn_store,
+        sqlite,
         log,
         hub,
         shutdown: Some(tx),

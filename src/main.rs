@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use gateway::GatewayConfig;
-use msgxc::config::{ChannelArgs, CommonArgs, JwtArgs, parse_duration, store_path};
+use msgxc::config::{
+    ChannelArgs, CommonArgs, JwtArgs, StoreLocation, parse_duration, store_location,
+};
 use msgxc::{ExchangeOptions, Role, nats};
 use projections::{ProjectorSettings, SqliteStore, Store};
 use time::OffsetDateTime;
@@ -40,6 +42,11 @@ enum Command {
     Replay(ReplayArgs),
     /// Rebuild all read models from the log into a fresh store. Sends nothing to anyone.
     Rebuild(RebuildArgs),
+    /// Create or upgrade the store's schema: the keyspace and tables of a scylla:// store
+    /// (idempotent, records the schema version), or the tables of a SQLite file.
+    Migrate(MigrateArgs),
+    /// Exit 0 when the gateway at --url answers its ping (container health checks).
+    Health(HealthArgs),
     /// Create the Web Push VAPID key in the data dir (kept if it exists) and print its public key.
     Vapid(VapidArgs),
     /// Measure msgxc beside raw JetStream and a bare HTTP handler, in the same run; prints a
@@ -48,6 +55,28 @@ enum Command {
     /// The live benchmark's baseline server (bare axum WebSocket broadcast); used by `bench`.
     #[command(hide = true)]
     BenchWsBaseline(BenchWsBaselineArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The gateway's ping URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/ping")]
+    url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// Directory holding the default SQLite store.
+    #[arg(long, env = "MSGXC_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// The store: scylla://host:9042[,host...]/keyspace[?replication_factor=N] (the keyspace
+    /// is created with NetworkTopologyStrategy, replication_factor default: the number of
+    /// nodes, at most 3), or sqlite://PATH.
+    #[arg(long, env = "MSGXC_STORE")]
+    store: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -95,12 +124,18 @@ struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "MSGXC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Read-model store: sqlite://PATH (default: msgxc.sqlite3 in the data dir).
+    /// Read-model store: sqlite://PATH (default: msgxc.sqlite3 in the data dir) or
+    /// scylla://host:9042[,host...]/keyspace[?consistency=..&datacenter=..] (run `msgxc migrate`
+    /// first).
     #[arg(long, env = "MSGXC_STORE")]
     store: Option<String>,
     /// Which parts to run in this process.
     #[arg(long, env = "MSGXC_ROLE", value_enum, default_value = "all")]
     role: Role,
+    /// Projector and dispatcher roles: answer GET /api/v1/ping on this address (for health
+    /// checks; the gateway answers it on --listen).
+    #[arg(long, env = "MSGXC_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "MSGXC_BODY_LIMIT", default_value_t = 64 * 1024)]
     body_limit: usize,
@@ -234,6 +269,8 @@ fn main() -> std::process::ExitCode {
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
             Command::Vapid(a) => vapid(a),
+            Command::Migrate(a) => migrate(a).await,
+            Command::Health(a) => health(a).await,
             Command::Bench(a) => {
                 msgxc::bench::run(msgxc::bench::BenchOptions {
                     scenarios: a.scenarios,
@@ -273,8 +310,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let opts = ExchangeOptions {
         role: a.role,
         listen: a.listen,
+        health_listen: a.health_listen,
         nats_url,
-        store_path: store_path(a.store.as_deref(), &data_dir)?,
+        store: store_location(a.store.as_deref(), &data_dir)?,
         jwt_key,
         jwt_issuer: a.jwt.jwt_issuer.clone(),
         jwt_audience: a.jwt.jwt_audience.clone(),
@@ -298,11 +336,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             dispatch_horizon: a.dispatch_horizon,
             lease_ttl: a.projector_lease,
             topic_tasks: false, // set from the channel configuration at start
+            replicas: 1,        // set from the stream's at start
         },
         channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),
     };
-    let store_display = opts.store_path.display().to_string();
+    let store_display = opts.store.to_string();
     let mut running = msgxc::start(opts).await?;
     if let Some(addr) = running.addr {
         tracing::info!(api = %format!("http://{addr}/api/v1"), store = %store_display, "msgxc is up");
@@ -431,6 +470,38 @@ async fn rebuild(a: RebuildArgs) -> anyhow::Result<()> {
         "to use it: stop msgxc serve, then run it with MSGXC_STORE=sqlite://{}",
         into.display()
     );
+    Ok(())
+}
+
+async fn health(a: HealthArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(a.timeout).build()?;
+    let r = http
+        .get(&a.url)
+        .send()
+        .await
+        .with_context(|| format!("GET {}", a.url))?;
+    if !r.status().is_success() {
+        bail!("GET {}: {}", a.url, r.status());
+    }
+    Ok(())
+}
+
+async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
+    match store_location(a.store.as_deref(), &a.data_dir)? {
+        StoreLocation::Sqlite(path) => {
+            SqliteStore::open(&path)
+                .with_context(|| format!("opening store {}", path.display()))?;
+            println!("sqlite://{}: schema is current", path.display());
+        }
+        StoreLocation::Scylla(config) => {
+            let version = projections::scylla::migrate(&config).await?;
+            println!(
+                "scylla://{}/{}: schema version {version} applied",
+                config.nodes.join(","),
+                config.keyspace
+            );
+        }
+    }
     Ok(())
 }
 

@@ -19,7 +19,13 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         let options = async_nats::ConnectOptions::new()
             .name("msgxc")
             .connection_timeout(Duration::from_secs(5));
-        match options.connect(url).await {
+        // A comma-separated list names several servers of a cluster (any one is enough).
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(url, error = %e, "NATS not reachable yet; retrying");

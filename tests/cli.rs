@@ -69,6 +69,11 @@ async fn serve_token_replay_rebuild_and_graceful_stop() {
     let mut serve = Serve(child);
     let base = format!("http://{listen}/api/v1");
     wait_for_ping(&base).await;
+    let health = Command::new(BIN)
+        .args(["health", "--url", &format!("{base}/ping")])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "health check of a running gateway");
 
     // serve generated a JWT secret and recorded its nats-server's URL in the data dir.
     assert!(data.path().join("jwt.secret").is_file());
@@ -192,6 +197,8 @@ fn every_command_has_help() {
         vec!["token", "--help"],
         vec!["replay", "--help"],
         vec!["rebuild", "--help"],
+        vec!["migrate", "--help"],
+        vec!["health", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -235,4 +242,65 @@ fn a_too_old_nats_server_is_refused_with_a_clear_message() {
         err.contains("2.9.10") && err.contains("older than 2.10"),
         "{err}"
     );
+}
+
+#[test]
+fn migrate_prepares_a_store_and_explains_what_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sqlite3");
+    let out = msgxc(
+        dir.path(),
+        &[
+            "migrate",
+            "--store",
+            &format!("sqlite://{}", path.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema is current"));
+    assert!(path.is_file());
+
+    // No CQL node listens here: a clear error, no panic.
+    let port = exchange::natsd::free_port().unwrap();
+    let out = msgxc(
+        dir.path(),
+        &[
+            "migrate",
+            "--store",
+            &format!("scylla://127.0.0.1:{port}/msgxc"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connecting to Scylla/Cassandra at 127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    for (url, says) in [
+        ("scylla://h/ks?replication=3", "unknown store URL option"),
+        ("scylla://h:9042", "needs a keyspace"),
+        ("scylla://h/drop;table", "keyspace"),
+    ] {
+        let out = msgxc(dir.path(), &["migrate", "--store", url]);
+        assert!(!out.status.success(), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{url}: {err}");
+    }
+
+    // Nothing answers the health check on a closed port.
+    let out = Command::new(BIN)
+        .args([
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{port}/api/v1/ping"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

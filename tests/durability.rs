@@ -182,7 +182,7 @@ async fn rebuild_equals_live_and_sends_nothing() {
     assert_eq!(report.checkpoint, last);
     assert_eq!(report.events, last);
     assert_eq!(rebuilt.checkpoint().await.unwrap(), last);
-    let live = ex.running().store.dump().await.unwrap();
+    let live = ex.running().sqlite.as_ref().unwrap().dump().await.unwrap();
     let again = rebuilt.dump().await.unwrap();
     assert_eq!(live, again, "rebuilt store differs from the live one");
     assert!(live["inbox"].as_array().unwrap().len() >= 8, "{live}");

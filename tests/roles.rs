@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{options, token};
 use msgxc::Role;
-use projections::{SqliteStore, Store};
+use projections::SqliteStore;
 use serde_json::json;
 
 #[tokio::test]
@@ -70,9 +70,149 @@ async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
     let fresh = SqliteStore::open(&dir.path().join("fresh.sqlite3")).unwrap();
     projections::rebuild(&log, &fresh, 100).await.unwrap();
     assert_eq!(
-        gateway.store.dump().await.unwrap(),
+        gateway.sqlite.as_ref().unwrap().dump().await.unwrap(),
         fresh.dump().await.unwrap()
     );
     assert_eq!(inbox_total().await, 80);
     gateway.shutdown().await;
+}
+
+/// The same with real processes, as a deployment runs them: `msgxc serve --role gateway` and
+/// two `msgxc serve --role projector` on one stream and one store file.
+#[tokio::test]
+async fn two_projector_processes_apply_each_event_once() {
+    use std::process::{Child, Command, Stdio};
+
+    struct Proc(Child);
+    impl Proc {
+        fn stop(&mut self) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let _ = self.0.wait();
+        }
+    }
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let nats = testkit::TestNats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.sqlite3");
+    let serve = |args: &[&str]| {
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_msgxc"))
+                .arg("serve")
+                .args(args)
+                .env("MSGXC_NATS_URL", nats.url())
+                .env("MSGXC_STORE", format!("sqlite://{}", store.display()))
+                .env("MSGXC_DATA_DIR", dir.path())
+                .env("MSGXC_JWT_SECRET", common::SECRET)
+                .env("MSGXC_PROJECTOR_LEASE", "2s")
+                .env("MSGXC_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let addr = || format!("127.0.0.1:{}", exchange::natsd::free_port().unwrap());
+    let (gw, p1, p2) = (addr(), addr(), addr());
+    let _gateway = serve(&["--role", "gateway", "--listen", &gw]);
+    let mut first = serve(&["--role", "projector", "--health-listen", &p1]);
+    let mut second = serve(&["--role", "projector", "--health-listen", &p2]);
+    let http = reqwest::Client::new();
+    for a in [&gw, &p1, &p2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = http
+                .get(format!("http://{a}/api/v1/ping"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{a} did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let role: serde_json::Value = http
+        .get(format!("http://{p1}/api/v1/ping"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(role["role"], "projector");
+
+    let base = format!("http://{gw}/api/v1");
+    let (admin, bob) = (token("root", true), token("bob", false));
+    let send = |i: usize| {
+        let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/send"))
+                .bearer_auth(admin)
+                .json(&json!({"msg": format!("m{i}"), "uid": "bob"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    };
+    let wait_for = |n: u64| {
+        let (http, base, bob) = (http.clone(), base.clone(), bob.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let stats: serde_json::Value = http
+                    .get(format!("{base}/notifications/stats"))
+                    .bearer_auth(&bob)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if stats["total"].as_u64() == Some(n) {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "projection stalled below {n}: {stats}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    futures::future::join_all((0..40).map(send)).await;
+    wait_for(40).await;
+    // Stop one projector process (whichever was active, the other continues).
+    first.stop();
+    futures::future::join_all((40..80).map(send)).await;
+    wait_for(80).await;
+    second.stop();
+
+    // Exactly once: the shared store equals a rebuild of the stream into an empty store.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let log = msgxc::nats::open_log(client, exchange::LogSettings::default())
+        .await
+        .unwrap();
+    let shared = SqliteStore::open(&store).unwrap();
+    assert_eq!(
+        projections::Store::checkpoint(&shared).await.unwrap(),
+        log.last_seq().await.unwrap()
+    );
+    let fresh = SqliteStore::open(&dir.path().join("fresh.sqlite3")).unwrap();
+    projections::rebuild(&log, &fresh, 100).await.unwrap();
+    assert_eq!(shared.dump().await.unwrap(), fresh.dump().await.unwrap());
 }

@@ -27,9 +27,13 @@ fn now_millis() -> u64 {
 }
 
 impl Presence {
-    /// Opens (creating if needed) the presence bucket. `refresh` is how often gateways stamp
-    /// connected users; stamps stay fresh for 2.5 refresh periods.
-    pub async fn open(js: &jetstream::Context, refresh: Duration) -> Result<Self, LogError> {
+    /// Opens (creating if needed) the presence bucket with `replicas` copies. `refresh` is how
+    /// often gateways stamp connected users; stamps stay fresh for 2.5 refresh periods.
+    pub async fn open(
+        js: &jetstream::Context,
+        refresh: Duration,
+        replicas: usize,
+    ) -> Result<Self, LogError> {
         let fresh_for = refresh.mul_f64(2.5);
         let kv = match js.get_key_value(PRESENCE_BUCKET).await {
             Ok(kv) => kv,
@@ -40,6 +44,7 @@ impl Presence {
                     history: 1,
                     max_age: fresh_for.max(Duration::from_secs(1)) * 2,
                     storage: StorageType::Memory,
+                    num_replicas: replicas.max(1),
                     ..Default::default()
                 })
                 .await

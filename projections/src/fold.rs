@@ -22,6 +22,12 @@ use crate::store::StoreResult;
 
 /// Write operations (and the few reads the fold needs) of one store transaction.
 pub trait FoldTarget {
+    /// The writes so far form a consistent unit (one recipient of a message, one entry of a
+    /// request): a backend without multi-row transactions commits them together here.
+    fn group_done(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Records that `uid` exists (broadcast audience). Idempotent.
     fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()>;
     /// Every known user (broadcast fan-out).
@@ -296,6 +302,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 if let Some(n) = t.mark_read(&e.uid, *id, at)? {
                     changes.record(t, "read", &n)?;
                 }
+                t.group_done()?;
             }
             Ok(())
         }
@@ -304,6 +311,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 if let Some(n) = t.mark_read(&e.uid, id, at)? {
                     changes.record(t, "read", &n)?;
                 }
+                t.group_done()?;
             }
             Ok(())
         }
@@ -312,6 +320,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 if let Some(n) = t.archive(&e.uid, *id, at)? {
                     changes.record(t, "archived", &n)?;
                 }
+                t.group_done()?;
             }
             Ok(())
         }
@@ -320,6 +329,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 if let Some(n) = t.delete_notification(&e.uid, *id)? {
                     changes.record(t, "deleted", &n)?;
                 }
+                t.group_done()?;
             }
             Ok(())
         }
@@ -413,6 +423,7 @@ fn deliver<T: FoldTarget + ?Sized>(
                 t.enqueue_task(&wait)?;
             }
         }
+        t.group_done()?;
     }
     if delivered > 0 {
         t.add_recipients(m.mid, delivered)?;

@@ -46,6 +46,8 @@ pub struct ProjectorSettings {
     /// projector does not re-send history). Keep it within the dispatch stream's duplicate
     /// window, which catches re-queued recent tasks.
     pub dispatch_horizon: Duration,
+    /// Replicas of the lease bucket (the event stream's, in a cluster).
+    pub replicas: usize,
 }
 
 impl Default for ProjectorSettings {
@@ -57,6 +59,7 @@ impl Default for ProjectorSettings {
             dispatch_horizon: Duration::from_secs(12 * 3600),
             lease_ttl: Duration::from_secs(10),
             topic_tasks: false,
+            replicas: 1,
         }
     }
 }
@@ -159,7 +162,12 @@ impl Projector {
     /// Takes the store's projector lease, mirroring the store's checkpoint into the watch while
     /// another projector holds it (so read-your-writes waits in this process still work).
     async fn wait_for_lease(&self) -> Result<Lease, ProjectorError> {
-        let kv = lease_bucket(self.log.jetstream(), self.settings.lease_ttl).await?;
+        let kv = lease_bucket(
+            self.log.jetstream(),
+            self.settings.lease_ttl,
+            self.settings.replicas,
+        )
+        .await?;
         let key = format!("projector-{}", self.store.store_id().await?);
         let owner = self.owner.clone();
         let mut announced = false;
@@ -335,6 +343,7 @@ impl Drop for AbortOnDrop {
 async fn lease_bucket(
     js: &async_nats::jetstream::Context,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, ProjectorError> {
     if let Ok(kv) = js.get_key_value(LEASE_BUCKET).await {
         return Ok(kv);
@@ -345,6 +354,7 @@ async fn lease_bucket(
         history: 1,
         max_age: ttl,
         storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await

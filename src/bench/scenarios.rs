@@ -384,8 +384,9 @@ pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let exchange = crate::start(ExchangeOptions {
         role: Role::All,
         listen: "127.0.0.1:0".parse()?,
+        health_listen: None,
         nats_url: server.nats.url(),
-        store_path: dir.path().join("bench.sqlite3"),
+        store: crate::StoreLocation::Sqlite(dir.path().join("bench.sqlite3")),
         jwt_key: JwtKey::Secret(SECRET.as_bytes().to_vec()),
         jwt_issuer: None,
         jwt_audience: None,

@@ -30,8 +30,9 @@ pub fn options(nats_url: String, store_path: PathBuf) -> ExchangeOptions {
     ExchangeOptions {
         role: Role::All,
         listen: "127.0.0.1:0".parse().unwrap(),
+        health_listen: None,
         nats_url,
-        store_path,
+        store: msgxc::StoreLocation::Sqlite(store_path),
         jwt_key: JwtKey::Secret(SECRET.as_bytes().to_vec()),
         jwt_issuer: None,
         jwt_audience: None,

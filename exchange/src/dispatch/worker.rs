@@ -62,6 +62,8 @@ pub struct DispatchSettings {
     /// this long and is not pushed when the user acknowledged it on the WebSocket meanwhile.
     /// Zero turns it off.
     pub skip_if_seen: Duration,
+    /// Replicas of the delivered-markers bucket (the event stream's, in a cluster).
+    pub replicas: usize,
 }
 
 impl Default for DispatchSettings {
@@ -74,6 +76,7 @@ impl Default for DispatchSettings {
             concurrency: [64, 32, 16, 8, 16],
             marker_ttl: Duration::from_secs(7 * 24 * 3600),
             skip_if_seen: Duration::from_secs(3),
+            replicas: 1,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Dispatcher {
                     history: 1,
                     max_age: settings.marker_ttl,
                     storage: StorageType::File,
+                    num_replicas: settings.replicas.max(1),
                     ..Default::default()
                 })
                 .await

@@ -1,0 +1,822 @@
+//! ScyllaDB / Cassandra backend of [`Store`]: the read models in the tables of `schema/cql/`,
+//! for read sides that outgrow one machine (`MSGXC_STORE=scylla://h1:9042,h2:9042/keyspace`).
+//!
+//! Cassandra has no multi-partition transactions, so a batch is made replay-safe instead of
+//! atomic: every write is an idempotent upsert keyed by the event (stream position, ids), each
+//! row and the counts it moves go in one logged batch, counts are absolute values (read, then
+//! written) so only the lease-holding projector writes, and the checkpoint moves after the
+//! batch with a compare-and-set. A crash mid-batch re-applies those events onto rows that
+//! already hold them, which the fold's "already there" checks turn into no-ops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::frame::types::{Consistency, SerialConsistency};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use exchange::dispatch::{Directory, DispatchTask};
+
+mod reads;
+mod statements;
+mod target;
+
+use statements::{Bound, Prepared};
+pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec};
+
+use crate::fold::{Effects, apply_event};
+use crate::model::{
+    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
+    NotificationType, Page, Receipt, StoredMessage, Thread, ThreadMessage,
+};
+use crate::store::{
+    Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
+};
+
+/// The CQL schema this build needs, applied by [`migrate`].
+pub const SCHEMA_VERSION: i32 = 1;
+const SCHEMA: &str = include_str!("../../../schema/cql/0001_tables.cql");
+
+/// The `projection_state` row of this store.
+const STATE: &str = "main";
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Where the cluster is and how to talk to it, from
+/// `scylla://[user:password@]host[:port][,host[:port]...]/keyspace[?option=value&...]`.
+/// Options: `consistency` (default `local_quorum`), `datacenter` (prefer this DC's nodes),
+/// `replication_factor` (for `msgxc migrate`; default the number of nodes, at most 3).
+#[derive(Clone)]
+pub struct ScyllaConfig {
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub credentials: Option<(String, String)>,
+    pub consistency: Consistency,
+    pub datacenter: Option<String>,
+    pub replication_factor: Option<u32>,
+}
+
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("consistency", &self.consistency)
+            .field("datacenter", &self.datacenter)
+            .field("replication_factor", &self.replication_factor)
+            .finish()
+    }
+}
+
+impl ScyllaConfig {
+    /// Parses a `scylla://` (or `cassandra://`) store URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("scylla://")
+            .or_else(|| url.strip_prefix("cassandra://"))
+            .ok_or_else(|| format!("{url:?}: expected scylla://host:9042/keyspace"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, keyspace) = rest.split_once('/').ok_or_else(|| {
+            "the store URL needs a keyspace: scylla://host:9042/keyspace".to_owned()
+        })?;
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((cred, hosts)) => {
+                let (user, pass) = cred.split_once(':').ok_or_else(|| {
+                    "credentials in the store URL must be user:password@".to_owned()
+                })?;
+                (Some((user.to_owned(), pass.to_owned())), hosts)
+            }
+            None => (None, authority),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                if h.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                {
+                    h.to_owned()
+                } else {
+                    format!("{h}:9042")
+                }
+            })
+            .collect();
+        if nodes.is_empty() {
+            return Err("the store URL names no host: scylla://host:9042/keyspace".into());
+        }
+        let valid = !keyspace.is_empty()
+            && keyspace.len() <= 48
+            && keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && keyspace.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !valid {
+            return Err(format!(
+                "keyspace {keyspace:?}: letters, digits and _, starting with a letter, at most 48"
+            ));
+        }
+        let mut config = Self {
+            nodes,
+            keyspace: keyspace.to_owned(),
+            credentials,
+            consistency: Consistency::LocalQuorum,
+            datacenter: None,
+            replication_factor: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "consistency" => config.consistency = parse_consistency(v)?,
+                "datacenter" | "dc" if !v.is_empty() => config.datacenter = Some(v.to_owned()),
+                "replication_factor" => {
+                    let n: u32 = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("replication_factor={v}: a positive number"))?;
+                    config.replication_factor = Some(n);
+                }
+                _ => return Err(format!("unknown store URL option {k:?}")),
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn parse_consistency(v: &str) -> Result<Consistency, String> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        _ => {
+            return Err(format!(
+                "consistency={v}: one of one, two, three, quorum, all, local_quorum, each_quorum, local_one"
+            ));
+        }
+    })
+}
+
+async fn connect(config: &ScyllaConfig, keyspace: bool) -> Result<Session, String> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(config.consistency)
+        .serial_consistency(Some(SerialConsistency::LocalSerial))
+        .load_balancing_policy(policy.build())
+        .request_timeout(Some(Duration::from_secs(15)))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .default_execution_profile_handle(profile.into_handle())
+        // Client-side, monotonic write timestamps: a delete issued after an insert of the same
+        // row always wins, whichever coordinators the two went through.
+        .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+        .connection_timeout(Duration::from_secs(10));
+    if let Some((user, pass)) = &config.credentials {
+        builder = builder.user(user, pass);
+    }
+    if keyspace {
+        builder = builder.use_keyspace(&config.keyspace, false);
+    }
+    builder.build().await.map_err(|e| {
+        format!(
+            "connecting to Scylla/Cassandra at {}: {e}",
+            config.nodes.join(",")
+        )
+    })
+}
+
+/// The statements of a CQL file, comments dropped (none of ours has a `;` inside a literal).
+pub fn schema_statements(cql: &str) -> Vec<String> {
+    let text: String = cql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Creates the keyspace (if missing) and applies `schema/cql/` in it; idempotent. Returns the
+/// schema version now recorded.
+pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
+    let session = connect(config, false).await.map_err(StoreError::Backend)?;
+    let rf = match config.replication_factor {
+        Some(n) => n,
+        None => {
+            let nodes = session.get_cluster_state().get_nodes_info().len();
+            u32::try_from(nodes.clamp(1, 3)).unwrap_or(3)
+        }
+    };
+    let create = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}",
+        config.keyspace
+    );
+    session
+        .query_unpaged(create, ())
+        .await
+        .map_err(|e| backend(format!("creating keyspace {}: {e}", config.keyspace)))?;
+    session
+        .use_keyspace(&config.keyspace, false)
+        .await
+        .map_err(backend)?;
+    for statement in schema_statements(SCHEMA) {
+        session
+            .query_unpaged(statement.clone(), ())
+            .await
+            .map_err(|e| backend(format!("applying `{statement}`: {e}")))?;
+    }
+    session.await_schema_agreement().await.map_err(backend)?;
+    let at = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    session
+        .query_unpaged(statements::MIGRATION_PUT.cql, (SCHEMA_VERSION, at))
+        .await
+        .map_err(backend)?;
+    tracing::info!(keyspace = %config.keyspace, replication_factor = rf, version = SCHEMA_VERSION, "schema applied");
+    Ok(SCHEMA_VERSION)
+}
+
+/// Drops the keyspace and everything in it (test clean-up; no command exposes it).
+pub async fn drop_keyspace(config: &ScyllaConfig) -> StoreResult<()> {
+    let session = connect(config, false).await.map_err(StoreError::Backend)?;
+    session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", config.keyspace), ())
+        .await
+        .map(drop)
+        .map_err(backend)
+}
+
+/// Prepares one statement; a failure names it, since it means the schema is not what this
+/// build expects.
+pub(crate) async fn prepare(
+    session: &Session,
+    name: &str,
+    cql: &str,
+) -> StoreResult<PreparedStatement> {
+    let mut p = session.prepare(cql).await.map_err(|e| {
+        StoreError::Backend(format!(
+            "preparing statement {name} failed ({e}); is the keyspace's schema current? run `msgxc migrate`"
+        ))
+    })?;
+    // Everything but the compare-and-set statements is an upsert or delete of fixed values:
+    // safe for the driver to retry.
+    p.set_is_idempotent(!cql.contains(" IF "));
+    Ok(p)
+}
+
+/// Scylla store. Cheap to clone.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Session,
+    q: Prepared,
+    keyspace: String,
+    /// One batch at a time from this process (the lease keeps other processes out).
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl ScyllaStore {
+    /// Connects to the keyspace, checks its schema version and prepares every statement.
+    pub async fn open(config: &ScyllaConfig) -> StoreResult<Self> {
+        let session = connect(config, true).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "{e} (keyspace {}: `msgxc migrate` creates it)",
+                config.keyspace
+            ))
+        })?;
+        let applied = session
+            .query_unpaged(statements::MIGRATION_GET.cql, (SCHEMA_VERSION,))
+            .await
+            .map_err(|e| {
+                backend(format!(
+                    "reading the schema version of keyspace {}: {e}; run `msgxc migrate`",
+                    config.keyspace
+                ))
+            })?
+            .into_rows_result()
+            .map_err(backend)?
+            .rows_num();
+        if applied == 0 {
+            return Err(StoreError::Backend(format!(
+                "keyspace {} lacks schema version {SCHEMA_VERSION}: run `msgxc migrate`",
+                config.keyspace
+            )));
+        }
+        let q = Prepared::prepare(&session).await?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                session,
+                q,
+                keyspace: config.keyspace.clone(),
+                apply_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        store
+            .lwt(store.q().state_init(STATE, Uuid::now_v7(), 0))
+            .await?;
+        Ok(store)
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.inner.keyspace
+    }
+
+    fn q(&self) -> &Prepared {
+        &self.inner.q
+    }
+
+    async fn exec(&self, b: Bound<'_, ()>) -> StoreResult<()> {
+        self.inner
+            .session
+            .execute_unpaged(b.statement, b.values)
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    /// Writes that must land together (a row and the counts it moves): one logged batch.
+    async fn write_all(&self, writes: Vec<Bound<'_, ()>>) -> StoreResult<()> {
+        match writes.len() {
+            0 => Ok(()),
+            1 => {
+                let mut writes = writes;
+                match writes.pop() {
+                    Some(w) => self.exec(w).await,
+                    None => Ok(()),
+                }
+            }
+            _ => {
+                let mut batch = Batch::new(BatchType::Logged);
+                batch.set_is_idempotent(true);
+                let mut values: Vec<Vec<Option<CqlValue>>> = Vec::with_capacity(writes.len());
+                for w in writes {
+                    batch.append_statement(w.statement.clone());
+                    values.push(w.values);
+                }
+                self.inner
+                    .session
+                    .batch(&batch, values)
+                    .await
+                    .map(drop)
+                    .map_err(backend)
+            }
+        }
+    }
+
+    /// A compare-and-set; true when it applied.
+    async fn lwt(&self, b: Bound<'_, ()>) -> StoreResult<bool> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(b.statement, b.values)
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        let row = rows
+            .maybe_first_row::<scylla::value::Row>()
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::Backend("conditional write returned no row".into()))?;
+        match row.columns.first() {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(StoreError::Backend(format!(
+                "conditional write: unexpected [applied] {other:?}"
+            ))),
+        }
+    }
+
+    /// The first row, if any.
+    async fn one<R>(&self, b: Bound<'_, R>) -> StoreResult<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(b.statement, b.values)
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        rows.maybe_first_row::<R>().map_err(backend)
+    }
+
+    /// Every row, fetched page by page (the driver's paging state), handed to `keep` until it
+    /// returns false.
+    async fn scan<R>(&self, b: Bound<'_, R>, mut keep: impl FnMut(R) -> bool) -> StoreResult<()>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(b.statement.clone(), b.values)
+            .await
+            .map_err(backend)?
+            .rows_stream::<R>()
+            .map_err(backend)?;
+        while let Some(row) = rows.try_next().await.map_err(backend)? {
+            if !keep(row) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn all<R>(&self, b: Bound<'_, R>) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let mut out = Vec::new();
+        self.scan(b, |r| {
+            out.push(r);
+            true
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn state(&self) -> StoreResult<(Uuid, u64)> {
+        match self.one(self.q().state_get(STATE)).await? {
+            Some((Some(id), checkpoint)) => Ok((id, checkpoint.unwrap_or(0).max(0) as u64)),
+            _ => Err(StoreError::Corrupt(
+                "projection_state has no row: reopen the store".into(),
+            )),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch (see the schema's header).
+pub(crate) fn ns(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_ns(n: i64) -> StoreResult<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n))
+        .map_err(|e| StoreError::Corrupt(format!("time {n}: {e}")))
+}
+
+/// The month bucket of an instant: yyyymm.
+pub(crate) fn month(t: OffsetDateTime) -> i32 {
+    t.year() * 100 + i32::from(u8::from(t.month()))
+}
+
+pub(crate) fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn count(n: Option<i64>) -> u64 {
+    n.unwrap_or(0).max(0) as u64
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("json {s}: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    async fn store_id(&self) -> StoreResult<String> {
+        Ok(self.state().await?.0.to_string())
+    }
+
+    async fn checkpoint(&self) -> StoreResult<u64> {
+        Ok(self.state().await?.1)
+    }
+
+    async fn apply(&self, batch: Vec<SequencedEvent>, opts: ApplyOptions) -> StoreResult<Applied> {
+        let _one_at_a_time = self.inner.apply_lock.lock().await;
+        let start = self.checkpoint().await?;
+        let store = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        // The fold is synchronous; it runs on a blocking thread and waits on each statement.
+        let mut out = tokio::task::spawn_blocking(move || {
+            let mut tx = target::ScyllaTx::new(&store, &rt);
+            let mut out = Applied {
+                checkpoint: start,
+                ..Applied::default()
+            };
+            for ev in &batch {
+                if ev.seq <= out.checkpoint {
+                    continue;
+                }
+                let at = ev.envelope.occurred_at;
+                let effects = Effects {
+                    live: opts.live_since.is_some_and(|since| at >= since),
+                    dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
+                    topic_tasks: opts.topic_tasks,
+                };
+                tx.begin_event(ev.seq);
+                apply_event(&mut tx, ev.seq, &ev.envelope, effects, &mut out.notices)?;
+                tx.end_event()?;
+                out.checkpoint = ev.seq;
+                out.applied += 1;
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await
+        .map_err(backend)??;
+        if out.checkpoint != start {
+            let moved = self
+                .lwt(
+                    self.q()
+                        .state_advance(seq_i64(out.checkpoint), STATE, seq_i64(start)),
+                )
+                .await?;
+            if !moved {
+                out.notices.clear();
+                return Err(StoreError::Backend(format!(
+                    "the checkpoint moved from {start} while this batch was applied: \
+                     another projector writes this keyspace"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn thread(&self, tid: Uuid) -> StoreResult<Option<Thread>> {
+        self.thread_by_id(tid).await
+    }
+
+    async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool> {
+        Ok(self.one(self.q().subscriber_get(tid, uid)).await?.is_some())
+    }
+
+    async fn thread_messages(
+        &self,
+        tid: Uuid,
+        query: &HistoryQuery,
+    ) -> StoreResult<Page<ThreadMessage>> {
+        self.history(tid, query).await
+    }
+
+    async fn thread_by_alias(&self, alias: &str) -> StoreResult<Option<Thread>> {
+        match self.one(self.q().alias_get(alias)).await? {
+            Some((tid,)) => self.thread_by_id(tid).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>> {
+        self.devices_of(uid).await
+    }
+
+    async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>> {
+        Ok(self.inbox_page(uid, query).await?.0)
+    }
+
+    async fn inbox_snapshot(
+        &self,
+        uid: &str,
+        query: &InboxQuery,
+    ) -> StoreResult<(Page<Notification>, u64)> {
+        self.inbox_page(uid, query).await
+    }
+
+    async fn inbox_stats(&self, uid: &str) -> StoreResult<InboxStats> {
+        self.stats(uid).await
+    }
+
+    async fn blocks(&self, uid: &str) -> StoreResult<Vec<String>> {
+        let mut out: Vec<String> = self
+            .all(self.q().blocks_of(uid))
+            .await?
+            .into_iter()
+            .map(|(b,)| b)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn is_blocked(&self, uid: &str, sender: &str) -> StoreResult<bool> {
+        Ok(self.one(self.q().block_get(uid, sender)).await?.is_some())
+    }
+
+    async fn changes_after(
+        &self,
+        uid: &str,
+        after: crate::fold::Position,
+        limit: u32,
+    ) -> StoreResult<Vec<(crate::fold::Position, String)>> {
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let sub = i32::try_from(after.sub).unwrap_or(i32::MAX);
+        let rows = self
+            .all(self.q().changes_after(uid, seq_i64(after.seq), sub, limit))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, sub, frame)| {
+                (
+                    crate::fold::Position {
+                        seq: seq.max(0) as u64,
+                        sub: u32::try_from(sub).unwrap_or(0),
+                    },
+                    frame,
+                )
+            })
+            .collect())
+    }
+
+    async fn types(&self) -> StoreResult<Vec<NotificationType>> {
+        let rows = self.all(self.q().types_of(target::TYPES_SCOPE)).await?;
+        let mut out = rows
+            .into_iter()
+            .map(|(name, title, description, at)| {
+                Ok(NotificationType {
+                    name,
+                    title,
+                    description,
+                    registered_at: from_ns(at)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn notifications(&self, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(n) = self.notification(uid, *id).await? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inbox_counts(&self, uid: &str) -> StoreResult<InboxCounts> {
+        let row = self.one(self.q().counts_get(uid)).await?;
+        Ok(row.map_or_else(InboxCounts::default, |r| InboxCounts {
+            total: count(r.0),
+            unread: count(r.1),
+        }))
+    }
+
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<(i64, DispatchTask)>> {
+        self.outbox_page(limit).await
+    }
+
+    async fn outbox_done(&self, ids: Vec<i64>) -> StoreResult<()> {
+        let deletes = ids.into_iter().map(|id| {
+            let (shard, seq, n) = target::outbox_key(id);
+            self.exec(self.q().outbox_delete(shard, seq, n))
+        });
+        futures::future::try_join_all(deletes).await.map(drop)
+    }
+
+    async fn message(&self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        self.message_by_id(mid).await
+    }
+
+    async fn receipts(&self, mid: Uuid, limit: u32, offset: u64) -> StoreResult<Page<Receipt>> {
+        self.receipts_page(mid, limit, offset).await
+    }
+
+    async fn receipt_counts(&self, mid: Uuid) -> StoreResult<ReceiptCounts> {
+        let mut rows: ReceiptCounts = self
+            .all(self.q().receipt_counts_of(mid))
+            .await?
+            .into_iter()
+            .filter(|r| r.2 > 0)
+            .map(|(c, s, n)| (c, s, n as u64))
+            .collect();
+        rows.sort();
+        Ok(rows)
+    }
+
+    async fn failed_deliveries(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<FailedDelivery>> {
+        self.failed_page(limit, offset).await
+    }
+
+    async fn failed_delivery(&self, id: &str) -> StoreResult<Option<FailedDelivery>> {
+        self.failed_by_id(id).await
+    }
+
+    async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
+        match self.one(self.q().prefs_get(uid)).await? {
+            Some((json,)) => parse_json(&json),
+            None => Ok(Default::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for ScyllaStore {
+    async fn devices(
+        &self,
+        uid: &str,
+    ) -> Result<Vec<(String, exchange::events::DeviceAddress)>, String> {
+        Store::devices(self, uid)
+            .await
+            .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn preferences(&self, uid: &str) -> Result<exchange::events::Preferences, String> {
+        Store::preferences(self, uid)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
+        let row = self
+            .one(self.q().receipt_get(mid, uid, "websocket"))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.is_some_and(|(status, _, _)| matches!(status.as_str(), "delivered" | "opened")))
+    }
+
+    async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
+        let n = self
+            .notification(uid, mid)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n.is_none_or(|n| n.read_at.is_some()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        let c = ScyllaConfig::parse("scylla://a:9042,b/msgxc").unwrap();
+        assert_eq!(c.nodes, ["a:9042", "b:9042"]);
+        assert_eq!(c.keyspace, "msgxc");
+        assert_eq!(c.consistency, Consistency::LocalQuorum);
+        let c = ScyllaConfig::parse(
+            "cassandra://u:p@h:9000/ks_1?consistency=quorum&datacenter=eu&replication_factor=3",
+        )
+        .unwrap();
+        assert_eq!(c.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(c.nodes, ["h:9000"]);
+        assert_eq!(c.consistency, Consistency::Quorum);
+        assert_eq!(c.datacenter.as_deref(), Some("eu"));
+        assert_eq!(c.replication_factor, Some(3));
+        assert!(!format!("{c:?}").contains(":p"), "no password in logs");
+        for bad in [
+            "scylla://h",
+            "scylla:///ks",
+            "scylla://h/1ks",
+            "scylla://h/ks;drop",
+            "scylla://h/ks?consistency=most",
+            "scylla://h/ks?replication_factor=0",
+            "scylla://h/ks?what=1",
+            "postgres://h/ks",
+        ] {
+            assert!(ScyllaConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schema_statements_split() {
+        let s = schema_statements(
+            "-- a; comment\nCREATE TABLE x (\n a int -- note\n);\n\nCREATE TABLE y (b int);",
+        );
+        assert_eq!(s, ["CREATE TABLE x ( a int )", "CREATE TABLE y (b int)"]);
+    }
+
+    #[test]
+    fn months_and_times() {
+        let t = time::macros::datetime!(2026-11-22 10:00:00.123456789 UTC);
+        assert_eq!(month(t), 202611);
+        assert_eq!(from_ns(ns(t)).unwrap(), t);
+    }
+}

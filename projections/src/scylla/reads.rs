@@ -1,0 +1,362 @@
+//! The API's reads against Scylla. Listings walk a partition family newest month first with
+//! the driver's paging; filters the tables cannot serve by key are applied while paging, and a
+//! filtered listing reads the whole family to count it (a user's inbox, a thread's history).
+
+use uuid::Uuid;
+
+use exchange::dispatch::DispatchTask;
+
+use super::target::{OUTBOX_SHARDS, message_from, notification_from, outbox_id};
+use super::{ScyllaStore, count, from_ns, parse_json};
+use crate::model::{
+    Device, FailedDelivery, HistoryQuery, InboxQuery, InboxStats, Notification, Page, Receipt,
+    ReceiptStatus, StatusFilter, StoredMessage, Thread, ThreadMessage,
+};
+use crate::store::{StoreError, StoreResult};
+
+fn skip(offset: u64) -> usize {
+    usize::try_from(offset).unwrap_or(usize::MAX)
+}
+
+fn page<T>(mut all: Vec<T>, offset: u64, limit: u32) -> Vec<T> {
+    let start = skip(offset).min(all.len());
+    let end = start.saturating_add(limit as usize).min(all.len());
+    all.truncate(end);
+    all.split_off(start)
+}
+
+/// Whether an inbox entry passes a listing's filter.
+fn matches(q: &InboxQuery, n: &Notification) -> bool {
+    let f = &q.filter;
+    let status_ok = match f.status {
+        None => n.archived_at.is_none(),
+        Some(StatusFilter::Unread) => n.read_at.is_none() && n.archived_at.is_none(),
+        Some(StatusFilter::Read) => n.read_at.is_some() && n.archived_at.is_none(),
+        Some(StatusFilter::Archived) => n.archived_at.is_some(),
+        Some(StatusFilter::All) => true,
+    };
+    status_ok
+        && f.ntype.as_ref().is_none_or(|t| n.ntype.as_ref() == Some(t))
+        && f.sender.as_ref().is_none_or(|s| &n.sender == s)
+        && f.level.is_none_or(|l| n.level == l)
+        && f.tid.is_none_or(|t| n.tid == Some(t))
+        && f.since.is_none_or(|t| n.created_at >= t)
+        && f.before.is_none_or(|t| n.created_at < t)
+        && (!f.direct || n.tid.is_none())
+        && q.after.is_none_or(|a| n.seq > a)
+}
+
+impl ScyllaStore {
+    pub(super) async fn thread_by_id(&self, tid: Uuid) -> StoreResult<Option<Thread>> {
+        let Some(r) = self.one(self.q().thread_get(tid)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Thread {
+            tid,
+            name: r.0,
+            owner: r.1,
+            open_subscribe: r.2,
+            open_publish: r.3,
+            created_at: from_ns(r.4)?,
+            subscribers: count(r.5),
+            messages: count(r.6),
+            alias: r.7,
+        }))
+    }
+
+    /// A thread's history, newest first. Unfiltered, it stops reading once the page is full
+    /// and takes the total from the thread's count.
+    pub(super) async fn history(
+        &self,
+        tid: Uuid,
+        q: &HistoryQuery,
+    ) -> StoreResult<Page<ThreadMessage>> {
+        let filtered = q.sender.is_some() || q.since.is_some() || q.before.is_some();
+        let wanted = skip(q.offset).saturating_add(q.limit as usize);
+        let mut months: Vec<i32> = self
+            .all(self.q().thread_months_of(tid))
+            .await?
+            .into_iter()
+            .map(|(m,)| m)
+            .collect();
+        months.sort_unstable_by(|a, b| b.cmp(a));
+        let mut rows = Vec::new();
+        let mut failure = None;
+        for m in months {
+            if !filtered && rows.len() >= wanted {
+                break;
+            }
+            self.scan(
+                self.q().thread_messages_in(tid, m),
+                |(seq, mid, sender, msg, opts, at): (i64, Uuid, String, String, String, i64)| {
+                    let message = from_ns(at).and_then(|created_at| {
+                        Ok(ThreadMessage {
+                            mid,
+                            tid,
+                            sender,
+                            msg,
+                            opts: parse_json(&opts)?,
+                            created_at,
+                        })
+                    });
+                    match message {
+                        Ok(m) => {
+                            let keep = q.sender.as_ref().is_none_or(|s| &m.sender == s)
+                                && q.since.is_none_or(|t| m.created_at >= t)
+                                && q.before.is_none_or(|t| m.created_at < t);
+                            if keep {
+                                rows.push((seq, m));
+                            }
+                            filtered || rows.len() < wanted
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            false
+                        }
+                    }
+                },
+            )
+            .await?;
+            if let Some(e) = failure.take() {
+                return Err(e);
+            }
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let total = if filtered {
+            rows.len() as u64
+        } else {
+            self.thread_by_id(tid).await?.map_or(0, |t| t.messages)
+        };
+        let items = page(rows, q.offset, q.limit)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        Ok(Page { items, total })
+    }
+
+    pub(super) async fn devices_of(&self, uid: &str) -> StoreResult<Vec<Device>> {
+        let mut out = self
+            .all(self.q().devices_of(uid))
+            .await?
+            .into_iter()
+            .map(|(id, address, at)| {
+                Ok(Device {
+                    id,
+                    uid: uid.to_owned(),
+                    address: parse_json(&address)?,
+                    enlisted_at: from_ns(at)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by(|a, b| b.enlisted_at.cmp(&a.enlisted_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Every entry of a user's inbox, newest month first.
+    async fn whole_inbox(&self, uid: &str) -> StoreResult<Vec<Notification>> {
+        let mut months: Vec<i32> = self
+            .all(self.q().inbox_months_of(uid))
+            .await?
+            .into_iter()
+            .map(|(m,)| m)
+            .collect();
+        months.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for m in months {
+            for r in self.all(self.q().inbox_in_month(uid, m)).await? {
+                let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10));
+                out.push(notification_from(uid, seq, rest)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A page of a user's inbox and the position of their newest entry among the entries read
+    /// (so a client continuing from it neither skips nor repeats one).
+    pub(super) async fn inbox_page(
+        &self,
+        uid: &str,
+        q: &InboxQuery,
+    ) -> StoreResult<(Page<Notification>, u64)> {
+        let all = self.whole_inbox(uid).await?;
+        let position = all.iter().map(|n| n.seq).max().unwrap_or(0);
+        let mut hits: Vec<Notification> = all.into_iter().filter(|n| matches(q, n)).collect();
+        if q.after.is_some() {
+            hits.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.id.cmp(&b.id)));
+        } else {
+            hits.sort_by_key(|n| std::cmp::Reverse(n.id));
+        }
+        let total = hits.len() as u64;
+        Ok((
+            Page {
+                items: page(hits, q.offset, q.limit),
+                total,
+            },
+            position,
+        ))
+    }
+
+    pub(super) async fn stats(&self, uid: &str) -> StoreResult<InboxStats> {
+        let mut s = InboxStats::default();
+        if let Some(r) = self.one(self.q().counts_get(uid)).await? {
+            s.total = count(r.0);
+            s.unread = count(r.1);
+            s.unseen = count(r.2);
+            s.seen_at = r.4.map(from_ns).transpose()?;
+        }
+        for (dim, key, n) in self.all(self.q().unread_by_of(uid)).await? {
+            if n <= 0 {
+                continue;
+            }
+            let target = match dim.as_str() {
+                "type" => &mut s.unread_by_type,
+                "level" => &mut s.unread_by_level,
+                other => return Err(StoreError::Corrupt(format!("counter dimension {other}"))),
+            };
+            target.insert(key, n as u64);
+        }
+        Ok(s)
+    }
+
+    pub(super) async fn notification(
+        &self,
+        uid: &str,
+        id: Uuid,
+    ) -> StoreResult<Option<Notification>> {
+        let Some((m, seq)) = self.one(self.q().inbox_id_get(uid, id)).await? else {
+            return Ok(None);
+        };
+        match self.one(self.q().inbox_get(uid, m, seq)).await? {
+            Some(r) => notification_from(uid, seq, r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The oldest outbox entries over all shards.
+    pub(super) async fn outbox_page(&self, limit: usize) -> StoreResult<Vec<(i64, DispatchTask)>> {
+        let per_shard = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let shards = (0..OUTBOX_SHARDS as i32)
+            .map(|shard| self.all(self.q().outbox_in_shard(shard, per_shard)));
+        let mut rows: Vec<(i64, i32, String)> = futures::future::try_join_all(shards)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        rows.sort_by_key(|r| (r.0, r.1));
+        rows.truncate(limit);
+        rows.into_iter()
+            .map(|(seq, n, task)| Ok((outbox_id(seq, n), parse_json(&task)?)))
+            .collect()
+    }
+
+    pub(super) async fn message_by_id(&self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        match self.one(self.q().message_get(mid)).await? {
+            Some(r) => message_from(mid, &r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn receipts_page(
+        &self,
+        mid: Uuid,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<Receipt>> {
+        let total = self
+            .all(self.q().receipt_counts_of(mid))
+            .await?
+            .into_iter()
+            .map(|(_, _, n)| n.max(0) as u64)
+            .sum();
+        let wanted = skip(offset).saturating_add(limit as usize);
+        let mut rows = Vec::new();
+        self.scan(self.q().receipts_of(mid), |r| {
+            rows.push(r);
+            rows.len() < wanted
+        })
+        .await?;
+        let items = page(rows, offset, limit)
+            .into_iter()
+            .map(|(uid, device_id, channel, status, attempts, reason, at)| {
+                Ok(Receipt {
+                    mid,
+                    uid,
+                    device_id,
+                    channel,
+                    status: ReceiptStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("receipt status {status}")))?,
+                    attempts: attempts.unwrap_or(0).max(0) as u32,
+                    reason,
+                    updated_at: from_ns(at)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Page { items, total })
+    }
+
+    /// Dead letters, newest first; every month is read to count them (they are few: a dead
+    /// letter is a delivery that failed for good).
+    pub(super) async fn failed_page(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<FailedDelivery>> {
+        let mut months: Vec<i32> = self
+            .all(self.q().failed_months_of(0))
+            .await?
+            .into_iter()
+            .map(|(m,)| m)
+            .collect();
+        months.sort_unstable_by(|a, b| b.cmp(a));
+        let mut all = Vec::new();
+        for m in months {
+            for r in self.all(self.q().failed_in_month(m)).await? {
+                let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9));
+                all.push((seq, failed_from(rest)?));
+            }
+        }
+        all.sort_by(|a, b| {
+            b.1.failed_at
+                .cmp(&a.1.failed_at)
+                .then_with(|| a.1.id.cmp(&b.1.id))
+        });
+        let total = all.len() as u64;
+        let items = page(all, offset, limit)
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        Ok(Page { items, total })
+    }
+
+    pub(super) async fn failed_by_id(&self, id: &str) -> StoreResult<Option<FailedDelivery>> {
+        match self.one(self.q().failed_id_get(id)).await? {
+            Some((m, seq)) => self.failed_at(m, seq).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn failed_at(
+        &self,
+        month: i32,
+        seq: i64,
+    ) -> StoreResult<Option<FailedDelivery>> {
+        self.one(self.q().failed_get(month, seq))
+            .await?
+            .map(failed_from)
+            .transpose()
+    }
+}
+
+fn failed_from(r: super::statements::FailedRow) -> StoreResult<FailedDelivery> {
+    Ok(FailedDelivery {
+        id: r.0,
+        mid: r.1,
+        uid: r.2,
+        device_id: r.3,
+        channel: r.4,
+        reason: r.5,
+        permanent: r.6,
+        attempts: r.7.max(0) as u32,
+        failed_at: from_ns(r.8)?,
+    })
+}

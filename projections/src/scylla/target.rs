@@ -1,0 +1,848 @@
+//! The fold's writes against Scylla: [`FoldTarget`] over buffered statements.
+//!
+//! Writes are buffered and flushed as one logged batch at each group boundary the fold marks
+//! (one recipient of a message, one entry of a read/archive/delete request) and at the end of
+//! each event, so an inbox entry, the counts it moves, its change-feed entry and its dispatch
+//! tasks land together or not at all. A read of a table with buffered writes flushes first, so
+//! the fold always reads what it wrote. A message's own row is written last in its event: its
+//! presence is what tells a replay that the event was applied in full.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use exchange::dispatch::DispatchTask;
+use exchange::events::Preferences;
+
+use super::statements::{Bound, InboxRow};
+use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json};
+use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
+use crate::model::{
+    Device, FailedDelivery, Notification, NotificationStatus, NotificationType, Receipt,
+    ReceiptStatus, StoredMessage, Thread, ThreadMessage,
+};
+use crate::store::{StoreError, StoreResult};
+
+/// Partitions of the `users` table (broadcast audience).
+pub(crate) const USER_BUCKETS: i32 = 64;
+/// Partitions of the outbox.
+pub(crate) const OUTBOX_SHARDS: i64 = 16;
+/// The one partition of `notification_types`.
+pub(crate) const TYPES_SCOPE: &str = "all";
+/// Bits of an outbox id that hold the task's index within its event.
+const OUTBOX_INDEX_BITS: u32 = 24;
+
+/// A user's `users` partition: FNV-1a of the uid (stable across processes and builds).
+pub(crate) fn user_bucket(uid: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in uid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % USER_BUCKETS as u32) as i32
+}
+
+/// An outbox row's id as the `Store` trait passes it around: position and index in one i64.
+pub(crate) fn outbox_id(seq: i64, n: i32) -> i64 {
+    (seq << OUTBOX_INDEX_BITS) | i64::from(n)
+}
+
+/// (shard, seq, n) of an outbox id.
+pub(crate) fn outbox_key(id: i64) -> (i32, i64, i32) {
+    let seq = id >> OUTBOX_INDEX_BITS;
+    let n = (id & ((1 << OUTBOX_INDEX_BITS) - 1)) as i32;
+    ((seq % OUTBOX_SHARDS) as i32, seq, n)
+}
+
+/// The inbox counts row of a user.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    total: i64,
+    unread: i64,
+    unseen: i64,
+    seen_seq: i64,
+}
+
+/// A message whose row is written at the end of its event.
+struct PendingMessage {
+    message: StoredMessage,
+    seq: i64,
+}
+
+pub(crate) struct ScyllaTx<'a> {
+    store: &'a ScyllaStore,
+    rt: &'a tokio::runtime::Handle,
+    seq: u64,
+    /// Writes not yet sent, and the tables they touch.
+    pending: Vec<Bound<'a, ()>>,
+    pending_tables: Vec<&'a str>,
+    message: Option<PendingMessage>,
+    /// Tasks queued by the current event (their index in the outbox key).
+    tasks: i32,
+    /// UTC days whose first change position is known to be recorded.
+    feed_days: HashMap<i32, i64>,
+}
+
+impl<'a> ScyllaTx<'a> {
+    pub(crate) fn new(store: &'a ScyllaStore, rt: &'a tokio::runtime::Handle) -> Self {
+        Self {
+            store,
+            rt,
+            seq: 0,
+            pending: Vec::new(),
+            pending_tables: Vec::new(),
+            message: None,
+            tasks: 0,
+            feed_days: HashMap::new(),
+        }
+    }
+
+    fn q(&self) -> &'a super::statements::Prepared {
+        &self.store.inner.q
+    }
+
+    /// Starts applying the event at stream position `seq`.
+    pub(crate) fn begin_event(&mut self, seq: u64) {
+        self.seq = seq;
+        self.tasks = 0;
+    }
+
+    /// Flushes the event's writes, then writes its message row (the event's completion mark).
+    pub(crate) fn end_event(&mut self) -> StoreResult<()> {
+        self.flush()?;
+        if let Some(p) = self.message.take() {
+            let m = p.message;
+            let write = self.q().message_put(
+                m.mid,
+                m.tid,
+                &m.sender,
+                &m.msg,
+                to_json(&m.opts)?,
+                ns(m.created_at),
+                i64::try_from(m.recipients).unwrap_or(i64::MAX),
+                p.seq,
+            );
+            self.write(write);
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: Bound<'a, ()>) {
+        if let Some(t) = b.statement.get_table_spec().map(|t| t.table_name()) {
+            self.pending_tables.push(t);
+        }
+        self.pending.push(b);
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut self.pending);
+        self.pending_tables.clear();
+        self.rt.block_on(self.store.write_all(writes))
+    }
+
+    /// Flushes first when the statement reads a table with buffered writes.
+    fn before_read<R>(&mut self, b: &Bound<'a, R>) -> StoreResult<()> {
+        let table = b.statement.get_table_spec().map(|t| t.table_name());
+        if table.is_some_and(|t| self.pending_tables.contains(&t)) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn one<R>(&mut self, b: Bound<'a, R>) -> StoreResult<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.before_read(&b)?;
+        self.rt.block_on(self.store.one(b))
+    }
+
+    fn all<R>(&mut self, b: Bound<'a, R>) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.before_read(&b)?;
+        self.rt.block_on(self.store.all(b))
+    }
+
+    fn counts(&mut self, uid: &str) -> StoreResult<Counts> {
+        let row = self.one(self.q().counts_get(uid))?;
+        Ok(row.map_or_else(Counts::default, |r| Counts {
+            total: r.0.unwrap_or(0),
+            unread: r.1.unwrap_or(0),
+            unseen: r.2.unwrap_or(0),
+            seen_seq: r.3.unwrap_or(0),
+        }))
+    }
+
+    fn put_counts(&mut self, uid: &str, c: Counts) {
+        let w = self
+            .q()
+            .counts_put(c.total.max(0), c.unread.max(0), c.unseen.max(0), uid);
+        self.write(w);
+    }
+
+    /// Moves the per-type and per-level unread counts of an entry by `delta`.
+    fn adjust_unread_by(&mut self, n: &Notification, delta: i64) -> StoreResult<()> {
+        let mut dims = vec![("level", n.level.to_string())];
+        if let Some(t) = &n.ntype {
+            dims.push(("type", t.clone()));
+        }
+        for (dim, key) in dims {
+            let current = self
+                .one(self.q().unread_by_get(&n.uid, dim, &key))?
+                .map_or(0, |r| r.0);
+            let w = self
+                .q()
+                .unread_by_put((current + delta).max(0), &n.uid, dim, &key);
+            self.write(w);
+        }
+        Ok(())
+    }
+
+    /// An inbox entry and where it sits.
+    fn entry(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<(i32, i64, Notification)>> {
+        let Some((m, seq)) = self.one(self.q().inbox_id_get(uid, id))? else {
+            return Ok(None);
+        };
+        let Some(row) = self.one(self.q().inbox_get(uid, m, seq))? else {
+            return Ok(None);
+        };
+        Ok(Some((m, seq, notification_from(uid, seq, row)?)))
+    }
+
+    fn stored_message(&mut self, mid: Uuid) -> StoreResult<Option<(StoredMessage, Option<i64>)>> {
+        if let Some(p) = self.message.as_ref().filter(|p| p.message.mid == mid) {
+            return Ok(Some((p.message.clone(), Some(p.seq))));
+        }
+        let row = self.one(self.q().message_get(mid))?;
+        row.map(|r| Ok((message_from(mid, &r)?, r.6))).transpose()
+    }
+}
+
+pub(crate) fn notification_from(uid: &str, seq: i64, r: InboxRow) -> StoreResult<Notification> {
+    let opts: exchange::events::MessageOpts = parse_json(&r.4)?;
+    let read_at = r.8.map(from_ns).transpose()?;
+    let archived_at = r.9.map(from_ns).transpose()?;
+    Ok(Notification {
+        id: r.0,
+        uid: uid.to_owned(),
+        tid: r.1,
+        sender: r.2,
+        msg: r.3,
+        ntype: r.5,
+        level: u8::try_from(r.6).unwrap_or(0),
+        title: opts.title.clone(),
+        data: opts.data.clone(),
+        opts,
+        status: Notification::status_of(read_at, archived_at),
+        created_at: from_ns(r.7)?,
+        read_at,
+        archived_at,
+        seq: seq.max(0) as u64,
+    })
+}
+
+pub(crate) fn message_from(
+    mid: Uuid,
+    r: &super::statements::MessageRow,
+) -> StoreResult<StoredMessage> {
+    Ok(StoredMessage {
+        mid,
+        tid: r.0,
+        sender: r.1.clone(),
+        msg: r.2.clone(),
+        opts: parse_json(&r.3)?,
+        created_at: from_ns(r.4)?,
+        recipients: count(r.5),
+    })
+}
+
+impl FoldTarget for ScyllaTx<'_> {
+    fn group_done(&mut self) -> StoreResult<()> {
+        self.flush()
+    }
+
+    fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()> {
+        let bucket = user_bucket(uid);
+        // Read first so first_seen keeps the first event's time.
+        if self.one(self.q().user_get(bucket, uid))?.is_none() {
+            let w = self.q().user_put(bucket, uid, ns(at));
+            self.write(w);
+        }
+        Ok(())
+    }
+
+    fn all_users(&mut self) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for bucket in 0..USER_BUCKETS {
+            out.extend(
+                self.all(self.q().users_in_bucket(bucket))?
+                    .into_iter()
+                    .map(|(u,)| u),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn device_owner(&mut self, device_id: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .one(self.q().device_owner_get(device_id))?
+            .map(|(u,)| u))
+    }
+
+    fn put_device(&mut self, d: &Device) -> StoreResult<()> {
+        let w = self
+            .q()
+            .device_put(&d.uid, &d.id, to_json(&d.address)?, ns(d.enlisted_at));
+        self.write(w);
+        if d.address.is_exclusive() {
+            let w = self.q().device_owner_put(&d.id, &d.uid);
+            self.write(w);
+        }
+        Ok(())
+    }
+
+    fn has_devices(&mut self, uid: &str) -> StoreResult<bool> {
+        Ok(self.one(self.q().any_device_of(uid))?.is_some())
+    }
+
+    fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool> {
+        let existed = self.one(self.q().device_get(uid, device_id))?.is_some();
+        if existed {
+            let w = self.q().device_delete(uid, device_id);
+            self.write(w);
+        }
+        if self.device_owner(device_id)?.as_deref() == Some(uid) {
+            let w = self.q().device_owner_delete(device_id);
+            self.write(w);
+        }
+        Ok(existed)
+    }
+
+    fn insert_thread(&mut self, t: &Thread) -> StoreResult<bool> {
+        if self.one(self.q().thread_counts_get(t.tid))?.is_some() {
+            return Ok(false);
+        }
+        // The first thread to claim an alias keeps it (a compare-and-set); a replay of the
+        // claiming event finds its own claim.
+        let alias = match &t.alias {
+            Some(a) => {
+                let claimed = self
+                    .rt
+                    .block_on(self.store.lwt(self.q().alias_claim(a, t.tid)))?
+                    || self
+                        .one(self.q().alias_get(a))?
+                        .is_some_and(|(tid,)| tid == t.tid);
+                claimed.then(|| a.clone())
+            }
+            None => None,
+        };
+        let w = self.q().thread_put(
+            t.tid,
+            &t.name,
+            &t.owner,
+            t.open_subscribe,
+            t.open_publish,
+            ns(t.created_at),
+            i64::try_from(t.subscribers).unwrap_or(i64::MAX),
+            i64::try_from(t.messages).unwrap_or(i64::MAX),
+            alias,
+        );
+        self.write(w);
+        Ok(true)
+    }
+
+    fn add_subscriber(&mut self, tid: Uuid, uid: &str, at: OffsetDateTime) -> StoreResult<bool> {
+        if self.one(self.q().subscriber_get(tid, uid))?.is_some() {
+            return Ok(false);
+        }
+        let w = self.q().subscriber_put(tid, uid, ns(at));
+        self.write(w);
+        if let Some((subscribers, _)) = self.one(self.q().thread_counts_get(tid))? {
+            let w = self
+                .q()
+                .thread_subscribers_put(subscribers.unwrap_or(0) + 1, tid);
+            self.write(w);
+        }
+        Ok(true)
+    }
+
+    fn remove_subscriber(&mut self, tid: Uuid, uid: &str) -> StoreResult<bool> {
+        if self.one(self.q().subscriber_get(tid, uid))?.is_none() {
+            return Ok(false);
+        }
+        let w = self.q().subscriber_delete(tid, uid);
+        self.write(w);
+        if let Some((subscribers, _)) = self.one(self.q().thread_counts_get(tid))? {
+            let w = self
+                .q()
+                .thread_subscribers_put((subscribers.unwrap_or(0) - 1).max(0), tid);
+            self.write(w);
+        }
+        Ok(true)
+    }
+
+    fn subscribers(&mut self, tid: Uuid) -> StoreResult<Vec<String>> {
+        let mut out: Vec<String> = self
+            .all(self.q().subscribers_of(tid))?
+            .into_iter()
+            .map(|(u,)| u)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn insert_thread_message(&mut self, m: &ThreadMessage) -> StoreResult<bool> {
+        let (bucket, seq) = (month(m.created_at), seq_i64(self.seq));
+        if self
+            .one(self.q().thread_message_get(m.tid, bucket, seq))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let w = self.q().thread_message_put(
+            m.tid,
+            bucket,
+            seq,
+            m.mid,
+            &m.sender,
+            &m.msg,
+            to_json(&m.opts)?,
+            ns(m.created_at),
+        );
+        self.write(w);
+        let w = self.q().thread_month_put(m.tid, bucket);
+        self.write(w);
+        if let Some((_, messages)) = self.one(self.q().thread_counts_get(m.tid))? {
+            let w = self
+                .q()
+                .thread_messages_count_put(messages.unwrap_or(0) + 1, m.tid);
+            self.write(w);
+        }
+        // The history entry and its count land before the fan-out that follows.
+        self.flush()?;
+        Ok(true)
+    }
+
+    fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
+        if self.one(self.q().inbox_id_get(&n.uid, n.id))?.is_some() {
+            return Ok(false);
+        }
+        let (bucket, seq) = (month(n.created_at), seq_i64(n.seq));
+        let w = self.q().inbox_put(
+            &n.uid,
+            bucket,
+            seq,
+            n.id,
+            n.tid,
+            &n.sender,
+            &n.msg,
+            to_json(&n.opts)?,
+            n.ntype.clone(),
+            i32::from(n.level),
+            ns(n.created_at),
+            n.read_at.map(ns),
+            n.archived_at.map(ns),
+        );
+        self.write(w);
+        let w = self.q().inbox_id_put(&n.uid, n.id, bucket, seq);
+        self.write(w);
+        let w = self.q().inbox_month_put(&n.uid, bucket);
+        self.write(w);
+        let mut c = self.counts(&n.uid)?;
+        c.total += 1;
+        c.unseen += 1;
+        if n.status == NotificationStatus::Unread {
+            c.unread += 1;
+            self.adjust_unread_by(n, 1)?;
+        }
+        self.put_counts(&n.uid, c);
+        Ok(true)
+    }
+
+    fn mark_read(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>> {
+        let Some((bucket, seq, mut n)) = self.entry(uid, id)? else {
+            return Ok(None);
+        };
+        if n.read_at.is_some() {
+            return Ok(None);
+        }
+        let w = self
+            .q()
+            .inbox_state_put(Some(ns(at)), n.archived_at.map(ns), uid, bucket, seq);
+        self.write(w);
+        if n.archived_at.is_none() {
+            let mut c = self.counts(uid)?;
+            c.unread -= 1;
+            self.put_counts(uid, c);
+            self.adjust_unread_by(&n, -1)?;
+        }
+        n.read_at = Some(at);
+        n.status = Notification::status_of(n.read_at, n.archived_at);
+        Ok(Some(n))
+    }
+
+    fn archive(
+        &mut self,
+        uid: &str,
+        id: Uuid,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Notification>> {
+        let Some((bucket, seq, mut n)) = self.entry(uid, id)? else {
+            return Ok(None);
+        };
+        if n.archived_at.is_some() {
+            return Ok(None);
+        }
+        let read_at = n.read_at.unwrap_or(at);
+        let w = self
+            .q()
+            .inbox_state_put(Some(ns(read_at)), Some(ns(at)), uid, bucket, seq);
+        self.write(w);
+        if n.status == NotificationStatus::Unread {
+            let mut c = self.counts(uid)?;
+            c.unread -= 1;
+            self.put_counts(uid, c);
+            self.adjust_unread_by(&n, -1)?;
+        }
+        n.read_at = Some(read_at);
+        n.archived_at = Some(at);
+        n.status = NotificationStatus::Archived;
+        Ok(Some(n))
+    }
+
+    fn delete_notification(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        let Some((bucket, seq, n)) = self.entry(uid, id)? else {
+            return Ok(None);
+        };
+        let w = self.q().inbox_delete(uid, bucket, seq);
+        self.write(w);
+        let w = self.q().inbox_id_delete(uid, id);
+        self.write(w);
+        let mut c = self.counts(uid)?;
+        c.total -= 1;
+        if seq > c.seen_seq {
+            c.unseen -= 1;
+        }
+        if n.status == NotificationStatus::Unread {
+            c.unread -= 1;
+            self.adjust_unread_by(&n, -1)?;
+        }
+        self.put_counts(uid, c);
+        Ok(Some(n))
+    }
+
+    fn unread_ids(
+        &mut self,
+        uid: &str,
+        ntype: Option<&str>,
+        tid: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>> {
+        let months = self.all(self.q().inbox_months_of(uid))?;
+        let mut out = Vec::new();
+        for (m,) in months {
+            for r in self.all(self.q().inbox_in_month(uid, m))? {
+                let unread = r.9.is_none() && r.10.is_none();
+                let type_ok = ntype.is_none_or(|t| r.6.as_deref() == Some(t));
+                let thread_ok = tid.is_none_or(|t| r.2 == Some(t));
+                if unread && type_ok && thread_ok {
+                    out.push(r.1);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()> {
+        let w = self.q().counts_seen_put(0, seq_i64(seq), ns(at), uid);
+        self.write(w);
+        Ok(())
+    }
+
+    fn put_type(&mut self, t: &NotificationType) -> StoreResult<()> {
+        let w = self.q().type_put(
+            TYPES_SCOPE,
+            &t.name,
+            &t.title,
+            &t.description,
+            ns(t.registered_at),
+        );
+        self.write(w);
+        Ok(())
+    }
+
+    fn delete_message(&mut self, mid: Uuid) -> StoreResult<bool> {
+        let Some((m, seq)) = self.stored_message(mid)? else {
+            return Ok(false);
+        };
+        let w = self.q().message_delete(mid);
+        self.write(w);
+        if let (Some(tid), Some(seq)) = (m.tid, seq) {
+            let bucket = month(m.created_at);
+            if self
+                .one(self.q().thread_message_get(tid, bucket, seq))?
+                .is_some()
+            {
+                let w = self.q().thread_message_delete(tid, bucket, seq);
+                self.write(w);
+                if let Some((_, messages)) = self.one(self.q().thread_counts_get(tid))? {
+                    let w = self
+                        .q()
+                        .thread_messages_count_put((messages.unwrap_or(0) - 1).max(0), tid);
+                    self.write(w);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn set_blocked(
+        &mut self,
+        uid: &str,
+        blocked: &str,
+        on: bool,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let exists = self.one(self.q().block_get(uid, blocked))?.is_some();
+        if on && !exists {
+            let w = self.q().block_put(uid, blocked, ns(at));
+            self.write(w);
+        } else if !on && exists {
+            let w = self.q().block_delete(uid, blocked);
+            self.write(w);
+        }
+        Ok(())
+    }
+
+    fn put_change(
+        &mut self,
+        uid: &str,
+        position: Position,
+        frame: &[u8],
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let day = i32::try_from(at.unix_timestamp().div_euclid(86_400)).unwrap_or(i32::MAX);
+        let seq = seq_i64(position.seq);
+        if !self.feed_days.contains_key(&day) {
+            let first = match self.one(self.q().feed_day_get(0, day))? {
+                Some((first,)) => first,
+                None => {
+                    let w = self.q().feed_day_put(0, day, seq);
+                    self.write(w);
+                    seq
+                }
+            };
+            self.feed_days.insert(day, first);
+        }
+        // Changes from before the day CHANGE_RETENTION ago go (at least that much is kept):
+        // a range delete below that day's first position, issued only when there is something
+        // to delete (a range tombstone per write would slow every read of the feed).
+        let cutoff_day = day.saturating_sub(CHANGE_RETENTION.whole_days() as i32);
+        if let Some((cutoff,)) = self.one(self.q().feed_day_from(0, cutoff_day))?
+            && self.one(self.q().change_before(uid, cutoff))?.is_some()
+        {
+            let w = self.q().changes_prune(uid, cutoff);
+            self.write(w);
+        }
+        let w = self.q().change_put(
+            uid,
+            seq,
+            i32::try_from(position.sub).unwrap_or(i32::MAX),
+            String::from_utf8_lossy(frame).into_owned(),
+        );
+        self.write(w);
+        Ok(())
+    }
+
+    fn preferences(&mut self, uid: &str) -> StoreResult<Preferences> {
+        match self.one(self.q().prefs_get(uid))? {
+            Some((json,)) => parse_json(&json),
+            None => Ok(Preferences::default()),
+        }
+    }
+
+    fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
+        if self.stored_message(m.mid)?.is_some() {
+            return Ok(false);
+        }
+        // Written by end_event, after everything the event derives from it.
+        self.message = Some(PendingMessage {
+            message: m.clone(),
+            seq: seq_i64(self.seq),
+        });
+        Ok(true)
+    }
+
+    fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        Ok(self.stored_message(mid)?.map(|(m, _)| m))
+    }
+
+    fn add_recipients(&mut self, mid: Uuid, n: u64) -> StoreResult<()> {
+        if let Some(p) = self.message.as_mut().filter(|p| p.message.mid == mid) {
+            p.message.recipients += n;
+            return Ok(());
+        }
+        if let Some((m, _)) = self.stored_message(mid)? {
+            let total = i64::try_from(m.recipients.saturating_add(n)).unwrap_or(i64::MAX);
+            let w = self.q().message_recipients_put(total, mid);
+            self.write(w);
+        }
+        Ok(())
+    }
+
+    fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()> {
+        if self.tasks >= (1 << OUTBOX_INDEX_BITS) - 1 {
+            return Err(StoreError::Backend(format!(
+                "event {} queues more than {} delivery tasks",
+                self.seq,
+                (1 << OUTBOX_INDEX_BITS) - 1
+            )));
+        }
+        let seq = seq_i64(self.seq);
+        let w = self.q().outbox_put(
+            (seq % OUTBOX_SHARDS) as i32,
+            seq,
+            self.tasks,
+            to_json(task)?,
+        );
+        self.write(w);
+        self.tasks += 1;
+        Ok(())
+    }
+
+    fn advance_receipt(&mut self, r: &Receipt) -> StoreResult<()> {
+        let old = self.one(self.q().receipt_get(r.mid, &r.uid, &r.device_id))?;
+        let old_attempts = old
+            .as_ref()
+            .and_then(|o| o.2)
+            .map_or(0, |a| a.max(0) as u32);
+        let attempts = i32::try_from(old_attempts.max(r.attempts)).unwrap_or(i32::MAX);
+        if let Some((status, channel, _)) = &old {
+            let current = ReceiptStatus::parse(status)
+                .ok_or_else(|| StoreError::Corrupt(format!("receipt status {status}")))?;
+            if r.status <= current
+                && !(current == ReceiptStatus::Failed && r.status == ReceiptStatus::Retrying)
+            {
+                // Receipts only move forward; keep the attempt count current.
+                let w = self
+                    .q()
+                    .receipt_attempts_put(attempts, r.mid, &r.uid, &r.device_id);
+                self.write(w);
+                return Ok(());
+            }
+            let n = self
+                .one(self.q().receipt_count_get(r.mid, channel, status))?
+                .map_or(0, |(n,)| n);
+            let w = self
+                .q()
+                .receipt_count_put((n - 1).max(0), r.mid, channel, status);
+            self.write(w);
+            // The decrement must be visible to the increment below when the channel and status
+            // repeat (a requeued dead letter failing again).
+            self.flush()?;
+        }
+        let w = self.q().receipt_put(
+            r.mid,
+            &r.uid,
+            &r.device_id,
+            &r.channel,
+            r.status.as_str(),
+            attempts,
+            r.reason.clone(),
+            ns(r.updated_at),
+        );
+        self.write(w);
+        let n = self
+            .one(
+                self.q()
+                    .receipt_count_get(r.mid, &r.channel, r.status.as_str()),
+            )?
+            .map_or(0, |(n,)| n);
+        let w = self
+            .q()
+            .receipt_count_put(n + 1, r.mid, &r.channel, r.status.as_str());
+        self.write(w);
+        Ok(())
+    }
+
+    fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()> {
+        // Replaces an earlier dead letter of the same delivery.
+        if let Some((m, s)) = self.one(self.q().failed_id_get(&f.id))? {
+            let w = self.q().failed_delete(m, s);
+            self.write(w);
+        }
+        let (bucket, seq) = (month(f.failed_at), seq_i64(self.seq));
+        let w = self.q().failed_put(
+            bucket,
+            seq,
+            &f.id,
+            f.mid,
+            &f.uid,
+            &f.device_id,
+            &f.channel,
+            &f.reason,
+            f.permanent,
+            i32::try_from(f.attempts).unwrap_or(i32::MAX),
+            ns(f.failed_at),
+        );
+        self.write(w);
+        let w = self.q().failed_id_put(&f.id, bucket, seq);
+        self.write(w);
+        let w = self.q().failed_month_put(0, bucket);
+        self.write(w);
+        Ok(())
+    }
+
+    fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>> {
+        let Some((m, s)) = self.one(self.q().failed_id_get(id))? else {
+            return Ok(None);
+        };
+        let found = self.rt.block_on(self.store.failed_at(m, s))?;
+        let w = self.q().failed_delete(m, s);
+        self.write(w);
+        let w = self.q().failed_id_delete(id);
+        self.write(w);
+        Ok(found)
+    }
+
+    fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()> {
+        let w = self.q().prefs_put(uid, to_json(preferences)?);
+        self.write(w);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_ids_round_trip() {
+        for (seq, n) in [(1_i64, 0_i32), (17, 5), (1 << 38, (1 << 24) - 1)] {
+            let (shard, s, i) = outbox_key(outbox_id(seq, n));
+            assert_eq!((s, i), (seq, n));
+            assert_eq!(i64::from(shard), seq % OUTBOX_SHARDS);
+        }
+    }
+
+    #[test]
+    fn user_buckets_are_stable() {
+        // Changing the hash would hide existing users from broadcasts.
+        assert_eq!(user_bucket(""), (0x811c_9dc5_u32 % 64) as i32);
+        assert_eq!(user_bucket("ann"), user_bucket("ann"));
+        assert!((0..USER_BUCKETS).contains(&user_bucket("someone")));
+    }
+}
