@@ -5,7 +5,9 @@
 //! each event, so an inbox entry, the counts it moves, its change-feed entry and its dispatch
 //! tasks land together or not at all. A read of a table with buffered writes flushes first, so
 //! the fold always reads what it wrote. A message's own row is written last in its event: its
-//! presence is what tells a replay that the event was applied in full.
+//! presence is what tells a replay that the event was applied in full. The statements of one
+//! batch share a write timestamp, on which a delete beats an insert: no batch deletes and
+//! re-writes the same row (a device's owner row is the one case, flushed in between).
 
 use std::collections::HashMap;
 
@@ -323,6 +325,9 @@ impl FoldTarget for ScyllaTx<'_> {
             let w = self.q().device_owner_delete(device_id);
             self.write(w);
         }
+        // Sent now: statements of one batch share a write timestamp, and a tie between this
+        // delete and the next owner's insert of the same row would go to the delete.
+        self.flush()?;
         Ok(existed)
     }
 
