@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -211,9 +212,11 @@ struct ReplayArgs {
 struct RebuildArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// The new store file (must not exist). Default: rebuild-<time>.sqlite3 in the data dir.
+    /// The new store: a SQLite file that must not exist, or scylla://host:9042/keyspace (a new
+    /// or empty keyspace; created and migrated here). Default: rebuild-<time>.sqlite3 in the
+    /// data dir.
     #[arg(long)]
-    into: Option<PathBuf>,
+    into: Option<String>,
     /// Events per transaction.
     #[arg(long, default_value_t = 2000)]
     batch: usize,
@@ -446,30 +449,46 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 }
 
 async fn rebuild(a: RebuildArgs) -> anyhow::Result<()> {
-    let into = a.into.clone().unwrap_or_else(|| {
-        let stamp = OffsetDateTime::now_utc().unix_timestamp();
-        a.common.data_dir.join(format!("rebuild-{stamp}.sqlite3"))
-    });
-    if into.exists() {
-        bail!("{} exists; rebuild writes a fresh store", into.display());
-    }
+    let into = match a.into.as_deref() {
+        Some(s) => store_location(Some(s), &a.common.data_dir)?,
+        None => {
+            let stamp = OffsetDateTime::now_utc().unix_timestamp();
+            StoreLocation::Sqlite(a.common.data_dir.join(format!("rebuild-{stamp}.sqlite3")))
+        }
+    };
     let (log, _server) = nats::log_for_command(&a.common).await?;
-    let store = SqliteStore::open(&into)?;
+    let store: Arc<dyn Store> = match &into {
+        StoreLocation::Sqlite(path) => {
+            if path.exists() {
+                bail!("{} exists; rebuild writes a fresh store", path.display());
+            }
+            Arc::new(SqliteStore::open(path)?)
+        }
+        StoreLocation::Scylla(config) => {
+            projections::scylla::migrate(config).await?;
+            let store = projections::ScyllaStore::open(config).await?;
+            let checkpoint = store.checkpoint().await?;
+            if checkpoint > 0 {
+                bail!(
+                    "keyspace {} already holds a projection (checkpoint {checkpoint}); \
+                     rebuild writes a fresh store",
+                    config.keyspace
+                );
+            }
+            Arc::new(store)
+        }
+    };
     let started = std::time::Instant::now();
-    let report = projections::rebuild(&log, &store, a.batch).await?;
+    let report = projections::rebuild(&log, store.as_ref(), a.batch).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "rebuilt {} events into {} (checkpoint {}) in {:.2}s ({:.0} events/s)",
+        "rebuilt {} events into {into} (checkpoint {}) in {:.2}s ({:.0} events/s)",
         report.events,
-        into.display(),
         store.checkpoint().await?,
         secs,
         report.events as f64 / secs.max(1e-9)
     );
-    println!(
-        "to use it: stop msgxc serve, then run it with MSGXC_STORE=sqlite://{}",
-        into.display()
-    );
+    println!("to use it: stop msgxc serve, then run it with MSGXC_STORE={into}");
     Ok(())
 }
 

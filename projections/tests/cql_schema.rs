@@ -196,8 +196,20 @@ fn cql_tables_are_well_formed() {
     files.sort();
     assert!(!files.is_empty(), "no CQL files in {}", dir.display());
     let mut seen = BTreeSet::new();
+    assert_eq!(
+        files.len(),
+        projections::scylla::MIGRATIONS.len(),
+        "every file of schema/cql is a migration `msgxc migrate` applies"
+    );
     for file in files {
         let cql = std::fs::read_to_string(&file).expect("readable CQL");
+        assert!(
+            projections::scylla::MIGRATIONS
+                .iter()
+                .any(|(_, applied)| *applied == cql),
+            "{} is not in MIGRATIONS",
+            file.display()
+        );
         for (name, t) in tables(&cql) {
             assert!(seen.insert(name.clone()), "{name} defined in two files");
             assert!(

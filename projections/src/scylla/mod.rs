@@ -43,9 +43,12 @@ use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
 };
 
-/// The CQL schema this build needs, applied by [`migrate`].
+/// The files of `schema/cql/`, in order, with the schema version each brings. A change to the
+/// tables is a new file here (idempotent statements), never an edit of an applied one.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../schema/cql/0001_tables.cql"))];
+
+/// The schema version this build needs: the last of [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i32 = 1;
-const SCHEMA: &str = include_str!("../../../schema/cql/0001_tables.cql");
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -222,8 +225,8 @@ pub fn schema_statements(cql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates the keyspace (if missing) and applies `schema/cql/` in it; idempotent. Returns the
-/// schema version now recorded.
+/// Creates the keyspace (if missing) and applies the [`MIGRATIONS`] it lacks; idempotent.
+/// Returns the schema version now recorded.
 pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
     let session = connect(config, false).await.map_err(StoreError::Backend)?;
     let rf = match config.replication_factor {
@@ -246,20 +249,40 @@ pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
         .use_keyspace(&config.keyspace, false)
         .await
         .map_err(backend)?;
-    for statement in schema_statements(SCHEMA) {
+    for (version, cql) in MIGRATIONS {
+        // The first file creates schema_migrations itself, so it is always (re)applied.
+        if *version > 1 && applied(&session, *version).await? {
+            continue;
+        }
+        for statement in schema_statements(cql) {
+            session
+                .query_unpaged(statement.clone(), ())
+                .await
+                .map_err(|e| backend(format!("applying `{statement}`: {e}")))?;
+        }
+        session.await_schema_agreement().await.map_err(backend)?;
         session
-            .query_unpaged(statement.clone(), ())
+            .query_unpaged(
+                statements::MIGRATION_PUT.cql,
+                (*version, ns(OffsetDateTime::now_utc())),
+            )
             .await
-            .map_err(|e| backend(format!("applying `{statement}`: {e}")))?;
+            .map_err(backend)?;
     }
-    session.await_schema_agreement().await.map_err(backend)?;
-    let at = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
-    session
-        .query_unpaged(statements::MIGRATION_PUT.cql, (SCHEMA_VERSION, at))
-        .await
-        .map_err(backend)?;
     tracing::info!(keyspace = %config.keyspace, replication_factor = rf, version = SCHEMA_VERSION, "schema applied");
     Ok(SCHEMA_VERSION)
+}
+
+/// Whether a schema version is recorded in the session's keyspace.
+async fn applied(session: &Session, version: i32) -> StoreResult<bool> {
+    Ok(session
+        .query_unpaged(statements::MIGRATION_GET.cql, (version,))
+        .await
+        .map_err(backend)?
+        .into_rows_result()
+        .map_err(backend)?
+        .rows_num()
+        > 0)
 }
 
 /// Drops the keyspace and everything in it (test clean-up; no command exposes it).
@@ -313,19 +336,13 @@ impl ScyllaStore {
                 config.keyspace
             ))
         })?;
-        let applied = session
-            .query_unpaged(statements::MIGRATION_GET.cql, (SCHEMA_VERSION,))
-            .await
-            .map_err(|e| {
-                backend(format!(
-                    "reading the schema version of keyspace {}: {e}; run `msgxc migrate`",
-                    config.keyspace
-                ))
-            })?
-            .into_rows_result()
-            .map_err(backend)?
-            .rows_num();
-        if applied == 0 {
+        let current = applied(&session, SCHEMA_VERSION).await.map_err(|e| {
+            backend(format!(
+                "reading the schema version of keyspace {}: {e}; run `msgxc migrate`",
+                config.keyspace
+            ))
+        })?;
+        if !current {
             return Err(StoreError::Backend(format!(
                 "keyspace {} lacks schema version {SCHEMA_VERSION}: run `msgxc migrate`",
                 config.keyspace
@@ -818,5 +835,24 @@ mod tests {
         let t = time::macros::datetime!(2026-11-22 10:00:00.123456789 UTC);
         assert_eq!(month(t), 202611);
         assert_eq!(from_ns(ns(t)).unwrap(), t);
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_end_at_the_schema_version() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        for (_, cql) in MIGRATIONS {
+            for statement in schema_statements(cql) {
+                assert!(
+                    statement.contains("IF NOT EXISTS") || statement.contains("IF EXISTS"),
+                    "not idempotent: {statement}"
+                );
+            }
+        }
     }
 }
