@@ -23,7 +23,8 @@ use crate::store::StoreResult;
 /// Write operations (and the few reads the fold needs) of one store transaction.
 pub trait FoldTarget {
     /// The writes so far form a consistent unit (one recipient of a message, one entry of a
-    /// request): a backend without multi-row transactions commits them together here.
+    /// request): a backend without multi-row transactions commits them together here. Called
+    /// for every recipient of a message, in recipient order, whether or not it gets anything.
     fn group_done(&mut self) -> StoreResult<()> {
         Ok(())
     }
@@ -142,7 +143,6 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
 ) -> StoreResult<()> {
     let mut changes = Changes {
         seq,
-        next: 0,
         live: effects.live,
         at: env.occurred_at,
         notices,
@@ -397,6 +397,9 @@ fn deliver<T: FoldTarget + ?Sized>(
         if !seen.insert(uid.clone()) {
             continue;
         }
+        // Each recipient is one group, also one skipped below: a backend that numbers its
+        // writes by group numbers them the same when a crashed event is applied again.
+        t.group_done()?;
         // Thread subscribers are known users already (touched when they subscribed).
         if m.tid.is_none() {
             t.touch_user(&uid, m.created_at)?;
@@ -423,8 +426,8 @@ fn deliver<T: FoldTarget + ?Sized>(
                 t.enqueue_task(&wait)?;
             }
         }
-        t.group_done()?;
     }
+    t.group_done()?;
     if delivered > 0 {
         t.add_recipients(m.mid, delivered)?;
     }
@@ -434,12 +437,15 @@ fn deliver<T: FoldTarget + ?Sized>(
 /// How long a user's change feed is kept (SSE resume window).
 pub const CHANGE_RETENTION: time::Duration = time::Duration::days(7);
 
-/// Where an inbox change sits in a user's feed: the event's stream sequence and the change's
-/// index within that event. Serialized as `"<seq>.<sub>"` (the SSE event id).
+/// Where an inbox change sits in a user's feed: the stream sequence of the event that made it
+/// and the entry it concerns (the stream sequence of the message that created the entry; one
+/// event changes an entry at most once). Derived from the data alone, so a backend applying an
+/// event again after a crash writes each change at the same place. Serialized as
+/// `"<seq>.<sub>"` (the SSE event id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
     pub seq: u64,
-    pub sub: u32,
+    pub sub: u64,
 }
 
 impl Position {
@@ -462,7 +468,6 @@ impl std::fmt::Display for Position {
 /// is part of the deterministic projection) and, when live, to their connections.
 pub struct Changes<'a> {
     seq: u64,
-    next: u32,
     live: bool,
     at: OffsetDateTime,
     notices: &'a mut Vec<LiveNotice>,
@@ -477,9 +482,8 @@ impl Changes<'_> {
     ) -> StoreResult<()> {
         let position = Position {
             seq: self.seq,
-            sub: self.next,
+            sub: n.seq,
         };
-        self.next += 1;
         let frame = frame(action, n, position);
         t.put_change(&n.uid, position, &frame, self.at)?;
         if self.live {

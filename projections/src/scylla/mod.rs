@@ -12,14 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::frame::types::{Consistency, SerialConsistency};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use time::OffsetDateTime;
@@ -27,12 +25,17 @@ use uuid::Uuid;
 
 use exchange::dispatch::{Directory, DispatchTask};
 
+mod exec;
+#[cfg(feature = "cql-memory")]
+pub mod memory;
 mod reads;
 mod statements;
 mod target;
 
+pub use exec::{Cql, FromCql, FromRow, Row, Values};
+
 use statements::{Bound, Prepared};
-pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec};
+pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, Stmt};
 
 use crate::fold::{Effects, apply_event};
 use crate::model::{
@@ -320,7 +323,7 @@ pub struct ScyllaStore {
 }
 
 struct Inner {
-    session: Session,
+    cql: Arc<dyn Cql>,
     q: Prepared,
     keyspace: String,
     /// One batch at a time from this process (the lease keeps other processes out).
@@ -349,11 +352,16 @@ impl ScyllaStore {
             )));
         }
         let q = Prepared::prepare(&session).await?;
+        Self::start(Arc::new(exec::Driver(session)), q, &config.keyspace).await
+    }
+
+    /// The store over an endpoint whose schema is current.
+    async fn start(cql: Arc<dyn Cql>, q: Prepared, keyspace: &str) -> StoreResult<Self> {
         let store = Self {
             inner: Arc::new(Inner {
-                session,
+                cql,
                 q,
-                keyspace: config.keyspace.clone(),
+                keyspace: keyspace.to_owned(),
                 apply_lock: tokio::sync::Mutex::new(()),
             }),
         };
@@ -361,6 +369,23 @@ impl ScyllaStore {
             .lwt(store.q().state_init(STATE, Uuid::now_v7(), 0))
             .await?;
         Ok(store)
+    }
+
+    /// A store over [`memory::MemoryCql`], an in-process stand-in for a CQL node with the
+    /// tables of `schema/cql/`: runs the backend's own statements and logic where no node is
+    /// reachable (the conformance suite), never the driver or the wire protocol.
+    #[cfg(feature = "cql-memory")]
+    pub async fn in_memory() -> StoreResult<Self> {
+        Self::on_memory(Arc::new(memory::MemoryCql::new(
+            MIGRATIONS.iter().map(|m| m.1),
+        )?))
+        .await
+    }
+
+    /// A store over a given [`memory::MemoryCql`] (a test keeps it to inject failures).
+    #[cfg(feature = "cql-memory")]
+    pub async fn on_memory(cql: Arc<memory::MemoryCql>) -> StoreResult<Self> {
+        Self::start(cql, Prepared::unprepared(), "memory").await
     }
 
     pub fn keyspace(&self) -> &str {
@@ -372,12 +397,7 @@ impl ScyllaStore {
     }
 
     async fn exec(&self, b: Bound<'_, ()>) -> StoreResult<()> {
-        self.inner
-            .session
-            .execute_unpaged(b.statement, b.values)
-            .await
-            .map(drop)
-            .map_err(backend)
+        self.inner.cql.run(b.statement, b.values).await.map(drop)
     }
 
     /// Writes that must land together (a row and the counts it moves): one logged batch.
@@ -392,38 +412,19 @@ impl ScyllaStore {
                 }
             }
             _ => {
-                let mut batch = Batch::new(BatchType::Logged);
-                batch.set_is_idempotent(true);
-                let mut values: Vec<Vec<Option<CqlValue>>> = Vec::with_capacity(writes.len());
-                for w in writes {
-                    batch.append_statement(w.statement.clone());
-                    values.push(w.values);
-                }
-                self.inner
-                    .session
-                    .batch(&batch, values)
-                    .await
-                    .map(drop)
-                    .map_err(backend)
+                let writes = writes
+                    .into_iter()
+                    .map(|w| (w.statement, w.values))
+                    .collect();
+                self.inner.cql.batch(writes).await
             }
         }
     }
 
     /// A compare-and-set; true when it applied.
     async fn lwt(&self, b: Bound<'_, ()>) -> StoreResult<bool> {
-        let rows = self
-            .inner
-            .session
-            .execute_unpaged(b.statement, b.values)
-            .await
-            .map_err(backend)?
-            .into_rows_result()
-            .map_err(backend)?;
-        let row = rows
-            .maybe_first_row::<scylla::value::Row>()
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend("conditional write returned no row".into()))?;
-        match row.columns.first() {
+        let rows = self.inner.cql.run(b.statement, b.values).await?;
+        match rows.first().and_then(|r| r.first()) {
             Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
             other => Err(StoreError::Backend(format!(
                 "conditional write: unexpected [applied] {other:?}"
@@ -432,54 +433,34 @@ impl ScyllaStore {
     }
 
     /// The first row, if any.
-    async fn one<R>(&self, b: Bound<'_, R>) -> StoreResult<Option<R>>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
-        let rows = self
-            .inner
-            .session
-            .execute_unpaged(b.statement, b.values)
-            .await
-            .map_err(backend)?
-            .into_rows_result()
-            .map_err(backend)?;
-        rows.maybe_first_row::<R>().map_err(backend)
+    async fn one<R: FromRow>(&self, b: Bound<'_, R>) -> StoreResult<Option<R>> {
+        let mut first = None;
+        self.inner
+            .cql
+            .scan(b.statement, b.values, &mut |r| {
+                first = Some(r);
+                Ok(false)
+            })
+            .await?;
+        first.map(R::from_row).transpose()
     }
 
     /// Every row, fetched page by page (the driver's paging state), handed to `keep` until it
     /// returns false.
-    async fn scan<R>(&self, b: Bound<'_, R>, mut keep: impl FnMut(R) -> bool) -> StoreResult<()>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
-        let mut rows = self
-            .inner
-            .session
-            .execute_iter(b.statement.clone(), b.values)
+    async fn scan<R: FromRow>(
+        &self,
+        b: Bound<'_, R>,
+        mut keep: impl FnMut(R) -> bool + Send,
+    ) -> StoreResult<()> {
+        self.inner
+            .cql
+            .scan(b.statement, b.values, &mut |r| Ok(keep(R::from_row(r)?)))
             .await
-            .map_err(backend)?
-            .rows_stream::<R>()
-            .map_err(backend)?;
-        while let Some(row) = rows.try_next().await.map_err(backend)? {
-            if !keep(row) {
-                break;
-            }
-        }
-        Ok(())
     }
 
-    async fn all<R>(&self, b: Bound<'_, R>) -> StoreResult<Vec<R>>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
-        let mut out = Vec::new();
-        self.scan(b, |r| {
-            out.push(r);
-            true
-        })
-        .await?;
-        Ok(out)
+    async fn all<R: FromRow>(&self, b: Bound<'_, R>) -> StoreResult<Vec<R>> {
+        let rows = self.inner.cql.run(b.statement, b.values).await?;
+        rows.into_iter().map(R::from_row).collect()
     }
 
     async fn state(&self) -> StoreResult<(Uuid, u64)> {
@@ -648,7 +629,7 @@ impl Store for ScyllaStore {
         limit: u32,
     ) -> StoreResult<Vec<(crate::fold::Position, String)>> {
         let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
-        let sub = i32::try_from(after.sub).unwrap_or(i32::MAX);
+        let sub = seq_i64(after.sub);
         let rows = self
             .all(self.q().changes_after(uid, seq_i64(after.seq), sub, limit))
             .await?;
@@ -658,7 +639,7 @@ impl Store for ScyllaStore {
                 (
                     crate::fold::Position {
                         seq: seq.max(0) as u64,
-                        sub: u32::try_from(sub).unwrap_or(0),
+                        sub: sub.max(0) as u64,
                     },
                     frame,
                 )

@@ -75,15 +75,54 @@ impl<T: ToCql> ToCql for Option<T> {
     }
 }
 
-/// A prepared statement with its values bound; `R` is the type of its result rows.
+/// A statement of the backend: its text, the table it reads or writes, and (against a real
+/// node) its prepared form.
+pub struct Stmt {
+    pub name: &'static str,
+    pub cql: &'static str,
+    pub table: &'static str,
+    pub(crate) prepared: Option<PreparedStatement>,
+}
+
+impl Stmt {
+    pub(crate) fn new(
+        name: &'static str,
+        cql: &'static str,
+        prepared: Option<PreparedStatement>,
+    ) -> Self {
+        Self {
+            name,
+            cql,
+            table: table_of(cql),
+            prepared,
+        }
+    }
+
+    pub fn is_select(&self) -> bool {
+        self.cql.starts_with("SELECT ")
+    }
+}
+
+/// The table a statement names (after `FROM`, `INTO` or `UPDATE`).
+fn table_of(cql: &'static str) -> &'static str {
+    let mut words = cql.split_whitespace();
+    while let Some(w) = words.next() {
+        if matches!(w, "FROM" | "INTO" | "UPDATE") {
+            return words.next().unwrap_or_default();
+        }
+    }
+    ""
+}
+
+/// A statement with its values bound; `R` is the type of its result rows.
 pub(crate) struct Bound<'a, R> {
-    pub(crate) statement: &'a PreparedStatement,
+    pub(crate) statement: &'a Stmt,
     pub(crate) values: Vec<Option<CqlValue>>,
     _row: PhantomData<fn() -> R>,
 }
 
 impl<'a, R> Bound<'a, R> {
-    fn new(statement: &'a PreparedStatement, values: Vec<Option<CqlValue>>) -> Self {
+    fn new(statement: &'a Stmt, values: Vec<Option<CqlValue>>) -> Self {
         Self {
             statement,
             values,
@@ -109,7 +148,7 @@ macro_rules! statements {
 
         /// The statements, prepared.
         pub(crate) struct Prepared {
-            $($name: PreparedStatement,)*
+            $($name: Stmt,)*
         }
 
         impl Prepared {
@@ -117,8 +156,20 @@ macro_rules! statements {
                 session: &scylla::client::session::Session,
             ) -> Result<Self, crate::store::StoreError> {
                 Ok(Self {
-                    $($name: super::prepare(session, stringify!($name), $cql).await?,)*
+                    $($name: Stmt::new(
+                        stringify!($name),
+                        $cql,
+                        Some(super::prepare(session, stringify!($name), $cql).await?),
+                    ),)*
                 })
+            }
+
+            /// The statements as text, for an endpoint that needs no preparing.
+            #[cfg_attr(not(feature = "cql-memory"), allow(dead_code))]
+            pub(crate) fn unprepared() -> Self {
+                Self {
+                    $($name: Stmt::new(stringify!($name), $cql, None),)*
+                }
             }
 
             $(
@@ -282,9 +333,9 @@ statements! {
         "UPDATE inbox_unread_by SET n = ? WHERE uid = ? AND dim = ? AND key = ?";
 
     // Change feed (SSE resume).
-    change_put(uid: &str, seq: i64, sub: i32, frame: String) -> () =
+    change_put(uid: &str, seq: i64, sub: i64, frame: String) -> () =
         "INSERT INTO inbox_changes (uid, seq, sub, frame) VALUES (?, ?, ?, ?)";
-    changes_after(uid: &str, seq: i64, sub: i32, limit: i32) -> (i64, i32, String) =
+    changes_after(uid: &str, seq: i64, sub: i64, limit: i32) -> (i64, i64, String) =
         "SELECT seq, sub, frame FROM inbox_changes WHERE uid = ? AND (seq, sub) > (?, ?) LIMIT ?";
     change_before(uid: &str, seq: i64) -> (i64,) =
         "SELECT seq FROM inbox_changes WHERE uid = ? AND seq < ? LIMIT 1";

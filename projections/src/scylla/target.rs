@@ -17,6 +17,7 @@ use uuid::Uuid;
 use exchange::dispatch::DispatchTask;
 use exchange::events::Preferences;
 
+use super::exec::FromRow;
 use super::statements::{Bound, InboxRow};
 use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json};
 use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
@@ -33,7 +34,9 @@ pub(crate) const OUTBOX_SHARDS: i64 = 16;
 /// The one partition of `notification_types`.
 pub(crate) const TYPES_SCOPE: &str = "all";
 /// Bits of an outbox id that hold the task's index within its event.
-const OUTBOX_INDEX_BITS: u32 = 24;
+const OUTBOX_INDEX_BITS: u32 = 28;
+/// Tasks one group (one recipient) may queue: a task and its fallback timer today.
+const TASKS_PER_GROUP: i32 = 4;
 
 /// A user's `users` partition: FNV-1a of the uid (stable across processes and builds).
 pub(crate) fn user_bucket(uid: &str) -> i32 {
@@ -80,10 +83,19 @@ pub(crate) struct ScyllaTx<'a> {
     pending: Vec<Bound<'a, ()>>,
     pending_tables: Vec<&'a str>,
     message: Option<PendingMessage>,
-    /// Tasks queued by the current event (their index in the outbox key).
+    /// Groups the current event has started, and tasks queued in the current group: a task's
+    /// index in the outbox key is `group * TASKS_PER_GROUP + task`, the same when the event is
+    /// applied again (a replay must overwrite, never collide with, the tasks written before).
+    groups: i32,
     tasks: i32,
     /// UTC days whose first change position is known to be recorded.
     feed_days: HashMap<i32, i64>,
+    /// Counts as this batch has left them (read once, then kept here): a group reads and
+    /// writes the same counts row several times without sending its writes in between, which
+    /// would split the group's logged batch.
+    counts: HashMap<String, Counts>,
+    unread_by: HashMap<(String, &'static str, String), i64>,
+    receipt_counts: HashMap<(Uuid, String, String), i64>,
 }
 
 impl<'a> ScyllaTx<'a> {
@@ -95,8 +107,12 @@ impl<'a> ScyllaTx<'a> {
             pending: Vec::new(),
             pending_tables: Vec::new(),
             message: None,
+            groups: 0,
             tasks: 0,
             feed_days: HashMap::new(),
+            counts: HashMap::new(),
+            unread_by: HashMap::new(),
+            receipt_counts: HashMap::new(),
         }
     }
 
@@ -107,6 +123,7 @@ impl<'a> ScyllaTx<'a> {
     /// Starts applying the event at stream position `seq`.
     pub(crate) fn begin_event(&mut self, seq: u64) {
         self.seq = seq;
+        self.groups = 0;
         self.tasks = 0;
     }
 
@@ -132,9 +149,7 @@ impl<'a> ScyllaTx<'a> {
     }
 
     fn write(&mut self, b: Bound<'a, ()>) {
-        if let Some(t) = b.statement.get_table_spec().map(|t| t.table_name()) {
-            self.pending_tables.push(t);
-        }
+        self.pending_tables.push(b.statement.table);
         self.pending.push(b);
     }
 
@@ -149,43 +164,52 @@ impl<'a> ScyllaTx<'a> {
 
     /// Flushes first when the statement reads a table with buffered writes.
     fn before_read<R>(&mut self, b: &Bound<'a, R>) -> StoreResult<()> {
-        let table = b.statement.get_table_spec().map(|t| t.table_name());
-        if table.is_some_and(|t| self.pending_tables.contains(&t)) {
+        if self.pending_tables.contains(&b.statement.table) {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn one<R>(&mut self, b: Bound<'a, R>) -> StoreResult<Option<R>>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
+    fn one<R: FromRow>(&mut self, b: Bound<'a, R>) -> StoreResult<Option<R>> {
         self.before_read(&b)?;
         self.rt.block_on(self.store.one(b))
     }
 
-    fn all<R>(&mut self, b: Bound<'a, R>) -> StoreResult<Vec<R>>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
+    fn all<R: FromRow>(&mut self, b: Bound<'a, R>) -> StoreResult<Vec<R>> {
         self.before_read(&b)?;
         self.rt.block_on(self.store.all(b))
     }
 
+    /// A row this batch has not written (the count caches hold every one it has): read
+    /// without sending the buffered writes first.
+    fn one_unwritten<R: FromRow>(&mut self, b: Bound<'a, R>) -> StoreResult<Option<R>> {
+        self.rt.block_on(self.store.one(b))
+    }
+
     fn counts(&mut self, uid: &str) -> StoreResult<Counts> {
-        let row = self.one(self.q().counts_get(uid))?;
-        Ok(row.map_or_else(Counts::default, |r| Counts {
+        if let Some(c) = self.counts.get(uid) {
+            return Ok(*c);
+        }
+        let row = self.one_unwritten(self.q().counts_get(uid))?;
+        let c = row.map_or_else(Counts::default, |r| Counts {
             total: r.0.unwrap_or(0),
             unread: r.1.unwrap_or(0),
             unseen: r.2.unwrap_or(0),
             seen_seq: r.3.unwrap_or(0),
-        }))
+        });
+        self.counts.insert(uid.to_owned(), c);
+        Ok(c)
     }
 
     fn put_counts(&mut self, uid: &str, c: Counts) {
-        let w = self
-            .q()
-            .counts_put(c.total.max(0), c.unread.max(0), c.unseen.max(0), uid);
+        let c = Counts {
+            total: c.total.max(0),
+            unread: c.unread.max(0),
+            unseen: c.unseen.max(0),
+            seen_seq: c.seen_seq,
+        };
+        self.counts.insert(uid.to_owned(), c);
+        let w = self.q().counts_put(c.total, c.unread, c.unseen, uid);
         self.write(w);
     }
 
@@ -196,14 +220,40 @@ impl<'a> ScyllaTx<'a> {
             dims.push(("type", t.clone()));
         }
         for (dim, key) in dims {
-            let current = self
-                .one(self.q().unread_by_get(&n.uid, dim, &key))?
-                .map_or(0, |r| r.0);
-            let w = self
-                .q()
-                .unread_by_put((current + delta).max(0), &n.uid, dim, &key);
+            let cache_key = (n.uid.clone(), dim, key.clone());
+            let current = match self.unread_by.get(&cache_key) {
+                Some(v) => *v,
+                None => self
+                    .one_unwritten(self.q().unread_by_get(&n.uid, dim, &key))?
+                    .map_or(0, |r| r.0),
+            };
+            let next = (current + delta).max(0);
+            self.unread_by.insert(cache_key, next);
+            let w = self.q().unread_by_put(next, &n.uid, dim, &key);
             self.write(w);
         }
+        Ok(())
+    }
+
+    /// Moves a message's count of receipts on one channel in one status by `delta`.
+    fn adjust_receipt_count(
+        &mut self,
+        mid: Uuid,
+        channel: &str,
+        status: &str,
+        delta: i64,
+    ) -> StoreResult<()> {
+        let cache_key = (mid, channel.to_owned(), status.to_owned());
+        let current = match self.receipt_counts.get(&cache_key) {
+            Some(v) => *v,
+            None => self
+                .one_unwritten(self.q().receipt_count_get(mid, channel, status))?
+                .map_or(0, |r| r.0),
+        };
+        let next = (current + delta).max(0);
+        self.receipt_counts.insert(cache_key, next);
+        let w = self.q().receipt_count_put(next, mid, channel, status);
+        self.write(w);
         Ok(())
     }
 
@@ -267,6 +317,8 @@ pub(crate) fn message_from(
 
 impl FoldTarget for ScyllaTx<'_> {
     fn group_done(&mut self) -> StoreResult<()> {
+        self.groups = self.groups.saturating_add(1);
+        self.tasks = 0;
         self.flush()
     }
 
@@ -438,6 +490,11 @@ impl FoldTarget for ScyllaTx<'_> {
 
     fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
         if self.one(self.q().inbox_id_get(&n.uid, n.id))?.is_some() {
+            // Within the message's own event this entry can only come from an attempt that
+            // failed before the message row (written last) landed: it is still a recipient.
+            if let Some(p) = self.message.as_mut().filter(|p| p.message.mid == n.id) {
+                p.message.recipients += 1;
+            }
             return Ok(false);
         }
         let (bucket, seq) = (month(n.created_at), seq_i64(n.seq));
@@ -572,6 +629,10 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()> {
+        let mut c = self.counts(uid)?;
+        c.unseen = 0;
+        c.seen_seq = seq_i64(seq);
+        self.counts.insert(uid.to_owned(), c);
         let w = self.q().counts_seen_put(0, seq_i64(seq), ns(at), uid);
         self.write(w);
         Ok(())
@@ -641,31 +702,36 @@ impl FoldTarget for ScyllaTx<'_> {
     ) -> StoreResult<()> {
         let day = i32::try_from(at.unix_timestamp().div_euclid(86_400)).unwrap_or(i32::MAX);
         let seq = seq_i64(position.seq);
-        if !self.feed_days.contains_key(&day) {
-            let first = match self.one(self.q().feed_day_get(0, day))? {
-                Some((first,)) => first,
-                None => {
-                    let w = self.q().feed_day_put(0, day, seq);
-                    self.write(w);
-                    seq
-                }
-            };
-            self.feed_days.insert(day, first);
-        }
+        // Every read comes before this change's writes, so they join the group's batch.
+        let today = match self.feed_days.get(&day) {
+            Some(first) => Some(*first),
+            None => self
+                .one(self.q().feed_day_get(0, day))?
+                .map(|(first,)| first),
+        };
         // Changes from before the day CHANGE_RETENTION ago go (at least that much is kept):
-        // a range delete below that day's first position, issued only when there is something
-        // to delete (a range tombstone per write would slow every read of the feed).
+        // a range delete below the first position of the first day since then (today's, this
+        // one, when none is recorded), issued only when there is something to delete (a range
+        // tombstone per write would slow every read of the feed).
         let cutoff_day = day.saturating_sub(CHANGE_RETENTION.whole_days() as i32);
-        if let Some((cutoff,)) = self.one(self.q().feed_day_from(0, cutoff_day))?
-            && self.one(self.q().change_before(uid, cutoff))?.is_some()
-        {
+        let cutoff = match self.one(self.q().feed_day_from(0, cutoff_day))? {
+            Some((first,)) => first,
+            None => today.unwrap_or(seq),
+        };
+        let prune = self.one(self.q().change_before(uid, cutoff))?.is_some();
+        if today.is_none() {
+            let w = self.q().feed_day_put(0, day, seq);
+            self.write(w);
+        }
+        self.feed_days.insert(day, today.unwrap_or(seq));
+        if prune {
             let w = self.q().changes_prune(uid, cutoff);
             self.write(w);
         }
         let w = self.q().change_put(
             uid,
             seq,
-            i32::try_from(position.sub).unwrap_or(i32::MAX),
+            seq_i64(position.sub),
             String::from_utf8_lossy(frame).into_owned(),
         );
         self.write(w);
@@ -709,18 +775,20 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn enqueue_task(&mut self, task: &DispatchTask) -> StoreResult<()> {
-        if self.tasks >= (1 << OUTBOX_INDEX_BITS) - 1 {
+        let index = i64::from(self.groups) * i64::from(TASKS_PER_GROUP) + i64::from(self.tasks);
+        if self.tasks >= TASKS_PER_GROUP || index >= (1 << OUTBOX_INDEX_BITS) {
             return Err(StoreError::Backend(format!(
-                "event {} queues more than {} delivery tasks",
+                "event {} queues more delivery tasks than the outbox key holds ({} recipients, {} each)",
                 self.seq,
-                (1 << OUTBOX_INDEX_BITS) - 1
+                (1 << OUTBOX_INDEX_BITS) / TASKS_PER_GROUP,
+                TASKS_PER_GROUP
             )));
         }
         let seq = seq_i64(self.seq);
         let w = self.q().outbox_put(
             (seq % OUTBOX_SHARDS) as i32,
             seq,
-            self.tasks,
+            index as i32,
             to_json(task)?,
         );
         self.write(w);
@@ -748,16 +816,8 @@ impl FoldTarget for ScyllaTx<'_> {
                 self.write(w);
                 return Ok(());
             }
-            let n = self
-                .one(self.q().receipt_count_get(r.mid, channel, status))?
-                .map_or(0, |(n,)| n);
-            let w = self
-                .q()
-                .receipt_count_put((n - 1).max(0), r.mid, channel, status);
-            self.write(w);
-            // The decrement must be visible to the increment below when the channel and status
-            // repeat (a requeued dead letter failing again).
-            self.flush()?;
+            let (channel, status) = (channel.clone(), status.clone());
+            self.adjust_receipt_count(r.mid, &channel, &status, -1)?;
         }
         let w = self.q().receipt_put(
             r.mid,
@@ -770,26 +830,19 @@ impl FoldTarget for ScyllaTx<'_> {
             ns(r.updated_at),
         );
         self.write(w);
-        let n = self
-            .one(
-                self.q()
-                    .receipt_count_get(r.mid, &r.channel, r.status.as_str()),
-            )?
-            .map_or(0, |(n,)| n);
-        let w = self
-            .q()
-            .receipt_count_put(n + 1, r.mid, &r.channel, r.status.as_str());
-        self.write(w);
-        Ok(())
+        self.adjust_receipt_count(r.mid, &r.channel, r.status.as_str(), 1)
     }
 
     fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()> {
-        // Replaces an earlier dead letter of the same delivery.
-        if let Some((m, s)) = self.one(self.q().failed_id_get(&f.id))? {
+        // Replaces an earlier dead letter of the same delivery (not this event's own row, met
+        // again on a replay: a delete and an insert of one row in one batch leave it deleted).
+        let (bucket, seq) = (month(f.failed_at), seq_i64(self.seq));
+        if let Some((m, s)) = self.one(self.q().failed_id_get(&f.id))?
+            && (m, s) != (bucket, seq)
+        {
             let w = self.q().failed_delete(m, s);
             self.write(w);
         }
-        let (bucket, seq) = (month(f.failed_at), seq_i64(self.seq));
         let w = self.q().failed_put(
             bucket,
             seq,
@@ -836,7 +889,7 @@ mod tests {
 
     #[test]
     fn outbox_ids_round_trip() {
-        for (seq, n) in [(1_i64, 0_i32), (17, 5), (1 << 38, (1 << 24) - 1)] {
+        for (seq, n) in [(1_i64, 0_i32), (17, 5), (1 << 34, (1 << 28) - 1)] {
             let (shard, s, i) = outbox_key(outbox_id(seq, n));
             assert_eq!((s, i), (seq, n));
             assert_eq!(i64::from(shard), seq % OUTBOX_SHARDS);

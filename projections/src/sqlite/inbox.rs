@@ -445,7 +445,7 @@ pub(super) fn put_change(
         params![
             uid,
             p.seq as i64,
-            i64::from(p.sub),
+            i64::try_from(p.sub).unwrap_or(i64::MAX),
             String::from_utf8_lossy(frame),
             ts(at)
         ],
@@ -478,7 +478,12 @@ pub(super) fn changes_after(
         .map_err(backend)?;
     let rows = stmt
         .query_map(
-            params![uid, p.seq as i64, i64::from(p.sub), i64::from(limit)],
+            params![
+                uid,
+                p.seq as i64,
+                i64::try_from(p.sub).unwrap_or(i64::MAX),
+                i64::from(limit)
+            ],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -492,7 +497,7 @@ pub(super) fn changes_after(
         Ok((
             crate::fold::Position {
                 seq: seq.max(0) as u64,
-                sub: u32::try_from(sub).unwrap_or(0),
+                sub: sub.max(0) as u64,
             },
             frame,
         ))

@@ -254,6 +254,10 @@ pub async fn devices(store: &dyn Store) {
     feed.one("bob", enlist("bob", "phone", "aa01")).await;
     assert_eq!(store.devices("ann").await.unwrap().len(), 1);
     assert_eq!(store.devices("bob").await.unwrap()[0].id, "phone");
+    // And from bob to carol: the token's owner record followed it to bob.
+    feed.one("carol", enlist("carol", "phone", "aa01")).await;
+    assert!(store.devices("bob").await.unwrap().is_empty());
+    assert_eq!(store.devices("carol").await.unwrap().len(), 1);
     feed.one(
         "ann",
         Event::DeviceRemoved(DeviceRemoved {
@@ -500,6 +504,29 @@ pub async fn inbox_lifecycle(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(billing.total, 2);
+    // Two more unread billing entries: one "read all" event then marks three at once, each
+    // mark moving the same counters.
+    let billing_opts = MessageOpts {
+        ntype: Some("billing".into()),
+        level: Some(50),
+        ..Default::default()
+    };
+    for i in 4..6 {
+        ids.push(
+            feed.one(
+                "admin",
+                send(
+                    Audience::User { uid: "ann".into() },
+                    &format!("m{i}"),
+                    billing_opts.clone(),
+                ),
+            )
+            .await,
+        );
+    }
+    let stats = store.inbox_stats("ann").await.unwrap();
+    assert_eq!((stats.total, stats.unread), (5, 3));
+    assert_eq!(stats.unread_by_type.get("billing"), Some(&3));
     feed.one(
         "ann",
         Event::InboxReadAll(InboxReadAll {
@@ -509,7 +536,22 @@ pub async fn inbox_lifecycle(store: &dyn Store) {
         }),
     )
     .await;
-    assert_eq!(store.inbox_counts("ann").await.unwrap().unread, 0);
+    let stats = store.inbox_stats("ann").await.unwrap();
+    assert_eq!((stats.total, stats.unread), (5, 0));
+    assert!(
+        stats.unread_by_type.is_empty() && stats.unread_by_level.is_empty(),
+        "{stats:?}"
+    );
+    // Reading and deleting several entries in one event.
+    feed.one(
+        "ann",
+        Event::NotificationsDeleted(NotificationsDeleted {
+            uid: "ann".into(),
+            ids: vec![ids[4], ids[5], ids[4]],
+        }),
+    )
+    .await;
+    assert_eq!(store.inbox_counts("ann").await.unwrap().total, 3);
     let found = store
         .notifications("ann", &[ids[0], ids[3], Uuid::now_v7()])
         .await

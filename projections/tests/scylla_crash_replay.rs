@@ -1,0 +1,276 @@
+//! The Scylla backend has no multi-partition transactions, so a batch that fails part-way
+//! leaves some of its writes behind; the projector then applies the same batch again. This
+//! test fails the CQL node after every possible number of writes of a batch, applies the batch
+//! again, and checks that every read model equals that of a store that never failed: replay
+//! is harmless, and no delivery task or inbox entry is lost or doubled.
+
+mod conformance;
+
+use std::sync::Arc;
+
+use conformance::by;
+use exchange::events::{
+    Audience, DeliveryFailed, DeliveryRequeued, DeviceAddress, DeviceEnlisted, Envelope, Event,
+    MessageOpts, MessagePublished, MessageSent, NotificationsRead, Subscribed, ThreadCreated,
+};
+use projections::model::{HistoryQuery, InboxFilter, InboxQuery, StatusFilter};
+use projections::scylla::memory::MemoryCql;
+use projections::{ApplyOptions, ScyllaStore, SequencedEvent, Store};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const USERS: [&str; 4] = ["ann", "bob", "cat", "dan"];
+
+fn options() -> ApplyOptions {
+    let past = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    ApplyOptions {
+        live_since: Some(past),
+        dispatch_since: Some(past),
+        topic_tasks: false,
+    }
+}
+
+fn sequenced(events: &[Envelope], from: u64) -> Vec<SequencedEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| SequencedEvent {
+            seq: from + i as u64,
+            envelope: e.clone(),
+        })
+        .collect()
+}
+
+/// Events applied before the failing batch: a thread with subscribers, devices.
+fn setup(tid: Uuid) -> Vec<Envelope> {
+    let mut out = vec![by(
+        "ann",
+        Event::ThreadCreated(ThreadCreated {
+            tid,
+            name: "t".into(),
+            owner: "ann".into(),
+            open_subscribe: true,
+            open_publish: true,
+            alias: Some("team".into()),
+        }),
+    )];
+    for (i, uid) in USERS.iter().enumerate() {
+        out.push(by(
+            uid,
+            Event::Subscribed(Subscribed {
+                tid,
+                uid: (*uid).into(),
+            }),
+        ));
+        if i % 2 == 0 {
+            out.push(by(
+                uid,
+                Event::DeviceEnlisted(DeviceEnlisted {
+                    uid: (*uid).into(),
+                    device_id: format!("phone-{uid}"),
+                    address: DeviceAddress::Apns {
+                        token: format!("{i:02}ab"),
+                    },
+                }),
+            ));
+        }
+    }
+    out
+}
+
+/// The batch that fails part-way: fan-out with fallback tasks, a broadcast, a multicast, read
+/// marks, a dead letter and its requeue.
+fn batch(tid: Uuid) -> Vec<Envelope> {
+    let fallback: MessageOpts = serde_json::from_value(
+        serde_json::json!({"fallback": {"after": 60, "channels": ["email"]}}),
+    )
+    .expect("opts");
+    let publish = by(
+        "bob",
+        Event::MessagePublished(MessagePublished {
+            tid,
+            sender: "bob".into(),
+            msg: "hello thread".into(),
+            opts: fallback,
+        }),
+    );
+    let broadcast = by(
+        "admin",
+        Event::MessageSent(MessageSent {
+            audience: Audience::All,
+            sender: "admin".into(),
+            msg: "to everyone".into(),
+            opts: MessageOpts::default(),
+        }),
+    );
+    let multicast = by(
+        "admin",
+        Event::MessageSent(MessageSent {
+            audience: Audience::Users {
+                uids: vec!["dan".into(), "ann".into(), "dan".into()],
+            },
+            sender: "admin".into(),
+            msg: "to two".into(),
+            opts: MessageOpts::default(),
+        }),
+    );
+    let read = by(
+        "ann",
+        Event::NotificationsRead(NotificationsRead {
+            uid: "ann".into(),
+            ids: vec![publish.id, broadcast.id, multicast.id],
+        }),
+    );
+    let dead_mid = publish.id;
+    let failed = by(
+        "system",
+        Event::DeliveryFailed(DeliveryFailed {
+            mid: dead_mid,
+            uid: "cat".into(),
+            device_id: "phone-cat".into(),
+            channel: "apns".into(),
+            reason: "BadDeviceToken".into(),
+            permanent: true,
+            dead: true,
+            attempt: 3,
+        }),
+    );
+    let requeued = by(
+        "admin",
+        Event::DeliveryRequeued(DeliveryRequeued {
+            mid: dead_mid,
+            uid: "cat".into(),
+            device_id: "phone-cat".into(),
+        }),
+    );
+    vec![publish, broadcast, multicast, read, failed, requeued]
+}
+
+/// Every read the API makes of the data the batch touches, as text.
+async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for uid in USERS {
+        let all = InboxQuery {
+            filter: InboxFilter {
+                status: Some(StatusFilter::All),
+                ..Default::default()
+            },
+            limit: 100,
+            ..Default::default()
+        };
+        out.push(format!(
+            "{:?}",
+            store.inbox_snapshot(uid, &all).await.unwrap()
+        ));
+        out.push(format!("{:?}", store.inbox_stats(uid).await.unwrap()));
+        out.push(format!("{:?}", store.devices(uid).await.unwrap()));
+        out.push(format!(
+            "{:?}",
+            store
+                .changes_after(uid, Default::default(), 100)
+                .await
+                .unwrap()
+        ));
+    }
+    out.push(format!("{:?}", store.thread(tid).await.unwrap()));
+    let history = HistoryQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    out.push(format!(
+        "{:?}",
+        store.thread_messages(tid, &history).await.unwrap()
+    ));
+    for mid in mids {
+        out.push(format!("{:?}", store.message(*mid).await.unwrap()));
+        out.push(format!("{:?}", store.receipts(*mid, 100, 0).await.unwrap()));
+        out.push(format!("{:?}", store.receipt_counts(*mid).await.unwrap()));
+    }
+    out.push(format!(
+        "{:?}",
+        store.failed_deliveries(100, 0).await.unwrap()
+    ));
+    let mut outbox: Vec<String> = store
+        .outbox(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, task)| format!("{id} {}", serde_json::to_string(&task).unwrap()))
+        .collect();
+    outbox.sort();
+    out.extend(outbox);
+    out.push(format!("checkpoint {}", store.checkpoint().await.unwrap()));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_after_any_write_and_applied_again_equals_one_that_never_failed() {
+    let tid = Uuid::now_v7();
+    let setup = setup(tid);
+    let batch = batch(tid);
+    let mids: Vec<Uuid> = batch.iter().take(3).map(|e| e.id).collect();
+    let from = setup.len() as u64 + 1;
+
+    let fresh = || async {
+        let cql =
+            Arc::new(MemoryCql::new(projections::scylla::MIGRATIONS.iter().map(|m| m.1)).unwrap());
+        let store = ScyllaStore::on_memory(cql.clone()).await.unwrap();
+        store.apply(sequenced(&setup, 1), options()).await.unwrap();
+        (cql, store)
+    };
+    let (_, clean) = fresh().await;
+    clean
+        .apply(sequenced(&batch, from), options())
+        .await
+        .unwrap();
+    let expected = snapshot(&clean, tid, &mids).await;
+    let waits = expected
+        .iter()
+        .filter(|l| l.contains("\"fallback_due\":\""))
+        .count();
+    assert_eq!(waits, 2, "fallback timers for ann and cat: {expected:#?}");
+    assert!(
+        expected.iter().any(|l| l.contains("\"requeue\":\"")),
+        "the requeued dead letter's task: {expected:#?}"
+    );
+
+    let mut crash_points = 0;
+    for writes in 0.. {
+        let (cql, store) = fresh().await;
+        cql.fail_writes_after(Some(writes));
+        let first = store.apply(sequenced(&batch, from), options()).await;
+        cql.fail_writes_after(None);
+        if first.is_ok() {
+            // The batch needs fewer writes than this: every crash point was tried.
+            break;
+        }
+        crash_points += 1;
+        let again = store
+            .apply(sequenced(&batch, from), options())
+            .await
+            .unwrap_or_else(|e| panic!("after {writes} writes, applying again: {e}"));
+        assert_eq!(again.checkpoint, from + batch.len() as u64 - 1);
+        let got = snapshot(&store, tid, &mids).await;
+        for (g, e) in got.iter().zip(&expected) {
+            if g != e {
+                let at = g
+                    .chars()
+                    .zip(e.chars())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(g.len().min(e.len()));
+                let from = at.saturating_sub(150);
+                panic!(
+                    "after a failure at write {writes}, from char {from}:\n got: {}\n want: {}",
+                    g.chars().skip(from).take(400).collect::<String>(),
+                    e.chars().skip(from).take(400).collect::<String>()
+                );
+            }
+        }
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "after a failure at write {writes}"
+        );
+    }
+    assert!(crash_points > 20, "only {crash_points} crash points");
+}
