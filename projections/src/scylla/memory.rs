@@ -319,6 +319,27 @@ pub struct MemoryCql {
     parsed: Mutex<HashMap<&'static str, Parsed>>,
 }
 
+/// What one request (a statement or a batch) has done so far.
+#[derive(Default)]
+struct Request {
+    deferred: Vec<Deferred>,
+    /// Cells written, as `table/partition/clustering/column`: a batch writing one cell twice
+    /// gives both writes one timestamp, and Cassandra then keeps the larger value, not the
+    /// last; refused here so such a batch fails in tests instead of misbehaving on a node.
+    cells: std::collections::HashSet<String>,
+}
+
+impl Request {
+    fn cell(&mut self, table: &str, pk: &[Key], ck: &[Stored], col: &str) -> StoreResult<()> {
+        let id = format!("{table}/{pk:?}/{ck:?}/{col}");
+        if self.cells.insert(id.clone()) {
+            Ok(())
+        } else {
+            Err(err(format!("one batch writes {id} twice")))
+        }
+    }
+}
+
 /// A write whose effect waits for the end of its batch.
 enum Deferred {
     Delete {
@@ -387,7 +408,7 @@ impl MemoryCql {
         data: &mut HashMap<String, BTreeMap<Vec<Key>, Partition>>,
         stmt: &Stmt,
         values: Values,
-        deferred: &mut Vec<Deferred>,
+        request: &mut Request,
     ) -> StoreResult<Vec<Row>> {
         let mut values = values.into_iter();
         let mut take = |n: usize| -> StoreResult<Vec<Option<CqlValue>>> {
@@ -447,6 +468,11 @@ impl MemoryCql {
                     row.extend(project(def, &pk, &ck, existing, &cols)?);
                     return Ok(vec![row]);
                 }
+                for c in &cols {
+                    if !def.partition.contains(c) && !def.clustering.contains(c) {
+                        request.cell(&table, &pk, &ck, c)?;
+                    }
+                }
                 let row = partition.entry(ck).or_default();
                 for (c, v) in cols.iter().zip(vals) {
                     if def.partition.contains(c) || def.clustering.contains(c) {
@@ -483,6 +509,9 @@ impl MemoryCql {
                     vals.push(key_value(v));
                 }
                 let (pk, ck) = key_of(def, &cols, &vals)?;
+                for c in &sets {
+                    request.cell(&table, &pk, &ck, c)?;
+                }
                 let partition = data
                     .entry(table.clone())
                     .or_default()
@@ -522,7 +551,7 @@ impl MemoryCql {
                     .filter(|(r, _)| !r.cols.iter().any(|c| def.partition.contains(c)))
                     .map(|(r, v)| Ok((r, v.iter().map(Key::of).collect::<StoreResult<_>>()?)))
                     .collect::<StoreResult<_>>()?;
-                deferred.push(Deferred::Delete {
+                request.deferred.push(Deferred::Delete {
                     table,
                     partition,
                     wheres,
@@ -535,13 +564,13 @@ impl MemoryCql {
     fn apply_deferred(
         &self,
         data: &mut HashMap<String, BTreeMap<Vec<Key>, Partition>>,
-        deferred: Vec<Deferred>,
+        request: Request,
     ) -> StoreResult<()> {
         for Deferred::Delete {
             table,
             partition,
             wheres,
-        } in deferred
+        } in request.deferred
         {
             let def = self.def(&table)?;
             if let Some(p) = data.get_mut(&table).and_then(|t| t.get_mut(&partition)) {
@@ -689,9 +718,9 @@ impl Cql for MemoryCql {
             self.write_allowed()?;
         }
         let mut data = self.data.lock().map_err(|_| err("poisoned"))?;
-        let mut deferred = Vec::new();
-        let rows = self.execute(&mut data, stmt, values, &mut deferred)?;
-        self.apply_deferred(&mut data, deferred)?;
+        let mut request = Request::default();
+        let rows = self.execute(&mut data, stmt, values, &mut request)?;
+        self.apply_deferred(&mut data, request)?;
         Ok(rows)
     }
 
@@ -712,14 +741,142 @@ impl Cql for MemoryCql {
     async fn batch(&self, writes: Vec<(&Stmt, Values)>) -> StoreResult<()> {
         self.write_allowed()?;
         let mut data = self.data.lock().map_err(|_| err("poisoned"))?;
-        let mut deferred = Vec::new();
+        let mut request = Request::default();
         for (stmt, values) in writes {
             if stmt.is_select() || stmt.cql.contains(" IF ") {
                 return Err(err(format!("{}: not allowed in a batch", stmt.name)));
             }
-            self.execute(&mut data, stmt, values, &mut deferred)?;
+            self.execute(&mut data, stmt, values, &mut request)?;
         }
         // One write timestamp for the whole batch: a delete wins over any write of it.
-        self.apply_deferred(&mut data, deferred)
+        self.apply_deferred(&mut data, request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = "-- t\nCREATE TABLE IF NOT EXISTS t (p text, c bigint, d int, v text, \
+        PRIMARY KEY ((p), c, d)) WITH CLUSTERING ORDER BY (c DESC, d ASC);\n\
+        CREATE TABLE IF NOT EXISTS k (id text PRIMARY KEY, n bigint);";
+
+    fn stmt(cql: &'static str) -> Stmt {
+        Stmt::new("test", cql, None)
+    }
+
+    fn text(s: &str) -> Option<CqlValue> {
+        Some(CqlValue::Text(s.into()))
+    }
+
+    async fn put(db: &MemoryCql, c: i64, d: i32) {
+        let insert = stmt("INSERT INTO t (p, c, d, v) VALUES (?, ?, ?, ?)");
+        let values = vec![
+            text("a"),
+            Some(CqlValue::BigInt(c)),
+            Some(CqlValue::Int(d)),
+            text(&format!("{c}.{d}")),
+        ];
+        db.run(&insert, values).await.unwrap();
+    }
+
+    async fn keys(db: &MemoryCql, cql: &'static str, mut values: Values) -> Vec<String> {
+        values.insert(0, text("a"));
+        db.run(&stmt(cql), values)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| match &r[0] {
+                Some(CqlValue::Text(s)) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn clustering_order_slices_limits_and_range_deletes() {
+        let db = MemoryCql::new([SCHEMA]).unwrap();
+        for (c, d) in [(1, 0), (2, 1), (2, 0), (3, 0)] {
+            put(&db, c, d).await;
+        }
+        let all = keys(&db, "SELECT v FROM t WHERE p = ?", vec![]).await;
+        assert_eq!(all, ["3.0", "2.0", "2.1", "1.0"], "c DESC, then d ASC");
+        let after = keys(
+            &db,
+            "SELECT v FROM t WHERE p = ? AND (c, d) > (?, ?)",
+            vec![Some(CqlValue::BigInt(2)), Some(CqlValue::Int(0))],
+        )
+        .await;
+        assert_eq!(after, ["3.0", "2.1"]);
+        let limited = keys(
+            &db,
+            "SELECT v FROM t WHERE p = ? AND c < ? LIMIT ?",
+            vec![Some(CqlValue::BigInt(3)), Some(CqlValue::Int(1))],
+        )
+        .await;
+        assert_eq!(limited, ["2.0"]);
+        db.run(
+            &stmt("DELETE FROM t WHERE p = ? AND c < ?"),
+            vec![text("a"), Some(CqlValue::BigInt(3))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            keys(&db, "SELECT v FROM t WHERE p = ?", vec![]).await,
+            ["3.0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_and_batch_timestamps() {
+        let db = MemoryCql::new([SCHEMA]).unwrap();
+        let claim = stmt("INSERT INTO k (id, n) VALUES (?, ?) IF NOT EXISTS");
+        let first = db
+            .run(&claim, vec![text("x"), Some(CqlValue::BigInt(1))])
+            .await
+            .unwrap();
+        assert_eq!(first[0][0], Some(CqlValue::Boolean(true)));
+        let second = db
+            .run(&claim, vec![text("x"), Some(CqlValue::BigInt(2))])
+            .await
+            .unwrap();
+        assert_eq!(second[0][0], Some(CqlValue::Boolean(false)));
+        let cas = stmt("UPDATE k SET n = ? WHERE id = ? IF n = ?");
+        let moved = db
+            .run(
+                &cas,
+                vec![
+                    Some(CqlValue::BigInt(5)),
+                    text("x"),
+                    Some(CqlValue::BigInt(2)),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved[0][0], Some(CqlValue::Boolean(false)), "n is 1");
+
+        // A delete and an insert of one row in one batch: the delete wins.
+        let delete = stmt("DELETE FROM k WHERE id = ?");
+        let insert = stmt("INSERT INTO k (id, n) VALUES (?, ?)");
+        db.batch(vec![
+            (&delete, vec![text("x")]),
+            (&insert, vec![text("x"), Some(CqlValue::BigInt(9))]),
+        ])
+        .await
+        .unwrap();
+        let get = stmt("SELECT n FROM k WHERE id = ?");
+        assert!(db.run(&get, vec![text("x")]).await.unwrap().is_empty());
+        // One cell written twice in one batch is refused (a node keeps the larger value).
+        let twice = db
+            .batch(vec![
+                (&insert, vec![text("y"), Some(CqlValue::BigInt(2))]),
+                (&insert, vec![text("y"), Some(CqlValue::BigInt(1))]),
+            ])
+            .await;
+        assert!(twice.is_err());
+        // Injected failures stop writes, not reads.
+        db.fail_writes_after(Some(0));
+        assert!(db.run(&insert, vec![text("z"), None]).await.is_err());
+        assert!(db.run(&get, vec![text("z")]).await.is_ok());
     }
 }
