@@ -178,14 +178,13 @@ impl ScyllaStore {
         uid: &str,
         q: &InboxQuery,
     ) -> StoreResult<(Page<Notification>, u64)> {
+        if let Some(after) = q.after {
+            return self.inbox_after(uid, q, after).await;
+        }
         let all = self.whole_inbox(uid).await?;
         let position = all.iter().map(|n| n.seq).max().unwrap_or(0);
         let mut hits: Vec<Notification> = all.into_iter().filter(|n| matches(q, n)).collect();
-        if q.after.is_some() {
-            hits.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.id.cmp(&b.id)));
-        } else {
-            hits.sort_by_key(|n| std::cmp::Reverse(n.id));
-        }
+        hits.sort_by_key(|n| std::cmp::Reverse(n.id));
         let total = hits.len() as u64;
         Ok((
             Page {
@@ -193,6 +192,55 @@ impl ScyllaStore {
                 total,
             },
             position,
+        ))
+    }
+
+    /// Cursor sync: the entries after a position, oldest first, reading only those (a slice
+    /// of each month's partition). The newest position is read first; entries that arrive
+    /// while the slices are read are left for the next sync, so the cursor neither skips nor
+    /// repeats one.
+    async fn inbox_after(
+        &self,
+        uid: &str,
+        q: &InboxQuery,
+        after: u64,
+    ) -> StoreResult<(Page<Notification>, u64)> {
+        let months: Vec<i32> = self
+            .all(self.q().inbox_months_of(uid))
+            .await?
+            .into_iter()
+            .map(|(m,)| m)
+            .collect();
+        let mut newest = 0_i64;
+        for m in &months {
+            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
+                newest = newest.max(seq);
+            }
+        }
+        let mut hits = Vec::new();
+        for m in months {
+            for r in self
+                .all(self.q().inbox_after_in_month(uid, m, super::seq_i64(after)))
+                .await?
+            {
+                if r.0 > newest {
+                    continue;
+                }
+                let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10));
+                let n = notification_from(uid, seq, rest)?;
+                if matches(q, &n) {
+                    hits.push(n);
+                }
+            }
+        }
+        hits.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.id.cmp(&b.id)));
+        let total = hits.len() as u64;
+        Ok((
+            Page {
+                items: page(hits, q.offset, q.limit),
+                total,
+            },
+            newest.max(0) as u64,
         ))
     }
 
