@@ -140,6 +140,25 @@ pub async fn open_store(location: &StoreLocation) -> anyhow::Result<OpenedStore>
     })
 }
 
+/// Serves `app` until `stop` fires, then lets in-flight requests finish.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
 /// Connects to NATS and starts the configured role.
 pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     let client = nats::connect(&opts.nats_url).await?;
@@ -239,18 +258,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             .with_context(|| format!("binding {}", opts.listen))?;
         let bound = listener.local_addr()?;
         addr = Some(bound);
-        let app = gateway::router(state);
-        server = Some(tokio::spawn(async move {
-            let shutdown = async {
-                let _ = rx.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
+        server = Some(serve_http(listener, gateway::router(state), rx));
         tracing::info!(%bound, "gateway listening");
     } else if let Some(listen) = opts.health_listen {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -268,17 +276,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                 }
             }),
         );
-        server = Some(tokio::spawn(async move {
-            let shutdown = async {
-                let _ = rx.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "health endpoint failed");
-            }
-        }));
+        server = Some(serve_http(listener, app, rx));
         tracing::info!(%bound, "health endpoint listening");
     }
     Ok(Running {

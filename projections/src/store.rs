@@ -47,6 +47,38 @@ pub struct ApplyOptions {
     pub topic_tasks: bool,
 }
 
+/// The dispatcher's [`exchange::dispatch::Directory`] reads that every store answers the same
+/// way through the `Store` trait.
+pub(crate) mod directory {
+    use super::Store;
+    use exchange::events::{DeviceAddress, Preferences};
+    use uuid::Uuid;
+
+    pub(crate) async fn devices(
+        store: &dyn Store,
+        uid: &str,
+    ) -> Result<Vec<(String, DeviceAddress)>, String> {
+        store
+            .devices(uid)
+            .await
+            .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn preferences(store: &dyn Store, uid: &str) -> Result<Preferences, String> {
+        store.preferences(uid).await.map_err(|e| e.to_string())
+    }
+
+    /// Whether the user has read the message (or no longer has it).
+    pub(crate) async fn is_read(store: &dyn Store, mid: Uuid, uid: &str) -> Result<bool, String> {
+        let n = store
+            .notifications(uid, &[mid])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n.first().is_none_or(|n| n.read_at.is_some()))
+    }
+}
+
 /// Per-channel, per-status receipt counts of one message.
 pub type ReceiptCounts = Vec<(String, String, u64)>;
 

@@ -740,16 +740,11 @@ impl Directory for ScyllaStore {
         &self,
         uid: &str,
     ) -> Result<Vec<(String, exchange::events::DeviceAddress)>, String> {
-        Store::devices(self, uid)
-            .await
-            .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
-            .map_err(|e| e.to_string())
+        crate::store::directory::devices(self, uid).await
     }
 
     async fn preferences(&self, uid: &str) -> Result<exchange::events::Preferences, String> {
-        Store::preferences(self, uid)
-            .await
-            .map_err(|e| e.to_string())
+        crate::store::directory::preferences(self, uid).await
     }
 
     async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
@@ -761,11 +756,7 @@ impl Directory for ScyllaStore {
     }
 
     async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
-        let n = self
-            .notification(uid, mid)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(n.is_none_or(|n| n.read_at.is_some()))
+        crate::store::directory::is_read(self, mid, uid).await
     }
 }
 

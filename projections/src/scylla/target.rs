@@ -235,6 +235,14 @@ impl<'a> ScyllaTx<'a> {
         Ok(())
     }
 
+    /// Takes an entry out of the user's unread counts.
+    fn no_longer_unread(&mut self, n: &Notification) -> StoreResult<()> {
+        let mut c = self.counts(&n.uid)?;
+        c.unread -= 1;
+        self.put_counts(&n.uid, c);
+        self.adjust_unread_by(n, -1)
+    }
+
     /// Moves a message's count of receipts on one channel in one status by `delta`.
     fn adjust_receipt_count(
         &mut self,
@@ -545,11 +553,8 @@ impl FoldTarget for ScyllaTx<'_> {
             .q()
             .inbox_state_put(Some(ns(at)), n.archived_at.map(ns), uid, bucket, seq);
         self.write(w);
-        if n.archived_at.is_none() {
-            let mut c = self.counts(uid)?;
-            c.unread -= 1;
-            self.put_counts(uid, c);
-            self.adjust_unread_by(&n, -1)?;
+        if n.status == NotificationStatus::Unread {
+            self.no_longer_unread(&n)?;
         }
         n.read_at = Some(at);
         n.status = Notification::status_of(n.read_at, n.archived_at);
@@ -574,10 +579,7 @@ impl FoldTarget for ScyllaTx<'_> {
             .inbox_state_put(Some(ns(read_at)), Some(ns(at)), uid, bucket, seq);
         self.write(w);
         if n.status == NotificationStatus::Unread {
-            let mut c = self.counts(uid)?;
-            c.unread -= 1;
-            self.put_counts(uid, c);
-            self.adjust_unread_by(&n, -1)?;
+            self.no_longer_unread(&n)?;
         }
         n.read_at = Some(read_at);
         n.archived_at = Some(at);

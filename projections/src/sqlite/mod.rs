@@ -1273,16 +1273,11 @@ impl Directory for SqliteStore {
         &self,
         uid: &str,
     ) -> Result<Vec<(String, exchange::events::DeviceAddress)>, String> {
-        Store::devices(self, uid)
-            .await
-            .map(|ds| ds.into_iter().map(|d| (d.id, d.address)).collect())
-            .map_err(|e| e.to_string())
+        crate::store::directory::devices(self, uid).await
     }
 
     async fn preferences(&self, uid: &str) -> Result<exchange::events::Preferences, String> {
-        Store::preferences(self, uid)
-            .await
-            .map_err(|e| e.to_string())
+        crate::store::directory::preferences(self, uid).await
     }
 
     async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
@@ -1304,9 +1299,6 @@ impl Directory for SqliteStore {
     }
 
     async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
-        let n = Store::notifications(self, uid, &[mid])
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(n.first().is_none_or(|n| n.read_at.is_some()))
+        crate::store::directory::is_read(self, mid, uid).await
     }
 }
