@@ -11,6 +11,18 @@ use msgxc::Role;
 use projections::SqliteStore;
 use serde_json::json;
 
+/// An admin's direct message number `i` to bob, accepted.
+async fn send_to_bob(http: &reqwest::Client, base: &str, admin: &str, i: usize) {
+    let r = http
+        .post(format!("{base}/send"))
+        .bearer_auth(admin)
+        .json(&json!({"msg": format!("m{i}"), "uid": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test]
 async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
     let nats = testkit::TestNats::start();
@@ -28,19 +40,7 @@ async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
     let base = format!("http://{}/api/v1", gateway.addr.unwrap());
     let http = reqwest::Client::new();
     let admin = token("root", true);
-    let send = |i: usize| {
-        let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
-        async move {
-            let r = http
-                .post(format!("{base}/send"))
-                .bearer_auth(admin)
-                .json(&json!({"msg": format!("m{i}"), "uid": "bob"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-        }
-    };
+    let send = |i: usize| send_to_bob(&http, &base, &admin, i);
     let inbox_total = || {
         let store = gateway.store.clone();
         async move { store.inbox_counts("bob").await.unwrap().total }
@@ -156,19 +156,7 @@ async fn two_projector_processes_apply_each_event_once() {
 
     let base = format!("http://{gw}/api/v1");
     let (admin, bob) = (token("root", true), token("bob", false));
-    let send = |i: usize| {
-        let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
-        async move {
-            let r = http
-                .post(format!("{base}/send"))
-                .bearer_auth(admin)
-                .json(&json!({"msg": format!("m{i}"), "uid": "bob"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-        }
-    };
+    let send = |i: usize| send_to_bob(&http, &base, &admin, i);
     let wait_for = |n: u64| {
         let (http, base, bob) = (http.clone(), base.clone(), bob.clone());
         async move {
