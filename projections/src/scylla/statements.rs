@@ -349,8 +349,8 @@ statements! {
         "SELECT first_seq FROM feed_days WHERE scope = ? AND day = ?";
     feed_day_put(scope: i32, day: i32, first_seq: i64) -> () =
         "INSERT INTO feed_days (scope, day, first_seq) VALUES (?, ?, ?)";
-    feed_day_from(scope: i32, day: i32) -> (i64,) =
-        "SELECT first_seq FROM feed_days WHERE scope = ? AND day >= ? LIMIT 1";
+    feed_day_from(scope: i32, day: i32) -> (i32, i64) =
+        "SELECT day, first_seq FROM feed_days WHERE scope = ? AND day >= ? LIMIT 1";
 
     // Blocks, types, preferences.
     block_get(uid: &str, blocked: &str) -> (String,) =

@@ -88,8 +88,10 @@ pub(crate) struct ScyllaTx<'a> {
     /// applied again (a replay must overwrite, never collide with, the tasks written before).
     groups: i32,
     tasks: i32,
-    /// UTC days whose first change position is known to be recorded.
+    /// UTC days whose first change position is known to be recorded, and the answers to
+    /// "the first recorded day from this one on" (the pruning cutoff of every change that day).
     feed_days: HashMap<i32, i64>,
+    feed_cutoffs: HashMap<i32, Option<(i32, i64)>>,
     /// Counts as this batch has left them (read once, then kept here): a group reads and
     /// writes the same counts row several times without sending its writes in between, which
     /// would split the group's logged batch.
@@ -110,6 +112,7 @@ impl<'a> ScyllaTx<'a> {
             groups: 0,
             tasks: 0,
             feed_days: HashMap::new(),
+            feed_cutoffs: HashMap::new(),
             counts: HashMap::new(),
             unread_by: HashMap::new(),
             receipt_counts: HashMap::new(),
@@ -716,14 +719,27 @@ impl FoldTarget for ScyllaTx<'_> {
         // one, when none is recorded), issued only when there is something to delete (a range
         // tombstone per write would slow every read of the feed).
         let cutoff_day = day.saturating_sub(CHANGE_RETENTION.whole_days() as i32);
-        let cutoff = match self.one(self.q().feed_day_from(0, cutoff_day))? {
-            Some((first,)) => first,
-            None => today.unwrap_or(seq),
+        let recorded = match self.feed_cutoffs.get(&cutoff_day) {
+            Some(known) => *known,
+            None => {
+                let found = self.one(self.q().feed_day_from(0, cutoff_day))?;
+                self.feed_cutoffs.insert(cutoff_day, found);
+                found
+            }
+        };
+        // This day counts as recorded too (it is, below, if it was not): it is the cutoff
+        // when no earlier day since the cutoff day has a record.
+        let cutoff = match recorded {
+            Some((first_day, first)) if first_day <= day => first,
+            _ => today.unwrap_or(seq),
         };
         let prune = self.one(self.q().change_before(uid, cutoff))?.is_some();
         if today.is_none() {
             let w = self.q().feed_day_put(0, day, seq);
             self.write(w);
+            // Cached cutoffs that this day now precedes are stale.
+            self.feed_cutoffs
+                .retain(|from, found| *from > day || found.is_some_and(|(d, _)| d < day));
         }
         self.feed_days.insert(day, today.unwrap_or(seq));
         if prune {
