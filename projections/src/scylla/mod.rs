@@ -32,7 +32,8 @@ mod reads;
 mod statements;
 mod target;
 
-pub use exec::{Cql, FromCql, FromRow, Row, Values};
+use exec::FromRow;
+pub use exec::{Cql, Row, Values};
 
 use statements::{Bound, Prepared};
 pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, Stmt};

@@ -3,8 +3,10 @@
 //! Writes are buffered and flushed as one logged batch at each group boundary the fold marks
 //! (one recipient of a message, one entry of a read/archive/delete request) and at the end of
 //! each event, so an inbox entry, the counts it moves, its change-feed entry and its dispatch
-//! tasks land together or not at all. A read of a table with buffered writes flushes first, so
-//! the fold always reads what it wrote. A message's own row is written last in its event: its
+//! tasks land together or not at all. Counts a group reads and moves are kept per batch, so
+//! the group never has to send its writes early to read them back; any other read of a table
+//! with buffered writes flushes first, so the fold always reads what it wrote (the crash-replay
+//! test shows no group is split where it matters). A message's own row is written last in its event: its
 //! presence is what tells a replay that the event was applied in full. The statements of one
 //! batch share a write timestamp, on which a delete beats an insert: no batch deletes and
 //! re-writes the same row (a device's owner row is the one case, flushed in between).
