@@ -64,7 +64,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 /// Where the cluster is and how to talk to it, from
 /// `scylla://[user:password@]host[:port][,host[:port]...]/keyspace[?option=value&...]`.
 /// Options: `consistency` (default `local_quorum`), `datacenter` (prefer this DC's nodes),
-/// `replication_factor` (for `msgxc migrate`; default the number of nodes, at most 3).
+/// `replication_factor` (for `msgxc migrate`; default the number of nodes, at most 3), `tls`
+/// (`true`: TLS, nodes verified against the system's CA certificates) and `ca` (a PEM file of
+/// the CA that signed the nodes' certificates; implies `tls`).
 #[derive(Clone)]
 pub struct ScyllaConfig {
     pub nodes: Vec<String>,
@@ -73,6 +75,41 @@ pub struct ScyllaConfig {
     pub consistency: Consistency,
     pub datacenter: Option<String>,
     pub replication_factor: Option<u32>,
+    pub tls: Option<Tls>,
+}
+
+/// How connections to the nodes are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Verify the nodes against the system's CA certificates.
+    SystemRoots,
+    /// Verify the nodes against this CA certificate (PEM).
+    Ca(std::path::PathBuf),
+}
+
+impl Tls {
+    /// The OpenSSL context the driver wraps each connection in. Node certificates are verified
+    /// against the CA; host names are not (nodes are addressed by the IPs the cluster
+    /// advertises, as with every CQL driver).
+    pub fn context(&self) -> Result<openssl::ssl::SslContext, String> {
+        use openssl::ssl::{SslContextBuilder, SslMethod, SslVerifyMode};
+        let mut b =
+            SslContextBuilder::new(SslMethod::tls_client()).map_err(|e| format!("TLS: {e}"))?;
+        match self {
+            Tls::SystemRoots => b
+                .set_default_verify_paths()
+                .map_err(|e| format!("TLS: system CA certificates: {e}"))?,
+            Tls::Ca(path) => {
+                if !path.is_file() {
+                    return Err(format!("TLS: no CA file {}", path.display()));
+                }
+                b.set_ca_file(path)
+                    .map_err(|e| format!("TLS: CA file {}: {e}", path.display()))?
+            }
+        }
+        b.set_verify(SslVerifyMode::PEER);
+        Ok(b.build())
+    }
 }
 
 impl std::fmt::Debug for ScyllaConfig {
@@ -84,6 +121,7 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("consistency", &self.consistency)
             .field("datacenter", &self.datacenter)
             .field("replication_factor", &self.replication_factor)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -143,12 +181,19 @@ impl ScyllaConfig {
             consistency: Consistency::LocalQuorum,
             datacenter: None,
             replication_factor: None,
+            tls: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "consistency" => config.consistency = parse_consistency(v)?,
                 "datacenter" | "dc" if !v.is_empty() => config.datacenter = Some(v.to_owned()),
+                "tls" => match v {
+                    "true" | "1" => config.tls = config.tls.take().or(Some(Tls::SystemRoots)),
+                    "false" | "0" => config.tls = None,
+                    _ => return Err(format!("tls={v}: true or false")),
+                },
+                "ca" if !v.is_empty() => config.tls = Some(Tls::Ca(v.into())),
                 "replication_factor" => {
                     let n: u32 = v
                         .parse()
@@ -204,6 +249,9 @@ async fn connect(config: &ScyllaConfig, keyspace: bool) -> Result<Session, Strin
         .connection_timeout(Duration::from_secs(10));
     if let Some((user, pass)) = &config.credentials {
         builder = builder.user(user, pass);
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_context(Some(tls.context()?));
     }
     if keyspace {
         builder = builder.use_keyspace(&config.keyspace, false);
@@ -781,6 +829,11 @@ mod tests {
         assert_eq!(c.datacenter.as_deref(), Some("eu"));
         assert_eq!(c.replication_factor, Some(3));
         assert!(!format!("{c:?}").contains(":p"), "no password in logs");
+        assert_eq!(c.tls, None);
+        let c = ScyllaConfig::parse("scylla://h/ks?tls=true").unwrap();
+        assert_eq!(c.tls, Some(Tls::SystemRoots));
+        let c = ScyllaConfig::parse("scylla://h/ks?ca=/etc/ca.pem").unwrap();
+        assert_eq!(c.tls, Some(Tls::Ca("/etc/ca.pem".into())));
         for bad in [
             "scylla://h",
             "scylla:///ks",
@@ -789,6 +842,7 @@ mod tests {
             "scylla://h/ks?consistency=most",
             "scylla://h/ks?replication_factor=0",
             "scylla://h/ks?what=1",
+            "scylla://h/ks?tls=maybe",
             "postgres://h/ks",
         ] {
             assert!(ScyllaConfig::parse(bad).is_err(), "{bad}");
@@ -827,5 +881,21 @@ mod migration_tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn tls_contexts_build_or_say_why_not() {
+        assert!(Tls::SystemRoots.context().is_ok());
+        let err = Tls::Ca("/nonexistent/ca.pem".into()).context().unwrap_err();
+        assert!(err.contains("no CA file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        assert!(Tls::Ca(bad).context().is_err());
     }
 }
