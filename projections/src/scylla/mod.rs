@@ -293,10 +293,18 @@ pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
          {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}",
         config.keyspace
     );
-    session
-        .query_unpaged(create, ())
-        .await
-        .map_err(|e| backend(format!("creating keyspace {}: {e}", config.keyspace)))?;
+    // ScyllaDB: lightweight transactions (alias uniqueness, the checkpoint fence) are not
+    // supported in keyspaces with tablets, which recent versions enable by default. Cassandra
+    // does not know the option and refuses it: then the plain statement.
+    let without_tablets = format!("{create} AND tablets = {{'enabled': false}}");
+    if let Err(scylla_form) = session.query_unpaged(without_tablets, ()).await {
+        session.query_unpaged(create, ()).await.map_err(|e| {
+            backend(format!(
+                "creating keyspace {}: {e} (with tablets disabled: {scylla_form})",
+                config.keyspace
+            ))
+        })?;
+    }
     session
         .use_keyspace(&config.keyspace, false)
         .await
