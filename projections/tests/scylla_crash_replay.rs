@@ -11,7 +11,8 @@ use std::sync::Arc;
 use conformance::by;
 use exchange::events::{
     Audience, DeliveryFailed, DeliveryRequeued, DeviceAddress, DeviceEnlisted, Envelope, Event,
-    MessageOpts, MessagePublished, MessageSent, NotificationsRead, Subscribed, ThreadCreated,
+    MessageOpts, MessagePublished, MessageSent, NotificationsArchived, NotificationsDeleted,
+    NotificationsRead, Subscribed, ThreadCreated,
 };
 use projections::model::{HistoryQuery, InboxFilter, InboxQuery, StatusFilter};
 use projections::scylla::memory::MemoryCql;
@@ -79,7 +80,7 @@ fn setup(tid: Uuid) -> Vec<Envelope> {
 }
 
 /// The batch that fails part-way: fan-out with fallback tasks, a broadcast, a multicast, read
-/// marks, a dead letter and its requeue.
+/// marks, archiving, deleting, a dead letter and its requeue.
 fn batch(tid: Uuid) -> Vec<Envelope> {
     let fallback: MessageOpts = serde_json::from_value(
         serde_json::json!({"fallback": {"after": 60, "channels": ["email"]}}),
@@ -121,6 +122,20 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             ids: vec![publish.id, broadcast.id, multicast.id],
         }),
     );
+    let archived = by(
+        "ann",
+        Event::NotificationsArchived(NotificationsArchived {
+            uid: "ann".into(),
+            ids: vec![multicast.id, publish.id],
+        }),
+    );
+    let deleted = by(
+        "dan",
+        Event::NotificationsDeleted(NotificationsDeleted {
+            uid: "dan".into(),
+            ids: vec![broadcast.id],
+        }),
+    );
     let dead_mid = publish.id;
     let failed = by(
         "system",
@@ -143,7 +158,9 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             device_id: "phone-cat".into(),
         }),
     );
-    vec![publish, broadcast, multicast, read, failed, requeued]
+    vec![
+        publish, broadcast, multicast, read, archived, deleted, failed, requeued,
+    ]
 }
 
 /// Every read the API makes of the data the batch touches, as text.
@@ -162,6 +179,11 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
             "{:?}",
             store.inbox_snapshot(uid, &all).await.unwrap()
         ));
+        let default = InboxQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        out.push(format!("{:?}", store.inbox(uid, &default).await.unwrap()));
         out.push(format!("{:?}", store.inbox_stats(uid).await.unwrap()));
         out.push(format!("{:?}", store.devices(uid).await.unwrap()));
         out.push(format!(

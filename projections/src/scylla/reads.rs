@@ -154,13 +154,7 @@ impl ScyllaStore {
 
     /// Every entry of a user's inbox, newest month first.
     async fn whole_inbox(&self, uid: &str) -> StoreResult<Vec<Notification>> {
-        let mut months: Vec<i32> = self
-            .all(self.q().inbox_months_of(uid))
-            .await?
-            .into_iter()
-            .map(|(m,)| m)
-            .collect();
-        months.sort_unstable_by(|a, b| b.cmp(a));
+        let months = self.months_newest_first(uid).await?;
         let mut out = Vec::new();
         for m in months {
             for r in self.all(self.q().inbox_in_month(uid, m)).await? {
@@ -181,10 +175,21 @@ impl ScyllaStore {
         if let Some(after) = q.after {
             return self.inbox_after(uid, q, after).await;
         }
+        let f = &q.filter;
+        let status_only = f.ntype.is_none()
+            && f.sender.is_none()
+            && f.level.is_none()
+            && f.tid.is_none()
+            && f.since.is_none()
+            && f.before.is_none()
+            && !f.direct;
+        if status_only {
+            return self.inbox_newest(uid, q).await;
+        }
         let all = self.whole_inbox(uid).await?;
         let position = all.iter().map(|n| n.seq).max().unwrap_or(0);
         let mut hits: Vec<Notification> = all.into_iter().filter(|n| matches(q, n)).collect();
-        hits.sort_by_key(|n| std::cmp::Reverse(n.id));
+        hits.sort_by_key(|n| std::cmp::Reverse(n.seq));
         let total = hits.len() as u64;
         Ok((
             Page {
@@ -192,6 +197,87 @@ impl ScyllaStore {
                 total,
             },
             position,
+        ))
+    }
+
+    /// The newest position among a user's entries (0 when none): the first row of each month.
+    async fn newest_position(&self, uid: &str, months: &[i32]) -> StoreResult<i64> {
+        let mut newest = 0_i64;
+        for m in months {
+            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
+                newest = newest.max(seq);
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn months_newest_first(&self, uid: &str) -> StoreResult<Vec<i32>> {
+        let mut months: Vec<i32> = self
+            .all(self.q().inbox_months_of(uid))
+            .await?
+            .into_iter()
+            .map(|(m,)| m)
+            .collect();
+        months.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(months)
+    }
+
+    /// A listing filtered by status at most, newest first: months are read newest first and
+    /// reading stops once the page is full; the total comes from the user's counts. Entries
+    /// newer than the position read first are left out (they belong to the next sync).
+    async fn inbox_newest(
+        &self,
+        uid: &str,
+        q: &InboxQuery,
+    ) -> StoreResult<(Page<Notification>, u64)> {
+        let c = self.one(self.q().counts_get(uid)).await?;
+        let (all, unread, archived) = c.map_or((0, 0, 0), |r| (count(r.0), count(r.1), count(r.5)));
+        let total = match q.filter.status {
+            None => all.saturating_sub(archived),
+            Some(StatusFilter::All) => all,
+            Some(StatusFilter::Unread) => unread,
+            Some(StatusFilter::Read) => all.saturating_sub(archived).saturating_sub(unread),
+            Some(StatusFilter::Archived) => archived,
+        };
+        let months = self.months_newest_first(uid).await?;
+        let newest = self.newest_position(uid, &months).await?;
+        let wanted = skip(q.offset).saturating_add(q.limit as usize);
+        let mut hits = Vec::new();
+        let mut failure = None;
+        for m in months {
+            if hits.len() >= wanted {
+                break;
+            }
+            self.scan(self.q().inbox_in_month(uid, m), |r| {
+                if r.0 > newest {
+                    return true;
+                }
+                let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10));
+                match notification_from(uid, seq, rest) {
+                    Ok(n) => {
+                        if matches(q, &n) {
+                            hits.push(n);
+                        }
+                        hits.len() < wanted
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })
+            .await?;
+            if let Some(e) = failure.take() {
+                return Err(e);
+            }
+        }
+        hits.sort_by_key(|n| std::cmp::Reverse(n.seq));
+        Ok((
+            Page {
+                items: page(hits, q.offset, q.limit),
+                total,
+            },
+            newest.max(0) as u64,
         ))
     }
 
@@ -205,18 +291,8 @@ impl ScyllaStore {
         q: &InboxQuery,
         after: u64,
     ) -> StoreResult<(Page<Notification>, u64)> {
-        let months: Vec<i32> = self
-            .all(self.q().inbox_months_of(uid))
-            .await?
-            .into_iter()
-            .map(|(m,)| m)
-            .collect();
-        let mut newest = 0_i64;
-        for m in &months {
-            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
-                newest = newest.max(seq);
-            }
-        }
+        let months = self.months_newest_first(uid).await?;
+        let newest = self.newest_position(uid, &months).await?;
         let mut hits = Vec::new();
         for m in months {
             for r in self

@@ -323,10 +323,10 @@ statements! {
         "INSERT INTO inbox_by_id (uid, id, month, seq) VALUES (?, ?, ?, ?)";
     inbox_id_delete(uid: &str, id: Uuid) -> () =
         "DELETE FROM inbox_by_id WHERE uid = ? AND id = ?";
-    counts_get(uid: &str) -> (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
-        "SELECT total, unread, unseen, seen_seq, seen_at FROM inbox_counts WHERE uid = ?";
-    counts_put(total: i64, unread: i64, unseen: i64, uid: &str) -> () =
-        "UPDATE inbox_counts SET total = ?, unread = ?, unseen = ? WHERE uid = ?";
+    counts_get(uid: &str) -> (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
+        "SELECT total, unread, unseen, seen_seq, seen_at, archived FROM inbox_counts WHERE uid = ?";
+    counts_put(total: i64, unread: i64, unseen: i64, archived: i64, uid: &str) -> () =
+        "UPDATE inbox_counts SET total = ?, unread = ?, unseen = ?, archived = ? WHERE uid = ?";
     counts_seen_put(unseen: i64, seen_seq: i64, seen_at: i64, uid: &str) -> () =
         "UPDATE inbox_counts SET unseen = ?, seen_seq = ?, seen_at = ? WHERE uid = ?";
     unread_by_of(uid: &str) -> (String, String, i64) =

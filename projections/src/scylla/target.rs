@@ -67,6 +67,7 @@ pub(crate) fn outbox_key(id: i64) -> (i32, i64, i32) {
 struct Counts {
     total: i64,
     unread: i64,
+    archived: i64,
     unseen: i64,
     seen_seq: i64,
 }
@@ -199,6 +200,7 @@ impl<'a> ScyllaTx<'a> {
         let c = row.map_or_else(Counts::default, |r| Counts {
             total: r.0.unwrap_or(0),
             unread: r.1.unwrap_or(0),
+            archived: r.5.unwrap_or(0),
             unseen: r.2.unwrap_or(0),
             seen_seq: r.3.unwrap_or(0),
         });
@@ -210,11 +212,14 @@ impl<'a> ScyllaTx<'a> {
         let c = Counts {
             total: c.total.max(0),
             unread: c.unread.max(0),
+            archived: c.archived.max(0),
             unseen: c.unseen.max(0),
             seen_seq: c.seen_seq,
         };
         self.counts.insert(uid.to_owned(), c);
-        let w = self.q().counts_put(c.total, c.unread, c.unseen, uid);
+        let w = self
+            .q()
+            .counts_put(c.total, c.unread, c.unseen, c.archived, uid);
         self.write(w);
     }
 
@@ -583,9 +588,13 @@ impl FoldTarget for ScyllaTx<'_> {
             .q()
             .inbox_state_put(Some(ns(read_at)), Some(ns(at)), uid, bucket, seq);
         self.write(w);
+        let mut c = self.counts(uid)?;
+        c.archived += 1;
         if n.status == NotificationStatus::Unread {
-            self.no_longer_unread(&n)?;
+            c.unread -= 1;
+            self.adjust_unread_by(&n, -1)?;
         }
+        self.put_counts(uid, c);
         n.read_at = Some(read_at);
         n.archived_at = Some(at);
         n.status = NotificationStatus::Archived;
@@ -602,6 +611,9 @@ impl FoldTarget for ScyllaTx<'_> {
         self.write(w);
         let mut c = self.counts(uid)?;
         c.total -= 1;
+        if n.archived_at.is_some() {
+            c.archived -= 1;
+        }
         if seq > c.seen_seq {
             c.unseen -= 1;
         }

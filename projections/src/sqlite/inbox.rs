@@ -332,10 +332,12 @@ pub(super) fn query(c: &Connection, uid: &str, q: &InboxQuery) -> StoreResult<Pa
         )
         .map_err(backend)?;
     let (l, o) = limit_offset(q.limit, q.offset);
+    // Newest first by stream position (the order the exchange received them, and the order
+    // cursors follow); the Scylla backend lists the same way.
     let order = if q.after.is_some() {
         "seq ASC, id ASC"
     } else {
-        "id DESC"
+        "seq DESC"
     };
     let n = params.len();
     params.push(rusqlite::types::Value::Integer(l));
