@@ -503,15 +503,15 @@ impl ScyllaStore {
     }
 
     /// Every row, fetched page by page (the driver's paging state), handed to `keep` until it
-    /// returns false.
+    /// returns false or an error (which the scan returns).
     async fn scan<R: FromRow>(
         &self,
         b: Bound<'_, R>,
-        mut keep: impl FnMut(R) -> bool + Send,
+        mut keep: impl FnMut(R) -> StoreResult<bool> + Send,
     ) -> StoreResult<()> {
         self.inner
             .cql
-            .scan(b.statement, b.values, &mut |r| Ok(keep(R::from_row(r)?)))
+            .scan(b.statement, b.values, &mut |r| keep(R::from_row(r)?))
             .await
     }
 

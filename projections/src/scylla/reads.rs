@@ -81,7 +81,6 @@ impl ScyllaStore {
             .collect();
         months.sort_unstable_by(|a, b| b.cmp(a));
         let mut rows = Vec::new();
-        let mut failure = None;
         for m in months {
             if !filtered && rows.len() >= wanted {
                 break;
@@ -89,37 +88,24 @@ impl ScyllaStore {
             self.scan(
                 self.q().thread_messages_in(tid, m),
                 |(seq, mid, sender, msg, opts, at): (i64, Uuid, String, String, String, i64)| {
-                    let message = from_ns(at).and_then(|created_at| {
-                        Ok(ThreadMessage {
-                            mid,
-                            tid,
-                            sender,
-                            msg,
-                            opts: parse_json(&opts)?,
-                            created_at,
-                        })
-                    });
-                    match message {
-                        Ok(m) => {
-                            let keep = q.sender.as_ref().is_none_or(|s| &m.sender == s)
-                                && q.since.is_none_or(|t| m.created_at >= t)
-                                && q.before.is_none_or(|t| m.created_at < t);
-                            if keep {
-                                rows.push((seq, m));
-                            }
-                            filtered || rows.len() < wanted
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            false
-                        }
+                    let m = ThreadMessage {
+                        mid,
+                        tid,
+                        sender,
+                        msg,
+                        opts: parse_json(&opts)?,
+                        created_at: from_ns(at)?,
+                    };
+                    let keep = q.sender.as_ref().is_none_or(|s| &m.sender == s)
+                        && q.since.is_none_or(|t| m.created_at >= t)
+                        && q.before.is_none_or(|t| m.created_at < t);
+                    if keep {
+                        rows.push((seq, m));
                     }
+                    Ok(filtered || rows.len() < wanted)
                 },
             )
             .await?;
-            if let Some(e) = failure.take() {
-                return Err(e);
-            }
         }
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         let total = if filtered {
@@ -243,33 +229,22 @@ impl ScyllaStore {
         let newest = self.newest_position(uid, &months).await?;
         let wanted = skip(q.offset).saturating_add(q.limit as usize);
         let mut hits = Vec::new();
-        let mut failure = None;
         for m in months {
             if hits.len() >= wanted {
                 break;
             }
             self.scan(self.q().inbox_in_month(uid, m), |r| {
                 if r.0 > newest {
-                    return true;
+                    return Ok(true);
                 }
                 let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10));
-                match notification_from(uid, seq, rest) {
-                    Ok(n) => {
-                        if matches(q, &n) {
-                            hits.push(n);
-                        }
-                        hits.len() < wanted
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
+                let n = notification_from(uid, seq, rest)?;
+                if matches(q, &n) {
+                    hits.push(n);
                 }
+                Ok(hits.len() < wanted)
             })
             .await?;
-            if let Some(e) = failure.take() {
-                return Err(e);
-            }
         }
         hits.sort_by_key(|n| std::cmp::Reverse(n.seq));
         Ok((
@@ -396,7 +371,7 @@ impl ScyllaStore {
         let mut rows = Vec::new();
         self.scan(self.q().receipts_of(mid), |r| {
             rows.push(r);
-            rows.len() < wanted
+            Ok(rows.len() < wanted)
         })
         .await?;
         let items = page(rows, offset, limit)
