@@ -164,7 +164,10 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     let client = nats::connect(&opts.nats_url).await?;
     let log = nats::open_log(client.clone(), opts.log.clone()).await?;
     let (dyn_store, directory, sqlite) = open_store(&opts.store).await?;
-    let hub = Hub::default();
+    let hub = Hub::new(gateway::hub::HubSettings {
+        horizon: opts.projector.live_horizon,
+        ..Default::default()
+    });
     let mut tasks = Vec::new();
 
     let channels = opts
@@ -232,6 +235,9 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                 tracing::error!(error = %e, "live hub stopped");
             }
         }));
+        tasks.push(tokio::spawn(
+            hub.clone().follow(log.clone(), dyn_store.clone()),
+        ));
         let mut gateway_config = opts.gateway.clone();
         if let Some(w) = &opts.channels.webpush {
             gateway_config.vapid_public_key = Some(
@@ -252,6 +258,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             applied,
             presence: Some(presence.clone()),
             rate: Default::default(),
+            thread_rules: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await

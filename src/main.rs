@@ -88,7 +88,7 @@ struct BenchWsBaselineArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios to run: ingest, fanout, live, project (default: all).
+    /// Scenarios to run: ingest, fanout, live, room, project (default: all).
     scenarios: Vec<String>,
     /// fanout: devices the broadcast reaches [default: 100000, --quick 20000].
     #[arg(long)]

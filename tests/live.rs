@@ -108,3 +108,51 @@ async fn cookie_authentication_and_hello_counts_unread() {
     }
     assert_eq!(f["notification"]["msg"], "two");
 }
+
+/// A new entry's frame is routed by the gateway's hub from the event itself: it reaches the
+/// socket while no projector runs at all, and the entry the projector folds later carries the
+/// very same frame in the change feed.
+#[tokio::test]
+async fn new_frames_leave_before_the_fold() {
+    let ex = Exchange::start_with(|o| o.role = msgxc::Role::Gateway).await;
+    let mut projector_opts = ex.opts.clone();
+    projector_opts.role = msgxc::Role::Projector;
+    let projector = msgxc::start(projector_opts.clone()).await.unwrap();
+    let (alice, bob) = (token("alice", false), token("bob", false));
+    let tid = ex.thread(&alice, true, false).await;
+    assert_eq!(
+        ex.post("/subscribe", &bob, json!({"tid": tid})).await.0,
+        200
+    );
+    let mut ws = ws_connect(&ex, &bob).await;
+    projector.shutdown().await;
+
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &alice,
+            json!({"tid": tid, "msg": "before the fold"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["action"], "new", "{frame}");
+    assert_eq!(frame["notification"]["id"], b["mid"]);
+    assert_eq!(frame["notification"]["uid"], "bob");
+    let (s, inbox) = ex.get("/notifications", &bob).await;
+    assert_eq!(s, 200);
+    assert_eq!(inbox["count"], 0, "nothing folded yet: {inbox}");
+
+    let _projector = msgxc::start(projector_opts).await.unwrap();
+    ex.inbox_until(&bob, 1).await;
+    let feed = ex
+        .running()
+        .store
+        .changes_after("bob", Default::default(), 10)
+        .await
+        .unwrap();
+    let (position, stored) = feed.last().unwrap();
+    assert_eq!(frame["position"], position.to_string());
+    let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+    assert_eq!(stored, frame, "the feed holds the frame that was sent");
+}

@@ -115,7 +115,7 @@ async fn two_projector_processes_apply_each_event_once() {
                 .env("MSGXC_PROJECTOR_LEASE", "2s")
                 .env("MSGXC_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
         )

@@ -1,5 +1,8 @@
 //! Live notices: frames for users' open WebSocket/SSE connections, sent over core NATS on
-//! `msgxc.live.<uid>` after the projector has committed the change they describe.
+//! `msgxc.live.<uid>` after the projector has committed the change they describe (read,
+//! archived, deleted; a new entry's frame is built by each gateway's hub from the event
+//! itself). After each batch's notices the projector publishes its checkpoint on
+//! [`APPLIED_SUBJECT`], so a hub knows which committed changes it has seen.
 //!
 //! They are derived data, not events: at most once, never stored, never sent during replay.
 //! A client that missed one catches up from its inbox.
@@ -23,6 +26,27 @@ pub async fn publish(client: &async_nats::Client, notices: Vec<LiveNotice>) {
             tracing::warn!(uid = %n.uid, error = %e, "live notice not published");
         }
     }
+}
+
+/// The projector's checkpoint after each batch (payload: the sequence in decimal). Two tokens
+/// after the prefix, so it is never a user's subject.
+pub const APPLIED_SUBJECT: &str = "msgxc.live._.applied";
+
+/// Publishes the checkpoint after a batch's notices (same connection, so it arrives after them).
+pub async fn publish_applied(client: &async_nats::Client, checkpoint: u64) {
+    if let Err(e) = client
+        .publish(APPLIED_SUBJECT, checkpoint.to_string().into())
+        .await
+    {
+        tracing::warn!(checkpoint, error = %e, "applied mark not published");
+    }
+}
+
+/// The checkpoint an applied mark carries.
+pub fn applied_of(subject: &str, payload: &[u8]) -> Option<u64> {
+    (subject == APPLIED_SUBJECT)
+        .then(|| std::str::from_utf8(payload).ok()?.parse().ok())
+        .flatten()
 }
 
 /// The subject token under which a user's live notices arrive; routing keys for connection hubs.
@@ -49,6 +73,9 @@ mod tests {
             assert_eq!(routing_key_of(&s), Some(routing_key(uid).as_str()));
         }
         assert_eq!(routing_key_of("msgxc.live."), None);
+        assert_eq!(routing_key_of(APPLIED_SUBJECT), None);
+        assert_eq!(applied_of(APPLIED_SUBJECT, b"17"), Some(17));
+        assert_eq!(applied_of("msgxc.live.x", b"17"), None);
         assert_eq!(routing_key_of("other.x"), None);
     }
 }

@@ -189,19 +189,7 @@ impl EventLog {
             },
             Start::Time(t) => DeliverPolicy::ByStartTime { start_time: t },
         };
-        let stream = self.stream().await?;
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy,
-                filter_subject: filter.unwrap_or_default(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))?;
+        let messages = self.ordered(deliver_policy, filter).await?;
         let events = messages
             .map(|m| {
                 let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
@@ -228,6 +216,50 @@ impl EventLog {
                 futures::future::ready(Some(item))
             });
         Ok(events)
+    }
+
+    /// Follows the log with an ordered consumer from `after + 1`, or from events appended from
+    /// now on when `after` is `None`, without end. Each item is the raw stored payload: a
+    /// follower that only needs some events decodes only those. The live hubs use it.
+    pub async fn follow(
+        &self,
+        after: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<(u64, bytes::Bytes), LogError>> + use<>, LogError> {
+        let deliver_policy = match after {
+            None => DeliverPolicy::New,
+            Some(s) => DeliverPolicy::ByStartSequence {
+                start_sequence: s + 1,
+            },
+        };
+        let messages = self.ordered(deliver_policy, None).await?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
+            let seq = m
+                .info()
+                .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
+                .stream_sequence;
+            Ok((seq, m.payload.clone()))
+        }))
+    }
+
+    async fn ordered(
+        &self,
+        deliver_policy: DeliverPolicy,
+        filter: Option<String>,
+    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, LogError> {
+        let stream = self.stream().await?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy,
+                filter_subject: filter.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))
     }
 }
 

@@ -73,6 +73,35 @@ pub struct AppState {
     pub presence: Option<exchange::presence::Presence>,
     /// Per-sender limits on private messages.
     pub rate: crate::rate::RateLimiter,
+    /// Threads read for permission checks (their rules never change).
+    pub thread_rules: ThreadRules,
+}
+
+/// A bounded cache of threads by id for permission checks: owner and open flags are fixed
+/// when a thread is created, so an entry never goes stale in what it is used for. A full
+/// cache starts over (a read refills each entry).
+#[derive(Clone, Default)]
+pub struct ThreadRules {
+    threads: Arc<
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<projections::model::Thread>>>,
+    >,
+}
+
+impl ThreadRules {
+    const CAPACITY: usize = 100_000;
+
+    pub fn get(&self, tid: uuid::Uuid) -> Option<Arc<projections::model::Thread>> {
+        self.threads.lock().ok()?.get(&tid).cloned()
+    }
+
+    pub fn put(&self, thread: Arc<projections::model::Thread>) {
+        if let Ok(mut map) = self.threads.lock() {
+            if map.len() >= Self::CAPACITY {
+                map.clear();
+            }
+            map.insert(thread.tid, thread);
+        }
+    }
 }
 
 /// The outcome of an append: the stored event (the original one when the idempotency key was

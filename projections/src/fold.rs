@@ -393,6 +393,8 @@ fn deliver<T: FoldTarget + ?Sized>(
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
     let mut delivered = 0u64;
+    // The `new` frame is the same for every recipient but their uid: serialized once.
+    let template = crate::live::FrameTemplate::new(m, seq);
     for uid in recipients {
         if !seen.insert(uid.clone()) {
             continue;
@@ -413,7 +415,7 @@ fn deliver<T: FoldTarget + ?Sized>(
             continue;
         }
         delivered += 1;
-        changes.record(t, "new", &n)?;
+        changes.record_new(t, &n, &template)?;
         // A recipient with no device has nothing to push to (unless a topic channel such as
         // MQTT carries every user's copy): their inbox entry and live frame are the delivery.
         if effects.dispatch && (effects.topic_tasks || t.has_devices(&n.uid)?) {
@@ -433,6 +435,9 @@ fn deliver<T: FoldTarget + ?Sized>(
     }
     Ok(())
 }
+
+/// The action of a change that creates an entry.
+pub const NEW: &str = "new";
 
 /// How long a user's change feed is kept (SSE resume window).
 pub const CHANGE_RETENTION: time::Duration = time::Duration::days(7);
@@ -474,6 +479,21 @@ pub struct Changes<'a> {
 }
 
 impl Changes<'_> {
+    /// Records a new entry's change, its frame built from the message's template. Its live
+    /// frame is sent by the hub straight from the event (`crate::live`), before this fold.
+    fn record_new<T: FoldTarget + ?Sized>(
+        &mut self,
+        t: &mut T,
+        n: &Notification,
+        template: &crate::live::FrameTemplate,
+    ) -> StoreResult<()> {
+        let position = Position {
+            seq: self.seq,
+            sub: n.seq,
+        };
+        t.put_change(&n.uid, position, &template.for_uid(&n.uid), self.at)
+    }
+
     fn record<T: FoldTarget + ?Sized>(
         &mut self,
         t: &mut T,

@@ -1,7 +1,16 @@
 //! msgxc read side: the `Store` trait, its SQLite and Scylla backends and the projector workers
 //! that fold the JetStream event log into read models (threads, subscriptions, devices, inboxes).
+//!
+//! - `fold`: the deterministic fold over the `FoldTarget` operations every backend provides
+//! - `live`: who a message reaches and its `new` frame, from the event alone (the live hub's)
+//! - `model`: the read models
+//! - `projector`: the projector worker (durable consumer, lease, outbox relay) and `rebuild`
+//! - `scylla`: the Scylla/Cassandra backend
+//! - `sqlite`: the SQLite backend
+//! - `store`: the `Store` trait
 
 pub mod fold;
+pub mod live;
 pub mod model;
 pub mod projector;
 pub mod scylla;

@@ -304,6 +304,9 @@ impl Projector {
             if !applied.notices.is_empty() {
                 exchange::live::publish(&self.nats, applied.notices).await;
             }
+            if self.settings.live {
+                exchange::live::publish_applied(&self.nats, applied.checkpoint).await;
+            }
             relay_wake.notify_one();
             if let Some(m) = last
                 && let Err(e) = m.ack().await

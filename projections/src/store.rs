@@ -109,6 +109,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool>;
 
+    /// The threads a user is subscribed to (any order): the live hub routes a connected user's
+    /// thread messages from it.
+    async fn user_threads(&self, uid: &str) -> StoreResult<Vec<Uuid>>;
+
+    /// Whether the user is known to the projection (a broadcast reaches known users only).
+    async fn user_exists(&self, uid: &str) -> StoreResult<bool>;
+
     /// A thread's messages, newest first, optionally by sender and time.
     async fn thread_messages(
         &self,

@@ -1,6 +1,7 @@
 //! Scenario 3, live: W WebSocket clients, each a user in one of W/100 threads of 100 members;
 //! thread messages published at a fixed total rate; end-to-end latency from the publish
-//! request to the frame, frames per second, and server memory per idle connection.
+//! request to the frame, frames per second, server CPU per frame and server memory per idle
+//! connection. Scenario `room` is the same with one thread of 1,000 members at 20 msg/s.
 //!
 //! Both servers run in their own process (this binary): `msgxc serve`, and the baseline, a bare
 //! axum WebSocket broadcast endpoint with no auth and no persistence (`msgxc
@@ -33,8 +34,11 @@ use super::measure::{histogram, ms};
 use super::scenarios::{SECRET, Server, append_all, user_token};
 use super::{BenchOptions, Row};
 
-/// Members per thread.
+/// Members per thread in `live`.
 const MEMBERS: u64 = 100;
+/// Members of the one thread in `room`, and its messages per second.
+const ROOM_MEMBERS: u64 = 1_000;
+const ROOM_RATE: u64 = 20;
 /// Marker in the message text before the publish time (µs since the run's base instant).
 const STAMP: &str = "lat:";
 
@@ -154,6 +158,8 @@ fn raise_fd_limit() {
 }
 
 struct Load {
+    scenario: &'static str,
+    members: u64,
     sockets: u64,
     threads: u64,
     rate: u64,
@@ -188,7 +194,7 @@ where
     let nats0 = nats.map_or(0.0, Server::nats_cpu);
     let started = Instant::now();
     let failed = publish_at_rate(load.messages, load.rate, base, post).await?;
-    let expected = (load.messages - failed) * MEMBERS.min(load.sockets);
+    let expected = (load.messages - failed) * load.members.min(load.sockets);
     drain(&received, expected).await;
     let elapsed = started.elapsed();
     let frames = received.frames.load(Ordering::Relaxed);
@@ -197,22 +203,29 @@ where
         .lock()
         .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
         .clone();
+    let cpu_s = server.cpu() - cpu0;
     let mut row = Row {
-        scenario: "live".into(),
+        scenario: load.scenario.into(),
         subject: subject.into(),
         rate: frames as f64 / elapsed.as_secs_f64(),
         p50_ms: Some(ms(&h, 0.5)),
         p99_ms: Some(ms(&h, 0.99)),
         p999_ms: Some(ms(&h, 0.999)),
-        cpu_s: server.cpu() - cpu0,
+        cpu_s,
         nats_cpu_s: nats.map_or(0.0, |n| n.nats_cpu() - nats0),
         peak_rss_mib: server.peak_rss_mib(),
         notes: Vec::new(),
     };
     row.notes.push(format!(
-        "{} sockets, {} threads, {} msg/s; {frames} of {expected} frames",
-        load.sockets, load.threads, load.rate
+        "{} sockets, {} threads of {}, {} msg/s; {frames} of {expected} frames",
+        load.sockets, load.threads, load.members, load.rate
     ));
+    if frames > 0 {
+        row.notes.push(format!(
+            "{:.1} µs server CPU per frame",
+            cpu_s * 1e6 / frames as f64
+        ));
+    }
     if failed > 0 {
         row.notes.push(format!("{failed} publishes failed"));
     }
@@ -223,7 +236,6 @@ where
 }
 
 pub async fn live(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
-    raise_fd_limit();
     let sockets = opts
         .sockets
         .unwrap_or(if opts.quick { 2_000 } else { 10_000 })
@@ -232,10 +244,28 @@ pub async fn live(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         .rate
         .unwrap_or(if opts.quick { 40 } else { 200 })
         .max(1);
+    run(opts, "live", MEMBERS, sockets, rate).await
+}
+
+/// One thread of 1,000 members, each on a WebSocket, 20 messages/s (20,000 frames/s).
+pub async fn room(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
+    run(opts, "room", ROOM_MEMBERS, ROOM_MEMBERS, ROOM_RATE).await
+}
+
+async fn run(
+    opts: &BenchOptions,
+    scenario: &'static str,
+    members: u64,
+    sockets: u64,
+    rate: u64,
+) -> anyhow::Result<Vec<Row>> {
+    raise_fd_limit();
     let seconds = if opts.quick { 10 } else { 30 };
     let load = Load {
+        scenario,
+        members,
         sockets,
-        threads: sockets.div_ceil(MEMBERS),
+        threads: sockets.div_ceil(members),
         rate,
         messages: rate * seconds,
     };
@@ -253,7 +283,7 @@ pub async fn live(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         None,
         &load,
         "bare axum WebSocket broadcast",
-        |i| format!("{ws_base}/ws?group={}", i / MEMBERS),
+        |i| format!("{ws_base}/ws?group={}", i / members),
         |i, text| {
             http.post(format!("{base_url}/publish/{}", i % load.threads))
                 .body(text)
@@ -292,7 +322,7 @@ pub async fn live(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 roles: vec![],
             },
             Event::Subscribed(Subscribed {
-                tid: tids[(i / MEMBERS) as usize],
+                tid: tids[(i / members) as usize],
                 uid,
             }),
         )
@@ -311,7 +341,7 @@ pub async fn live(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             .await?
             .json()
             .await?;
-        if t["subscribers"].as_u64() == Some(sockets - (load.threads - 1) * MEMBERS) {
+        if t["subscribers"].as_u64() == Some(sockets - (load.threads - 1) * members) {
             break;
         }
         anyhow::ensure!(

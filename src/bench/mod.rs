@@ -44,7 +44,7 @@ pub struct BenchOptions {
     pub rate: Option<u64>,
 }
 
-pub const SCENARIOS: [&str; 4] = ["ingest", "fanout", "live", "project"];
+pub const SCENARIOS: [&str; 5] = ["ingest", "fanout", "live", "room", "project"];
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let wanted: Vec<String> = if opts.scenarios.is_empty() {
@@ -67,6 +67,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             "ingest" => scenarios::ingest(&opts).await?,
             "fanout" => fanout::fanout(&opts).await?,
             "live" => live::live(&opts).await?,
+            "room" => live::room(&opts).await?,
             _ => scenarios::project(&opts).await?,
         };
         rows.extend(r);

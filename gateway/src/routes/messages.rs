@@ -98,7 +98,7 @@ pub async fn publish(
 ) -> ApiResult<Accepted> {
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
     let opts = classify(&state, &actor, body.class, body.opts).await?;
-    let thread = threads::load(&state, &body.tid).await?;
+    let thread = threads::rules(&state, &body.tid).await?;
     let allowed = actor.is_admin()
         || thread.owner == actor.uid
         || (thread.open_publish && state.store.is_subscribed(thread.tid, &actor.uid).await?);

@@ -3,12 +3,14 @@
 //! `Last-Event-ID` (header, or `?last_event_id=`) first receives every change it missed (from
 //! the durable change feed, kept 7 days), then live ones, without gaps or repeats.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use bytes::Bytes;
 use futures::Stream;
 use projections::fold::Position;
 use serde_json::json;
@@ -23,6 +25,15 @@ const MAX_BACKLOG: u32 = 10_000;
 fn position_of(frame: &[u8]) -> Option<Position> {
     let v: serde_json::Value = serde_json::from_slice(frame).ok()?;
     Position::parse(v.get("position")?.as_str()?)
+}
+
+/// Keeps a frame for ordered sending unless it was sent already.
+fn hold(held: &mut BTreeMap<Position, Bytes>, high: Position, frame: Bytes) {
+    if let Some(position) = position_of(&frame)
+        && position > high
+    {
+        held.insert(position, frame);
+    }
 }
 
 fn event_of(frame: &str, position: Position) -> Event {
@@ -55,7 +66,13 @@ pub async fn stream(
         .transpose()?;
     // Listen first, then read the backlog: a change committed in between is in one of the two,
     // and positions drop the overlap.
-    let mut registration = state.hub.register(&actor.uid, state.config.socket_buffer);
+    let mut registration = Box::pin(state.hub.connect(
+        &actor.uid,
+        state.config.socket_buffer,
+        state.store.as_ref(),
+    ))
+    .await?;
+    let mut marks = state.hub.marks();
     let backlog = match last {
         Some(p) => {
             state
@@ -67,12 +84,13 @@ pub async fn stream(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        let resync = || {
+            let body = json!({ "action": "resync", "reason": "too many missed changes; reload the inbox" });
+            Event::default().event("resync").data(body.to_string())
+        };
         let mut high = last.unwrap_or_default();
         if backlog.len() > MAX_BACKLOG as usize {
-            let resync = json!({ "action": "resync", "reason": "too many missed changes; reload the inbox" });
-            let _ = tx
-                .send(Event::default().event("resync").data(resync.to_string()))
-                .await;
+            let _ = tx.send(resync()).await;
             return;
         }
         for (position, frame) in backlog {
@@ -81,20 +99,41 @@ pub async fn stream(
                 return;
             }
         }
-        while let Some(frame) = registration.frames.recv().await {
-            let Some(position) = position_of(&frame) else {
-                continue;
-            };
-            if position <= high {
-                continue; // already sent from the backlog
+        // New entries' frames come from the hub's own routing of the stream, other changes
+        // from the projector after its commit: two ordered paths. A frame is held until both
+        // have passed its stream position, then sent in feed order, so positions only grow
+        // and a resumed stream neither skips nor repeats a change.
+        let mut held: BTreeMap<Position, Bytes> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                frame = registration.frames.recv() => match frame {
+                    Some(f) => hold(&mut held, high, f),
+                    None => break, // the hub dropped a slow client: it resumes with Last-Event-ID
+                },
+                changed = marks.changed() => if changed.is_err() { break },
             }
-            high = position;
-            let text = String::from_utf8_lossy(&frame);
-            if tx.send(event_of(&text, position)).await.is_err() {
+            // Marks first, then what is queued: every frame a mark covers was queued before it.
+            let m = *marks.borrow_and_update();
+            while let Ok(f) = registration.frames.try_recv() {
+                hold(&mut held, high, f);
+            }
+            if held.len() > MAX_BACKLOG as usize {
+                let _ = tx.send(resync()).await;
                 return;
             }
+            let ready = m.routed.min(m.committed);
+            while let Some(entry) = held.first_entry() {
+                if entry.key().seq > ready {
+                    break;
+                }
+                let (position, frame) = entry.remove_entry();
+                high = position;
+                let text = String::from_utf8_lossy(&frame);
+                if tx.send(event_of(&text, position)).await.is_err() {
+                    return;
+                }
+            }
         }
-        // The hub dropped a slow client: end the stream; it resumes with Last-Event-ID.
     });
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))

@@ -1,6 +1,7 @@
 //! Threads: create, read, subscribe, unsubscribe, history.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -119,6 +120,25 @@ pub(crate) async fn load(state: &AppState, raw_tid: &str) -> ApiResult<Thread> {
         .ok_or_else(|| ApiError::not_found("no such thread"))
 }
 
+/// Loads a thread for a permission check, from the gateway's cache when it was read before:
+/// a thread's owner and open flags never change after it is created (its counts do, so they
+/// are stale here; [`load`] reads them fresh).
+pub(crate) async fn rules(state: &AppState, raw_tid: &str) -> ApiResult<Arc<Thread>> {
+    let tid = parse_id("tid", raw_tid)?;
+    if let Some(t) = state.thread_rules.get(tid) {
+        return Ok(t);
+    }
+    let thread = Arc::new(
+        state
+            .store
+            .thread(tid)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such thread"))?,
+    );
+    state.thread_rules.put(thread.clone());
+    Ok(thread)
+}
+
 pub(crate) fn is_owner_or_admin(actor: &Actor, thread: &Thread) -> bool {
     actor.is_admin() || thread.owner == actor.uid
 }
@@ -145,7 +165,7 @@ pub async fn subscribe(
     Caller(actor): Caller,
     JsonBody(body): JsonBody<ThreadRef>,
 ) -> ApiResult<Json<Value>> {
-    let thread = load(&state, &body.tid).await?;
+    let thread = rules(&state, &body.tid).await?;
     if !(thread.open_subscribe || is_owner_or_admin(&actor, &thread)) {
         return Err(ApiError::forbidden(
             "this thread is closed: only its owner or an admin may subscribe",
@@ -166,7 +186,7 @@ pub async fn unsubscribe(
     Caller(actor): Caller,
     JsonBody(body): JsonBody<ThreadRef>,
 ) -> ApiResult<Json<Value>> {
-    let thread = load(&state, &body.tid).await?;
+    let thread = rules(&state, &body.tid).await?;
     if state.store.is_subscribed(thread.tid, &actor.uid).await? {
         let event = Event::Unsubscribed(Unsubscribed {
             tid: thread.tid,
@@ -185,7 +205,7 @@ pub async fn messages(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let paging = Paging::from_query(&query)?;
-    let thread = load(&state, &tid).await?;
+    let thread = rules(&state, &tid).await?;
     if !(is_owner_or_admin(&actor, &thread)
         || state.store.is_subscribed(thread.tid, &actor.uid).await?)
     {

@@ -20,6 +20,8 @@ use crate::state::AppState;
 
 /// Close code for a client that could not keep up (RFC 6455 1013, "try again later").
 const CLOSE_SLOW: u16 = 1013;
+/// Close code when the connection cannot be set up (RFC 6455 1011, "internal error").
+const CLOSE_UNAVAILABLE: u16 = 1011;
 
 pub async fn connect(
     State(state): State<AppState>,
@@ -35,7 +37,25 @@ pub async fn connect(
 }
 
 async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
-    let mut registration = state.hub.register(&actor.uid, state.config.socket_buffer);
+    let registration = Box::pin(state.hub.connect(
+        &actor.uid,
+        state.config.socket_buffer,
+        state.store.as_ref(),
+    ))
+    .await;
+    let mut registration = match registration {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(uid = %actor.uid, error = %e, "live connection refused: routing state unavailable");
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: CLOSE_UNAVAILABLE,
+                    reason: "store unavailable; try again".into(),
+                })))
+                .await;
+            return;
+        }
+    };
     // Rare paths are boxed: an idle connection's future is as large as its largest await, and
     // there are many idle connections.
     let unread = Box::pin(state.store.inbox_counts(&actor.uid))

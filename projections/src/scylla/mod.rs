@@ -49,10 +49,13 @@ use crate::store::{
 
 /// The files of `schema/cql/`, in order, with the schema version each brings. A change to the
 /// tables is a new file here (idempotent statements), never an edit of an applied one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../schema/cql/0001_tables.cql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../schema/cql/0001_tables.cql")),
+    (2, include_str!("../../../schema/cql/0002_user_threads.cql")),
+];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -627,6 +630,22 @@ impl Store for ScyllaStore {
 
     async fn is_subscribed(&self, tid: Uuid, uid: &str) -> StoreResult<bool> {
         Ok(self.one(self.q().subscriber_get(tid, uid)).await?.is_some())
+    }
+
+    async fn user_threads(&self, uid: &str) -> StoreResult<Vec<Uuid>> {
+        Ok(self
+            .all(self.q().user_threads_of(uid))
+            .await?
+            .into_iter()
+            .map(|(tid,)| tid)
+            .collect())
+    }
+
+    async fn user_exists(&self, uid: &str) -> StoreResult<bool> {
+        Ok(self
+            .one(self.q().user_get(target::user_bucket(uid), uid))
+            .await?
+            .is_some())
     }
 
     async fn thread_messages(

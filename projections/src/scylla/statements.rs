@@ -270,6 +270,12 @@ statements! {
         "DELETE FROM thread_subscribers WHERE tid = ? AND uid = ?";
     subscribers_of(tid: Uuid) -> (String,) =
         "SELECT uid FROM thread_subscribers WHERE tid = ?";
+    user_thread_put(uid: &str, tid: Uuid, since: i64) -> () =
+        "INSERT INTO user_threads (uid, tid, since) VALUES (?, ?, ?)";
+    user_thread_delete(uid: &str, tid: Uuid) -> () =
+        "DELETE FROM user_threads WHERE uid = ? AND tid = ?";
+    user_threads_of(uid: &str) -> (Uuid,) =
+        "SELECT tid FROM user_threads WHERE uid = ?";
     thread_month_put(tid: Uuid, month: i32) -> () =
         "INSERT INTO thread_months (tid, month) VALUES (?, ?)";
     thread_months_of(tid: Uuid) -> (i32,) =

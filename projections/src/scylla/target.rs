@@ -440,6 +440,8 @@ impl FoldTarget for ScyllaTx<'_> {
         }
         let w = self.q().subscriber_put(tid, uid, ns(at));
         self.write(w);
+        let w = self.q().user_thread_put(uid, tid, ns(at));
+        self.write(w);
         if let Some((subscribers, _)) = self.one(self.q().thread_counts_get(tid))? {
             let w = self
                 .q()
@@ -454,6 +456,8 @@ impl FoldTarget for ScyllaTx<'_> {
             return Ok(false);
         }
         let w = self.q().subscriber_delete(tid, uid);
+        self.write(w);
+        let w = self.q().user_thread_delete(uid, tid);
         self.write(w);
         if let Some((subscribers, _)) = self.one(self.q().thread_counts_get(tid))? {
             let w = self

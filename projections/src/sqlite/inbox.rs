@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{backend, collect, limit_offset, parse_json, parse_ts, parse_uuid, to_json, ts, tuple};
+use super::{backend, collect, limit_offset, parse_json, parse_ts, parse_uuid, ts, tuple};
 use crate::model::{
     InboxCounts, InboxQuery, InboxStats, Notification, NotificationStatus, Page, StatusFilter,
 };
@@ -119,6 +119,11 @@ fn adjust_unread(c: &Connection, n: &Notification, delta: i64) -> StoreResult<()
         "UPDATE inbox_counts SET unread = unread + ?2 WHERE uid = ?1",
         params![n.uid, delta],
     )?;
+    adjust_unread_by(c, n, delta)
+}
+
+/// The per-level and per-type unread counts.
+fn adjust_unread_by(c: &Connection, n: &Notification, delta: i64) -> StoreResult<()> {
     let mut dims = vec![("level", n.level.to_string())];
     if let Some(t) = &n.ntype {
         dims.push(("type", t.clone()));
@@ -134,7 +139,8 @@ fn adjust_unread(c: &Connection, n: &Notification, delta: i64) -> StoreResult<()
     Ok(())
 }
 
-pub(super) fn insert(c: &Connection, n: &Notification) -> StoreResult<bool> {
+/// Inserts a new entry; `opts_json` is `n.opts` as JSON.
+pub(super) fn insert(c: &Connection, n: &Notification, opts_json: &str) -> StoreResult<bool> {
     let inserted = exec(
         c,
         &format!(
@@ -146,7 +152,7 @@ pub(super) fn insert(c: &Connection, n: &Notification) -> StoreResult<bool> {
             n.tid.map(|t| t.to_string()),
             n.sender,
             n.msg,
-            to_json(&n.opts)?,
+            opts_json,
             ts(n.created_at),
             n.read_at.map(ts),
             n.ntype,
@@ -156,14 +162,16 @@ pub(super) fn insert(c: &Connection, n: &Notification) -> StoreResult<bool> {
         ],
     )? > 0;
     if inserted {
+        let unread = i64::from(n.status == NotificationStatus::Unread);
         exec(
             c,
-            "INSERT INTO inbox_counts (uid, total, unread, unseen) VALUES (?1, 1, 0, 1)
-             ON CONFLICT (uid) DO UPDATE SET total = total + 1, unseen = unseen + 1",
-            params![n.uid],
+            "INSERT INTO inbox_counts (uid, total, unread, unseen) VALUES (?1, 1, ?2, 1)
+             ON CONFLICT (uid) DO UPDATE SET total = total + 1, unseen = unseen + 1,
+               unread = unread + ?2",
+            params![n.uid, unread],
         )?;
-        if n.status == NotificationStatus::Unread {
-            adjust_unread(c, n, 1)?;
+        if unread == 1 {
+            adjust_unread_by(c, n, 1)?;
         }
     }
     Ok(inserted)
@@ -431,7 +439,7 @@ pub(super) fn put_change(
     frame: &[u8],
     at: OffsetDateTime,
     recorded_day: &mut Option<i64>,
-) -> StoreResult<()> {
+) -> StoreResult<i64> {
     let day = at.unix_timestamp().div_euclid(86_400);
     if *recorded_day != Some(day) {
         exec(
@@ -452,8 +460,13 @@ pub(super) fn put_change(
             ts(at)
         ],
     )?;
-    // Changes from before the day CHANGE_RETENTION ago go (so at least that much is kept): a
-    // primary-key range below that day's first position, one seek when nothing is due.
+    Ok(day)
+}
+
+/// Drops a user's changes from before the day CHANGE_RETENTION before `day` (so at least that
+/// much is kept): a primary-key range below that day's first position, one seek when nothing
+/// is due.
+pub(super) fn prune_changes(c: &Connection, uid: &str, day: i64) -> StoreResult<()> {
     let cutoff_day = day - crate::fold::CHANGE_RETENTION.whole_days();
     exec(
         c,

@@ -5,6 +5,7 @@
 //! power loss, never consistency: the checkpoint rolls back with them and the projector
 //! re-applies those events from JetStream.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, tid TEXT NOT NULL) W
 -- permission checks and fan-out: partition tid
 CREATE TABLE IF NOT EXISTS thread_subscribers (
   tid TEXT NOT NULL, uid TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (tid, uid)) WITHOUT ROWID;
+-- the live hub's routing of a connecting user: partition uid
+CREATE INDEX IF NOT EXISTS thread_subscribers_by_uid ON thread_subscribers (uid, tid);
 -- GET /threads/{tid}/messages: partition tid, clustered by mid (UUIDv7, time-ordered)
 CREATE TABLE IF NOT EXISTS thread_messages (
   tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
@@ -151,20 +154,25 @@ impl SqliteStore {
         writer
             .execute_batch("PRAGMA wal_autocheckpoint = 4000;")
             .map_err(backend)?;
-        writer.execute_batch(SCHEMA).map_err(backend)?;
-        writer.execute_batch(inbox::SCHEMA).map_err(backend)?;
-        writer
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
-                params![Uuid::now_v7().to_string()],
-            )
+        // One IMMEDIATE transaction: processes opening a new file at once wait for each other
+        // (busy timeout) instead of one failing to upgrade a stale read of the schema.
+        let mut writer = writer;
+        let tx = writer
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
-        writer
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint', '0')",
-                [],
-            )
-            .map_err(backend)?;
+        tx.execute_batch(SCHEMA).map_err(backend)?;
+        tx.execute_batch(inbox::SCHEMA).map_err(backend)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+            params![Uuid::now_v7().to_string()],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint', '0')",
+            [],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<StoreResult<Vec<_>>>()?;
@@ -325,6 +333,21 @@ struct SqliteTx<'a> {
     tx: &'a Transaction<'a>,
     /// The change-feed day already recorded in `feed_days` by this transaction.
     feed_day: Option<i64>,
+    /// Users whose change feed this transaction wrote, with the latest day written: each is
+    /// pruned once, at the end (the same rows go as when pruning after every change).
+    feed_prune: HashMap<String, i64>,
+    /// The last message's options as JSON (every recipient's entry stores the same).
+    opts_json: Option<(Uuid, String)>,
+}
+
+impl SqliteTx<'_> {
+    /// Work deferred to the end of the transaction.
+    fn finish(&mut self) -> StoreResult<()> {
+        for (uid, day) in std::mem::take(&mut self.feed_prune) {
+            inbox::prune_changes(self.tx, &uid, day)?;
+        }
+        Ok(())
+    }
 }
 
 impl SqliteTx<'_> {
@@ -515,7 +538,15 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
-        inbox::insert(self.tx, n)
+        let opts = match &self.opts_json {
+            Some((mid, json)) if *mid == n.id => json.clone(),
+            _ => {
+                let json = to_json(&n.opts)?;
+                self.opts_json = Some((n.id, json.clone()));
+                json
+            }
+        };
+        inbox::insert(self.tx, n, &opts)
     }
 
     fn mark_read(
@@ -594,7 +625,10 @@ impl FoldTarget for SqliteTx<'_> {
         frame: &[u8],
         at: OffsetDateTime,
     ) -> StoreResult<()> {
-        inbox::put_change(self.tx, uid, position, frame, at, &mut self.feed_day)
+        let day = inbox::put_change(self.tx, uid, position, frame, at, &mut self.feed_day)?;
+        let latest = self.feed_prune.entry(uid.to_owned()).or_insert(day);
+        *latest = (*latest).max(day);
+        Ok(())
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
@@ -869,6 +903,8 @@ impl Store for SqliteStore {
                 let mut target = SqliteTx {
                     tx: &tx,
                     feed_day: None,
+                    feed_prune: HashMap::new(),
+                    opts_json: None,
                 };
                 for ev in &batch {
                     if ev.seq <= checkpoint {
@@ -884,6 +920,7 @@ impl Store for SqliteStore {
                     checkpoint = ev.seq;
                     out.applied += 1;
                 }
+                target.finish()?;
                 target.exec(
                     "UPDATE meta SET value = ?1 WHERE key = 'checkpoint'",
                     params![checkpoint.to_string()],
@@ -924,6 +961,37 @@ impl Store for SqliteStore {
                 params![tid.to_string(), uid],
                 |_| Ok(()),
             )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn user_threads(&self, uid: &str) -> StoreResult<Vec<Uuid>> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT tid FROM thread_subscribers WHERE uid = ?1")
+                .map_err(backend)?;
+            let rows = s
+                .query_map(params![uid], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for tid in rows {
+                out.push(parse_uuid(&tid.map_err(backend)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn user_exists(&self, uid: &str) -> StoreResult<bool> {
+        let uid = uid.to_owned();
+        self.read(move |c| {
+            c.query_row("SELECT 1 FROM users WHERE uid = ?1", params![uid], |_| {
+                Ok(())
+            })
             .optional()
             .map(|r| r.is_some())
             .map_err(backend)
