@@ -249,7 +249,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             .chain(channels.names())
             .map(str::to_owned)
             .collect();
-        let state = AppState {
+        let state = AppState::new(gateway::state::Shared {
             log: log.clone(),
             store: dyn_store.clone(),
             verifier: Arc::new(verifier),
@@ -259,7 +259,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             presence: Some(presence.clone()),
             rate: Default::default(),
             thread_rules: Default::default(),
-        };
+        });
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("binding {}", opts.listen))?;

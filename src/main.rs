@@ -164,6 +164,9 @@ struct ServeArgs {
     /// Events committed per projector transaction at most.
     #[arg(long, env = "MSGXC_PROJECTOR_BATCH", default_value_t = 512)]
     projector_batch: usize,
+    /// Under load, how long a projector batch waits for more events (group commit; 0 = never).
+    #[arg(long, env = "MSGXC_PROJECTOR_LINGER", default_value = "10ms", value_parser = parse_duration)]
+    projector_linger: Duration,
     /// Events older than this when projected push no live frames (catch-up after downtime).
     #[arg(long, env = "MSGXC_LIVE_HORIZON", default_value = "5m", value_parser = parse_duration)]
     live_horizon: Duration,
@@ -340,6 +343,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             lease_ttl: a.projector_lease,
             topic_tasks: false, // set from the channel configuration at start
             replicas: 1,        // set from the stream's at start
+            linger: a.projector_linger,
         },
         channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),

@@ -219,12 +219,13 @@ impl EventLog {
     }
 
     /// Follows the log with an ordered consumer from `after + 1`, or from events appended from
-    /// now on when `after` is `None`, without end. Each item is the raw stored payload: a
-    /// follower that only needs some events decodes only those. The live hubs use it.
+    /// now on when `after` is `None`, without end. Each item is the stream sequence, the
+    /// subject (it names the kind) and the raw payload: a follower that only needs some kinds
+    /// decodes only those. The live hubs use it.
     pub async fn follow(
         &self,
         after: Option<u64>,
-    ) -> Result<impl Stream<Item = Result<(u64, bytes::Bytes), LogError>> + use<>, LogError> {
+    ) -> Result<impl Stream<Item = Result<Raw, LogError>> + use<>, LogError> {
         let deliver_policy = match after {
             None => DeliverPolicy::New,
             Some(s) => DeliverPolicy::ByStartSequence {
@@ -238,7 +239,11 @@ impl EventLog {
                 .info()
                 .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
                 .stream_sequence;
-            Ok((seq, m.payload.clone()))
+            Ok(Raw {
+                seq,
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+            })
         }))
     }
 
@@ -260,6 +265,21 @@ impl EventLog {
             .messages()
             .await
             .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))
+    }
+}
+
+/// One stored event, not decoded.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+impl Raw {
+    /// The event kind, from the subject's last token.
+    pub fn kind(&self) -> &str {
+        self.subject.rsplit('.').next().unwrap_or_default()
     }
 }
 

@@ -87,6 +87,8 @@ struct State {
     threads: HashMap<Uuid, HashSet<String>>,
     /// users whose state is loading
     loading: HashSet<String>,
+    /// loaded users the projection does not know yet
+    unknown: usize,
     /// ids of recently routed messages (a message appended twice is folded once)
     recent: Recent,
 }
@@ -238,7 +240,11 @@ impl Hub {
             let message = new_message(*seq, env);
             apply(user, key, threads, env, message.as_ref());
         }
+        let known = user.route.as_ref().is_some_and(|r| r.known);
         let gone = user.conns.is_empty();
+        if !known {
+            state.unknown += 1;
+        }
         state.loading.remove(key);
         if gone {
             forget(&mut state, key);
@@ -305,6 +311,7 @@ impl Hub {
             users,
             threads,
             loading,
+            unknown,
             ..
         } = &mut *state;
         for key in loading.iter() {
@@ -337,11 +344,17 @@ impl Hub {
             if !seen.insert(key.clone()) {
                 continue;
             }
-            if let Some(user) = users.get_mut(&key)
-                && user.route.is_some()
-                && apply(user, &key, threads, &env, message.as_ref())
-                && user.conns.is_empty()
-            {
+            let Some(user) = users.get_mut(&key) else {
+                continue;
+            };
+            if user.route.is_none() {
+                continue;
+            }
+            let outcome = apply(user, &key, threads, &env, message.as_ref());
+            if outcome.became_known {
+                *unknown = unknown.saturating_sub(1);
+            }
+            if outcome.slow && user.conns.is_empty() {
                 dropped.push(key);
             }
         }
@@ -350,6 +363,13 @@ impl Hub {
         }
         drop(state);
         self.set_routed(seq);
+    }
+
+    /// Whether any event may matter: a user's state is loading (their pending events are
+    /// applied later), or a loaded user is not yet known (any event of theirs makes them so).
+    fn wants_every_event(&self) -> bool {
+        let state = self.state();
+        !state.loading.is_empty() || state.unknown > 0
     }
 
     fn set_routed(&self, seq: u64) {
@@ -397,10 +417,17 @@ impl Hub {
                     let mut events = std::pin::pin!(events);
                     while let Some(item) = events.next().await {
                         match item {
-                            Ok((seq, payload)) => {
+                            Ok(raw) => {
                                 backoff = Duration::from_millis(100);
+                                let seq = raw.seq;
                                 after = Some(seq);
-                                match exchange::log::decode(seq, &payload) {
+                                if !ROUTED_KINDS.contains(&raw.kind()) && !self.wants_every_event()
+                                {
+                                    // Nothing to route and no one whose state it could change.
+                                    self.set_routed(seq);
+                                    continue;
+                                }
+                                match exchange::log::decode(seq, &raw.payload) {
                                     Ok(env) => self.route(seq, Arc::new(env)),
                                     Err(e) => {
                                         tracing::debug!(seq, error = %e, "hub skips an undecodable event");
@@ -425,6 +452,16 @@ impl Hub {
     }
 }
 
+/// The kinds of event that route frames or change a loaded user's routing state other than
+/// knownness; other events are decoded only while someone's state is loading or unknown.
+const ROUTED_KINDS: [&str; 5] = [
+    "message_published",
+    "message_sent",
+    "subscribed",
+    "unsubscribed",
+    "preferences_set",
+];
+
 /// Reads a user's routing state: the checkpoint first, so the state read after it is at least
 /// that recent.
 async fn load_route(store: &dyn Store, uid: &str) -> Result<(u64, Route), StoreError> {
@@ -448,6 +485,9 @@ fn forget(state: &mut State, key: &str) {
     if let Some(user) = state.users.remove(key)
         && let Some(route) = user.route
     {
+        if !route.known {
+            state.unknown = state.unknown.saturating_sub(1);
+        }
         for tid in route.threads {
             if let Some(members) = state.threads.get_mut(&tid) {
                 members.remove(key);
@@ -461,20 +501,22 @@ fn forget(state: &mut State, key: &str) {
 
 /// Applies one event to one loaded user the way the fold does (knownness first, then
 /// membership and preferences, then the message's entry), queueing the `new` frame if the
-/// message reaches them. Returns true when a connection was too slow (it is removed).
+/// message reaches them.
 fn apply(
     user: &mut User,
     key: &str,
     threads: &mut HashMap<Uuid, HashSet<String>>,
     env: &Envelope,
     message: Option<&NewMessage<'_>>,
-) -> bool {
+) -> Outcome {
+    let mut outcome = Outcome::default();
     let Some(route) = user.route.as_mut() else {
-        return false;
+        return outcome;
     };
     let uid = user.uid.as_str();
-    if touched(env).contains(&uid) {
+    if !route.known && touched(env).contains(&uid) {
         route.known = true;
+        outcome.became_known = true;
     }
     match &env.event {
         Event::Subscribed(e) if e.uid == uid => {
@@ -494,18 +536,26 @@ fn apply(
         _ => {}
     }
     let Some(m) = message else {
-        return false;
+        return outcome;
     };
     let reached = match m.reach {
         Reach::Thread { tid, sender } => sender != uid && route.threads.contains(&tid),
         Reach::Users(_) => m.reaches(uid),
         Reach::All => route.known,
     };
-    if !reached || !route.preferences.accepts(m.opts) {
-        return false;
+    if reached && route.preferences.accepts(m.opts) {
+        outcome.slow = send(&mut user.conns, &m.frame_for(uid));
     }
-    let frame = m.frame_for(uid);
-    send(&mut user.conns, &frame)
+    outcome
+}
+
+/// What applying an event to a user did.
+#[derive(Default)]
+struct Outcome {
+    /// A connection was too slow and was removed.
+    slow: bool,
+    /// The user became known to the projection.
+    became_known: bool,
 }
 
 /// Queues a frame on each connection; full or closed ones are removed (their tasks close the
@@ -719,6 +769,29 @@ mod tests {
         loaded(&hub, "c", 0, &[], true);
         assert_eq!(frames(&mut c).len(), 1);
         assert!(hub.route_of("c").unwrap().threads.contains(&tid));
+    }
+
+    #[test]
+    fn every_event_is_wanted_only_while_someone_loads_or_is_unknown() {
+        let hub = Hub::default();
+        assert!(!hub.wants_every_event());
+        let known = hub.register("k", 8);
+        assert!(hub.wants_every_event(), "k is loading");
+        loaded(&hub, "k", 0, &[], true);
+        assert!(!hub.wants_every_event());
+        let newcomer = hub.register("n", 8);
+        loaded(&hub, "n", 0, &[], false);
+        assert!(hub.wants_every_event(), "n is not known yet");
+        hub.route(1, subscribe(Uuid::now_v7(), "n"));
+        assert!(!hub.wants_every_event(), "n's own event made them known");
+        let other = hub.register("o", 8);
+        loaded(&hub, "o", 0, &[], false);
+        drop(other);
+        assert!(
+            !hub.wants_every_event(),
+            "an unknown user who left counts no more"
+        );
+        drop((known, newcomer));
     }
 
     #[test]

@@ -60,8 +60,26 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The gateway's state, shared by every request: one pointer to clone per request (axum
+/// clones the state into each handler and extractor).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub log: EventLog,
     pub store: Arc<dyn Store>,
     pub verifier: Arc<JwtVerifier>,
@@ -165,6 +183,23 @@ impl AppState {
                 "projection lagging; answering before it caught up"
             );
         }
+    }
+
+    /// The caller's inbox entries among `ids`. When some are missing, waits (bounded) for the
+    /// fold to reach what this gateway's hub has already sent live, then reads again: a live
+    /// frame leaves before its entry is folded, and a client may act on it at once.
+    pub async fn notifications_seen_live(
+        &self,
+        uid: &str,
+        ids: &[uuid::Uuid],
+    ) -> ApiResult<Vec<projections::model::Notification>> {
+        let found = self.store.notifications(uid, ids).await?;
+        if found.len() >= ids.len() {
+            return Ok(found);
+        }
+        let routed = self.hub.marks().borrow().routed;
+        self.wait_projected(routed).await;
+        Ok(self.store.notifications(uid, ids).await?)
     }
 
     /// Appends and waits for the projection (structural writes).

@@ -393,8 +393,9 @@ fn deliver<T: FoldTarget + ?Sized>(
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
     let mut delivered = 0u64;
-    // The `new` frame is the same for every recipient but their uid: serialized once.
-    let template = crate::live::FrameTemplate::new(m, seq);
+    // The `new` frame is the same for every recipient but their uid: serialized once, when
+    // the first recipient gets an entry.
+    let mut template = None;
     for uid in recipients {
         if !seen.insert(uid.clone()) {
             continue;
@@ -415,7 +416,8 @@ fn deliver<T: FoldTarget + ?Sized>(
             continue;
         }
         delivered += 1;
-        changes.record_new(t, &n, &template)?;
+        let template = template.get_or_insert_with(|| crate::live::FrameTemplate::new(m, seq));
+        changes.record_new(t, &n, template)?;
         // A recipient with no device has nothing to push to (unless a topic channel such as
         // MQTT carries every user's copy): their inbox entry and live frame are the delivery.
         if effects.dispatch && (effects.topic_tasks || t.has_devices(&n.uid)?) {

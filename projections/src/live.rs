@@ -3,6 +3,7 @@
 //! from the event stream, before the fold has written anything; the fold writes the very same
 //! bytes into each recipient's change feed (`fold::frame`), so SSE resume and live frames agree.
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 
 use bytes::Bytes;
@@ -27,7 +28,10 @@ pub enum Reach<'a> {
 pub struct NewMessage<'a> {
     pub reach: Reach<'a>,
     pub opts: &'a MessageOpts,
-    template: FrameTemplate,
+    message: StoredMessage,
+    seq: u64,
+    /// Serialized on first use: most events reach no one on a given gateway.
+    template: OnceCell<FrameTemplate>,
     /// The recipients of a long list, for lookups.
     listed: Option<HashSet<&'a str>>,
 }
@@ -48,7 +52,9 @@ impl NewMessage<'_> {
 
     /// The `new` frame for recipient `uid`, byte for byte what the fold records.
     pub fn frame_for(&self, uid: &str) -> Bytes {
-        self.template.for_uid(uid)
+        self.template
+            .get_or_init(|| FrameTemplate::new(&self.message, self.seq))
+            .for_uid(uid)
     }
 }
 
@@ -99,7 +105,9 @@ pub fn new_message(seq: u64, env: &Envelope) -> Option<NewMessage<'_>> {
     Some(NewMessage {
         reach,
         opts,
-        template: FrameTemplate::new(&stored, seq),
+        message: stored,
+        seq,
+        template: OnceCell::new(),
         listed,
     })
 }

@@ -48,6 +48,9 @@ pub struct ProjectorSettings {
     pub dispatch_horizon: Duration,
     /// Replicas of the lease bucket (the event stream's, in a cluster).
     pub replicas: usize,
+    /// How long a batch that found several events ready waits for more before it is applied
+    /// (group commit); zero applies what is ready at once.
+    pub linger: Duration,
 }
 
 impl Default for ProjectorSettings {
@@ -60,6 +63,7 @@ impl Default for ProjectorSettings {
             lease_ttl: Duration::from_secs(10),
             topic_tasks: false,
             replicas: 1,
+            linger: Duration::from_millis(10),
         }
     }
 }
@@ -256,7 +260,19 @@ impl Projector {
             .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
         tracing::info!(consumer = %name, checkpoint, "projector following the event stream");
         let mut chunks = messages.ready_chunks(self.settings.batch);
-        while let Some(chunk) = chunks.next().await {
+        while let Some(mut chunk) = chunks.next().await {
+            // Group commit: under load (more than one event ready) wait briefly for more, so a
+            // commit writes each page it changes once for more rows. Live frames do not wait
+            // for the fold, and an event reaching an idle projector is applied at once.
+            if chunk.len() > 1 && !self.settings.linger.is_zero() {
+                let deadline = tokio::time::Instant::now() + self.settings.linger;
+                while chunk.len() < self.settings.batch {
+                    match tokio::time::timeout_at(deadline, chunks.next()).await {
+                        Ok(Some(more)) => chunk.extend(more),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
             let mut batch = Vec::with_capacity(chunk.len());
             let mut last = None;
             for m in chunk {

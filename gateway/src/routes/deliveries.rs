@@ -58,21 +58,12 @@ pub async fn record_ack(
     device_id: Option<String>,
     channel: String,
 ) -> ApiResult<()> {
-    let in_inbox = async || -> ApiResult<bool> {
-        Ok(!state
-            .store
-            .notifications(&actor.uid, &[mid])
-            .await?
-            .is_empty())
-    };
-    if !in_inbox().await? {
-        // A live frame leaves before its entry is folded, and a client may acknowledge it at
-        // once: wait (bounded) for the fold to reach what the hub has routed, then look again.
-        let routed = state.hub.marks().borrow().routed;
-        state.wait_projected(routed).await;
-        if !in_inbox().await? {
-            return Err(ApiError::not_found("no such message in your inbox"));
-        }
+    if state
+        .notifications_seen_live(&actor.uid, &[mid])
+        .await?
+        .is_empty()
+    {
+        return Err(ApiError::not_found("no such message in your inbox"));
     }
     let event = Event::DeliveryAcked(DeliveryAcked {
         mid,

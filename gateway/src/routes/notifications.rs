@@ -157,8 +157,7 @@ pub async fn mark_read(
 
 async fn read_ids(state: &AppState, actor: &exchange::Actor, ids: &[Uuid]) -> ApiResult<Vec<Uuid>> {
     let unread: Vec<Uuid> = state
-        .store
-        .notifications(&actor.uid, ids)
+        .notifications_seen_live(&actor.uid, ids)
         .await?
         .into_iter()
         .filter(|n| n.read_at.is_none())
@@ -182,8 +181,7 @@ async fn one(
 ) -> ApiResult<projections::model::Notification> {
     let id = parse_id("id", raw_id)?;
     state
-        .store
-        .notifications(uid, &[id])
+        .notifications_seen_live(uid, &[id])
         .await?
         .into_iter()
         .next()

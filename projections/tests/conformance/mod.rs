@@ -844,6 +844,36 @@ pub async fn receipts_and_dead_letters(store: &dyn Store) {
 /// One `#[tokio::test]` per case. `$fresh` is an async fn returning `Some((guard, store))`: a
 /// new, empty store and whatever must live as long as it (a temp dir, a keyspace to drop), or
 /// `None` when the backend's server is not configured (the case then checks nothing and says so).
+/// What a gateway's hub reads when a user connects: the threads they belong to (kept
+/// through subscribe and unsubscribe) and whether the projection knows them.
+pub async fn live_routing_state(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let (t1, t2, t3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    feed.apply(vec![
+        by("own", thread(t1, "own", None)),
+        by("own", thread(t2, "own", None)),
+        by("own", thread(t3, "own", None)),
+        by("ann", subscribe(t1, "ann")),
+        by("ann", subscribe(t2, "ann")),
+        by("ann", subscribe(t2, "ann")),
+        by("bob", subscribe(t3, "bob")),
+        by(
+            "ann",
+            Event::Unsubscribed(Unsubscribed {
+                tid: t1,
+                uid: "ann".into(),
+            }),
+        ),
+    ])
+    .await;
+    assert_eq!(store.user_threads("ann").await.unwrap(), vec![t2]);
+    assert_eq!(store.user_threads("bob").await.unwrap(), vec![t3]);
+    assert!(store.user_threads("nobody").await.unwrap().is_empty());
+    assert!(store.user_exists("ann").await.unwrap());
+    assert!(store.user_exists("own").await.unwrap());
+    assert!(!store.user_exists("nobody").await.unwrap());
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -859,6 +889,7 @@ macro_rules! conformance_cases {
             change_feed_keeps_a_week,
             blocks_and_preferences,
             receipts_and_dead_letters,
+            live_routing_state,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {
