@@ -192,14 +192,10 @@ impl EventLog {
         let messages = self.ordered(deliver_policy, filter).await?;
         let events = messages
             .map(|m| {
-                let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
-                let seq = m
-                    .info()
-                    .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
-                    .stream_sequence;
+                let raw = raw_of(m)?;
                 Ok(Stored {
-                    seq,
-                    envelope: decode(seq, &m.payload)?,
+                    seq: raw.seq,
+                    envelope: decode(raw.seq, &raw.payload)?,
                 })
             })
             // Stop after the last wanted sequence (inclusive) instead of waiting for more.
@@ -233,18 +229,7 @@ impl EventLog {
             },
         };
         let messages = self.ordered(deliver_policy, None).await?;
-        Ok(messages.map(|m| {
-            let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
-            let seq = m
-                .info()
-                .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
-                .stream_sequence;
-            Ok(Raw {
-                seq,
-                subject: m.subject.to_string(),
-                payload: m.payload.clone(),
-            })
-        }))
+        Ok(messages.map(raw_of))
     }
 
     async fn ordered(
@@ -266,6 +251,20 @@ impl EventLog {
             .await
             .map_err(|e| LogError::Unavailable(format!("ordered consumer: {e}")))
     }
+}
+
+/// A delivered message of an ordered consumer as a stored event.
+fn raw_of<E: std::fmt::Display>(m: Result<jetstream::Message, E>) -> Result<Raw, LogError> {
+    let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
+    let seq = m
+        .info()
+        .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
+        .stream_sequence;
+    Ok(Raw {
+        seq,
+        subject: m.subject.to_string(),
+        payload: m.payload.clone(),
+    })
 }
 
 /// One stored event, not decoded.
