@@ -547,6 +547,44 @@ impl Sse {
     }
 }
 
+/// New entries' frames come from the gateway's hub, reads from the projector after commit:
+/// an SSE stream still sends every change of both, in feed order (ids strictly increasing),
+/// when a read and a new message are appended together.
+#[tokio::test]
+async fn sse_sends_changes_of_both_paths_in_feed_order() {
+    let ex = Exchange::start().await;
+    let hal = token("hal", false);
+    let mut sse = Sse::open(&ex, &hal, None).await;
+    let mut newest = send(&ex, "hal", json!({"msg": "first"})).await;
+    let first = sse.next().await;
+    assert_eq!(first.event, "new");
+    let mut positions = vec![projections::fold::Position::parse(&first.id).unwrap()];
+    for round in 0..20 {
+        let body = json!({"msg": format!("round {round}")});
+        let read = json!({"ids": [newest.clone()]});
+        let (_, mid) = tokio::join!(
+            ex.patch("/notifications", &hal, read),
+            send(&ex, "hal", body)
+        );
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let e = sse.next().await;
+            positions.push(projections::fold::Position::parse(&e.id).unwrap());
+            got.push((
+                e.event,
+                e.data["notification"]["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [("new".to_owned(), mid.clone()), ("read".to_owned(), newest)]
+        );
+        newest = mid;
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+}
+
 #[tokio::test]
 async fn sse_delivers_changes_live_and_resumes_from_last_event_id_without_gaps() {
     let ex = Exchange::start().await;
