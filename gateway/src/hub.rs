@@ -179,7 +179,10 @@ impl Hub {
     ) -> Result<Registration, StoreError> {
         let registration = self.register(uid, buffer);
         if self.needs_route(&registration.key) {
-            let route = load_route(store, uid).await?;
+            // Events routed before this registration are not kept for it: the state read must
+            // include them, so wait (bounded) for the fold to reach them first.
+            let routed = self.inner.marks.borrow().routed;
+            let route = load_route(store, uid, routed).await?;
             self.loaded(&registration.key, route.0, route.1);
         }
         Ok(registration)
@@ -462,10 +465,31 @@ const ROUTED_KINDS: [&str; 5] = [
     "preferences_set",
 ];
 
+/// Longest wait at connect for the fold to reach what the hub has routed.
+const LOAD_WAIT: Duration = Duration::from_secs(2);
+
 /// Reads a user's routing state: the checkpoint first, so the state read after it is at least
 /// that recent.
-async fn load_route(store: &dyn Store, uid: &str) -> Result<(u64, Route), StoreError> {
-    let checkpoint = store.checkpoint().await?;
+async fn load_route(
+    store: &dyn Store,
+    uid: &str,
+    at_least: u64,
+) -> Result<(u64, Route), StoreError> {
+    let deadline = tokio::time::Instant::now() + LOAD_WAIT;
+    let mut checkpoint = store.checkpoint().await?;
+    while checkpoint < at_least {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                uid,
+                checkpoint,
+                at_least,
+                "projection lagging: a live connection's routing state may miss its latest changes"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        checkpoint = store.checkpoint().await?;
+    }
     let threads = store.user_threads(uid).await?.into_iter().collect();
     let preferences = store.preferences(uid).await?;
     let known = store.user_exists(uid).await?;
