@@ -235,9 +235,14 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                 tracing::error!(error = %e, "live hub stopped");
             }
         }));
-        tasks.push(tokio::spawn(
-            hub.clone().follow(log.clone(), dyn_store.clone()),
-        ));
+        // Where the hub starts, read before the gateway listens: every event appended through
+        // this gateway comes after it.
+        let hub_after = log.last_seq().await?;
+        tasks.push(tokio::spawn(hub.clone().follow(
+            log.clone(),
+            dyn_store.clone(),
+            Some(hub_after),
+        )));
         let mut gateway_config = opts.gateway.clone();
         if let Some(w) = &opts.channels.webpush {
             gateway_config.vapid_public_key = Some(

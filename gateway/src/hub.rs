@@ -275,8 +275,9 @@ impl Hub {
         self.inner.marks.subscribe()
     }
 
-    /// A user's routing state, if loaded (tests and diagnostics).
-    pub fn route_of(&self, uid: &str) -> Option<Route> {
+    /// A user's routing state, if loaded.
+    #[cfg(test)]
+    fn route_of(&self, uid: &str) -> Option<Route> {
         self.state()
             .users
             .get(&live::routing_key(uid))
@@ -327,12 +328,12 @@ impl Hub {
             }
         }
         // Every loaded local user this event may concern, each once.
-        let mut keys: Vec<String> = touched(&env).into_iter().map(live::routing_key).collect();
+        let mut keys: HashSet<String> = touched(&env).into_iter().map(live::routing_key).collect();
         match &env.event {
-            Event::Unsubscribed(e) => keys.push(live::routing_key(&e.uid)),
-            Event::PreferencesSet(e) => keys.push(live::routing_key(&e.uid)),
-            _ => {}
-        }
+            Event::Unsubscribed(e) => keys.insert(live::routing_key(&e.uid)),
+            Event::PreferencesSet(e) => keys.insert(live::routing_key(&e.uid)),
+            _ => false,
+        };
         if let Some(m) = &message {
             match m.reach {
                 Reach::Thread { tid, .. } => {
@@ -342,11 +343,7 @@ impl Hub {
                 Reach::All => keys.extend(users.keys().cloned()),
             }
         }
-        let mut seen = HashSet::with_capacity(keys.len());
         for key in keys {
-            if !seen.insert(key.clone()) {
-                continue;
-            }
             let Some(user) = users.get_mut(&key) else {
                 continue;
             };
@@ -376,18 +373,20 @@ impl Hub {
     }
 
     fn set_routed(&self, seq: u64) {
-        self.inner.marks.send_if_modified(|m| {
-            let changed = m.routed < seq;
-            m.routed = m.routed.max(seq);
-            changed
-        });
+        self.advance(seq, |m| &mut m.routed);
     }
 
     fn set_committed(&self, seq: u64) {
+        self.advance(seq, |m| &mut m.committed);
+    }
+
+    /// Moves one mark forward to `seq` (never back), waking watchers only when it moved.
+    fn advance(&self, seq: u64, mark: impl FnOnce(&mut Marks) -> &mut u64) {
         self.inner.marks.send_if_modified(|m| {
-            let changed = m.committed < seq;
-            m.committed = m.committed.max(seq);
-            changed
+            let mark = mark(m);
+            let moved = *mark < seq;
+            *mark = (*mark).max(seq);
+            moved
         });
     }
 
@@ -404,14 +403,19 @@ impl Hub {
         Ok(())
     }
 
-    /// Follows the event stream from now on and routes every event; after an interruption it
-    /// resumes after the last routed event (events past the horizon send nothing). Starts the
-    /// committed mark at the store's checkpoint. Runs until the task is dropped.
-    pub async fn follow(self, log: EventLog, store: Arc<dyn Store>) {
+    /// Follows the event stream after `after` (the stream's last sequence when the gateway
+    /// started, read before it accepts requests, so no event appended through it is missed;
+    /// `None`: from now on) and routes every event; after an interruption it resumes after the
+    /// last routed event (events past the horizon send nothing). Starts the committed mark at
+    /// the store's checkpoint. Runs until the task is dropped.
+    pub async fn follow(self, log: EventLog, store: Arc<dyn Store>, mut after: Option<u64>) {
         if let Ok(c) = store.checkpoint().await {
             self.set_committed(c);
         }
-        let mut after = None;
+        // Nothing up to the start is routed live: the hub has passed it.
+        if let Some(a) = after {
+            self.set_routed(a);
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             match log.follow(after).await {

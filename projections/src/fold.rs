@@ -489,11 +489,16 @@ impl Changes<'_> {
         n: &Notification,
         template: &crate::live::FrameTemplate,
     ) -> StoreResult<()> {
-        let position = Position {
+        let position = self.position(n);
+        t.put_change(&n.uid, position, &template.for_uid(&n.uid), self.at)
+    }
+
+    /// Where a change of entry `n` made by this event sits in its user's feed.
+    fn position(&self, n: &Notification) -> Position {
+        Position {
             seq: self.seq,
             sub: n.seq,
-        };
-        t.put_change(&n.uid, position, &template.for_uid(&n.uid), self.at)
+        }
     }
 
     fn record<T: FoldTarget + ?Sized>(
@@ -502,10 +507,7 @@ impl Changes<'_> {
         action: &str,
         n: &Notification,
     ) -> StoreResult<()> {
-        let position = Position {
-            seq: self.seq,
-            sub: n.seq,
-        };
+        let position = self.position(n);
         let frame = frame(action, n, position);
         t.put_change(&n.uid, position, &frame, self.at)?;
         if self.live {
