@@ -1,15 +1,49 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the tools the tests need (a current nats-server, an SMTP
-# server) into .tools/, then checks formatting, lints and runs every test. Each integration test
-# starts its own nats-server on a free port with a temporary store; nothing is left behind.
+# server, an MQTT broker, a pinned Apache Cassandra) into .tools/, then checks formatting, lints
+# and runs every test. Each integration test starts its own nats-server on a free port with a
+# temporary store; one Cassandra node serves the whole run (one keyspace per test), started
+# here on free ports in a temp dir and removed at the end. The HTTP API, inbox, delivery,
+# rebuild and two-projector tests then run a second time with their projections on Cassandra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
 export MSGXC_TOOLS_DIR="$PWD/.tools"
+
+# The Cassandra node boots (10-60 s) while the code compiles.
+node_dir="$(mktemp -d "${TMPDIR:-/tmp}/msgxc-cassandra-XXXXXX")"
+cql_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+MSGXC_CASSANDRA_TEST=1 scripts/cassandra-node.sh "$node_dir" "$cql_port" \
+  > "$node_dir/node.out" 2>&1 < /dev/null &
+node_pid=$!
+stop_node() {
+  kill -9 "$node_pid" 2>/dev/null || true
+  wait "$node_pid" 2>/dev/null || true
+  rm -rf "$node_dir"
+}
+trap stop_node EXIT
+wait_node() {
+  local deadline=$((SECONDS + 240))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$cql_port") 2>/dev/null; do
+    if ! kill -0 "$node_pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
+      echo "test: the Cassandra node did not start; its log:" >&2
+      tail -n 40 "$node_dir/node.out" "$node_dir/logs/system.log" >&2 || true
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "test: Cassandra listening on 127.0.0.1:$cql_port" >&2
+}
+export MSGXC_TEST_CASSANDRA="127.0.0.1:$cql_port"
+
 if rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
   cargo fmt --all -- --check
 fi
 if rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
+cargo test --workspace --locked --no-run
+wait_node
 cargo test --workspace --locked
+MSGXC_TEST_STORE=cassandra cargo test --locked \
+  --test api --test inbox --test delivery --test durability --test roles

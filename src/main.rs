@@ -102,6 +102,10 @@ struct BenchArgs {
     /// Smaller loads (under two minutes on two cores).
     #[arg(long)]
     quick: bool,
+    /// project: also fold into Cassandra/Scylla, in a fresh keyspace `<keyspace>_bench_<id>` on
+    /// this node (cassandra://host:9042/keyspace?replication_factor=1), dropped afterwards.
+    #[arg(long)]
+    store: Option<String>,
     /// nats-server binary (default: the project's .tools dir, then PATH).
     #[arg(long, env = "MSGXC_NATS_SERVER_BIN")]
     nats_server_bin: Option<PathBuf>,
@@ -285,6 +289,7 @@ fn main() -> std::process::ExitCode {
                     devices: a.devices,
                     sockets: a.sockets,
                     rate: a.rate,
+                    store: a.store,
                 })
                 .await
             }
@@ -518,10 +523,16 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
         }
         StoreLocation::Scylla(config) => {
             let version = projections::scylla::migrate(&config).await?;
+            let recorded = projections::scylla::recorded_versions(&config).await?;
             println!(
-                "scylla://{}/{}: schema version {version} applied",
+                "scylla://{}/{}: schema version {version} applied (recorded: {})",
                 config.nodes.join(","),
-                config.keyspace
+                config.keyspace,
+                recorded
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }

@@ -244,6 +244,41 @@ fn a_too_old_nats_server_is_refused_with_a_clear_message() {
     );
 }
 
+/// `msgxc migrate` on the test run's Cassandra node: creates the keyspace and every table,
+/// records each schema version, and running it again changes nothing.
+#[tokio::test]
+async fn migrate_on_cassandra_is_idempotent_and_records_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = testkit::cassandra::cql_node();
+    let keyspace = format!("msgxc_cli_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("cassandra://{node}/{keyspace}?replication_factor=1");
+    let config = projections::ScyllaConfig::parse(&url).unwrap();
+    let versions = (1..=projections::scylla::SCHEMA_VERSION)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for _ in 0..2 {
+        let out = msgxc(dir.path(), &["migrate", "--store", &url]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "schema version {} applied (recorded: {versions})",
+                projections::scylla::SCHEMA_VERSION
+            )),
+            "{stdout}"
+        );
+    }
+    // The migrated keyspace serves a store (every statement prepares against it).
+    let store = projections::ScyllaStore::open(&config).await.unwrap();
+    assert_eq!(projections::Store::checkpoint(&store).await.unwrap(), 0);
+    projections::scylla::drop_keyspace(&config).await.unwrap();
+}
+
 #[test]
 fn migrate_prepares_a_store_and_explains_what_it_cannot_reach() {
     let dir = tempfile::tempdir().unwrap();

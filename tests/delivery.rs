@@ -339,9 +339,14 @@ async fn exhausted_retries_become_a_dead_letter_that_an_admin_can_requeue() {
 async fn high_urgency_overtakes_a_low_urgency_backlog() {
     let p = providers().await;
     let ex = exchange_with(&p, 3).await;
-    // 10,000 users with an SMS device each, appended straight to the log.
+    // 10,000 users with an SMS device each, appended straight to the log (2,000 on Cassandra,
+    // whose fold is slower on this machine: see BENCHMARKS.md).
+    let users: u32 = match common::TestStore::from_env() {
+        common::TestStore::Sqlite => 10_000,
+        common::TestStore::Cassandra => 2_000,
+    };
     let log = &ex.running().log;
-    for i in 0..10_000u32 {
+    for i in 0..users {
         let uid = format!("user{i}");
         let address = exchange::events::DeviceAddress::Sms {
             phone: format!("+1415{i:07}"),
@@ -360,6 +365,7 @@ async fn high_urgency_overtakes_a_low_urgency_backlog() {
         log.append(&env, None).await.unwrap();
     }
     enlist(&ex, "vip", json!({"os": "sms", "phone": "+19995550000"})).await;
+    ex.caught_up().await;
     p.sms.set_delay(Duration::from_millis(2));
     let admin = token("root", true);
     let (s, _) = ex
@@ -383,10 +389,10 @@ async fn high_urgency_overtakes_a_low_urgency_backlog() {
         .sms
         .wait_until(|r| String::from_utf8_lossy(&r.body).contains("call+now"))
         .await;
-    // The broadcast makes 10,001 requests; when the high-urgency one arrived, most of them had
-    // not been sent yet.
+    // The broadcast makes users + 1 requests; when the high-urgency one arrived, most of them
+    // had not been sent yet.
     assert!(
-        seen.len() < 10_001,
+        seen.len() < users as usize + 1,
         "the high-urgency message (request #{position}) waited for the whole backlog"
     );
 }

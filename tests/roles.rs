@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{options, token};
+use common::{Keyspace, TestStore, options, read_models, token};
 use msgxc::Role;
 use projections::SqliteStore;
 use serde_json::json;
@@ -28,8 +28,16 @@ async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
     let nats = testkit::TestNats::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("shared.sqlite3");
+    // On Cassandra the three share one keyspace instead of one SQLite file.
+    let keyspace = match TestStore::from_env() {
+        TestStore::Sqlite => None,
+        TestStore::Cassandra => Some(Keyspace::fresh().await),
+    };
     let with_role = |role: Role| {
         let mut o = options(nats.url(), store.clone());
+        if let Some(k) = &keyspace {
+            o.store = msgxc::StoreLocation::Scylla(k.config.clone());
+        }
         o.role = role;
         o.projector.lease_ttl = Duration::from_secs(2);
         o
@@ -69,10 +77,14 @@ async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
     assert_eq!(gateway.store.checkpoint().await.unwrap(), last);
     let fresh = SqliteStore::open(&dir.path().join("fresh.sqlite3")).unwrap();
     projections::rebuild(&log, &fresh, 100).await.unwrap();
+    let users = ["bob", "root"];
     assert_eq!(
-        gateway.sqlite.as_ref().unwrap().dump().await.unwrap(),
-        fresh.dump().await.unwrap()
+        read_models(gateway.store.as_ref(), &users, &[], &[]).await,
+        read_models(&fresh, &users, &[], &[]).await
     );
+    if let Some(shared) = gateway.sqlite.as_ref() {
+        assert_eq!(shared.dump().await.unwrap(), fresh.dump().await.unwrap());
+    }
     assert_eq!(inbox_total().await, 80);
     gateway.shutdown().await;
 }
@@ -103,13 +115,27 @@ async fn two_projector_processes_apply_each_event_once() {
     let nats = testkit::TestNats::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("shared.sqlite3");
+    let keyspace = match TestStore::from_env() {
+        TestStore::Sqlite => None,
+        TestStore::Cassandra => Some(Keyspace::fresh().await),
+    };
+    let (location, store_url) = match &keyspace {
+        Some(k) => (
+            msgxc::StoreLocation::Scylla(k.config.clone()),
+            k.url.clone(),
+        ),
+        None => (
+            msgxc::StoreLocation::Sqlite(store.clone()),
+            format!("sqlite://{}", store.display()),
+        ),
+    };
     let serve = |args: &[&str]| {
         Proc(
             Command::new(env!("CARGO_BIN_EXE_msgxc"))
                 .arg("serve")
                 .args(args)
                 .env("MSGXC_NATS_URL", nats.url())
-                .env("MSGXC_STORE", format!("sqlite://{}", store.display()))
+                .env("MSGXC_STORE", &store_url)
                 .env("MSGXC_DATA_DIR", dir.path())
                 .env("MSGXC_JWT_SECRET", common::SECRET)
                 .env("MSGXC_PROJECTOR_LEASE", "2s")
@@ -195,12 +221,19 @@ async fn two_projector_processes_apply_each_event_once() {
     let log = msgxc::nats::open_log(client, exchange::LogSettings::default())
         .await
         .unwrap();
-    let shared = SqliteStore::open(&store).unwrap();
+    let (shared, _, sqlite) = msgxc::open_store(&location).await.unwrap();
     assert_eq!(
-        projections::Store::checkpoint(&shared).await.unwrap(),
+        shared.checkpoint().await.unwrap(),
         log.last_seq().await.unwrap()
     );
     let fresh = SqliteStore::open(&dir.path().join("fresh.sqlite3")).unwrap();
     projections::rebuild(&log, &fresh, 100).await.unwrap();
-    assert_eq!(shared.dump().await.unwrap(), fresh.dump().await.unwrap());
+    let users = ["bob", "root"];
+    assert_eq!(
+        read_models(shared.as_ref(), &users, &[], &[]).await,
+        read_models(&fresh, &users, &[], &[]).await
+    );
+    if let Some(shared) = sqlite {
+        assert_eq!(shared.dump().await.unwrap(), fresh.dump().await.unwrap());
+    }
 }

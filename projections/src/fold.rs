@@ -29,6 +29,19 @@ pub trait FoldTarget {
         Ok(())
     }
 
+    /// Each of `uids` (distinct, none of them the sender) is about to get an entry of message
+    /// `m`, one group each, and no group touches another's rows: a backend may read ahead
+    /// what those groups need and send their writes together, until the event ends. The
+    /// default does nothing.
+    fn prefetch_recipients(
+        &mut self,
+        _m: &StoredMessage,
+        _uids: &[String],
+        _needs: Needs,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Records that `uid` exists (broadcast audience). Idempotent.
     fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()>;
     /// Every known user (broadcast fan-out).
@@ -119,6 +132,18 @@ pub trait FoldTarget {
     fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>>;
 
     fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()>;
+}
+
+/// Which per-recipient reads a message's delivery will make (see
+/// [`FoldTarget::prefetch_recipients`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// Preferences (the message has a type).
+    pub preferences: bool,
+    /// Whether each has a device (tasks are queued).
+    pub devices: bool,
+    /// Whether each is a known user (not a thread message).
+    pub users: bool,
 }
 
 /// Side effects a batch may produce besides read models.
@@ -392,14 +417,24 @@ fn deliver<T: FoldTarget + ?Sized>(
     changes: &mut Changes<'_>,
 ) -> StoreResult<()> {
     let mut seen = HashSet::with_capacity(recipients.len());
+    let recipients: Vec<String> = recipients
+        .into_iter()
+        .filter(|uid| seen.insert(uid.clone()))
+        .collect();
+    t.prefetch_recipients(
+        m,
+        &recipients,
+        Needs {
+            preferences: m.opts.ntype.is_some(),
+            devices: effects.dispatch && !effects.topic_tasks,
+            users: m.tid.is_none(),
+        },
+    )?;
     let mut delivered = 0u64;
     // The `new` frame is the same for every recipient but their uid: serialized once, when
     // the first recipient gets an entry.
     let mut template = None;
     for uid in recipients {
-        if !seen.insert(uid.clone()) {
-            continue;
-        }
         // Each recipient is one group, also one skipped below: a backend that numbers its
         // writes by group numbers them the same when a crashed event is applied again.
         t.group_done()?;

@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub sockets: Option<u64>,
     /// live: thread messages published per second in total (default 200; 40 with `--quick`).
     pub rate: Option<u64>,
+    /// project: also fold into a fresh keyspace on this CQL node (`cassandra://host:port/ks`).
+    pub store: Option<String>,
 }
 
 pub const SCENARIOS: [&str; 5] = ["ingest", "fanout", "live", "room", "project"];

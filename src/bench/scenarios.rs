@@ -547,7 +547,117 @@ pub async fn project(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     row.notes
         .push(format!("{:.2} of the raw read", rate / raw_rate));
     anyhow::ensure!(store.checkpoint().await? == n, "rebuild stopped early");
-    Ok(vec![raw, row])
+    let mut rows = vec![raw, row];
+    drop(server);
+    rows.extend(project_fanout(opts).await?);
+    Ok(rows)
+}
+
+/// Members of the thread in the fan-out projection rows (the fold's goal on Cassandra: 1,000
+/// messages/s to 10 recipients each).
+const FOLD_MEMBERS: usize = 10;
+
+/// The fold of thread messages that each reach [`FOLD_MEMBERS`] inboxes, rebuilt into SQLite
+/// and, with `--store`, into a fresh keyspace on that CQL node: messages/s of each, same stream.
+async fn project_fanout(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
+    let messages: u64 = if opts.quick { 2_000 } else { 10_000 };
+    // A stream of its own (on a server of its own: the subjects are the exchange's).
+    let server = &Server::start(opts)?;
+    let client = async_nats::connect(server.nats.url()).await?;
+    let log = EventLog::open(client, LogSettings::default()).await?;
+    let tid = uuid::Uuid::now_v7();
+    let owner = Actor {
+        uid: "owner".into(),
+        roles: vec![],
+    };
+    let mut setup = vec![Envelope::new(
+        owner.clone(),
+        Event::ThreadCreated(ThreadCreated {
+            tid,
+            name: "bench".into(),
+            owner: "owner".into(),
+            open_subscribe: true,
+            open_publish: true,
+            alias: None,
+        }),
+    )];
+    setup.extend((0..FOLD_MEMBERS).map(|i| {
+        let uid = format!("member{i}");
+        Envelope::new(
+            Actor {
+                uid: uid.clone(),
+                roles: vec![],
+            },
+            Event::Subscribed(Subscribed { tid, uid }),
+        )
+    }));
+    let events = setup.len() as u64 + messages;
+    let msg = text();
+    let published = (0..messages).map(|_| {
+        Envelope::new(
+            owner.clone(),
+            Event::MessagePublished(MessagePublished {
+                tid,
+                sender: "owner".into(),
+                msg: msg.clone(),
+                opts: Default::default(),
+            }),
+        )
+    });
+    append_all(log.jetstream(), setup.into_iter().chain(published)).await?;
+
+    let mut rows = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let sqlite = SqliteStore::open(&dir.path().join("fold.sqlite3"))?;
+    let (row, sqlite_rate) = fold_row(server, &log, &sqlite, "SQLite", events, messages).await?;
+    rows.push(row);
+    if let Some(url) = &opts.store {
+        let mut config = projections::ScyllaConfig::parse(url)
+            .map_err(|e| anyhow::anyhow!("--store {url}: {e}"))?;
+        config.keyspace = format!(
+            "{}_bench_{}",
+            config.keyspace,
+            uuid::Uuid::now_v7().simple()
+        );
+        projections::scylla::migrate(&config).await?;
+        let store = projections::ScyllaStore::open(&config).await?;
+        let result = fold_row(server, &log, &store, "Cassandra", events, messages).await;
+        projections::scylla::drop_keyspace(&config).await?;
+        let (mut row, rate) = result?;
+        row.notes
+            .push(format!("{:.2} of the SQLite fold", rate / sqlite_rate));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Rebuilds `log` into `store`: the row and its messages/s.
+async fn fold_row(
+    server: &Server,
+    log: &EventLog,
+    store: &dyn Store,
+    backend: &str,
+    events: u64,
+    messages: u64,
+) -> anyhow::Result<(Row, f64)> {
+    let meter = Meter::start(server);
+    let started = Instant::now();
+    let report = projections::rebuild(log, store, 500).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(report.checkpoint == events, "{backend} fold stopped early");
+    let rate = messages as f64 / elapsed;
+    let mut row = meter.row(
+        server,
+        "project",
+        &format!("msgxc fold into {backend}, messages to {FOLD_MEMBERS} members"),
+        rate,
+        None,
+    );
+    row.notes.push(format!(
+        "{messages} messages, {:.0} inbox entries/s",
+        rate * FOLD_MEMBERS as f64
+    ));
+    Ok((row, rate))
 }
 
 /// Appends events straight to the log, 1024 publishes in flight: how the scenarios set up

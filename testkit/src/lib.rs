@@ -1,6 +1,11 @@
 //! Test harness: starts a real nats-server (>= 2.10) per test on a free port with a temporary
-//! JetStream store, so tests run in parallel and leave nothing behind.
+//! JetStream store, so tests run in parallel and leave nothing behind, and finds or starts the
+//! real Cassandra node the CQL store tests share (one keyspace per test).
+//!
+//! - `cassandra`: the CQL node of a test run (shared, or one per test process)
+//! - `providers`: local servers speaking the push providers' real protocols
 
+pub mod cassandra;
 pub mod providers;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,9 @@
-//! Shared fixtures for the integration tests: a real nats-server, a real SQLite file and the
-//! real exchange started in-process on a free port.
+//! Shared fixtures for the integration tests: a real nats-server, a real store and the real
+//! exchange started in-process on a free port.
+//!
+//! The store is a SQLite file in the test's temp dir, or with `MSGXC_TEST_STORE=cassandra` a
+//! keyspace of the test's own on the test run's Cassandra node (`testkit::cassandra`), migrated
+//! like `msgxc migrate` does and dropped when the test ends: the same tests, on either backend.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -19,6 +23,8 @@ pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 pub struct Exchange {
     pub running: Option<Running>,
+    /// The test's keyspace when it runs on Cassandra; dropped after `running` stops.
+    pub keyspace: Option<Keyspace>,
     pub nats: TestNats,
     pub dir: tempfile::TempDir,
     pub base: String,
@@ -60,11 +66,20 @@ impl Exchange {
         let nats = TestNats::start();
         let dir = tempfile::tempdir().unwrap();
         let mut opts = options(nats.url(), dir.path().join("store.sqlite3"));
+        let keyspace = match TestStore::from_env() {
+            TestStore::Sqlite => None,
+            TestStore::Cassandra => {
+                let ks = Keyspace::fresh().await;
+                opts.store = msgxc::StoreLocation::Scylla(ks.config.clone());
+                Some(ks)
+            }
+        };
         adjust(&mut opts);
         let running = msgxc::start(opts.clone()).await.expect("exchange starts");
         let base = format!("http://{}/api/v1", running.addr.unwrap());
         Self {
             running: Some(running),
+            keyspace,
             nats,
             dir,
             base,
@@ -178,7 +193,7 @@ impl Exchange {
 
     /// Waits until the store has applied everything in the stream.
     pub async fn caught_up(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let log = &self.running().log;
         loop {
             let last = log.last_seq().await.unwrap();
@@ -193,6 +208,63 @@ impl Exchange {
                 "projector stuck at {cp} < {last}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The backend the integration tests run on (`MSGXC_TEST_STORE`: `sqlite`, the default, or
+/// `cassandra`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestStore {
+    Sqlite,
+    Cassandra,
+}
+
+impl TestStore {
+    pub fn from_env() -> Self {
+        match std::env::var("MSGXC_TEST_STORE").as_deref() {
+            Ok("cassandra") | Ok("scylla") => Self::Cassandra,
+            Ok("") | Ok("sqlite") | Err(_) => Self::Sqlite,
+            Ok(other) => panic!("MSGXC_TEST_STORE={other}: expected sqlite or cassandra"),
+        }
+    }
+}
+
+/// A keyspace of one test on the test run's CQL node, migrated; dropped on drop.
+pub struct Keyspace {
+    pub config: projections::scylla::ScyllaConfig,
+    /// Its store URL (`MSGXC_STORE`).
+    pub url: String,
+}
+
+impl Keyspace {
+    pub async fn fresh() -> Self {
+        let node = testkit::cassandra::cql_node();
+        let name = format!("msgxc_it_{}", uuid::Uuid::now_v7().simple());
+        let url = format!("cassandra://{node}/{name}?replication_factor=1&consistency=one");
+        let config = projections::scylla::ScyllaConfig::parse(&url).expect("store URL");
+        projections::scylla::migrate(&config)
+            .await
+            .expect("migrate the test keyspace");
+        Self { config, url }
+    }
+}
+
+impl Drop for Keyspace {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        // Drop may run inside a runtime: a thread with a runtime of its own does the drop.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(projections::scylla::drop_keyspace(&config))
+                .map_err(|e| e.to_string())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop keyspace {}: {e}", self.config.keyspace);
         }
     }
 }
@@ -245,4 +317,88 @@ pub async fn next_json(ws: &mut Ws) -> Value {
             other => panic!("unexpected frame {other:?}"),
         }
     }
+}
+
+/// What a store answers, through the `Store` trait alone, about these users, threads and
+/// messages: every read model the API serves. Two stores of any backends that folded the
+/// same stream give equal snapshots.
+pub async fn read_models(
+    store: &dyn projections::Store,
+    uids: &[&str],
+    tids: &[uuid::Uuid],
+    mids: &[uuid::Uuid],
+) -> Value {
+    use projections::model::{HistoryQuery, InboxQuery};
+    let all = InboxQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut users = serde_json::Map::new();
+    for uid in uids {
+        let mut threads = store.user_threads(uid).await.unwrap();
+        threads.sort();
+        let changes: Vec<(String, String)> = store
+            .changes_after(uid, Default::default(), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(p, f)| (p.to_string(), f))
+            .collect();
+        let (page, newest) = store.inbox_snapshot(uid, &all).await.unwrap();
+        users.insert(
+            uid.to_string(),
+            serde_json::json!({
+                "exists": store.user_exists(uid).await.unwrap(),
+                "threads": threads,
+                "devices": store.devices(uid).await.unwrap(),
+                "inbox": page,
+                "newest": newest,
+                "stats": store.inbox_stats(uid).await.unwrap(),
+                "counts": store.inbox_counts(uid).await.unwrap(),
+                "blocks": store.blocks(uid).await.unwrap(),
+                "preferences": store.preferences(uid).await.unwrap(),
+                "changes": changes,
+            }),
+        );
+    }
+    let mut threads = serde_json::Map::new();
+    for tid in tids {
+        let history = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        threads.insert(
+            tid.to_string(),
+            serde_json::json!({
+                "thread": store.thread(*tid).await.unwrap(),
+                "history": store.thread_messages(*tid, &history).await.unwrap(),
+                "members": futures::future::join_all(uids.iter().map(|u| store.is_subscribed(*tid, u)))
+                    .await
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect::<Vec<bool>>(),
+            }),
+        );
+    }
+    let mut messages = serde_json::Map::new();
+    for mid in mids {
+        let mut counts = store.receipt_counts(*mid).await.unwrap();
+        counts.sort();
+        messages.insert(
+            mid.to_string(),
+            serde_json::json!({
+                "message": store.message(*mid).await.unwrap(),
+                "receipts": store.receipts(*mid, 1000, 0).await.unwrap(),
+                "receipt_counts": counts,
+            }),
+        );
+    }
+    serde_json::json!({
+        "checkpoint": store.checkpoint().await.unwrap(),
+        "users": users,
+        "threads": threads,
+        "messages": messages,
+        "types": store.types().await.unwrap(),
+        "dead_letters": store.failed_deliveries(1000, 0).await.unwrap(),
+    })
 }

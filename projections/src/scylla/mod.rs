@@ -69,7 +69,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 /// Options: `consistency` (default `local_quorum`), `datacenter` (prefer this DC's nodes),
 /// `replication_factor` (for `msgxc migrate`; default the number of nodes, at most 3), `tls`
 /// (`true`: TLS, nodes verified against the system's CA certificates) and `ca` (a PEM file of
-/// the CA that signed the nodes' certificates; implies `tls`).
+/// the CA that signed the nodes' certificates; implies `tls`), `page_size` (rows per page of a
+/// multi-row read; default the driver's 5,000).
 #[derive(Clone)]
 pub struct ScyllaConfig {
     pub nodes: Vec<String>,
@@ -79,6 +80,7 @@ pub struct ScyllaConfig {
     pub datacenter: Option<String>,
     pub replication_factor: Option<u32>,
     pub tls: Option<Tls>,
+    pub page_size: Option<i32>,
 }
 
 /// How connections to the nodes are encrypted.
@@ -125,6 +127,7 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("datacenter", &self.datacenter)
             .field("replication_factor", &self.replication_factor)
             .field("tls", &self.tls)
+            .field("page_size", &self.page_size)
             .finish()
     }
 }
@@ -185,6 +188,7 @@ impl ScyllaConfig {
             datacenter: None,
             replication_factor: None,
             tls: None,
+            page_size: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -204,6 +208,14 @@ impl ScyllaConfig {
                         .filter(|n| *n > 0)
                         .ok_or_else(|| format!("replication_factor={v}: a positive number"))?;
                     config.replication_factor = Some(n);
+                }
+                "page_size" => {
+                    let n: i32 = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("page_size={v}: a positive number"))?;
+                    config.page_size = Some(n);
                 }
                 _ => return Err(format!("unknown store URL option {k:?}")),
             }
@@ -336,6 +348,22 @@ pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
     Ok(SCHEMA_VERSION)
 }
 
+/// The schema versions recorded in a keyspace (`msgxc migrate` prints them), oldest first.
+pub async fn recorded_versions(config: &ScyllaConfig) -> StoreResult<Vec<i32>> {
+    let session = connect(config, false).await.map_err(StoreError::Backend)?;
+    session
+        .use_keyspace(&config.keyspace, false)
+        .await
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for (version, _) in MIGRATIONS {
+        if applied(&session, *version).await? {
+            out.push(*version);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a schema version is recorded in the session's keyspace.
 async fn applied(session: &Session, version: i32) -> StoreResult<bool> {
     Ok(session
@@ -364,6 +392,7 @@ pub(crate) async fn prepare(
     session: &Session,
     name: &str,
     cql: &str,
+    page_size: Option<i32>,
 ) -> StoreResult<PreparedStatement> {
     let mut p = session.prepare(cql).await.map_err(|e| {
         StoreError::Backend(format!(
@@ -373,6 +402,9 @@ pub(crate) async fn prepare(
     // Everything but the compare-and-set statements is an upsert or delete of fixed values:
     // safe for the driver to retry.
     p.set_is_idempotent(!cql.contains(" IF "));
+    if let Some(n) = page_size {
+        p.set_page_size(n);
+    }
     Ok(p)
 }
 
@@ -388,12 +420,124 @@ struct Inner {
     keyspace: String,
     /// One batch at a time from this process (the lease keeps other processes out).
     apply_lock: tokio::sync::Mutex<()>,
+    /// Users the keyspace is known to hold (users are never removed), so the fold need not
+    /// read the users table for every event of the same actor.
+    pub(crate) known_users: KnownUsers,
+    /// Where the driver's connections run (none over the in-process stand-in).
+    io: Option<IoRuntime>,
+}
+
+/// A bounded set of uids known to exist in the `users` table.
+#[derive(Default)]
+pub(crate) struct KnownUsers(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownUsers {
+    /// Uids kept before the set starts over (a miss only costs one read).
+    const CAPACITY: usize = 1 << 20;
+
+    pub(crate) fn contains(&self, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(uid))
+    }
+
+    pub(crate) fn remember(&self, uid: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() >= Self::CAPACITY {
+                s.clear();
+            }
+            s.insert(uid.to_owned());
+        }
+    }
+}
+
+/// Bytes of bound values above which a group's logged batch is split: Cassandra refuses a
+/// batch spanning partitions above `batch_size_fail_threshold` (50 KiB by default), and a
+/// recipient's batch carries the message up to three times (entry, change frame, task).
+const BATCH_BUDGET: usize = 24 * 1024;
+
+/// Tables whose rows carry a message's payload. They may land ahead of the rest of their
+/// group: each is an idempotent upsert keyed by the event that a replay rewrites identically,
+/// and whether the group happened is decided by the rows that stay in the logged batch (the
+/// entry's by-id row, the counts), so a crash in between only makes the replay write them
+/// again. A reader may see such an entry in a listing a moment before the counts include it.
+const PAYLOAD_TABLES: [&str; 3] = ["inbox", "inbox_changes", "outbox"];
+
+/// `(sent ahead, logged batch)` of a group's writes: all in the batch unless it is over
+/// [`BATCH_BUDGET`].
+fn split_large_batch<'a>(
+    writes: Vec<statements::Bound<'a, ()>>,
+) -> (
+    Vec<statements::Bound<'a, ()>>,
+    Vec<statements::Bound<'a, ()>>,
+) {
+    let size: usize = writes.iter().map(|w| values_size(&w.values)).sum();
+    if size <= BATCH_BUDGET {
+        return (Vec::new(), writes);
+    }
+    writes
+        .into_iter()
+        .partition(|w| PAYLOAD_TABLES.contains(&w.statement.table))
+}
+
+/// About how many bytes a statement's values take on the wire.
+fn values_size(values: &[Option<CqlValue>]) -> usize {
+    values
+        .iter()
+        .map(|v| match v {
+            Some(CqlValue::Text(t)) | Some(CqlValue::Ascii(t)) => t.len(),
+            Some(CqlValue::Blob(b)) => b.len(),
+            _ => 16,
+        })
+        .sum()
+}
+
+/// The runtime that owns a store's driver connections, on a thread of its own.
+///
+/// The fold is synchronous and waits on each statement from a blocking thread. Were the
+/// connections' tasks on the caller's runtime, a runtime shutting down (end of `serve`, end
+/// of a test) would wait for that blocking fold while no longer driving the I/O it waits on:
+/// a hang. On this runtime the fold in progress completes whatever the caller's runtime does.
+struct IoRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl IoRuntime {
+    fn start() -> StoreResult<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| backend(format!("CQL I/O runtime: {e}")))?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("msgxc-cql-io".into())
+            .spawn(move || {
+                // Drives the connections until the store is dropped (the sender goes).
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_background();
+            })
+            .map_err(|e| backend(format!("CQL I/O thread: {e}")))?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl ScyllaStore {
     /// Connects to the keyspace, checks its schema version and prepares every statement.
     pub async fn open(config: &ScyllaConfig) -> StoreResult<Self> {
-        let session = connect(config, true).await.map_err(|e| {
+        let io = IoRuntime::start()?;
+        let session = {
+            let config = config.clone();
+            io.handle
+                .spawn(async move { connect(&config, true).await })
+                .await
+                .map_err(backend)?
+        }
+        .map_err(|e| {
             StoreError::Backend(format!(
                 "{e} (keyspace {}: `msgxc migrate` creates it)",
                 config.keyspace
@@ -411,18 +555,31 @@ impl ScyllaStore {
                 config.keyspace
             )));
         }
-        let q = Prepared::prepare(&session).await?;
-        Self::start(Arc::new(exec::Driver(session)), q, &config.keyspace).await
+        let q = Prepared::prepare(&session, config.page_size).await?;
+        Self::start(
+            Arc::new(exec::Driver(session)),
+            q,
+            &config.keyspace,
+            Some(io),
+        )
+        .await
     }
 
     /// The store over an endpoint whose schema is current.
-    async fn start(cql: Arc<dyn Cql>, q: Prepared, keyspace: &str) -> StoreResult<Self> {
+    async fn start(
+        cql: Arc<dyn Cql>,
+        q: Prepared,
+        keyspace: &str,
+        io: Option<IoRuntime>,
+    ) -> StoreResult<Self> {
         let store = Self {
             inner: Arc::new(Inner {
                 cql,
                 q,
                 keyspace: keyspace.to_owned(),
                 apply_lock: tokio::sync::Mutex::new(()),
+                known_users: KnownUsers::default(),
+                io,
             }),
         };
         store
@@ -445,7 +602,7 @@ impl ScyllaStore {
     /// A store over a given [`memory::MemoryCql`] (a test keeps it to inject failures).
     #[cfg(feature = "cql-memory")]
     pub async fn on_memory(cql: Arc<memory::MemoryCql>) -> StoreResult<Self> {
-        Self::start(cql, Prepared::unprepared(), "memory").await
+        Self::start(cql, Prepared::unprepared(), "memory", None).await
     }
 
     pub fn keyspace(&self) -> &str {
@@ -472,6 +629,11 @@ impl ScyllaStore {
                 }
             }
             _ => {
+                let (ahead, writes) = split_large_batch(writes);
+                futures::future::try_join_all(ahead.into_iter().map(|w| self.exec(w))).await?;
+                if writes.is_empty() {
+                    return Ok(());
+                }
                 let writes = writes
                     .into_iter()
                     .map(|w| (w.statement, w.values))
@@ -578,7 +740,10 @@ impl Store for ScyllaStore {
         let _one_at_a_time = self.inner.apply_lock.lock().await;
         let start = self.checkpoint().await?;
         let store = self.clone();
-        let rt = tokio::runtime::Handle::current();
+        let rt = match &self.inner.io {
+            Some(io) => io.handle.clone(),
+            None => tokio::runtime::Handle::current(),
+        };
         // The fold is synchronous; it runs on a blocking thread and waits on each statement.
         let mut out = tokio::task::spawn_blocking(move || {
             let mut tx = target::ScyllaTx::new(&store, &rt);

@@ -154,12 +154,13 @@ macro_rules! statements {
         impl Prepared {
             pub(crate) async fn prepare(
                 session: &scylla::client::session::Session,
+                page_size: Option<i32>,
             ) -> Result<Self, crate::store::StoreError> {
                 Ok(Self {
                     $($name: Stmt::new(
                         stringify!($name),
                         $cql,
-                        Some(super::prepare(session, stringify!($name), $cql).await?),
+                        Some(super::prepare(session, stringify!($name), $cql, page_size).await?),
                     ),)*
                 })
             }
@@ -196,6 +197,15 @@ pub(crate) type InboxRow = (
     Option<i64>,
 );
 
+/// total, unread, unseen, seen_seq, seen_at, archived.
+pub(crate) type CountsRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 pub(crate) type FailedRow = (String, Uuid, String, String, String, String, bool, i32, i64);
 
 pub(crate) type MessageRow = (

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -72,6 +73,22 @@ struct Counts {
     seen_seq: i64,
 }
 
+impl Counts {
+    fn of(row: Option<super::statements::CountsRow>) -> Self {
+        row.map_or_else(Self::default, |r| Self {
+            total: r.0.unwrap_or(0),
+            unread: r.1.unwrap_or(0),
+            archived: r.5.unwrap_or(0),
+            unseen: r.2.unwrap_or(0),
+            seen_seq: r.3.unwrap_or(0),
+        })
+    }
+}
+
+/// Requests of one fold transaction in flight at once when they are independent (reads ahead
+/// of a message's recipients, their groups' batches).
+const IN_FLIGHT: usize = 64;
+
 /// A message whose row is written at the end of its event.
 struct PendingMessage {
     message: StoredMessage,
@@ -85,6 +102,18 @@ pub(crate) struct ScyllaTx<'a> {
     /// Writes not yet sent, and the tables they touch.
     pending: Vec<Bound<'a, ()>>,
     pending_tables: Vec<&'a str>,
+    /// Finished groups of independent recipients (see `prefetch_recipients`) not sent yet:
+    /// sent together, concurrently, one logged batch each, at the next flush.
+    deferred: Vec<Vec<Bound<'a, ()>>>,
+    deferred_tables: Vec<&'a str>,
+    /// The current event's groups are independent recipients of one message.
+    independent: bool,
+    /// Read ahead for the current message's recipients: whether each has its entry already,
+    /// and (when the fold will ask) their preferences and whether they have a device.
+    entry_exists: HashMap<String, bool>,
+    preferences: HashMap<String, Preferences>,
+    has_device: HashMap<String, bool>,
+    new_users: std::collections::HashSet<String>,
     message: Option<PendingMessage>,
     /// Groups the current event has started, and tasks queued in the current group: a task's
     /// index in the outbox key is `group * TASKS_PER_GROUP + task`, the same when the event is
@@ -111,6 +140,13 @@ impl<'a> ScyllaTx<'a> {
             seq: 0,
             pending: Vec::new(),
             pending_tables: Vec::new(),
+            deferred: Vec::new(),
+            deferred_tables: Vec::new(),
+            independent: false,
+            entry_exists: HashMap::new(),
+            preferences: HashMap::new(),
+            has_device: HashMap::new(),
+            new_users: Default::default(),
             message: None,
             groups: 0,
             tasks: 0,
@@ -136,6 +172,11 @@ impl<'a> ScyllaTx<'a> {
     /// Flushes the event's writes, then writes its message row (the event's completion mark).
     pub(crate) fn end_event(&mut self) -> StoreResult<()> {
         self.flush()?;
+        self.independent = false;
+        self.entry_exists.clear();
+        self.preferences.clear();
+        self.has_device.clear();
+        self.new_users.clear();
         if let Some(p) = self.message.take() {
             let m = p.message;
             let write = self.q().message_put(
@@ -159,7 +200,10 @@ impl<'a> ScyllaTx<'a> {
         self.pending.push(b);
     }
 
+    /// Sends the deferred groups (concurrently: they are independent of each other), then the
+    /// pending writes.
     fn flush(&mut self) -> StoreResult<()> {
+        self.send_deferred()?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -168,12 +212,42 @@ impl<'a> ScyllaTx<'a> {
         self.rt.block_on(self.store.write_all(writes))
     }
 
-    /// Flushes first when the statement reads a table with buffered writes.
+    /// Sends the finished groups not sent yet, concurrently (they are independent).
+    fn send_deferred(&mut self) -> StoreResult<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let groups = std::mem::take(&mut self.deferred);
+        self.deferred_tables.clear();
+        let store = self.store;
+        self.rt.block_on(
+            futures::stream::iter(groups.into_iter().map(|g| store.write_all(g)))
+                .buffer_unordered(IN_FLIGHT)
+                .try_collect::<()>(),
+        )
+    }
+
+    /// Flushes first when the statement reads a table with buffered writes: the finished
+    /// groups' only, when the current group has not written that table (so the current
+    /// group's batch is not split).
     fn before_read<R>(&mut self, b: &Bound<'a, R>) -> StoreResult<()> {
-        if self.pending_tables.contains(&b.statement.table) {
+        let table = &b.statement.table;
+        if self.pending_tables.contains(table) {
             self.flush()?;
+        } else if self.deferred_tables.contains(table) {
+            self.send_deferred()?;
         }
         Ok(())
+    }
+
+    /// Runs reads concurrently (up to [`IN_FLIGHT`] at once), answers in order.
+    fn many<R: FromRow>(&self, reads: Vec<Bound<'a, R>>) -> StoreResult<Vec<Option<R>>> {
+        let store = self.store;
+        self.rt.block_on(
+            futures::stream::iter(reads.into_iter().map(|b| store.one(b)))
+                .buffered(IN_FLIGHT)
+                .try_collect(),
+        )
     }
 
     fn one<R: FromRow>(&mut self, b: Bound<'a, R>) -> StoreResult<Option<R>> {
@@ -196,16 +270,18 @@ impl<'a> ScyllaTx<'a> {
         if let Some(c) = self.counts.get(uid) {
             return Ok(*c);
         }
-        let row = self.one_unwritten(self.q().counts_get(uid))?;
-        let c = row.map_or_else(Counts::default, |r| Counts {
-            total: r.0.unwrap_or(0),
-            unread: r.1.unwrap_or(0),
-            archived: r.5.unwrap_or(0),
-            unseen: r.2.unwrap_or(0),
-            seen_seq: r.3.unwrap_or(0),
-        });
+        let c = Counts::of(self.one_unwritten(self.q().counts_get(uid))?);
         self.counts.insert(uid.to_owned(), c);
         Ok(c)
+    }
+
+    /// The unread-count dimensions an entry moves: its level and, when typed, its type.
+    fn unread_dims(n: &Notification) -> Vec<(&'static str, String)> {
+        let mut dims = vec![("level", n.level.to_string())];
+        if let Some(t) = &n.ntype {
+            dims.push(("type", t.clone()));
+        }
+        dims
     }
 
     fn put_counts(&mut self, uid: &str, c: Counts) {
@@ -225,11 +301,7 @@ impl<'a> ScyllaTx<'a> {
 
     /// Moves the per-type and per-level unread counts of an entry by `delta`.
     fn adjust_unread_by(&mut self, n: &Notification, delta: i64) -> StoreResult<()> {
-        let mut dims = vec![("level", n.level.to_string())];
-        if let Some(t) = &n.ntype {
-            dims.push(("type", t.clone()));
-        }
-        for (dim, key) in dims {
+        for (dim, key) in Self::unread_dims(n) {
             let cache_key = (n.uid.clone(), dim, key.clone());
             let current = match self.unread_by.get(&cache_key) {
                 Some(v) => *v,
@@ -337,15 +409,106 @@ impl FoldTarget for ScyllaTx<'_> {
     fn group_done(&mut self) -> StoreResult<()> {
         self.groups = self.groups.saturating_add(1);
         self.tasks = 0;
-        self.flush()
+        if !self.independent {
+            return self.flush();
+        }
+        // One recipient's writes are one logged batch, sent with the other recipients' at the
+        // next flush (at the latest before the message row, which marks the event complete).
+        if !self.pending.is_empty() {
+            self.deferred.push(std::mem::take(&mut self.pending));
+            self.deferred_tables.append(&mut self.pending_tables);
+        }
+        if self.deferred.len() >= 4 * IN_FLIGHT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn prefetch_recipients(
+        &mut self,
+        m: &StoredMessage,
+        uids: &[String],
+        needs: crate::fold::Needs,
+    ) -> StoreResult<()> {
+        // What came before lands first, so the reads below see it.
+        self.flush()?;
+        self.independent = true;
+        let q = self.q();
+        let exists = self.many(uids.iter().map(|u| q.inbox_id_get(u, m.mid)).collect())?;
+        self.entry_exists = uids
+            .iter()
+            .cloned()
+            .zip(exists.into_iter().map(|e| e.is_some()))
+            .collect();
+        let uncounted: Vec<&String> = uids
+            .iter()
+            .filter(|u| !self.counts.contains_key(u.as_str()))
+            .collect();
+        let counts = self.many(uncounted.iter().map(|u| q.counts_get(u)).collect())?;
+        for (u, row) in uncounted.into_iter().zip(counts) {
+            self.counts.insert(u.clone(), Counts::of(row));
+        }
+        // The per-level and per-type unread counts a new entry moves.
+        let sample = Notification::new(m, String::new(), 0);
+        let mut keys = Vec::new();
+        for u in uids {
+            for (dim, key) in Self::unread_dims(&sample) {
+                let k = (u.clone(), dim, key);
+                if !self.unread_by.contains_key(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        let values = self.many(
+            keys.iter()
+                .map(|(u, d, k)| q.unread_by_get(u, d, k))
+                .collect(),
+        )?;
+        for (k, v) in keys.into_iter().zip(values) {
+            self.unread_by.insert(k, v.map_or(0, |r| r.0));
+        }
+        if needs.preferences {
+            let prefs = self.many(uids.iter().map(|u| q.prefs_get(u)).collect())?;
+            for (u, p) in uids.iter().zip(prefs) {
+                let p = match p {
+                    Some((json,)) => parse_json(&json)?,
+                    None => Preferences::default(),
+                };
+                self.preferences.insert(u.clone(), p);
+            }
+        }
+        if needs.devices {
+            let devices = self.many(uids.iter().map(|u| q.any_device_of(u)).collect())?;
+            self.has_device = uids
+                .iter()
+                .cloned()
+                .zip(devices.into_iter().map(|d| d.is_some()))
+                .collect();
+        }
+        if needs.users {
+            let known = self.many(uids.iter().map(|u| q.user_get(user_bucket(u), u)).collect())?;
+            for (u, k) in uids.iter().zip(known) {
+                if k.is_some() {
+                    self.store.inner.known_users.remember(u);
+                } else {
+                    self.new_users.insert(u.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()> {
+        if self.store.inner.known_users.contains(uid) {
+            return Ok(());
+        }
         let bucket = user_bucket(uid);
         // Read first so first_seen keeps the first event's time.
-        if self.one(self.q().user_get(bucket, uid))?.is_none() {
+        if self.new_users.remove(uid) || self.one(self.q().user_get(bucket, uid))?.is_none() {
             let w = self.q().user_put(bucket, uid, ns(at));
             self.write(w);
+        } else {
+            self.store.inner.known_users.remember(uid);
         }
         Ok(())
     }
@@ -382,6 +545,9 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn has_devices(&mut self, uid: &str) -> StoreResult<bool> {
+        if let Some(has) = self.has_device.get(uid) {
+            return Ok(*has);
+        }
         Ok(self.one(self.q().any_device_of(uid))?.is_some())
     }
 
@@ -511,7 +677,11 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
-        if self.one(self.q().inbox_id_get(&n.uid, n.id))?.is_some() {
+        let exists = match self.entry_exists.remove(&n.uid) {
+            Some(known) => known,
+            None => self.one(self.q().inbox_id_get(&n.uid, n.id))?.is_some(),
+        };
+        if exists {
             // Within the message's own event this entry can only come from an attempt that
             // failed before the message row (written last) landed: it is still a recipient.
             if let Some(p) = self.message.as_mut().filter(|p| p.message.mid == n.id) {
@@ -775,6 +945,9 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn preferences(&mut self, uid: &str) -> StoreResult<Preferences> {
+        if let Some(p) = self.preferences.get(uid) {
+            return Ok(p.clone());
+        }
         match self.one(self.q().prefs_get(uid))? {
             Some((json,)) => parse_json(&json),
             None => Ok(Preferences::default()),

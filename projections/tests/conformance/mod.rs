@@ -100,7 +100,7 @@ fn publish(tid: Uuid, sender: &str, msg: &str, opts: MessageOpts) -> Event {
     })
 }
 
-fn send(audience: Audience, msg: &str, opts: MessageOpts) -> Event {
+pub fn send(audience: Audience, msg: &str, opts: MessageOpts) -> Event {
     Event::MessageSent(MessageSent {
         audience,
         sender: "admin".into(),
@@ -109,7 +109,7 @@ fn send(audience: Audience, msg: &str, opts: MessageOpts) -> Event {
     })
 }
 
-fn enlist(uid: &str, device_id: &str, token: &str) -> Event {
+pub fn enlist(uid: &str, device_id: &str, token: &str) -> Event {
     Event::DeviceEnlisted(DeviceEnlisted {
         uid: uid.into(),
         device_id: device_id.into(),
