@@ -26,7 +26,9 @@ use futures::StreamExt;
 use projections::live::{NewMessage, Reach, new_message, touched};
 use projections::{Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::queue::{FrameReceiver, FrameSender};
 use uuid::Uuid;
 
 /// How far each path has delivered frames to the hub.
@@ -70,7 +72,7 @@ impl Default for Hub {
 }
 
 /// One open connection's id and frame queue.
-type Conn = (u64, mpsc::Sender<Bytes>);
+type Conn = (u64, FrameSender);
 
 struct HubInner {
     state: Mutex<State>,
@@ -140,7 +142,7 @@ pub struct Registration {
     hub: Hub,
     key: String,
     id: u64,
-    pub frames: mpsc::Receiver<Bytes>,
+    pub frames: FrameReceiver,
 }
 
 impl Drop for Registration {
@@ -191,7 +193,7 @@ impl Hub {
     /// Registers a connection; until [`Hub::loaded`] gives the user's state, events for them
     /// are kept aside.
     pub fn register(&self, uid: &str, buffer: usize) -> Registration {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let (tx, rx) = crate::queue::queue(buffer);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let key = live::routing_key(uid);
         let mut state = self.state();
@@ -646,7 +648,7 @@ mod tests {
 
     fn frames(r: &mut Registration) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        while let Ok(f) = r.frames.try_recv() {
+        while let Some(f) = r.frames.try_recv() {
             out.push(serde_json::from_slice(&f).unwrap());
         }
         out

@@ -1,10 +1,20 @@
 //! msgxc HTTP/WebSocket face: authenticates JWTs, validates requests, appends events to the
 //! log and answers reads from the projections; it never writes a read model itself.
+//!
+//! - `auth`: JWT verification and the caller's identity and roles
+//! - `error`: the `{"error":{"code","message"}}` answers
+//! - `extract`: request extractors (JSON bodies within the size limit, callers)
+//! - `hub`: live frames routed from the event stream to this gateway's connections
+//! - `queue`: a connection's bounded frame queue
+//! - `rate`: per-sender rate limits
+//! - `routes`: the HTTP, WebSocket and SSE handlers
+//! - `state`: configuration and the state every handler shares
 
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod queue;
 pub mod rate;
 pub mod routes;
 pub mod state;

@@ -114,7 +114,7 @@ pub async fn stream(
             }
             // Marks first, then what is queued: every frame a mark covers was queued before it.
             let m = *marks.borrow_and_update();
-            while let Ok(f) = registration.frames.try_recv() {
+            while let Some(f) = registration.frames.try_recv() {
                 hold(&mut held, high, f);
             }
             if held.len() > MAX_BACKLOG as usize {

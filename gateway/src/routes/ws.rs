@@ -29,8 +29,10 @@ pub async fn connect(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Small buffers: most connections are idle, and memory per connection is what limits scale.
+    // Clients send little (pings, acks); a larger frame still arrives whole (the buffer grows
+    // to the frame, up to the message limit).
     upgrade
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| serve(state, actor, socket))

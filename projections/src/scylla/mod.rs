@@ -422,29 +422,33 @@ struct Inner {
     apply_lock: tokio::sync::Mutex<()>,
     /// Users the keyspace is known to hold (users are never removed), so the fold need not
     /// read the users table for every event of the same actor.
-    pub(crate) known_users: KnownUsers,
+    pub(crate) known_users: KnownKeys,
+    /// `(uid, month)` rows of `inbox_months` known to be written (never removed), so the fold
+    /// writes each once rather than with every entry; remembered only once the batch that
+    /// wrote them succeeded.
+    pub(crate) known_months: KnownKeys,
     /// Where the driver's connections run (none over the in-process stand-in).
     io: Option<IoRuntime>,
 }
 
-/// A bounded set of uids known to exist in the `users` table.
+/// A bounded set of keys known to be written (rows the fold never removes).
 #[derive(Default)]
-pub(crate) struct KnownUsers(std::sync::Mutex<std::collections::HashSet<String>>);
+pub(crate) struct KnownKeys(std::sync::Mutex<std::collections::HashSet<String>>);
 
-impl KnownUsers {
-    /// Uids kept before the set starts over (a miss only costs one read).
+impl KnownKeys {
+    /// Keys kept before the set starts over (a miss only costs one read or write).
     const CAPACITY: usize = 1 << 20;
 
-    pub(crate) fn contains(&self, uid: &str) -> bool {
-        self.0.lock().is_ok_and(|s| s.contains(uid))
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(key))
     }
 
-    pub(crate) fn remember(&self, uid: &str) {
+    pub(crate) fn remember(&self, key: &str) {
         if let Ok(mut s) = self.0.lock() {
             if s.len() >= Self::CAPACITY {
                 s.clear();
             }
-            s.insert(uid.to_owned());
+            s.insert(key.to_owned());
         }
     }
 }
@@ -578,7 +582,8 @@ impl ScyllaStore {
                 q,
                 keyspace: keyspace.to_owned(),
                 apply_lock: tokio::sync::Mutex::new(()),
-                known_users: KnownUsers::default(),
+                known_users: KnownKeys::default(),
+                known_months: KnownKeys::default(),
                 io,
             }),
         };
@@ -745,7 +750,7 @@ impl Store for ScyllaStore {
             None => tokio::runtime::Handle::current(),
         };
         // The fold is synchronous; it runs on a blocking thread and waits on each statement.
-        let mut out = tokio::task::spawn_blocking(move || {
+        let out = tokio::task::spawn_blocking(move || {
             let mut tx = target::ScyllaTx::new(&store, &rt);
             let mut out = Applied {
                 checkpoint: start,
@@ -767,10 +772,11 @@ impl Store for ScyllaStore {
                 out.checkpoint = ev.seq;
                 out.applied += 1;
             }
-            Ok::<_, StoreError>(out)
+            Ok::<_, StoreError>((out, tx.months_written()))
         })
         .await
         .map_err(backend)??;
+        let (mut out, months) = out;
         if out.checkpoint != start {
             let moved = self
                 .lwt(
@@ -785,6 +791,9 @@ impl Store for ScyllaStore {
                      another projector writes this keyspace"
                 )));
             }
+        }
+        for key in months {
+            self.inner.known_months.remember(&key);
         }
         Ok(out)
     }

@@ -114,6 +114,8 @@ pub(crate) struct ScyllaTx<'a> {
     preferences: HashMap<String, Preferences>,
     has_device: HashMap<String, bool>,
     new_users: std::collections::HashSet<String>,
+    /// `inbox_months` keys this transaction wrote (see `Inner::known_months`).
+    months_written: Vec<String>,
     message: Option<PendingMessage>,
     /// Groups the current event has started, and tasks queued in the current group: a task's
     /// index in the outbox key is `group * TASKS_PER_GROUP + task`, the same when the event is
@@ -147,6 +149,7 @@ impl<'a> ScyllaTx<'a> {
             preferences: HashMap::new(),
             has_device: HashMap::new(),
             new_users: Default::default(),
+            months_written: Vec::new(),
             message: None,
             groups: 0,
             tasks: 0,
@@ -193,6 +196,11 @@ impl<'a> ScyllaTx<'a> {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The `inbox_months` keys written by this transaction, to remember once it succeeded.
+    pub(crate) fn months_written(self) -> Vec<String> {
+        self.months_written
     }
 
     fn write(&mut self, b: Bound<'a, ()>) {
@@ -708,8 +716,12 @@ impl FoldTarget for ScyllaTx<'_> {
         self.write(w);
         let w = self.q().inbox_id_put(&n.uid, n.id, bucket, seq);
         self.write(w);
-        let w = self.q().inbox_month_put(&n.uid, bucket);
-        self.write(w);
+        let month_key = format!("{}\u{0}{bucket}", n.uid);
+        if !self.store.inner.known_months.contains(&month_key) {
+            let w = self.q().inbox_month_put(&n.uid, bucket);
+            self.write(w);
+            self.months_written.push(month_key);
+        }
         let mut c = self.counts(&n.uid)?;
         c.total += 1;
         c.unseen += 1;
