@@ -6,8 +6,25 @@
 # fresh by the caller). Ready when the log says "Starting listening for CQL clients".
 # MSGXC_CASSANDRA_HEAP (default 1G) sizes the heap; MSGXC_CASSANDRA_TEST=1 turns off fsync and
 # the system keyspace's durability (throwaway test nodes only).
+#
+# `scripts/cassandra-node.sh --wait DIR CQL_PORT PID` waits (up to 240 s) until the node of
+# process PID, started with DIR, listens on CQL_PORT; prints its log and fails otherwise.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "${1:-}" = "--wait" ]; then
+  dir="$2" port="$3" pid="$4"
+  deadline=$((SECONDS + 240))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
+      echo "cassandra-node: the node did not start; its log:" >&2
+      tail -n 40 "$dir/node.out" "$dir/logs/system.log" >&2 || true
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "cassandra-node: listening on 127.0.0.1:$port" >&2
+  exit 0
+fi
 dir="${1:?usage: cassandra-node.sh DIR CQL_PORT [STORAGE_PORT]}"
 cql="${2:?CQL port}"
 storage="${3:-0}"

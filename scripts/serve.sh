@@ -32,15 +32,7 @@ scripts/cassandra-node.sh "$node_dir" "$port" "$((port + 1000))" \
 node_pid=$!
 trap 'kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null || true' EXIT
 echo "serve: starting Cassandra (log: $node_dir/logs/system.log)" >&2
-deadline=$((SECONDS + 240))
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-  if ! kill -0 "$node_pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
-    echo "serve: Cassandra did not start:" >&2
-    tail -n 40 "$node_dir/node.out" "$node_dir/logs/system.log" >&2 || true
-    exit 1
-  fi
-  sleep 1
-done
+scripts/cassandra-node.sh --wait "$node_dir" "$port" "$node_pid"
 export MSGXC_STORE="cassandra://127.0.0.1:$port/msgxc?replication_factor=1"
 target/release/msgxc migrate --store "$MSGXC_STORE"
 target/release/msgxc serve "$@"

@@ -22,18 +22,6 @@ stop_node() {
   rm -rf "$node_dir"
 }
 trap stop_node EXIT
-wait_node() {
-  local deadline=$((SECONDS + 240))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$cql_port") 2>/dev/null; do
-    if ! kill -0 "$node_pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
-      echo "test: the Cassandra node did not start; its log:" >&2
-      tail -n 40 "$node_dir/node.out" "$node_dir/logs/system.log" >&2 || true
-      exit 1
-    fi
-    sleep 1
-  done
-  echo "test: Cassandra listening on 127.0.0.1:$cql_port" >&2
-}
 export MSGXC_TEST_CASSANDRA="127.0.0.1:$cql_port"
 
 if rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
@@ -43,7 +31,7 @@ if rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 cargo test --workspace --locked --no-run
-wait_node
+scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"
 cargo test --workspace --locked
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles

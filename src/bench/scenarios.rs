@@ -465,49 +465,13 @@ pub async fn project(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let client = async_nats::connect(server.nats.url()).await?;
     let log = EventLog::open(client.clone(), LogSettings::default()).await?;
     // A thread with one subscriber and n-2 messages published to it.
-    let tid = uuid::Uuid::now_v7();
-    let owner = Actor {
-        uid: "owner".into(),
-        roles: vec![],
-    };
-    let setup = [
-        Envelope::new(
-            owner.clone(),
-            Event::ThreadCreated(ThreadCreated {
-                tid,
-                name: "bench".into(),
-                owner: "owner".into(),
-                open_subscribe: true,
-                open_publish: true,
-                alias: None,
-            }),
-        ),
-        Envelope::new(
-            Actor {
-                uid: "reader".into(),
-                roles: vec![],
-            },
-            Event::Subscribed(Subscribed {
-                tid,
-                uid: "reader".into(),
-            }),
-        ),
-    ];
     eprintln!("bench: writing {n} events");
     let js = log.jetstream().clone();
-    let msg = text();
-    let messages = (setup.len() as u64..n).map(|_| {
-        Envelope::new(
-            owner.clone(),
-            Event::MessagePublished(MessagePublished {
-                tid,
-                sender: "owner".into(),
-                msg: msg.clone(),
-                opts: Default::default(),
-            }),
-        )
-    });
-    append_all(&js, setup.into_iter().chain(messages)).await?;
+    append_all(
+        &js,
+        thread_events(vec!["reader".into()], n.saturating_sub(2)),
+    )
+    .await?;
 
     // Baseline: an ordered consumer reading every event (no decoding, no store).
     let meter = Meter::start(&server);
@@ -565,46 +529,9 @@ async fn project_fanout(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let server = &Server::start(opts)?;
     let client = async_nats::connect(server.nats.url()).await?;
     let log = EventLog::open(client, LogSettings::default()).await?;
-    let tid = uuid::Uuid::now_v7();
-    let owner = Actor {
-        uid: "owner".into(),
-        roles: vec![],
-    };
-    let mut setup = vec![Envelope::new(
-        owner.clone(),
-        Event::ThreadCreated(ThreadCreated {
-            tid,
-            name: "bench".into(),
-            owner: "owner".into(),
-            open_subscribe: true,
-            open_publish: true,
-            alias: None,
-        }),
-    )];
-    setup.extend((0..FOLD_MEMBERS).map(|i| {
-        let uid = format!("member{i}");
-        Envelope::new(
-            Actor {
-                uid: uid.clone(),
-                roles: vec![],
-            },
-            Event::Subscribed(Subscribed { tid, uid }),
-        )
-    }));
-    let events = setup.len() as u64 + messages;
-    let msg = text();
-    let published = (0..messages).map(|_| {
-        Envelope::new(
-            owner.clone(),
-            Event::MessagePublished(MessagePublished {
-                tid,
-                sender: "owner".into(),
-                msg: msg.clone(),
-                opts: Default::default(),
-            }),
-        )
-    });
-    append_all(log.jetstream(), setup.into_iter().chain(published)).await?;
+    let members = (0..FOLD_MEMBERS).map(|i| format!("member{i}")).collect();
+    let events = 1 + FOLD_MEMBERS as u64 + messages;
+    append_all(log.jetstream(), thread_events(members, messages)).await?;
 
     let mut rows = Vec::new();
     let dir = tempfile::tempdir()?;
@@ -658,6 +585,49 @@ async fn fold_row(
         rate * FOLD_MEMBERS as f64
     ));
     Ok((row, rate))
+}
+
+/// A bench thread's events: created by `owner`, these members subscribed, then `messages`
+/// messages from the owner.
+fn thread_events(members: Vec<String>, messages: u64) -> impl Iterator<Item = Envelope> {
+    let tid = uuid::Uuid::now_v7();
+    let owner = Actor {
+        uid: "owner".into(),
+        roles: vec![],
+    };
+    let created = Envelope::new(
+        owner.clone(),
+        Event::ThreadCreated(ThreadCreated {
+            tid,
+            name: "bench".into(),
+            owner: "owner".into(),
+            open_subscribe: true,
+            open_publish: true,
+            alias: None,
+        }),
+    );
+    let subscribed = members.into_iter().map(move |uid| {
+        Envelope::new(
+            Actor {
+                uid: uid.clone(),
+                roles: vec![],
+            },
+            Event::Subscribed(Subscribed { tid, uid }),
+        )
+    });
+    let msg = text();
+    let published = (0..messages).map(move |_| {
+        Envelope::new(
+            owner.clone(),
+            Event::MessagePublished(MessagePublished {
+                tid,
+                sender: "owner".into(),
+                msg: msg.clone(),
+                opts: Default::default(),
+            }),
+        )
+    });
+    std::iter::once(created).chain(subscribed).chain(published)
 }
 
 /// Appends events straight to the log, 1024 publishes in flight: how the scenarios set up
