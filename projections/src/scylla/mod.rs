@@ -977,10 +977,7 @@ impl Store for ScyllaStore {
     }
 
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
-        match self.one(self.q().prefs_get(uid)).await? {
-            Some((json,)) => parse_json(&json),
-            None => Ok(Default::default()),
-        }
+        target::preferences_of(self.one(self.q().prefs_get(uid)).await?)
     }
 }
 

@@ -375,6 +375,11 @@ impl<'a> ScyllaTx<'a> {
     }
 }
 
+/// A user's preferences from their row (defaults when they never set any).
+pub(crate) fn preferences_of(row: Option<(String,)>) -> StoreResult<Preferences> {
+    row.map_or_else(|| Ok(Preferences::default()), |(json,)| parse_json(&json))
+}
+
 pub(crate) fn notification_from(uid: &str, seq: i64, r: InboxRow) -> StoreResult<Notification> {
     let opts: exchange::events::MessageOpts = parse_json(&r.4)?;
     let read_at = r.8.map(from_ns).transpose()?;
@@ -478,11 +483,7 @@ impl FoldTarget for ScyllaTx<'_> {
         if needs.preferences {
             let prefs = self.many(uids.iter().map(|u| q.prefs_get(u)).collect())?;
             for (u, p) in uids.iter().zip(prefs) {
-                let p = match p {
-                    Some((json,)) => parse_json(&json)?,
-                    None => Preferences::default(),
-                };
-                self.preferences.insert(u.clone(), p);
+                self.preferences.insert(u.clone(), preferences_of(p)?);
             }
         }
         if needs.devices {
@@ -960,10 +961,7 @@ impl FoldTarget for ScyllaTx<'_> {
         if let Some(p) = self.preferences.get(uid) {
             return Ok(p.clone());
         }
-        match self.one(self.q().prefs_get(uid))? {
-            Some((json,)) => parse_json(&json),
-            None => Ok(Preferences::default()),
-        }
+        preferences_of(self.one(self.q().prefs_get(uid))?)
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
