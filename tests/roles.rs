@@ -53,9 +53,15 @@ async fn two_projectors_on_one_store_apply_each_event_once_and_fail_over() {
         let store = gateway.store.clone();
         async move { store.inbox_counts("bob").await.unwrap().total }
     };
+    // Applied means checkpointed: on Cassandra a batch's rows land before its checkpoint
+    // moves (on SQLite both commit together), so wait for both before stopping a projector.
+    let caught_up = || {
+        let (store, log) = (gateway.store.clone(), gateway.log.clone());
+        async move { store.checkpoint().await.unwrap() >= log.last_seq().await.unwrap() }
+    };
     let wait_for = |n: u64| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while inbox_total().await < n {
+        while inbox_total().await < n || !caught_up().await {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "projection stalled below {n}"
@@ -183,8 +189,14 @@ async fn two_projector_processes_apply_each_event_once() {
     let base = format!("http://{gw}/api/v1");
     let (admin, bob) = (token("root", true), token("bob", false));
     let send = |i: usize| send_to_bob(&http, &base, &admin, i);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let log = msgxc::nats::open_log(client, exchange::LogSettings::default())
+        .await
+        .unwrap();
+    let (shared, _, sqlite) = msgxc::open_store(&location).await.unwrap();
     let wait_for = |n: u64| {
         let (http, base, bob) = (http.clone(), base.clone(), bob.clone());
+        let (store, log) = (shared.clone(), log.clone());
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
@@ -197,7 +209,10 @@ async fn two_projector_processes_apply_each_event_once() {
                     .json()
                     .await
                     .unwrap();
-                if stats["total"].as_u64() == Some(n) {
+                // Applied means checkpointed (on Cassandra the rows land first).
+                if stats["total"].as_u64() == Some(n)
+                    && store.checkpoint().await.unwrap() >= log.last_seq().await.unwrap()
+                {
                     return;
                 }
                 assert!(
@@ -217,11 +232,6 @@ async fn two_projector_processes_apply_each_event_once() {
     second.stop();
 
     // Exactly once: the shared store equals a rebuild of the stream into an empty store.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let log = msgxc::nats::open_log(client, exchange::LogSettings::default())
-        .await
-        .unwrap();
-    let (shared, _, sqlite) = msgxc::open_store(&location).await.unwrap();
     assert_eq!(
         shared.checkpoint().await.unwrap(),
         log.last_seq().await.unwrap()
