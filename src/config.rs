@@ -236,6 +236,29 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits() {
+        assert_eq!(
+            parse_rate_limit("FCM=500/20"),
+            Ok(RateLimit {
+                channel: "fcm".into(),
+                rate: 500.0,
+                burst: Some(20),
+            })
+        );
+        assert_eq!(parse_rate_limit("sms=0").map(|l| l.rate), Ok(0.0));
+        for bad in [
+            "fcm",
+            "pigeon=3",
+            "apns=-1",
+            "apns=fast",
+            "apns=10/0",
+            "apns=NaN",
+        ] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn generated_secret_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let a = generated_secret(dir.path()).unwrap();
@@ -341,6 +364,10 @@ pub struct ChannelArgs {
     /// Longest retry delay.
     #[arg(long, env = "MSGXC_DISPATCH_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub dispatch_backoff_max: Duration,
+    /// Longest a provider call may take before it counts as a transient failure; a task
+    /// whose dispatcher went silent for four times this is handed to another dispatcher.
+    #[arg(long, env = "MSGXC_DISPATCH_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub dispatch_send_timeout: Duration,
     /// Tasks in flight per urgency lane: high,normal,low,very-low,fallback.
     #[arg(
         long,
@@ -349,6 +376,62 @@ pub struct ChannelArgs {
         default_value = "64,32,16,8,16"
     )]
     pub dispatch_concurrency: Vec<usize>,
+    /// Sends per second per provider, `channel=rate[/burst]` comma-separated (channels: apns,
+    /// fcm, webpush, sms, email, mqtt; 0 = no limit). FCM defaults to its default project
+    /// quota, 10000 (600,000 per minute); the others to no limit. A 429 pauses that provider's
+    /// sends for its Retry-After either way.
+    #[arg(long, env = "MSGXC_RATE_LIMITS", value_delimiter = ',', value_parser = parse_rate_limit)]
+    pub rate_limits: Vec<RateLimit>,
+    /// Requests in flight per provider at most.
+    #[arg(long, env = "MSGXC_PROVIDER_IN_FLIGHT", default_value_t = 256)]
+    pub provider_in_flight: usize,
+}
+
+/// One `channel=rate[/burst]` of `--rate-limits`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub channel: String,
+    pub rate: f64,
+    pub burst: Option<u32>,
+}
+
+pub const CHANNEL_NAMES: [&str; 6] = ["apns", "fcm", "webpush", "sms", "email", "mqtt"];
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    let (channel, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected channel=rate[/burst], e.g. fcm=10000"))?;
+    let channel = channel.trim().to_ascii_lowercase();
+    if !CHANNEL_NAMES.contains(&channel.as_str()) {
+        return Err(format!(
+            "{channel:?} is not a channel (one of {})",
+            CHANNEL_NAMES.join(", ")
+        ));
+    }
+    let (rate, burst) = match value.split_once('/') {
+        Some((r, b)) => (r, Some(b)),
+        None => (value, None),
+    };
+    let rate: f64 = rate
+        .trim()
+        .parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite() && *r >= 0.0)
+        .ok_or_else(|| format!("{s:?}: the rate is a number of sends per second (0 = no limit)"))?;
+    let burst = burst
+        .map(|b| {
+            b.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|b| *b > 0)
+                .ok_or_else(|| format!("{s:?}: the burst is a positive whole number"))
+        })
+        .transpose()?;
+    Ok(RateLimit {
+        channel,
+        rate,
+        burst,
+    })
 }
 
 /// All set or none: a half-configured channel is an error naming what is missing.
@@ -495,6 +578,9 @@ impl ChannelArgs {
             backoff_base: self.dispatch_backoff,
             backoff_max: self.dispatch_backoff_max.max(self.dispatch_backoff),
             skip_if_seen: self.skip_if_seen,
+            send_timeout: self
+                .dispatch_send_timeout
+                .max(std::time::Duration::from_millis(100)),
             concurrency: std::array::from_fn(|i| {
                 let default = exchange::dispatch::DispatchSettings::default().concurrency[i];
                 self.dispatch_concurrency
@@ -503,6 +589,19 @@ impl ChannelArgs {
                     .unwrap_or(default)
                     .max(1)
             }),
+            limits: CHANNEL_NAMES
+                .iter()
+                .map(|name| {
+                    let base = exchange::dispatch::DispatchSettings::default().limits_of(name);
+                    let set = self.rate_limits.iter().rev().find(|l| l.channel == *name);
+                    let limits = exchange::dispatch::Limits {
+                        rate: set.map_or(base.rate, |l| (l.rate > 0.0).then_some(l.rate)),
+                        burst: set.and_then(|l| l.burst).unwrap_or(base.burst),
+                        in_flight: self.provider_in_flight.max(1),
+                    };
+                    ((*name).to_owned(), limits)
+                })
+                .collect(),
             ..Default::default()
         }
     }

@@ -43,6 +43,14 @@ async fn providers() -> Providers {
 }
 
 async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
+    exchange_paced(p, max_attempts, Default::default()).await
+}
+
+async fn exchange_paced(
+    p: &Providers,
+    max_attempts: u32,
+    limits: std::collections::HashMap<String, exchange::dispatch::Limits>,
+) -> Exchange {
     let (sms, apns, smtp) = (
         p.sms.base_url.clone(),
         p.apns.base_url.clone(),
@@ -75,8 +83,11 @@ async fn exchange_with(p: &Providers, max_attempts: u32) -> Exchange {
             max_attempts,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            limits,
             ..Default::default()
         };
+        o.gateway.max_recipients = 100;
+        o.gateway.body_limit = 16 * 1024;
     })
     .await
 }
@@ -418,6 +429,8 @@ async fn a_redelivered_task_does_not_notify_the_device_twice() {
     let task = exchange::dispatch::DispatchTask {
         mid: mid.parse().unwrap(),
         uid: "erin".into(),
+        uids: Vec::new(),
+        batch: None,
         tid: None,
         sender: "root".into(),
         msg: "once".into(),
@@ -1141,4 +1154,68 @@ async fn a_disabled_type_is_not_pushed_either() {
         .collect();
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert!(bodies[0].contains("headline"));
+}
+
+/// A provider's 429 pauses every send to it for its Retry-After, the throttled send is tried
+/// again within the batch (it is not an attempt: with one attempt allowed there is still no
+/// dead letter), and the rate limit spaces the sends.
+#[tokio::test]
+async fn a_429_pauses_the_provider_and_the_batch_drains_at_its_pace() {
+    let p = providers().await;
+    let rate = 40.0;
+    let limits = [(
+        "sms".to_owned(),
+        exchange::dispatch::Limits {
+            rate: Some(rate),
+            burst: 1,
+            in_flight: 4,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let ex = exchange_paced(&p, 1, limits).await;
+    let users: Vec<String> = (0..12).map(|i| format!("pace{i:02}")).collect();
+    for (i, u) in users.iter().enumerate() {
+        enlist(
+            &ex,
+            u,
+            json!({"os": "sms", "phone": format!("+1415555{i:04}")}),
+        )
+        .await;
+    }
+    p.sms.script(
+        "+14155550003",
+        vec![Reply {
+            headers: vec![("retry-after".into(), "1".into())],
+            ..Reply::status(429, r#"{"code":20429,"message":"Too Many Requests"}"#)
+        }],
+    );
+    let (s, b) = ex
+        .post(
+            "/multicast",
+            &token("root", true),
+            json!({"msg": "paced", "uids": users}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let mid = b["mid"].as_str().unwrap().to_owned();
+    let got = p.sms.wait_for(users.len() + 1).await;
+    let to = |r: &testkit::providers::Received| {
+        form_value(&String::from_utf8_lossy(&r.body), "To").unwrap_or_default()
+    };
+    let throttled = got.iter().position(|r| to(r) == "+14155550003").unwrap();
+    // Nothing left in the second after the 429 (what was in flight aside).
+    let paused = &got[throttled..];
+    let soon = paused
+        .iter()
+        .filter(|r| r.at.duration_since(paused[0].at) < Duration::from_millis(900))
+        .count();
+    assert!(soon <= 4, "{soon} sends within the pause");
+    // Paced: 13 requests at 40/s take at least ~0.3 s besides the pause.
+    let span = got.last().unwrap().at.duration_since(got[0].at);
+    assert!(span >= Duration::from_millis(1200), "{span:?}");
+    let r = receipts_until(&ex, &mid, |b| b["counts"]["sms"]["sent"] == 12).await;
+    assert_eq!(r["counts"]["sms"].get("failed"), None, "{r}");
+    let (_, dead) = ex.get("/deliveries/failed", &token("root", true)).await;
+    assert_eq!(dead["count"], 0, "{dead}");
 }

@@ -90,6 +90,7 @@ pub enum Event {
     UserBlocked(UserBlocked),
     UserUnblocked(UserUnblocked),
     MessageDeleted(MessageDeleted),
+    DeliveriesSettled(DeliveriesSettled),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -138,11 +139,12 @@ impl Event {
             Event::UserBlocked(_) => "user_blocked",
             Event::UserUnblocked(_) => "user_unblocked",
             Event::MessageDeleted(_) => "message_deleted",
+            Event::DeliveriesSettled(_) => "deliveries_settled",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 22] = [
+    pub const KINDS: [&'static str; 23] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -165,6 +167,7 @@ impl Event {
         "user_blocked",
         "user_unblocked",
         "message_deleted",
+        "deliveries_settled",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -186,6 +189,7 @@ impl Event {
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::DeliveriesSettled(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryAcked(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryRequeued(e) => (Aggregate::Message, e.mid.to_string()),
             Event::ThreadCreated(e) => (Aggregate::Thread, e.tid.to_string()),
@@ -617,6 +621,50 @@ pub struct DeliveryFailed {
     /// The provider said retrying cannot help (bad token, rejected payload).
     pub permanent: bool,
     pub dead: bool,
+}
+
+/// The outcomes of one part of a delivery batch (the dispatcher's unit of work): what one
+/// `delivery_sent`, `delivery_failed` or `device_disabled` event each said, for up to a few
+/// dozen devices of one message. Written by dispatchers since batched dispatch; the single
+/// kinds are still folded (older streams hold them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveriesSettled {
+    pub mid: Uuid,
+    pub deliveries: Vec<SettledDelivery>,
+}
+
+/// One device's outcome in [`DeliveriesSettled`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SettledDelivery {
+    pub uid: String,
+    pub device_id: String,
+    pub channel: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// `sent`: the provider accepted it; `failed`: this attempt failed (see `dead`).
+    pub status: SettledStatus,
+    /// The provider's id for the message (sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Why it failed (failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The provider said retrying cannot help (failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
+    /// No retry follows: a dead letter (failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead: bool,
+    /// The provider reported the device's address invalid: the device is disabled (failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SettledStatus {
+    Sent,
+    Failed,
 }
 
 /// A device's token was reported invalid by its provider; it is never used again.

@@ -51,6 +51,10 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         ("user_blocked.json".into(), schema_of::<UserBlocked>()),
         ("user_unblocked.json".into(), schema_of::<UserUnblocked>()),
         ("message_deleted.json".into(), schema_of::<MessageDeleted>()),
+        (
+            "deliveries_settled.json".into(),
+            schema_of::<DeliveriesSettled>(),
+        ),
     ]
 }
 

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use exchange::dispatch::DispatchTask;
-use exchange::events::{AckStatus, Preferences};
+use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 
 use crate::model::{
     Device, FailedDelivery, Notification, NotificationType, Receipt, ReceiptStatus, StoredMessage,
@@ -199,15 +199,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         }
         Event::Unsubscribed(e) => t.remove_subscriber(e.tid, &e.uid).map(drop),
         Event::MessagePublished(e) => {
-            let stored = StoredMessage {
-                mid: env.id,
-                tid: Some(e.tid),
-                sender: e.sender.clone(),
-                msg: e.msg.clone(),
-                opts: e.opts.clone(),
-                created_at: at,
-                recipients: 0,
-            };
+            let stored = message_of(env, Some(e.tid), &e.sender, &e.msg, &e.opts);
             if !t.insert_message(&stored)? {
                 return Ok(());
             }
@@ -228,22 +220,12 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             deliver(t, seq, &stored, recipients, effects, changes)?;
             if effects.dispatch && effects.topic_tasks {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
-                let mut topic = task_for(&stored, "");
-                topic.thread_topic = true;
-                t.enqueue_task(&topic)?;
+                t.enqueue_task(&topic_task(&stored))?;
             }
             Ok(())
         }
         Event::MessageSent(e) => {
-            let stored = StoredMessage {
-                mid: env.id,
-                tid: None,
-                sender: e.sender.clone(),
-                msg: e.msg.clone(),
-                opts: e.opts.clone(),
-                created_at: at,
-                recipients: 0,
-            };
+            let stored = message_of(env, None, &e.sender, &e.msg, &e.opts);
             if !t.insert_message(&stored)? {
                 return Ok(());
             }
@@ -295,6 +277,15 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::DeviceDisabled(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
+        Event::DeliveriesSettled(e) => {
+            // One group per device: its receipt, dead letter and disabling, as the single
+            // events did.
+            for d in &e.deliveries {
+                settle(t, e.mid, d, at)?;
+                t.group_done()?;
+            }
+            Ok(())
+        }
         Event::DeliveryAcked(e) => t.advance_receipt(&Receipt {
             mid: e.mid,
             uid: e.uid.clone(),
@@ -371,6 +362,46 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
     }
 }
 
+fn settle<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    mid: Uuid,
+    d: &SettledDelivery,
+    at: OffsetDateTime,
+) -> StoreResult<()> {
+    let failed = d.status == SettledStatus::Failed;
+    t.advance_receipt(&Receipt {
+        mid,
+        uid: d.uid.clone(),
+        device_id: d.device_id.clone(),
+        channel: d.channel.clone(),
+        status: match (failed, d.dead) {
+            (false, _) => ReceiptStatus::Sent,
+            (true, true) => ReceiptStatus::Failed,
+            (true, false) => ReceiptStatus::Retrying,
+        },
+        attempts: d.attempt,
+        reason: d.reason.clone(),
+        updated_at: at,
+    })?;
+    if failed && d.disabled {
+        t.delete_device(&d.uid, &d.device_id)?;
+    }
+    if failed && d.dead {
+        t.put_failed_delivery(&FailedDelivery {
+            id: FailedDelivery::id_of(mid, &d.device_id),
+            mid,
+            uid: d.uid.clone(),
+            device_id: d.device_id.clone(),
+            channel: d.channel.clone(),
+            reason: d.reason.clone().unwrap_or_default(),
+            permanent: d.permanent,
+            attempts: d.attempt,
+            failed_at: at,
+        })?;
+    }
+    Ok(())
+}
+
 fn enlist<T: FoldTarget + ?Sized>(
     t: &mut T,
     e: &DeviceEnlisted,
@@ -391,10 +422,145 @@ fn enlist<T: FoldTarget + ?Sized>(
     })
 }
 
+/// Whether a recipient who gets an entry has something to push to. A recipient with no
+/// device has nothing (unless a topic channel such as MQTT carries every user's copy): their
+/// inbox entry and live frame are the delivery.
+fn pushes_to<T: FoldTarget + ?Sized>(t: &mut T, uid: &str, effects: Effects) -> StoreResult<bool> {
+    Ok(effects.topic_tasks || t.has_devices(uid)?)
+}
+
+/// The tasks of a message pushed to `to_push`: per batch, its task and, when the message
+/// has a fallback, the fallback's timer.
+fn tasks_of(m: &StoredMessage, to_push: &[String]) -> Vec<Vec<DispatchTask>> {
+    to_push
+        .chunks(TASK_BATCH)
+        .enumerate()
+        .map(|(k, uids)| {
+            let task = batch_task(m, uids, k);
+            match &m.opts.fallback {
+                Some(f) => {
+                    let mut wait = task.clone();
+                    wait.fallback_due = Some(
+                        m.created_at + time::Duration::seconds(f.after.min(i64::MAX as u64) as i64),
+                    );
+                    vec![task, wait]
+                }
+                None => vec![task],
+            }
+        })
+        .collect()
+}
+
+/// Messages with at least this many recipients have their dispatch planned ahead of their
+/// fold (see [`plan_ahead`]).
+pub const PLAN_AHEAD_RECIPIENTS: usize = 2_000;
+
+/// The dispatch tasks of a large message, computed before its fold so that they can be
+/// committed and relayed first: the first provider request of a broadcast to a million users
+/// need not wait until a million inbox entries are written. `None` for any other event.
+///
+/// Reads the state as the event's own fold reads it (the actor is touched first, as
+/// [`apply_event`] does); the backend commits the tasks with the events before this one, marks
+/// the event planned, and folds it afterwards without dispatch effects. A replay of a planned
+/// event queues nothing again (the mark says so); the planned tasks carry message ids derived
+/// from the event, so relaying them twice stores them once.
+pub fn plan_ahead<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    env: &Envelope,
+    effects: Effects,
+) -> StoreResult<Option<Vec<DispatchTask>>> {
+    if !effects.dispatch {
+        return Ok(None);
+    }
+    // Admin messages to many users (broadcasts, large multicasts); thread messages are folded
+    // as they come (their subscriber lists would be read twice per message).
+    let Event::MessageSent(e) = &env.event else {
+        return Ok(None);
+    };
+    if let Audience::User { .. } = &e.audience {
+        return Ok(None);
+    }
+    if let Audience::Users { uids } = &e.audience
+        && uids.len() < PLAN_AHEAD_RECIPIENTS
+    {
+        return Ok(None);
+    }
+    let m = message_of(env, None, &e.sender, &e.msg, &e.opts);
+    if t.message(m.mid)?.is_some() {
+        return Ok(None);
+    }
+    t.touch_user(&env.actor.uid, env.occurred_at)?;
+    let recipients = match &e.audience {
+        Audience::Users { uids } => uids.clone(),
+        _ => t.all_users()?,
+    };
+    if recipients.len() < PLAN_AHEAD_RECIPIENTS {
+        return Ok(None);
+    }
+    let mut seen = HashSet::with_capacity(recipients.len());
+    let mut to_push = Vec::new();
+    for uid in recipients {
+        if !seen.insert(uid.clone()) {
+            continue;
+        }
+        if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
+            continue;
+        }
+        if pushes_to(t, &uid, effects)? {
+            to_push.push(uid);
+        }
+    }
+    Ok(Some(tasks_of(&m, &to_push).into_iter().flatten().collect()))
+}
+
+fn message_of(
+    env: &Envelope,
+    tid: Option<Uuid>,
+    sender: &str,
+    msg: &str,
+    opts: &exchange::events::MessageOpts,
+) -> StoredMessage {
+    StoredMessage {
+        mid: env.id,
+        tid,
+        sender: sender.to_owned(),
+        msg: msg.to_owned(),
+        opts: opts.clone(),
+        created_at: env.occurred_at,
+        recipients: 0,
+    }
+}
+
+/// The once-per-message publication of a thread message on the thread's topic (MQTT).
+fn topic_task(m: &StoredMessage) -> DispatchTask {
+    let mut topic = task_for(m, "");
+    topic.thread_topic = true;
+    topic
+}
+
+/// Recipients per dispatch task: the dispatcher's unit of work (devices and preferences read
+/// in bulk, one outcome event per part, progress marked per part).
+pub const TASK_BATCH: usize = 256;
+
+/// The task of batch `k` of a message's recipients; a batch of one is an ordinary
+/// one-recipient task (its id does not depend on the batching).
+fn batch_task(m: &StoredMessage, uids: &[String], k: usize) -> DispatchTask {
+    match uids {
+        [uid] => task_for(m, uid),
+        _ => DispatchTask {
+            uids: uids.to_vec(),
+            batch: Some(k as u32),
+            ..task_for(m, "")
+        },
+    }
+}
+
 fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
     DispatchTask {
         mid: m.mid,
         uid: uid.to_owned(),
+        uids: Vec::new(),
+        batch: None,
         tid: m.tid,
         sender: m.sender.clone(),
         msg: m.msg.clone(),
@@ -434,6 +600,9 @@ fn deliver<T: FoldTarget + ?Sized>(
     // The `new` frame is the same for every recipient but their uid: serialized once, when
     // the first recipient gets an entry.
     let mut template = None;
+    // Recipients with something to push to, in recipient order: one dispatch task per
+    // `TASK_BATCH` of them.
+    let mut to_push = Vec::new();
     for uid in recipients {
         // Each recipient is one group, also one skipped below: a backend that numbers its
         // writes by group numbers them the same when a crashed event is applied again.
@@ -447,23 +616,23 @@ fn deliver<T: FoldTarget + ?Sized>(
             continue;
         }
         let n = Notification::new(m, uid, seq);
-        if !t.insert_notification(&n)? {
-            continue;
+        // An entry that exists already was written by an earlier, interrupted application of
+        // this same event (the message row, written last, says whether it finished): its
+        // recipient still belongs to the same task batch, so a replay queues the same tasks.
+        if t.insert_notification(&n)? {
+            delivered += 1;
+            let template = template.get_or_insert_with(|| crate::live::FrameTemplate::new(m, seq));
+            changes.record_new(t, &n, template)?;
         }
-        delivered += 1;
-        let template = template.get_or_insert_with(|| crate::live::FrameTemplate::new(m, seq));
-        changes.record_new(t, &n, template)?;
-        // A recipient with no device has nothing to push to (unless a topic channel such as
-        // MQTT carries every user's copy): their inbox entry and live frame are the delivery.
-        if effects.dispatch && (effects.topic_tasks || t.has_devices(&n.uid)?) {
-            t.enqueue_task(&task_for(m, &n.uid))?;
-            if let Some(f) = &m.opts.fallback {
-                let mut wait = task_for(m, &n.uid);
-                wait.fallback_due = Some(
-                    m.created_at + time::Duration::seconds(f.after.min(i64::MAX as u64) as i64),
-                );
-                t.enqueue_task(&wait)?;
-            }
+        if effects.dispatch && pushes_to(t, &n.uid, effects)? {
+            to_push.push(n.uid);
+        }
+    }
+    // Each task (and its fallback) is a group of its own, after the recipients' groups.
+    for group in tasks_of(m, &to_push) {
+        t.group_done()?;
+        for task in &group {
+            t.enqueue_task(task)?;
         }
     }
     t.group_done()?;

@@ -305,25 +305,34 @@ impl Projector {
             };
             let newest = batch.last().map(|e| e.envelope.occurred_at);
             let events = batch.len();
-            let apply_started = std::time::Instant::now();
-            let applied = self.store.apply(batch, options).await?;
-            tracing::debug!(
-                events,
-                apply_ms = apply_started.elapsed().as_secs_f64() * 1e3,
-                lag_ms = newest.map_or(0.0, |t| (OffsetDateTime::now_utc() - t).as_seconds_f64()
-                    * 1e3),
-                notices = applied.notices.len(),
-                "batch applied"
-            );
-            // Live frames first: they are what users wait for; the relay can follow.
-            self.applied.send_replace(applied.checkpoint);
-            if !applied.notices.is_empty() {
-                exchange::live::publish(&self.nats, applied.notices).await;
+            loop {
+                let apply_started = std::time::Instant::now();
+                let mut applied = self.store.apply(batch, options).await?;
+                tracing::debug!(
+                    events,
+                    apply_ms = apply_started.elapsed().as_secs_f64() * 1e3,
+                    lag_ms = newest
+                        .map_or(0.0, |t| (OffsetDateTime::now_utc() - t).as_seconds_f64()
+                            * 1e3),
+                    notices = applied.notices.len(),
+                    "batch applied"
+                );
+                // Live frames first: they are what users wait for; the relay can follow.
+                self.applied.send_replace(applied.checkpoint);
+                if !applied.notices.is_empty() {
+                    exchange::live::publish(&self.nats, std::mem::take(&mut applied.notices)).await;
+                }
+                if self.settings.live {
+                    exchange::live::publish_applied(&self.nats, applied.checkpoint).await;
+                }
+                relay_wake.notify_one();
+                // A large message's tasks were committed ahead of its fold: they are being
+                // relayed while the rest is applied.
+                if applied.rest.is_empty() {
+                    break;
+                }
+                batch = applied.rest;
             }
-            if self.settings.live {
-                exchange::live::publish_applied(&self.nats, applied.checkpoint).await;
-            }
-            relay_wake.notify_one();
             if let Some(m) = last
                 && let Err(e) = m.ack().await
             {
@@ -470,10 +479,16 @@ pub async fn rebuild(
                 Err(e) => return Err(e.into()),
             }
         }
-        let applied = store.apply(batch, ApplyOptions::default()).await?;
-        report.events += applied.applied as u64;
-        report.checkpoint = applied.checkpoint;
-        if applied.checkpoint >= until {
+        loop {
+            let applied = store.apply(batch, ApplyOptions::default()).await?;
+            report.events += applied.applied as u64;
+            report.checkpoint = applied.checkpoint;
+            if applied.rest.is_empty() {
+                break;
+            }
+            batch = applied.rest;
+        }
+        if report.checkpoint >= until {
             break;
         }
     }

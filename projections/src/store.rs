@@ -91,6 +91,9 @@ pub struct Applied {
     pub applied: usize,
     /// Frames to push to connected clients, in order.
     pub notices: Vec<LiveNotice>,
+    /// Events of the batch not applied yet: the store committed the dispatch tasks of the first
+    /// of them ahead of its fold (`fold::plan_ahead`). Relay the outbox, then apply these.
+    pub rest: Vec<SequencedEvent>,
 }
 
 #[async_trait]

@@ -163,7 +163,11 @@ impl Channel for ApnsChannel {
             )
             .header("apns-expiration", expiration.to_string())
             .header("apns-id", d.delivery_uuid().to_string())
-            .json(&payload(d));
+            .header("content-type", "application/json")
+            .body(
+                d.prepared
+                    .get_or("apns", || payload(d).to_string().into_bytes()),
+            );
         if let Some(c) = &opts.collapse_key {
             req = req.header("apns-collapse-id", truncate(c, 64));
         }
@@ -198,7 +202,11 @@ impl Channel for ApnsChannel {
                     after: None,
                 }
             }
-            (429 | 500 | 503, _) => Outcome::Retry {
+            (429, _) => Outcome::Throttled {
+                reason,
+                after: retry_after(&headers),
+            },
+            (500 | 503, _) => Outcome::Retry {
                 reason,
                 after: retry_after(&headers),
             },

@@ -99,6 +99,28 @@ pub fn message(d: &Delivery<'_>, token: &str) -> Value {
     })
 }
 
+/// The request body for one token: the message without its token is serialized once per
+/// task, and each request puts its token in front of the other fields.
+fn body_for(d: &Delivery<'_>, token: &str) -> Vec<u8> {
+    let rest = d.prepared.get_or("fcm", || {
+        let mut m = message(d, "");
+        if let Some(o) = m.as_object_mut() {
+            o.remove("token");
+        }
+        m.to_string().into_bytes()
+    });
+    let token = serde_json::to_string(token).unwrap_or_default();
+    // `rest` is a non-empty JSON object: `{"android":...}`.
+    let fields = rest.get(1..).unwrap_or_default();
+    let mut body = Vec::with_capacity(rest.len() + token.len() + 24);
+    body.extend_from_slice(b"{\"message\":{\"token\":");
+    body.extend_from_slice(token.as_bytes());
+    body.push(b',');
+    body.extend_from_slice(fields);
+    body.push(b'}');
+    body
+}
+
 /// Reads `error.status` and the FCM `errorCode` detail of an error response.
 fn error_codes(body: &str) -> (String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or_default();
@@ -140,7 +162,8 @@ impl Channel for FcmChannel {
             .http
             .post(url)
             .bearer_auth(access.as_str())
-            .json(&json!({ "message": message(d, token) }))
+            .header("content-type", "application/json")
+            .body(body_for(d, token))
             .send()
             .await;
         let resp = match resp {
@@ -165,8 +188,11 @@ impl Channel for FcmChannel {
             (400, "INVALID_ARGUMENT") if body.contains("registration token") => {
                 Outcome::DeviceGone { reason }
             }
-            (429 | 500 | 502 | 503 | 504, _)
-            | (_, "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => Outcome::Retry {
+            (429, _) | (_, "QUOTA_EXCEEDED") => Outcome::Throttled {
+                reason,
+                after: retry_after(&headers),
+            },
+            (500 | 502 | 503 | 504, _) | (_, "UNAVAILABLE" | "INTERNAL") => Outcome::Retry {
                 reason,
                 after: retry_after(&headers),
             },
@@ -176,6 +202,47 @@ impl Channel for FcmChannel {
                 after: None,
             },
             _ => Outcome::Rejected { reason },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{DispatchTask, Prepared};
+    use crate::events::MessageOpts;
+
+    #[test]
+    fn a_body_is_the_message_with_each_devices_token() {
+        let task = DispatchTask {
+            mid: uuid::Uuid::now_v7(),
+            uid: "u".into(),
+            uids: Vec::new(),
+            batch: None,
+            tid: None,
+            sender: "s".into(),
+            msg: "say \"token\": {}".into(),
+            opts: MessageOpts::default(),
+            created_at: time::OffsetDateTime::now_utc(),
+            only_devices: None,
+            requeue: None,
+            thread_topic: false,
+            fallback_due: None,
+            only_channels: None,
+        };
+        let prepared = Prepared::default();
+        let address = DeviceAddress::Fcm { token: "t1".into() };
+        let d = Delivery {
+            task: &task,
+            uid: "u",
+            prepared: &prepared,
+            device_id: "d",
+            address: &address,
+            attempt: 1,
+        };
+        for token in ["t1", "t\"2"] {
+            let body: Value = serde_json::from_slice(&body_for(&d, token)).unwrap();
+            assert_eq!(body, json!({ "message": message(&d, token) }));
         }
     }
 }

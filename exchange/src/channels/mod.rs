@@ -28,7 +28,8 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     )
 }
 
-/// Outcome for statuses every HTTP provider treats alike: 2xx accepted, 408/429/5xx retry.
+/// Outcome for statuses every HTTP provider treats alike: 2xx accepted, 429 throttled,
+/// 408/5xx retry.
 /// `None` leaves the status to the provider-specific rules.
 pub fn common_http_outcome(
     status: reqwest::StatusCode,
@@ -39,7 +40,13 @@ pub fn common_http_outcome(
     if status.is_success() {
         return Some(Outcome::Accepted { provider_id: None });
     }
-    if code == 408 || code == 429 || status.is_server_error() {
+    if code == 429 {
+        return Some(Outcome::Throttled {
+            reason: format!("HTTP 429: {}", truncate(body, 200)),
+            after: retry_after(headers),
+        });
+    }
+    if code == 408 || status.is_server_error() {
         return Some(Outcome::Retry {
             reason: format!("HTTP {code}: {}", truncate(body, 200)),
             after: retry_after(headers),

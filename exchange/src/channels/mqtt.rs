@@ -99,9 +99,9 @@ impl MqttChannel {
     }
 
     /// A recipient's copy on their user topic.
-    pub async fn publish_user(&self, task: &DispatchTask) -> Outcome {
-        let body = payload(task, "user", &task.uid);
-        self.publish(self.user_topic(&task.uid), body).await
+    pub async fn publish_user(&self, task: &DispatchTask, uid: &str) -> Outcome {
+        let body = payload(task, "user", uid);
+        self.publish(self.user_topic(uid), body).await
     }
 
     /// A thread message, once, on the thread topic.

@@ -197,7 +197,9 @@ impl Channel for WebPushChannel {
             Ok(s) => s,
             Err(reason) => return Outcome::Rejected { reason },
         };
-        let content = payload(d).to_string().into_bytes();
+        let content = d
+            .prepared
+            .get_or("webpush", || payload(d).to_string().into_bytes());
         let mut builder = WebPushMessageBuilder::new(&info);
         builder.set_payload(ContentEncoding::Aes128Gcm, &content);
         builder.set_vapid_signature(signature);

@@ -1,14 +1,17 @@
 //! Delivery: tasks on a JetStream work queue with one lane per urgency, and the dispatcher that
 //! sends each task to the recipient's devices through the configured channels.
 //!
-//! A task is one message for one recipient. The projector creates tasks (through its outbox) when
-//! it folds a message into inboxes; the dispatcher resolves the recipient's devices through the
-//! [`Directory`] the store implements, so the core depends on no store.
+//! A task is one message for a batch of recipients (up to a few hundred; one for a message to
+//! one user). The projector creates tasks (through its outbox) when it folds a message into
+//! inboxes; the dispatcher resolves the recipients' devices in bulk through the [`Directory`]
+//! the store implements, so the core depends on no store.
 
 mod queue;
+pub mod throttle;
 mod worker;
 
 pub use queue::{DISPATCH_STREAM, Lane, TaskQueue};
+pub use throttle::Limits;
 pub use worker::{DispatchSettings, Dispatcher};
 
 use std::collections::HashMap;
@@ -22,11 +25,20 @@ use uuid::Uuid;
 
 use crate::events::{DeviceAddress, MessageOpts, Urgency};
 
-/// One message to deliver to one recipient's devices.
+/// One message to deliver to the devices of one recipient or of a batch of recipients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchTask {
     pub mid: Uuid,
+    /// The one recipient (empty in a batch).
+    #[serde(default)]
     pub uid: String,
+    /// A batch's recipients, in the fold's order (empty for a one-recipient task). Tasks
+    /// written before batching have only `uid`, and are handled as a batch of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<String>,
+    /// Which batch of the message's recipients this is (part of its JetStream message id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
     pub tid: Option<Uuid>,
     pub sender: String,
     pub msg: String,
@@ -60,10 +72,33 @@ impl DispatchTask {
         self.opts.urgency.unwrap_or(Urgency::Normal)
     }
 
+    /// The recipients: a batch's, or the one recipient's.
+    pub fn recipients(&self) -> &[String] {
+        if self.uids.is_empty() {
+            std::slice::from_ref(&self.uid)
+        } else {
+            &self.uids
+        }
+    }
+
+    /// The same task for some of its recipients (a due fallback for those who did not read).
+    pub fn for_recipients(&self, uids: Vec<String>) -> Self {
+        let mut t = self.clone();
+        if self.uids.is_empty() {
+            t.uid = uids.into_iter().next().unwrap_or_default();
+        } else {
+            t.uids = uids;
+        }
+        t
+    }
+
     /// JetStream message id: the same task enqueued twice (a re-run outbox, a re-projected
     /// event inside the duplicate window) is stored once.
     pub fn message_id(&self) -> String {
-        let uid = crate::subject::token(&self.uid);
+        let uid = match self.batch {
+            Some(k) => format!("b{k}"),
+            None => crate::subject::token(&self.uid),
+        };
         if let Some(r) = self.requeue {
             format!("requeue.{r}")
         } else if self.thread_topic {
@@ -72,9 +107,17 @@ impl DispatchTask {
             format!("fallback-wait.{}.{uid}", self.mid)
         } else if self.only_channels.is_some() {
             format!("fallback.{}.{uid}", self.mid)
+        } else if self.batch.is_some() {
+            format!("batch.{}.{uid}", self.mid)
         } else {
             format!("task.{}.{uid}", self.mid)
         }
+    }
+
+    /// The delivered-markers key prefix of this task's progress records: unique per task (its
+    /// message id), in the characters a KV key allows.
+    pub fn progress_key(&self) -> String {
+        format!("{}.{:016x}", self.mid, fnv1a(self.message_id().as_bytes()))
     }
 
     /// Whether this task may use `channel`: a due fallback only its fallback channels; any
@@ -112,12 +155,47 @@ pub enum Outcome {
     DeviceGone { reason: String },
     /// The provider rejected this message for good (bad payload, auth misconfiguration).
     Rejected { reason: String },
+    /// The provider asks to slow down (429): every send to it pauses for `after` (or a
+    /// second), then this one is tried again.
+    Throttled {
+        reason: String,
+        after: Option<Duration>,
+    },
+}
+
+/// What a channel builds once per task and reuses for each device (a payload, a body): the
+/// message is serialized once per message and channel, not once per device.
+#[derive(Default)]
+pub struct Prepared {
+    slots: std::sync::Mutex<Vec<(&'static str, bytes::Bytes)>>,
+}
+
+impl Prepared {
+    /// The bytes cached under `key`, built by `build` the first time.
+    pub fn get_or(&self, key: &'static str, build: impl FnOnce() -> Vec<u8>) -> bytes::Bytes {
+        if let Ok(slots) = self.slots.lock()
+            && let Some((_, b)) = slots.iter().find(|(k, _)| *k == key)
+        {
+            return b.clone();
+        }
+        let built = bytes::Bytes::from(build());
+        if let Ok(mut slots) = self.slots.lock()
+            && !slots.iter().any(|(k, _)| *k == key)
+        {
+            slots.push((key, built.clone()));
+        }
+        built
+    }
 }
 
 /// Everything a channel needs to send one message to one device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Delivery<'a> {
     pub task: &'a DispatchTask,
+    /// The recipient (one of the task's).
+    pub uid: &'a str,
+    /// Built once per task, shared by its devices.
+    pub prepared: &'a Prepared,
     pub device_id: &'a str,
     pub address: &'a DeviceAddress,
     /// 1 for the first try.
@@ -176,6 +254,11 @@ impl Channels {
         self.by_name.get(name)
     }
 
+    /// The configured channels but MQTT.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Channel>> {
+        self.by_name.values()
+    }
+
     pub fn mqtt(&self) -> Option<&Arc<crate::channels::mqtt::MqttChannel>> {
         self.mqtt.as_ref()
     }
@@ -195,6 +278,14 @@ impl Channels {
     }
 }
 
+/// One recipient's devices and preferences, as a batch reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    pub uid: String,
+    pub devices: Vec<(String, DeviceAddress)>,
+    pub preferences: crate::events::Preferences,
+}
+
 /// What the dispatcher needs from the read side.
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -202,10 +293,33 @@ pub trait Directory: Send + Sync {
     async fn devices(&self, uid: &str) -> Result<Vec<(String, DeviceAddress)>, String>;
     /// A user's delivery preferences (defaults when never set).
     async fn preferences(&self, uid: &str) -> Result<crate::events::Preferences, String>;
+    /// Devices and preferences of a batch's recipients, in the order given. The default asks
+    /// for each, a few at a time; a store answers in one go where it can.
+    async fn recipients(&self, uids: &[String]) -> Result<Vec<Recipient>, String> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(16) {
+            let reads = chunk.iter().map(|uid| recipient(self, uid));
+            for r in futures::future::join_all(reads).await {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
     /// Whether the user acknowledged the message on a live WebSocket (skip-if-seen).
     async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String>;
     /// Whether the user's notification of `mid` is read (or gone).
     async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String>;
+}
+
+/// One recipient's devices and preferences, read apart.
+async fn recipient<D: Directory + ?Sized>(dir: &D, uid: &str) -> Result<Recipient, String> {
+    let (devices, preferences) =
+        futures::future::join(dir.devices(uid), dir.preferences(uid)).await;
+    Ok(Recipient {
+        uid: uid.to_owned(),
+        devices: devices?,
+        preferences: preferences?,
+    })
 }
 
 #[cfg(test)]
@@ -216,6 +330,8 @@ mod tests {
         DispatchTask {
             mid: Uuid::now_v7(),
             uid: "a.b".into(),
+            uids: Vec::new(),
+            batch: None,
             tid: None,
             sender: "s".into(),
             msg: "m".into(),
@@ -238,8 +354,11 @@ mod tests {
         let addr = DeviceAddress::Sms {
             phone: "+1555".into(),
         };
+        let prepared = Prepared::default();
         let d = |id| Delivery {
             task: &t,
+            uid: "a.b",
+            prepared: &prepared,
             device_id: id,
             address: &addr,
             attempt: 1,

@@ -1,15 +1,21 @@
 //! The dispatcher: one pull consumer per lane, each with its own concurrency budget.
 //!
-//! Per task: resolve the recipient's devices, skip those already delivered (JetStream KV
-//! `MSGXC_DELIVERIES`, key `<mid>.<device>`), call each device's channel, and record every
-//! outcome as an event. Transient failures are retried by NAK-with-delay (exponential backoff
-//! with jitter, honouring Retry-After) up to `max_attempts`; the last failure is a dead letter.
+//! A task is a batch of recipients. Per task: read what earlier runs settled (progress records
+//! in JetStream KV `MSGXC_DELIVERIES`), resolve the recipients' devices and preferences in one
+//! read, call each device's channel (paced per provider by its [`Throttle`], the payload built
+//! once per channel), and record the outcomes in parts of [`PART`] devices: one
+//! `deliveries_settled` event, then one progress record, per part. Transient failures are
+//! retried by NAK-with-delay (exponential backoff with jitter, honouring Retry-After) up to
+//! `max_attempts`; the last failure is a dead letter. A 429 pauses the provider's sends and is
+//! tried again within the task.
 //!
-//! At-least-once, with one gap: a crash after a provider accepted a message but before the KV
-//! entry is written re-sends to that device on redelivery. APNs (`apns-id`), Web Push (`Topic`)
-//! and FCM (collapse keys) receive a per-(message, device) id so the duplicate is recognisable;
-//! SMS, e-mail and MQTT have no such guard.
+//! At-least-once, with one gap: a crash after a provider accepted a message but before its
+//! part's progress record is written re-sends to the devices of that part (at most [`PART`]
+//! plus the sends in flight) on redelivery. APNs (`apns-id`), Web Push (`Topic`) and FCM
+//! (collapse keys) receive a per-(message, device) id so the duplicate is recognisable; SMS,
+//! e-mail and MQTT have no such guard.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +27,16 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use crate::dispatch::{Channels, Delivery, Directory, DispatchTask, Lane, Outcome, TaskQueue};
-use crate::events::{Actor, DeliveryFailed, DeliverySent, DeviceDisabled, Envelope, Event};
+use crate::dispatch::throttle::{Limits, Throttle};
+use crate::dispatch::{
+    Channel, Channels, Delivery, Directory, DispatchTask, Lane, Outcome, Prepared, Recipient,
+    TaskQueue,
+};
+use crate::events::{
+    Actor, DeliveriesSettled, DeviceAddress, Envelope, Event, SettledDelivery, SettledStatus,
+};
 use crate::log::{EventLog, LogError};
-use crate::presence::Presence;
+use crate::presence::{Presence, PresenceView};
 
 pub const DELIVERIES_BUCKET: &str = "MSGXC_DELIVERIES";
 
@@ -64,6 +76,23 @@ pub struct DispatchSettings {
     pub skip_if_seen: Duration,
     /// Replicas of the delivered-markers bucket (the event stream's, in a cluster).
     pub replicas: usize,
+    /// Pacing per channel name (`apns`, `fcm`, `webpush`, `sms`, `email`, `mqtt`); a channel
+    /// not listed gets [`Limits::default`] (no rate, 256 in flight) except FCM, whose default
+    /// rate is its default project quota.
+    pub limits: HashMap<String, Limits>,
+}
+
+impl DispatchSettings {
+    /// The limits of one channel.
+    pub fn limits_of(&self, channel: &str) -> Limits {
+        self.limits.get(channel).copied().unwrap_or(match channel {
+            "fcm" => Limits {
+                rate: Some(Limits::FCM_DEFAULT_RATE),
+                ..Limits::default()
+            },
+            _ => Limits::default(),
+        })
+    }
 }
 
 impl Default for DispatchSettings {
@@ -77,6 +106,7 @@ impl Default for DispatchSettings {
             marker_ttl: Duration::from_secs(7 * 24 * 3600),
             skip_if_seen: Duration::from_secs(3),
             replicas: 1,
+            limits: HashMap::new(),
         }
     }
 }
@@ -113,7 +143,10 @@ pub struct Dispatcher {
     directory: Arc<dyn Directory>,
     queue: TaskQueue,
     markers: kv::Store,
-    presence: Option<Presence>,
+    presence: Option<PresenceView>,
+    /// Each configured channel with its throttle, by name.
+    paced: Arc<HashMap<&'static str, Paced>>,
+    mqtt_throttle: Arc<Throttle>,
     settings: Arc<DispatchSettings>,
 }
 
@@ -142,14 +175,23 @@ impl Dispatcher {
                 .await
                 .map_err(|e| LogError::Unavailable(format!("creating {DELIVERIES_BUCKET}: {e}")))?,
         };
+        let paced = channels
+            .all()
+            .map(|c| {
+                let throttle = Arc::new(Throttle::new(settings.limits_of(c.name())));
+                (c.name(), (c.clone(), throttle))
+            })
+            .collect();
         Ok(Self {
             log,
             queue: TaskQueue::from_context(js.clone()),
             js,
+            mqtt_throttle: Arc::new(Throttle::new(settings.limits_of("mqtt"))),
+            paced: Arc::new(paced),
             channels,
             directory,
             markers,
-            presence,
+            presence: presence.as_ref().map(Presence::follow),
             settings: Arc::new(settings),
         })
     }
@@ -195,7 +237,7 @@ impl Dispatcher {
                     durable_name: Some(name.clone()),
                     filter_subject: lane.subject(),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.settings.send_timeout * 4 + self.settings.skip_if_seen,
+                    ack_wait: self.ack_wait(),
                     // Room for tasks held back by skip-if-seen, which wait outside the
                     // concurrency budget, and for fallbacks waiting for their time.
                     max_ack_pending: if lane == Lane::Fallback {
@@ -227,6 +269,29 @@ impl Dispatcher {
         Err("message stream ended".into())
     }
 
+    /// How long JetStream waits for a task's ack (or a progress signal) before handing it to
+    /// another dispatcher.
+    fn ack_wait(&self) -> Duration {
+        self.settings.send_timeout * 4 + self.settings.skip_if_seen
+    }
+
+    /// Runs `work` on task `m`, telling JetStream it is in progress every third of the ack
+    /// wait: a large batch paced by a provider's rate limit may take longer than that.
+    async fn working<F: std::future::Future>(&self, m: &jetstream::Message, work: F) -> F::Output {
+        tokio::pin!(work);
+        let every = self.ack_wait() / 3;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = m.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "progress signal not sent");
+                    }
+                }
+            }
+        }
+    }
+
     async fn handle(&self, m: jetstream::Message) {
         let attempt = m.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let task: DispatchTask = match serde_json::from_slice(&m.payload) {
@@ -241,28 +306,56 @@ impl Dispatcher {
             self.fallback(m, task, due).await;
             return;
         }
-        if attempt == 1 && self.should_wait_for_live_ack(&task).await {
-            // Wait outside the lane's concurrency budget, then push only if still unseen.
-            let this = self.clone();
-            tokio::spawn(async move {
-                let age = time::OffsetDateTime::now_utc() - task.created_at;
-                let age = Duration::try_from(age).unwrap_or_default();
-                tokio::time::sleep(this.settings.skip_if_seen.saturating_sub(age)).await;
-                match this.directory.seen_live(task.mid, &task.uid).await {
-                    Ok(true) => {
-                        tracing::debug!(mid = %task.mid, uid = %task.uid, "seen live; push skipped");
-                        let _ = m.ack().await;
-                    }
-                    _ => this.finish(m, &task, attempt).await,
-                }
-            });
+        let present = if attempt == 1 {
+            self.waiting_for_live_ack(&task)
+        } else {
+            HashSet::new()
+        };
+        if present.is_empty() {
+            let result = self
+                .working(&m, self.deliver(&task, attempt, &HashSet::new()))
+                .await;
+            self.finish(m, &task, attempt, result).await;
             return;
         }
-        self.finish(m, &task, attempt).await;
+        // The recipients who are connected wait (outside the lane's concurrency budget) and
+        // are pushed to only if still unseen; the others are sent to at once.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let first = this
+                .working(&m, this.deliver(&task, attempt, &present))
+                .await;
+            let age = time::OffsetDateTime::now_utc() - task.created_at;
+            let age = Duration::try_from(age).unwrap_or_default();
+            tokio::time::sleep(this.settings.skip_if_seen.saturating_sub(age)).await;
+            let mut skip: HashSet<String> = task
+                .recipients()
+                .iter()
+                .filter(|u| !present.contains(*u))
+                .cloned()
+                .collect();
+            for uid in &present {
+                if let Ok(true) = this.directory.seen_live(task.mid, uid).await {
+                    tracing::debug!(mid = %task.mid, uid = %uid, "seen live; push skipped");
+                    skip.insert(uid.clone());
+                }
+            }
+            let second = if skip.len() < task.recipients().len() {
+                this.working(&m, this.deliver(&task, attempt, &skip)).await
+            } else {
+                Ok(None)
+            };
+            let result = match (first, second) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok(a.max(b)),
+            };
+            this.finish(m, &task, attempt, result).await;
+        });
     }
 
     /// A waiting fallback: not due yet -> wait more; read meanwhile -> done; otherwise it
-    /// becomes an ordinary task limited to the fallback channels (with the usual retries).
+    /// becomes an ordinary task for those who did not read, limited to the fallback channels
+    /// (with the usual retries).
     async fn fallback(&self, m: jetstream::Message, task: DispatchTask, due: time::OffsetDateTime) {
         let wait = Duration::try_from(due - time::OffsetDateTime::now_utc()).unwrap_or_default();
         if !wait.is_zero() {
@@ -272,50 +365,69 @@ impl Dispatcher {
                 .await;
             return;
         }
-        match self.directory.is_read(task.mid, &task.uid).await {
-            Ok(true) => {
-                let _ = m.ack().await;
-            }
-            Ok(false) => {
-                let channels = task.opts.fallback.as_ref().map(|f| f.channels.clone());
-                let send = DispatchTask {
-                    fallback_due: None,
-                    only_channels: Some(channels.unwrap_or_default()),
-                    ..task
-                };
-                match self.queue.enqueue(std::slice::from_ref(&send)).await {
-                    Ok(()) => {
-                        let _ = m.ack().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(mid = %send.mid, error = %e, "fallback not queued; retrying");
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    }
+        let mut unread = Vec::new();
+        for uid in task.recipients() {
+            match self.directory.is_read(task.mid, uid).await {
+                Ok(true) => {}
+                Ok(false) => unread.push(uid.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fallback read check failed; retrying");
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
                 }
             }
+        }
+        if unread.is_empty() {
+            let _ = m.ack().await;
+            return;
+        }
+        let channels = task.opts.fallback.as_ref().map(|f| f.channels.clone());
+        let send = DispatchTask {
+            fallback_due: None,
+            only_channels: Some(channels.unwrap_or_default()),
+            ..task.for_recipients(unread)
+        };
+        match self.queue.enqueue(std::slice::from_ref(&send)).await {
+            Ok(()) => {
+                let _ = m.ack().await;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "fallback read check failed; retrying");
+                tracing::warn!(mid = %send.mid, error = %e, "fallback not queued; retrying");
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
         }
     }
 
-    /// Skip-if-seen applies to non-urgent messages for users with a live connection.
-    async fn should_wait_for_live_ack(&self, task: &DispatchTask) -> bool {
+    /// Skip-if-seen applies to non-urgent messages for users with a live connection: the
+    /// recipients of `task` it holds back.
+    fn waiting_for_live_ack(&self, task: &DispatchTask) -> HashSet<String> {
         let Some(presence) = &self.presence else {
-            return false;
+            return HashSet::new();
         };
-        !self.settings.skip_if_seen.is_zero()
-            && !task.thread_topic
-            && task.requeue.is_none()
-            && task.only_channels.is_none()
-            && task.urgency() <= crate::events::Urgency::Normal
-            && presence.is_present(&task.uid).await
+        if self.settings.skip_if_seen.is_zero()
+            || task.thread_topic
+            || task.requeue.is_some()
+            || task.only_channels.is_some()
+            || task.urgency() > crate::events::Urgency::Normal
+        {
+            return HashSet::new();
+        }
+        task.recipients()
+            .iter()
+            .filter(|uid| presence.is_present(uid))
+            .cloned()
+            .collect()
     }
 
-    /// Delivers and acks, naks for a retry, or naks after an infrastructure error.
-    async fn finish(&self, m: jetstream::Message, task: &DispatchTask, attempt: u32) {
-        match self.deliver(task, attempt).await {
+    /// Acks a finished task, naks it for a retry, or naks it after an infrastructure error.
+    async fn finish(
+        &self,
+        m: jetstream::Message,
+        task: &DispatchTask,
+        attempt: u32,
+        result: Result<Option<Duration>, String>,
+    ) {
+        match result {
             Ok(None) => {
                 if let Err(e) = m.ack().await {
                     tracing::debug!(error = %e, "task ack failed; it will be redelivered and skipped");
@@ -334,76 +446,168 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers a task to every device not yet done. Returns the delay before the next try when
-    /// some devices failed transiently, `None` when the task is finished.
-    async fn deliver(&self, task: &DispatchTask, attempt: u32) -> Result<Option<Duration>, String> {
+    /// Delivers a task to every device of its recipients (but those in `skip`) not done yet.
+    /// Returns the delay before the next try when some devices failed transiently, `None`
+    /// when the task is finished.
+    async fn deliver(
+        &self,
+        task: &DispatchTask,
+        attempt: u32,
+        skip: &HashSet<String>,
+    ) -> Result<Option<Duration>, String> {
         if task.thread_topic {
             return Ok(self.deliver_thread_topic(task, attempt).await);
         }
-        let devices = self.directory.devices(&task.uid).await?;
-        let preferences = self.directory.preferences(&task.uid).await?;
-        let wanted =
-            |channel: &str| task.allows_channel(channel) && preferences.allows(channel, task.tid);
-        let mut retry = RetryAfter::default();
-        for (device_id, address) in &devices {
-            if let Some(only) = &task.only_devices
-                && !only.contains(device_id)
-            {
-                continue;
-            }
-            if !wanted(address.channel()) {
-                continue; // restricted by the message or opted out by the user
-            }
-            let Some(channel) = self.channels.get(address.channel()) else {
-                continue; // channel not configured here
-            };
-            let marker = format!("{}.{}", task.mid, device_id);
-            if self.already_done(task, &marker).await {
-                continue;
-            }
-            let delivery = Delivery {
-                task,
-                device_id,
-                address,
-                attempt,
-            };
-            let outcome = self.bounded(channel.send(&delivery)).await;
-            self.settle(
-                task,
-                attempt,
-                device_id,
-                channel.name(),
-                &marker,
-                outcome,
-                &mut retry,
-            )
-            .await?;
+        let uids: Vec<String> = task
+            .recipients()
+            .iter()
+            .filter(|u| !u.is_empty() && !skip.contains(*u))
+            .cloned()
+            .collect();
+        if uids.is_empty() {
+            return Ok(None);
         }
-        // MQTT carries every recipient's copy on their user topic, no enlistment needed.
-        let only_devices_excludes_mqtt = task
-            .only_devices
-            .as_ref()
-            .is_some_and(|only| !only.iter().any(|d| d == MQTT_DEVICE));
-        if let Some(mqtt) = self.channels.mqtt()
-            && wanted("mqtt")
-            && !only_devices_excludes_mqtt
-        {
-            let marker = format!("{}.{MQTT_DEVICE}", task.mid);
-            if !self.already_done(task, &marker).await {
-                let outcome = self.bounded(mqtt.publish_user(task)).await;
-                self.settle(
-                    task,
-                    attempt,
-                    MQTT_DEVICE,
-                    "mqtt",
-                    &marker,
-                    outcome,
-                    &mut retry,
-                )
-                .await?;
+        let mut progress = self.progress(task).await?;
+        let recipients = self.directory.recipients(&uids).await?;
+        let targets = self.targets(task, &recipients, &progress.done);
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let prepared = Prepared::default();
+        let mut retry = RetryAfter::default();
+        let mut part = Vec::new();
+        let mut queued = targets.iter();
+        let mut sends = futures::stream::FuturesUnordered::new();
+        loop {
+            while sends.len() < SENDS_PER_TASK
+                && let Some(t) = queued.next()
+            {
+                sends.push(self.send(task, t, attempt, &prepared));
             }
+            let Some((target, outcome)) = sends.next().await else {
+                break;
+            };
+            part.push(self.settlement(attempt, target, outcome, &mut retry));
+            if part.len() >= PART {
+                self.record_part(task, attempt, &mut progress, std::mem::take(&mut part))
+                    .await?;
+            }
+        }
+        drop(sends);
+        if !part.is_empty() {
+            self.record_part(task, attempt, &mut progress, part).await?;
         }
         Ok(retry.0.map(|after| backoff(&self.settings, attempt, after)))
+    }
+
+    /// The devices of `recipients` this task goes to, minus those done.
+    fn targets<'r>(
+        &self,
+        task: &DispatchTask,
+        recipients: &'r [Recipient],
+        done: &HashSet<(String, String)>,
+    ) -> Vec<Target<'r>> {
+        let mut targets = Vec::new();
+        let done = |uid: &str, device: &str| done.contains(&(uid.to_owned(), device.to_owned()));
+        for r in recipients {
+            let wanted = |channel: &str| {
+                task.allows_channel(channel) && r.preferences.allows(channel, task.tid)
+            };
+            for (device_id, address) in &r.devices {
+                if let Some(only) = &task.only_devices
+                    && !only.contains(device_id)
+                {
+                    continue;
+                }
+                if !wanted(address.channel()) {
+                    continue; // restricted by the message or opted out by the user
+                }
+                let Some((channel, throttle)) = self.paced.get(address.channel()) else {
+                    continue; // channel not configured here
+                };
+                if done(&r.uid, device_id) {
+                    continue;
+                }
+                targets.push(Target {
+                    uid: &r.uid,
+                    device_id,
+                    address: Some(address),
+                    channel: channel.name(),
+                    throttle: throttle.clone(),
+                    via: Via::Channel(channel.clone()),
+                });
+            }
+            // MQTT carries every recipient's copy on their user topic, no enlistment needed.
+            let only_devices_excludes_mqtt = task
+                .only_devices
+                .as_ref()
+                .is_some_and(|only| !only.iter().any(|d| d == MQTT_DEVICE));
+            if let Some(mqtt) = self.channels.mqtt()
+                && wanted("mqtt")
+                && !only_devices_excludes_mqtt
+                && !done(&r.uid, MQTT_DEVICE)
+            {
+                targets.push(Target {
+                    uid: &r.uid,
+                    device_id: MQTT_DEVICE,
+                    address: None,
+                    channel: "mqtt",
+                    throttle: self.mqtt_throttle.clone(),
+                    via: Via::Mqtt(mqtt.clone()),
+                });
+            }
+        }
+        targets
+    }
+
+    /// One provider call, paced by the channel's throttle; a 429 pauses every send to that
+    /// provider and is tried again after the pause (a few times, then it is a retry).
+    async fn send<'t>(
+        &self,
+        task: &DispatchTask,
+        target: &'t Target<'t>,
+        attempt: u32,
+        prepared: &Prepared,
+    ) -> (&'t Target<'t>, Outcome) {
+        let mut throttled = 0;
+        loop {
+            let permit = target.throttle.acquire().await;
+            let outcome = match &target.via {
+                Via::Channel(channel) => {
+                    let Some(address) = target.address else {
+                        return (
+                            target,
+                            Outcome::Rejected {
+                                reason: "no address".into(),
+                            },
+                        );
+                    };
+                    let delivery = Delivery {
+                        task,
+                        uid: target.uid,
+                        prepared,
+                        device_id: target.device_id,
+                        address,
+                        attempt,
+                    };
+                    self.bounded(channel.send(&delivery)).await
+                }
+                Via::Mqtt(mqtt) => self.bounded(mqtt.publish_user(task, target.uid)).await,
+            };
+            drop(permit);
+            match outcome {
+                Outcome::Throttled { reason, after } => {
+                    let pause = after.unwrap_or(Duration::from_secs(1));
+                    target.throttle.pause(pause);
+                    throttled += 1;
+                    tracing::info!(channel = target.channel, ?pause, throttled, %reason, "provider asks to slow down");
+                    if throttled >= THROTTLED_RETRIES {
+                        return (target, Outcome::Retry { reason, after });
+                    }
+                }
+                other => return (target, other),
+            }
+        }
     }
 
     /// A thread message on its MQTT thread topic (no recipient, no receipt).
@@ -420,7 +624,9 @@ impl Dispatcher {
             return None;
         }
         match self.bounded(mqtt.publish_thread(task, tid)).await {
-            Outcome::Retry { after, .. } if attempt < self.settings.max_attempts => {
+            Outcome::Retry { after, .. } | Outcome::Throttled { after, .. }
+                if attempt < self.settings.max_attempts =>
+            {
                 Some(backoff(&self.settings, attempt, after))
             }
             Outcome::Accepted { .. } => None,
@@ -431,12 +637,74 @@ impl Dispatcher {
         }
     }
 
-    /// A redelivered task skips targets a provider already accepted (requeues do not). The
-    /// lookup is made on first deliveries too: a copy of a task can arrive as a new message
-    /// (republished after the duplicate window), and JetStream's delivery count would not
-    /// tell.
-    async fn already_done(&self, task: &DispatchTask, marker: &str) -> bool {
-        task.requeue.is_none() && matches!(self.markers.get(marker).await, Ok(Some(_)))
+    /// What this task's earlier runs settled: its progress records `<key>.0`, `<key>.1`, ...
+    /// (written in order, so the first missing one ends them). Read on first deliveries too:
+    /// a copy of a task can arrive as a new message (republished after the duplicate window),
+    /// and JetStream's delivery count would not tell.
+    async fn progress(&self, task: &DispatchTask) -> Result<Progress, String> {
+        let key = task.progress_key();
+        let mut progress = Progress {
+            key,
+            next: 0,
+            done: HashSet::new(),
+        };
+        loop {
+            let record = self
+                .markers
+                .get(format!("{}.{}", progress.key, progress.next))
+                .await
+                .map_err(|e| format!("reading delivery progress: {e}"))?;
+            let Some(record) = record else {
+                return Ok(progress);
+            };
+            let pairs: Vec<(String, String)> = serde_json::from_slice(&record).unwrap_or_default();
+            progress.done.extend(pairs);
+            progress.next += 1;
+        }
+    }
+
+    /// Records one part of a task's outcomes: the event first (receipts, dead letters and
+    /// disabled devices fold from it), then the progress record that keeps a redelivered task
+    /// from sending to these devices again. A crash between the two re-sends this part once.
+    async fn record_part(
+        &self,
+        task: &DispatchTask,
+        attempt: u32,
+        progress: &mut Progress,
+        part: Vec<(SettledDelivery, bool)>,
+    ) -> Result<(), String> {
+        let n = progress.next;
+        progress.next += 1;
+        let finals: Vec<(&str, &str)> = part
+            .iter()
+            .filter(|(_, last)| *last)
+            .map(|(d, _)| (d.uid.as_str(), d.device_id.as_str()))
+            .collect();
+        let record = serde_json::to_vec(&finals).map_err(|e| e.to_string())?;
+        let deliveries = part.iter().map(|(d, _)| d.clone()).collect();
+        self.record(
+            Event::DeliveriesSettled(DeliveriesSettled {
+                mid: task.mid,
+                deliveries,
+            }),
+            format!("settled.{}.{n}.{attempt}", progress.key),
+        )
+        .await?;
+        if let Err(e) = self
+            .markers
+            .put(format!("{}.{n}", progress.key), record.into())
+            .await
+        {
+            // The next records must not skip this number (the reader stops at a gap).
+            tracing::warn!(mid = %task.mid, error = %e, "delivery progress not recorded");
+            return Err(format!("recording delivery progress: {e}"));
+        }
+        for (d, _) in &part {
+            if d.status == SettledStatus::Failed {
+                tracing::info!(mid = %task.mid, device = %d.device_id, channel = %d.channel, attempt, permanent = d.permanent, dead = d.dead, reason = d.reason.as_deref().unwrap_or(""), "delivery failed");
+            }
+        }
+        Ok(())
     }
 
     /// Runs one provider call with the send timeout.
@@ -450,99 +718,55 @@ impl Dispatcher {
         }
     }
 
-    /// Records one target's outcome as events and notes whether a retry is due.
-    #[allow(clippy::too_many_arguments)]
-    async fn settle(
+    /// One target's outcome as it is recorded, and whether it is final (no retry follows).
+    fn settlement(
         &self,
-        task: &DispatchTask,
         attempt: u32,
-        device_id: &str,
-        channel: &str,
-        marker: &str,
+        target: &Target<'_>,
         outcome: Outcome,
         retry: &mut RetryAfter,
-    ) -> Result<(), String> {
+    ) -> (SettledDelivery, bool) {
+        let mut d = SettledDelivery {
+            uid: target.uid.to_owned(),
+            device_id: target.device_id.to_owned(),
+            channel: target.channel.to_owned(),
+            attempt,
+            status: SettledStatus::Failed,
+            provider_id: None,
+            reason: None,
+            permanent: false,
+            dead: false,
+            disabled: false,
+        };
         match outcome {
             Outcome::Accepted { provider_id } => {
-                // Independent writes: the marker guards redelivery, the event is the receipt.
-                let (_, recorded) = tokio::join!(
-                    self.markers.put(marker, "sent".into()),
-                    self.record(
-                        Event::DeliverySent(DeliverySent {
-                            mid: task.mid,
-                            uid: task.uid.clone(),
-                            device_id: device_id.to_owned(),
-                            channel: channel.to_owned(),
-                            attempt,
-                            provider_id,
-                        }),
-                        format!("sent.{marker}"),
-                    )
-                );
-                recorded
+                d.status = SettledStatus::Sent;
+                d.provider_id = provider_id;
+                (d, true)
             }
-            Outcome::Retry { reason, after } => {
-                let dead = attempt >= self.settings.max_attempts;
-                self.failed(task, device_id, channel, attempt, reason, false, dead)
-                    .await?;
-                if !dead {
+            Outcome::Retry { reason, after } | Outcome::Throttled { reason, after } => {
+                d.reason = Some(reason);
+                d.dead = attempt >= self.settings.max_attempts;
+                if !d.dead {
                     retry.note(after);
                 }
-                Ok(())
+                let last = d.dead;
+                (d, last)
             }
             Outcome::DeviceGone { reason } => {
-                let _ = self.markers.put(marker, "gone".into()).await;
-                self.record(
-                    Event::DeviceDisabled(DeviceDisabled {
-                        uid: task.uid.clone(),
-                        device_id: device_id.to_owned(),
-                        channel: channel.to_owned(),
-                        reason: reason.clone(),
-                    }),
-                    format!("disabled.{marker}"),
-                )
-                .await?;
-                self.failed(task, device_id, channel, attempt, reason, true, true)
-                    .await
+                d.reason = Some(reason);
+                d.permanent = true;
+                d.dead = true;
+                d.disabled = true;
+                (d, true)
             }
             Outcome::Rejected { reason } => {
-                let _ = self.markers.put(marker, "rejected".into()).await;
-                self.failed(task, device_id, channel, attempt, reason, true, true)
-                    .await
+                d.reason = Some(reason);
+                d.permanent = true;
+                d.dead = true;
+                (d, true)
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn failed(
-        &self,
-        task: &DispatchTask,
-        device_id: &str,
-        channel: &str,
-        attempt: u32,
-        reason: String,
-        permanent: bool,
-        dead: bool,
-    ) -> Result<(), String> {
-        tracing::info!(mid = %task.mid, device = device_id, channel, attempt, permanent, dead, %reason, "delivery failed");
-        self.record(
-            Event::DeliveryFailed(DeliveryFailed {
-                mid: task.mid,
-                uid: task.uid.clone(),
-                device_id: device_id.to_owned(),
-                channel: channel.to_owned(),
-                attempt,
-                reason,
-                permanent,
-                dead,
-            }),
-            format!(
-                "failed.{}.{device_id}.{attempt}.{}",
-                task.mid,
-                task.requeue.map(|r| r.to_string()).unwrap_or_default()
-            ),
-        )
-        .await
     }
 
     async fn record(&self, event: Event, msg_id: String) -> Result<(), String> {
@@ -553,6 +777,41 @@ impl Dispatcher {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Sends in flight per task (each also waits for its channel's throttle).
+const SENDS_PER_TASK: usize = 64;
+
+/// Outcomes per `deliveries_settled` event and progress record: at most this many devices
+/// (plus the sends in flight) are sent again when a dispatcher dies mid-task.
+const PART: usize = 64;
+
+/// A 429 is tried again this many times within the task before it counts as an attempt.
+const THROTTLED_RETRIES: u32 = 4;
+
+/// A channel and the throttle its sends pass.
+type Paced = (Arc<dyn Channel>, Arc<Throttle>);
+
+/// What earlier runs of a task settled, and the number of its next progress record.
+struct Progress {
+    key: String,
+    next: u64,
+    done: HashSet<(String, String)>,
+}
+
+/// One device (or a user's MQTT topic) a task sends to.
+struct Target<'r> {
+    uid: &'r str,
+    device_id: &'r str,
+    address: Option<&'r DeviceAddress>,
+    channel: &'static str,
+    throttle: Arc<Throttle>,
+    via: Via,
+}
+
+enum Via {
+    Channel(Arc<dyn Channel>),
+    Mqtt(Arc<crate::channels::mqtt::MqttChannel>),
 }
 
 #[cfg(test)]

@@ -1055,7 +1055,13 @@ impl FoldTarget for ScyllaTx<'_> {
     fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()> {
         // Replaces an earlier dead letter of the same delivery (not this event's own row, met
         // again on a replay: a delete and an insert of one row in one batch leave it deleted).
-        let (bucket, seq) = (month(f.failed_at), seq_i64(self.seq));
+        // The row's position: the event's stream position and the group within it (one event
+        // settles many deliveries), so it still sorts by time. Rows written before batched
+        // outcomes hold the bare position, which sorts below every later one.
+        let (bucket, seq) = (
+            month(f.failed_at),
+            seq_i64(self.seq).saturating_mul(1 << 16) | i64::from(self.groups.clamp(0, 0xffff)),
+        );
         if let Some((m, s)) = self.one(self.q().failed_id_get(&f.id))?
             && (m, s) != (bucket, seq)
         {

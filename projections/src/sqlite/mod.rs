@@ -852,12 +852,47 @@ fn thread_by_tid(c: &Connection, tid: &str) -> StoreResult<Option<Thread>> {
     row.map(thread_from).transpose()
 }
 
+fn devices_of(c: &Connection, uid: &str) -> StoreResult<Vec<Device>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id, address, enlisted_at FROM devices WHERE uid = ?1
+             ORDER BY enlisted_at DESC, device_id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![uid], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    collect(rows, |r| {
+        Ok(Device {
+            id: r.0,
+            uid: uid.to_owned(),
+            address: parse_json::<DeviceAddress>(&r.1)?,
+            enlisted_at: parse_ts(&r.2)?,
+        })
+    })
+}
+
 fn preferences_of(c: &Connection, uid: &str) -> StoreResult<exchange::events::Preferences> {
     let json: Option<String> = c
         .prepare_cached("SELECT prefs FROM preferences WHERE uid = ?1")
         .and_then(|mut s| s.query_row(params![uid], |r| r.get(0)).optional())
         .map_err(backend)?;
     json.map_or_else(|| Ok(Default::default()), |j| parse_json(&j))
+}
+
+/// The event whose dispatch tasks were committed ahead of its fold (`fold::plan_ahead`).
+fn read_planned(conn: &Connection) -> StoreResult<Option<u64>> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'planned'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(v.and_then(|v| v.parse().ok()))
 }
 
 fn read_checkpoint(conn: &Connection) -> StoreResult<u64> {
@@ -898,7 +933,9 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(backend)?;
             let mut checkpoint = read_checkpoint(&tx)?;
+            let planned = read_planned(&tx)?;
             let mut out = Applied::default();
+            let mut rest = None;
             {
                 let mut target = SqliteTx {
                     tx: &tx,
@@ -906,16 +943,34 @@ impl Store for SqliteStore {
                     feed_prune: HashMap::new(),
                     opts_json: None,
                 };
-                for ev in &batch {
+                for (i, ev) in batch.iter().enumerate() {
                     if ev.seq <= checkpoint {
                         continue;
                     }
                     let at = ev.envelope.occurred_at;
-                    let effects = Effects {
+                    let mut effects = Effects {
                         live: opts.live_since.is_some_and(|since| at >= since),
                         dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
                         topic_tasks: opts.topic_tasks,
                     };
+                    if planned == Some(ev.seq) {
+                        // Its tasks were committed ahead of it.
+                        effects.dispatch = false;
+                    } else if let Some(tasks) =
+                        crate::fold::plan_ahead(&mut target, &ev.envelope, effects)?
+                    {
+                        // Commit the tasks with the events before this one; the caller relays
+                        // them, then applies the rest of the batch.
+                        for task in &tasks {
+                            target.enqueue_task(task)?;
+                        }
+                        target.exec(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES ('planned', ?1)",
+                            params![ev.seq.to_string()],
+                        )?;
+                        rest = Some(i);
+                        break;
+                    }
                     apply_event(&mut target, ev.seq, &ev.envelope, effects, &mut out.notices)?;
                     checkpoint = ev.seq;
                     out.applied += 1;
@@ -928,6 +983,10 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(backend)?;
             out.checkpoint = checkpoint;
+            if let Some(i) = rest {
+                let mut batch = batch;
+                out.rest = batch.split_off(i);
+            }
             Ok(out)
         })
         .await
@@ -1059,32 +1118,7 @@ impl Store for SqliteStore {
 
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>> {
         let uid = uid.to_owned();
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT device_id, address, enlisted_at FROM devices WHERE uid = ?1
-                     ORDER BY enlisted_at DESC, device_id",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![uid], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(backend)?;
-            collect(rows, |r| {
-                Ok(Device {
-                    id: r.0,
-                    uid: uid.clone(),
-                    address: parse_json::<DeviceAddress>(&r.1)?,
-                    enlisted_at: parse_ts(&r.2)?,
-                })
-            })
-        })
-        .await
+        self.read(move |c| devices_of(c, &uid)).await
     }
 
     async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>> {
@@ -1346,6 +1380,30 @@ impl Directory for SqliteStore {
 
     async fn preferences(&self, uid: &str) -> Result<exchange::events::Preferences, String> {
         crate::store::directory::preferences(self, uid).await
+    }
+
+    /// A batch's recipients in one visit to a reader connection.
+    async fn recipients(
+        &self,
+        uids: &[String],
+    ) -> Result<Vec<exchange::dispatch::Recipient>, String> {
+        let uids = uids.to_vec();
+        self.read(move |c| {
+            uids.into_iter()
+                .map(|uid| {
+                    Ok(exchange::dispatch::Recipient {
+                        devices: devices_of(c, &uid)?
+                            .into_iter()
+                            .map(|d| (d.id, d.address))
+                            .collect(),
+                        preferences: preferences_of(c, &uid)?,
+                        uid,
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     async fn seen_live(&self, mid: Uuid, uid: &str) -> Result<bool, String> {

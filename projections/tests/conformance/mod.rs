@@ -6,11 +6,11 @@
 #![allow(dead_code)]
 
 use exchange::events::{
-    AckStatus, Actor, Audience, DeliveryAcked, DeliveryFailed, DeliveryRequeued, DeliverySent,
-    DeviceAddress, DeviceEnlisted, DeviceRemoved, Envelope, Event, InboxReadAll, MessageOpts,
-    MessagePublished, MessageSent, NotificationsArchived, NotificationsDeleted, NotificationsRead,
-    Preferences, PreferencesSet, Subscribed, ThreadCreated, TypeRegistered, Unsubscribed,
-    UserBlocked, UserUnblocked,
+    AckStatus, Actor, Audience, DeliveriesSettled, DeliveryAcked, DeliveryFailed, DeliveryRequeued,
+    DeliverySent, DeviceAddress, DeviceEnlisted, DeviceRemoved, Envelope, Event, InboxReadAll,
+    MessageOpts, MessagePublished, MessageSent, NotificationsArchived, NotificationsDeleted,
+    NotificationsRead, Preferences, PreferencesSet, SettledDelivery, SettledStatus, Subscribed,
+    ThreadCreated, TypeRegistered, Unsubscribed, UserBlocked, UserUnblocked,
 };
 use projections::model::{
     HistoryQuery, InboxFilter, InboxQuery, NotificationStatus, ReceiptStatus, StatusFilter,
@@ -40,10 +40,25 @@ impl<'a> Feed<'a> {
                 envelope,
             })
             .collect();
-        self.store
+        let mut applied = self
+            .store
             .apply(batch, live())
             .await
-            .expect("applying a batch")
+            .expect("applying a batch");
+        // A store may stop early to commit a large message's tasks first.
+        while !applied.rest.is_empty() {
+            let rest = std::mem::take(&mut applied.rest);
+            let more = self
+                .store
+                .apply(rest, live())
+                .await
+                .expect("applying the rest");
+            applied.checkpoint = more.checkpoint;
+            applied.applied += more.applied;
+            applied.notices.extend(more.notices);
+            applied.rest = more.rest;
+        }
+        applied
     }
 
     pub async fn one(&self, uid: &str, event: Event) -> Uuid {
@@ -54,7 +69,7 @@ impl<'a> Feed<'a> {
     }
 }
 
-fn live() -> ApplyOptions {
+pub fn live() -> ApplyOptions {
     let past = OffsetDateTime::now_utc() - time::Duration::hours(1);
     ApplyOptions {
         live_since: Some(past),
@@ -84,7 +99,7 @@ fn thread(tid: Uuid, owner: &str, alias: Option<&str>) -> Event {
     })
 }
 
-fn subscribe(tid: Uuid, uid: &str) -> Event {
+pub fn subscribe(tid: Uuid, uid: &str) -> Event {
     Event::Subscribed(Subscribed {
         tid,
         uid: uid.into(),
@@ -841,6 +856,117 @@ pub async fn receipts_and_dead_letters(store: &dyn Store) {
     );
 }
 
+/// A message to many users queues one task per batch of recipients with a device, in
+/// recipient order; one `deliveries_settled` event folds like the single outcome events.
+pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let n = projections::fold::TASK_BATCH + 3;
+    let uids: Vec<String> = (0..n).map(|i| format!("u{i:03}")).collect();
+    feed.apply(
+        uids.iter()
+            .enumerate()
+            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
+            .collect(),
+    )
+    .await;
+    let mut audience = uids.clone();
+    audience.push("nodevice".into());
+    let mid = feed
+        .one(
+            "admin",
+            send(
+                Audience::Users { uids: audience },
+                "x",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    let tasks: Vec<_> = store
+        .outbox(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(tasks.len(), 2, "one task per batch");
+    assert_eq!(tasks[0].batch, Some(0));
+    assert_eq!(tasks[1].batch, Some(1));
+    let queued: Vec<String> = tasks.iter().flat_map(|t| t.recipients().to_vec()).collect();
+    assert_eq!(
+        queued, uids,
+        "every recipient with a device, in order, once"
+    );
+    assert_ne!(tasks[0].message_id(), tasks[1].message_id());
+    store
+        .outbox_done(
+            store
+                .outbox(100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    let outcome = |uid: &str, device: &str, status: SettledStatus| SettledDelivery {
+        uid: uid.into(),
+        device_id: device.into(),
+        channel: "apns".into(),
+        attempt: 1,
+        status,
+        provider_id: None,
+        reason: (status == SettledStatus::Failed).then(|| "503".to_owned()),
+        permanent: false,
+        dead: false,
+        disabled: false,
+    };
+    let dead = SettledDelivery {
+        dead: true,
+        attempt: 5,
+        ..outcome("u002", "d2", SettledStatus::Failed)
+    };
+    let gone = SettledDelivery {
+        dead: true,
+        permanent: true,
+        disabled: true,
+        ..outcome("u003", "d3", SettledStatus::Failed)
+    };
+    feed.one(
+        "msgxc",
+        Event::DeliveriesSettled(DeliveriesSettled {
+            mid,
+            deliveries: vec![
+                outcome("u000", "d0", SettledStatus::Sent),
+                outcome("u001", "d1", SettledStatus::Failed),
+                dead,
+                gone,
+            ],
+        }),
+    )
+    .await;
+    let receipts = store.receipts(mid, 10, 0).await.unwrap();
+    let status = |device: &str| {
+        receipts
+            .items
+            .iter()
+            .find(|r| r.device_id == device)
+            .map(|r| r.status)
+    };
+    assert_eq!(receipts.total, 4);
+    assert_eq!(status("d0"), Some(ReceiptStatus::Sent));
+    assert_eq!(status("d1"), Some(ReceiptStatus::Retrying));
+    assert_eq!(status("d2"), Some(ReceiptStatus::Failed));
+    assert_eq!(status("d3"), Some(ReceiptStatus::Failed));
+    let letters = store.failed_deliveries(10, 0).await.unwrap();
+    let mut devices: Vec<_> = letters.items.iter().map(|f| f.device_id.as_str()).collect();
+    devices.sort_unstable();
+    assert_eq!(devices, ["d2", "d3"]);
+    assert!(store.devices("u003").await.unwrap().is_empty(), "disabled");
+    assert_eq!(store.devices("u002").await.unwrap().len(), 1);
+}
+
 /// One `#[tokio::test]` per case. `$fresh` is an async fn returning `Some((guard, store))`: a
 /// new, empty store and whatever must live as long as it (a temp dir, a keyspace to drop), or
 /// `None` when the backend's server is not configured (the case then checks nothing and says so).
@@ -889,6 +1015,7 @@ macro_rules! conformance_cases {
             change_feed_keeps_a_week,
             blocks_and_preferences,
             receipts_and_dead_letters,
+            batched_tasks_and_settled_outcomes,
             live_routing_state,
         );
     };
