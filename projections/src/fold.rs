@@ -47,6 +47,13 @@ pub trait FoldTarget {
     /// Every known user (broadcast fan-out).
     fn all_users(&mut self) -> StoreResult<Vec<String>>;
 
+    /// Every user with at least one device, when the backend can list them at once (a
+    /// broadcast's plan asks this instead of [`FoldTarget::has_devices`] per user). The
+    /// default answers `None`: ask per user.
+    fn users_with_devices(&mut self) -> StoreResult<Option<HashSet<String>>> {
+        Ok(None)
+    }
+
     /// The user an exclusive device currently belongs to.
     fn device_owner(&mut self, device_id: &str) -> StoreResult<Option<String>>;
     /// Inserts or replaces a device (and its owner entry).
@@ -497,6 +504,10 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
     if recipients.len() < PLAN_AHEAD_RECIPIENTS {
         return Ok(None);
     }
+    let with_devices = match e.audience {
+        Audience::All if !effects.topic_tasks => t.users_with_devices()?,
+        _ => None,
+    };
     let mut seen = HashSet::with_capacity(recipients.len());
     let mut to_push = Vec::new();
     for uid in recipients {
@@ -506,7 +517,11 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
         if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
             continue;
         }
-        if pushes_to(t, &uid, effects)? {
+        let pushes = match &with_devices {
+            Some(set) => set.contains(&uid),
+            None => pushes_to(t, &uid, effects)?,
+        };
+        if pushes {
             to_push.push(uid);
         }
     }

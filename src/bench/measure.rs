@@ -31,6 +31,19 @@ pub fn cpu_self() -> f64 {
     }
 }
 
+/// CPU seconds used by the calling thread so far.
+pub fn cpu_thread() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut u) != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    }
+}
+
 /// CPU seconds used by another process (from /proc/<pid>/stat).
 pub fn cpu_of(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

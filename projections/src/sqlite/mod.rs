@@ -5,7 +5,7 @@
 //! power loss, never consistency: the checkpoint rolls back with them and the projector
 //! re-applies those events from JetStream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -384,6 +384,17 @@ impl FoldTarget for SqliteTx<'_> {
             .prepare_cached("SELECT uid FROM device_owners WHERE device_id = ?1")
             .and_then(|mut s| s.query_row(params![device_id], |r| r.get(0)).optional())
             .map_err(backend)
+    }
+
+    fn users_with_devices(&mut self) -> StoreResult<Option<HashSet<String>>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT DISTINCT uid FROM devices")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        collect(rows, Ok).map(|uids| Some(uids.into_iter().collect()))
     }
 
     fn has_devices(&mut self, uid: &str) -> StoreResult<bool> {

@@ -78,6 +78,17 @@ pub fn live() -> ApplyOptions {
     }
 }
 
+/// Forgets the queued tasks (as the relay does once they are in the work queue).
+async fn clear_outbox(store: &dyn Store) {
+    let ids = store
+        .outbox(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i);
+    store.outbox_done(ids.collect()).await.unwrap();
+}
+
 pub fn by(uid: &str, event: Event) -> Envelope {
     Envelope::new(
         Actor {
@@ -826,18 +837,7 @@ pub async fn receipts_and_dead_letters(store: &dyn Store) {
         store.failed_delivery(&id).await.unwrap().unwrap().reason,
         "503"
     );
-    store
-        .outbox_done(
-            store
-                .outbox(100)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(i, _)| i)
-                .collect(),
-        )
-        .await
-        .unwrap();
+    clear_outbox(store).await;
     feed.one(
         "admin",
         Event::DeliveryRequeued(DeliveryRequeued {
@@ -897,18 +897,7 @@ pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
         "every recipient with a device, in order, once"
     );
     assert_ne!(tasks[0].message_id(), tasks[1].message_id());
-    store
-        .outbox_done(
-            store
-                .outbox(100)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(i, _)| i)
-                .collect(),
-        )
-        .await
-        .unwrap();
+    clear_outbox(store).await;
 
     let outcome = |uid: &str, device: &str, status: SettledStatus| SettledDelivery {
         uid: uid.into(),
