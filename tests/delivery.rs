@@ -575,7 +575,8 @@ async fn web_push_is_encrypted_for_the_subscription_and_signed_with_vapid() {
     let (keypair, auth) = ece::generate_keypair_and_auth_secret().unwrap();
     let endpoint = format!("{}/push/sub1", sink.base_url);
     let gone_endpoint = format!("{}/push/gone", sink.base_url);
-    for e in [&endpoint, &gone_endpoint] {
+    let moved_endpoint = format!("{}/push/moved", sink.base_url);
+    for e in [&endpoint, &gone_endpoint, &moved_endpoint] {
         enlist(
             &ex,
             "gina",
@@ -585,6 +586,17 @@ async fn web_push_is_encrypted_for_the_subscription_and_signed_with_vapid() {
         .await;
     }
     sink.script("/push/gone", vec![Reply::status(410, r#"{"errno":106}"#)]);
+    // A redirect is not followed (it could lead anywhere off the allow-list).
+    sink.script(
+        "/push/moved",
+        vec![Reply {
+            headers: vec![(
+                "location".into(),
+                format!("{}/push/elsewhere", sink.base_url),
+            )],
+            ..Reply::status(307, "{}")
+        }],
+    );
     // Endpoints outside the allow-list are refused at enlistment.
     let (s, b) = ex
         .post(
@@ -651,13 +663,18 @@ async fn web_push_is_encrypted_for_the_subscription_and_signed_with_vapid() {
         .unwrap()
         .claims;
     assert_eq!(claims["sub"], "mailto:ops@example.com");
-    // The 410 subscription is disabled; the good one stays.
+    // The 410 subscription is disabled; the redirected one failed for good but stays; the
+    // good one stays.
     receipts_until(&ex, &mid, |b| {
-        b["counts"]["webpush"]["sent"] == 1 && b["counts"]["webpush"]["failed"] == 1
+        b["counts"]["webpush"]["sent"] == 1 && b["counts"]["webpush"]["failed"] == 2
     })
     .await;
+    assert!(
+        sink.received().iter().all(|r| r.path != "/push/elsewhere"),
+        "the redirect was followed"
+    );
     let (_, d) = ex.get("/devices", &token("gina", false)).await;
-    assert_eq!(d["count"], 1, "{d}");
+    assert_eq!(d["count"], 2, "{d}");
 }
 
 #[tokio::test]

@@ -508,10 +508,12 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
         Audience::All if !effects.topic_tasks => t.users_with_devices()?,
         _ => None,
     };
-    let mut seen = HashSet::with_capacity(recipients.len());
+    // Every known user is listed once; a multicast's list may repeat one.
+    let mut seen = HashSet::new();
+    let listed = matches!(e.audience, Audience::Users { .. });
     let mut to_push = Vec::new();
     for uid in recipients {
-        if !seen.insert(uid.clone()) {
+        if listed && !seen.insert(uid.clone()) {
             continue;
         }
         if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {

@@ -71,9 +71,12 @@ pub fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// A reqwest client for providers: HTTP/2 over TLS (ALPN) for https URLs; for plain-http test
-/// URLs, HTTP/2 with prior knowledge when the provider requires HTTP/2 (APNs).
+/// URLs, HTTP/2 with prior knowledge when the provider requires HTTP/2 (APNs). Redirects are
+/// not followed: no provider API redirects, and a Web Push endpoint on an allowed host must
+/// not lead the dispatcher anywhere else.
 pub fn http_client(base_url: &str, require_h2: bool) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(300))

@@ -338,6 +338,9 @@ struct SqliteTx<'a> {
     feed_prune: HashMap<String, i64>,
     /// The last message's options as JSON (every recipient's entry stores the same).
     opts_json: Option<(Uuid, String)>,
+    /// Receipt count changes per (mid, channel, status), written once at the end: a batch of
+    /// outcomes moves the same few counts many times.
+    receipt_counts: HashMap<(String, String, &'static str), i64>,
 }
 
 impl SqliteTx<'_> {
@@ -345,6 +348,14 @@ impl SqliteTx<'_> {
     fn finish(&mut self) -> StoreResult<()> {
         for (uid, day) in std::mem::take(&mut self.feed_prune) {
             inbox::prune_changes(self.tx, &uid, day)?;
+        }
+        // Also a zero change: the row exists whichever way the events were batched.
+        for ((mid, channel, status), n) in std::mem::take(&mut self.receipt_counts) {
+            self.exec(
+                "INSERT INTO receipt_counts (mid, channel, status, n) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (mid, channel, status) DO UPDATE SET n = n + ?4",
+                params![mid, channel, status, n],
+            )?;
         }
         Ok(())
     }
@@ -710,10 +721,12 @@ impl FoldTarget for SqliteTx<'_> {
                 )?;
                 return Ok(());
             }
-            self.exec(
-                "UPDATE receipt_counts SET n = n - 1 WHERE mid = ?1 AND channel = ?2 AND status = ?3",
-                params![mid, channel, status],
-            )?;
+            if let Some(old) = ReceiptStatus::parse(status) {
+                *self
+                    .receipt_counts
+                    .entry((mid.clone(), channel.clone(), old.as_str()))
+                    .or_default() -= 1;
+            }
         }
         self.exec(
             "INSERT OR REPLACE INTO receipts
@@ -730,12 +743,11 @@ impl FoldTarget for SqliteTx<'_> {
                 ts(r.updated_at)
             ],
         )?;
-        self.exec(
-            "INSERT INTO receipt_counts (mid, channel, status, n) VALUES (?1, ?2, ?3, 1)
-             ON CONFLICT (mid, channel, status) DO UPDATE SET n = n + 1",
-            params![mid, r.channel, r.status.as_str()],
-        )
-        .map(drop)
+        *self
+            .receipt_counts
+            .entry((mid, r.channel.clone(), r.status.as_str()))
+            .or_default() += 1;
+        Ok(())
     }
 
     fn put_failed_delivery(&mut self, f: &FailedDelivery) -> StoreResult<()> {
@@ -953,6 +965,7 @@ impl Store for SqliteStore {
                     feed_day: None,
                     feed_prune: HashMap::new(),
                     opts_json: None,
+                    receipt_counts: HashMap::new(),
                 };
                 for (i, ev) in batch.iter().enumerate() {
                     if ev.seq <= checkpoint {
