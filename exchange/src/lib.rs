@@ -1,5 +1,13 @@
-//! msgxc core: the versioned event vocabulary, the JetStream event log and live notices.
-//! Depends on no store; the read side plugs in through the `projections` crate.
+//! msgxc core: the versioned event vocabulary, the JetStream event log, live notices and
+//! delivery. Depends on no store; the read side plugs in through the `projections` crate.
+//!
+//! Layout:
+//! - `events`: every event kind and its payload (the public contract), `schema`: their JSON Schema
+//! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, ordered reads), `subject`: its subjects
+//! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
+//! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`)
+//! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
+//! - `natsd`: finding, starting and supervising a local nats-server
 
 pub mod channels;
 pub mod dispatch;
