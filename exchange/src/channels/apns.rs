@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-use crate::channels::{http_client, retry_after, text_of, transport_error, truncate};
+use crate::channels::{
+    HttpPool, PUSH_CONNECTIONS, retry_after, text_of, transport_error, truncate,
+};
 use crate::dispatch::{Channel, Delivery, Outcome};
 use crate::events::{DeviceAddress, Urgency};
 
@@ -35,7 +37,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(45 * 60);
 pub struct ApnsChannel {
     config: ApnsConfig,
     key: EncodingKey,
-    http: reqwest::Client,
+    http: HttpPool,
     token: Mutex<Option<(String, Instant)>>,
 }
 
@@ -43,7 +45,7 @@ impl ApnsChannel {
     pub fn new(config: ApnsConfig) -> Result<Self, String> {
         let key = EncodingKey::from_ec_pem(&config.key_pem)
             .map_err(|e| format!("APNs key is not a P-256 PKCS#8 PEM: {e}"))?;
-        let http = http_client(&config.base_url, true)?;
+        let http = HttpPool::new(&config.base_url, true, PUSH_CONNECTIONS)?;
         Ok(Self {
             config,
             key,
@@ -146,6 +148,7 @@ impl Channel for ApnsChannel {
             .map_or(0, |t| jsonwebtoken::get_current_timestamp() + t);
         let mut req = self
             .http
+            .client()
             .post(url)
             .header("authorization", format!("bearer {provider_token}"))
             .header("apns-topic", &self.config.topic)

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use serde_json::{Value, json};
 
-use crate::channels::{apns, http_client, retry_after, text_of, transport_error, truncate};
+use crate::channels::{
+    HttpPool, PUSH_CONNECTIONS, apns, retry_after, text_of, transport_error, truncate,
+};
 use crate::dispatch::{Channel, Delivery, Outcome};
 use crate::events::{DeviceAddress, Urgency};
 
@@ -32,7 +34,7 @@ pub struct FcmChannel {
     auth: Arc<CustomServiceAccount>,
     project: String,
     base_url: String,
-    http: reqwest::Client,
+    http: HttpPool,
 }
 
 impl FcmChannel {
@@ -48,7 +50,8 @@ impl FcmChannel {
             auth: Arc::new(auth),
             project,
             base_url: config.base_url.trim_end_matches('/').to_owned(),
-            http: http_client(&config.base_url, false)?,
+            // FCM's v1 API speaks HTTP/2 (ALPN over TLS; prior knowledge on a plain-http test URL).
+            http: HttpPool::new(&config.base_url, true, PUSH_CONNECTIONS)?,
         })
     }
 }
@@ -160,6 +163,7 @@ impl Channel for FcmChannel {
         );
         let resp = self
             .http
+            .client()
             .post(url)
             .bearer_auth(access.as_str())
             .header("content-type", "application/json")

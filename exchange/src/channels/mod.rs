@@ -87,6 +87,35 @@ pub fn http_client(base_url: &str, require_h2: bool) -> Result<reqwest::Client, 
     b.build().map_err(|e| e.to_string())
 }
 
+/// A few long-lived clients to one provider, used in turn: each keeps its own connection
+/// (HTTP/2 multiplexes a connection's streams, but providers cap the streams per connection
+/// and one connection is one TCP flow), so sends spread over `n` connections.
+pub struct HttpPool {
+    clients: Vec<reqwest::Client>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl HttpPool {
+    pub fn new(base_url: &str, require_h2: bool, n: usize) -> Result<Self, String> {
+        let clients = (0..n.max(1))
+            .map(|_| http_client(base_url, require_h2))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            clients,
+            next: Default::default(),
+        })
+    }
+
+    /// The next client in turn.
+    pub fn client(&self) -> &reqwest::Client {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.clients[i % self.clients.len()]
+    }
+}
+
+/// Connections per provider for the HTTP/2 push services (APNs, FCM).
+pub const PUSH_CONNECTIONS: usize = 4;
+
 /// Which channels to run, each `None` when not configured.
 #[derive(Clone, Default)]
 pub struct ChannelSettings {
