@@ -429,6 +429,12 @@ fn enlist<T: FoldTarget + ?Sized>(
     })
 }
 
+/// Whether the recipient takes the message: a type the user turned off creates nothing for
+/// them (mandatory admin messages excepted); an untyped message is always taken.
+fn accepts<T: FoldTarget + ?Sized>(t: &mut T, m: &StoredMessage, uid: &str) -> StoreResult<bool> {
+    Ok(m.opts.ntype.is_none() || t.preferences(uid)?.accepts(&m.opts))
+}
+
 /// Whether a recipient who gets an entry has something to push to. A recipient with no
 /// device has nothing (unless a topic channel such as MQTT carries every user's copy): their
 /// inbox entry and live frame are the delivery.
@@ -516,7 +522,7 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
         if listed && !seen.insert(uid.clone()) {
             continue;
         }
-        if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
+        if !accepts(t, &m, &uid)? {
             continue;
         }
         let pushes = match &with_devices {
@@ -628,8 +634,7 @@ fn deliver<T: FoldTarget + ?Sized>(
         if m.tid.is_none() {
             t.touch_user(&uid, m.created_at)?;
         }
-        // A type the user turned off creates nothing for them (mandatory admin messages excepted).
-        if m.opts.ntype.is_some() && !t.preferences(&uid)?.accepts(&m.opts) {
+        if !accepts(t, m, &uid)? {
             continue;
         }
         let n = Notification::new(m, uid, seq);

@@ -508,7 +508,10 @@ impl Dispatcher {
         done: &HashSet<(String, String)>,
     ) -> Vec<Target<'r>> {
         let mut targets = Vec::new();
-        let done = |uid: &str, device: &str| done.contains(&(uid.to_owned(), device.to_owned()));
+        // Most tasks run once: no lookup (and no key built) when nothing was settled before.
+        let done = |uid: &str, device: &str| {
+            !done.is_empty() && done.contains(&(uid.to_owned(), device.to_owned()))
+        };
         for r in recipients {
             let wanted = |channel: &str| {
                 task.allows_channel(channel) && r.preferences.allows(channel, task.tid)

@@ -78,6 +78,14 @@ pub fn live() -> ApplyOptions {
     }
 }
 
+/// The receipt status of one device, if it has a receipt.
+fn status_of(receipts: &[projections::model::Receipt], device: &str) -> Option<ReceiptStatus> {
+    receipts
+        .iter()
+        .find(|r| r.device_id == device)
+        .map(|r| r.status)
+}
+
 /// Forgets the queued tasks (as the relay does once they are in the work queue).
 async fn clear_outbox(store: &dyn Store) {
     let ids = store
@@ -818,13 +826,7 @@ pub async fn receipts_and_dead_letters(store: &dyn Store) {
     .await;
     let receipts = store.receipts(mid, 10, 0).await.unwrap();
     assert_eq!(receipts.total, 2);
-    let status = |device: &str| {
-        receipts
-            .items
-            .iter()
-            .find(|r| r.device_id == device)
-            .map(|r| r.status)
-    };
+    let status = |device: &str| status_of(&receipts.items, device);
     assert_eq!(status("phone"), Some(ReceiptStatus::Opened));
     assert_eq!(status("tablet"), Some(ReceiptStatus::Failed));
     let counts = store.receipt_counts(mid).await.unwrap();
@@ -936,13 +938,7 @@ pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
     )
     .await;
     let receipts = store.receipts(mid, 10, 0).await.unwrap();
-    let status = |device: &str| {
-        receipts
-            .items
-            .iter()
-            .find(|r| r.device_id == device)
-            .map(|r| r.status)
-    };
+    let status = |device: &str| status_of(&receipts.items, device);
     assert_eq!(receipts.total, 4);
     assert_eq!(status("d0"), Some(ReceiptStatus::Sent));
     assert_eq!(status("d1"), Some(ReceiptStatus::Retrying));
