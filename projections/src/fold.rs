@@ -120,6 +120,19 @@ pub trait FoldTarget {
         frame: &[u8],
         at: OffsetDateTime,
     ) -> StoreResult<()>;
+    /// Appends the `new` change of an entry just inserted (as [`FoldTarget::put_change`]); its
+    /// frame is built only when asked for. A backend that derives these changes from the
+    /// entries when the feed is read records only what retention needs (the default stores
+    /// the frame).
+    fn put_new_change(
+        &mut self,
+        uid: &str,
+        position: Position,
+        frame: &dyn Fn() -> Vec<u8>,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        self.put_change(uid, position, &frame(), at)
+    }
     fn preferences(&mut self, uid: &str) -> StoreResult<Preferences>;
 
     /// Records a message of any kind (receipts authorization, dead-letter requeue); false when
@@ -621,8 +634,8 @@ fn deliver<T: FoldTarget + ?Sized>(
     )?;
     let mut delivered = 0u64;
     // The `new` frame is the same for every recipient but their uid: serialized once, when
-    // the first recipient gets an entry.
-    let mut template = None;
+    // the first recipient's change is stored (a backend that derives them never asks).
+    let template = std::cell::OnceCell::new();
     // Recipients with something to push to, in recipient order: one dispatch task per
     // `TASK_BATCH` of them.
     let mut to_push = Vec::new();
@@ -643,8 +656,9 @@ fn deliver<T: FoldTarget + ?Sized>(
         // recipient still belongs to the same task batch, so a replay queues the same tasks.
         if t.insert_notification(&n)? {
             delivered += 1;
-            let template = template.get_or_insert_with(|| crate::live::FrameTemplate::new(m, seq));
-            changes.record_new(t, &n, template)?;
+            changes.record_new(t, &n, &|| {
+                template.get_or_init(|| crate::live::FrameTemplate::new(m, seq))
+            })?;
         }
         if effects.dispatch && pushes_to(t, &n.uid, effects)? {
             to_push.push(n.uid);
@@ -709,14 +723,19 @@ pub struct Changes<'a> {
 impl Changes<'_> {
     /// Records a new entry's change, its frame built from the message's template. Its live
     /// frame is sent by the hub straight from the event (`crate::live`), before this fold.
-    fn record_new<T: FoldTarget + ?Sized>(
+    fn record_new<'m, T: FoldTarget + ?Sized>(
         &mut self,
         t: &mut T,
         n: &Notification,
-        template: &crate::live::FrameTemplate,
+        template: &dyn Fn() -> &'m crate::live::FrameTemplate,
     ) -> StoreResult<()> {
         let position = self.position(n);
-        t.put_change(&n.uid, position, &template.for_uid(&n.uid), self.at)
+        t.put_new_change(
+            &n.uid,
+            position,
+            &|| template().for_uid(&n.uid).to_vec(),
+            self.at,
+        )
     }
 
     /// Where a change of entry `n` made by this event sits in its user's feed.

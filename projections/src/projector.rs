@@ -464,8 +464,19 @@ pub async fn rebuild(
     let events = log
         .read(Start::Sequence(checkpoint + 1), None, until)
         .await?;
-    let mut chunks = std::pin::pin!(events.ready_chunks(batch.max(1)));
-    while let Some(chunk) = chunks.next().await {
+    // Reading and decoding run on a task of their own, a few batches ahead of the fold, so the
+    // two overlap (the fold runs on a blocking thread).
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(async move {
+        let mut chunks = std::pin::pin!(events.ready_chunks(batch.max(1)));
+        while let Some(chunk) = chunks.next().await {
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _stop_reader = AbortOnDrop(reader);
+    while let Some(chunk) = rx.recv().await {
         let mut batch = Vec::with_capacity(chunk.len());
         for item in chunk {
             match item {

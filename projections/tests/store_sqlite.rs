@@ -100,3 +100,160 @@ async fn a_large_broadcast_commits_its_tasks_ahead_of_its_fold_and_queues_them_o
     ids.dedup();
     assert_eq!(ids.len(), tasks.len(), "no task twice");
 }
+
+/// A store written by version 1 of the schema (every inbox entry and history row with its own
+/// copy of the text, every `new` change stored, deleted messages removed) is migrated when
+/// opened: the same inbox, history, feed and counters, and it folds on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_store_is_migrated_when_opened() {
+    use exchange::events::{
+        Audience, Event, MessageDeleted, MessageOpts, NotificationsRead, PreferencesSet,
+    };
+    use projections::Store;
+    use projections::model::{HistoryQuery, InboxQuery, StatusFilter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    let feed = conformance::Feed::new(&store);
+    let tid = uuid::Uuid::now_v7();
+    feed.apply(vec![
+        conformance::by("ann", conformance::thread(tid, "ann", None)),
+        conformance::by("bob", conformance::subscribe(tid, "bob")),
+    ])
+    .await;
+    let hello = feed
+        .one(
+            "ann",
+            conformance::publish(tid, "ann", "hello", MessageOpts::default()),
+        )
+        .await;
+    let gone = feed
+        .one(
+            "admin",
+            conformance::send(
+                Audience::User { uid: "bob".into() },
+                "gone",
+                MessageOpts::default(),
+            ),
+        )
+        .await;
+    feed.one(
+        "bob",
+        Event::NotificationsRead(NotificationsRead {
+            uid: "bob".into(),
+            ids: vec![gone],
+        }),
+    )
+    .await;
+    feed.one("admin", Event::MessageDeleted(MessageDeleted { mid: gone }))
+        .await;
+    let all = InboxQuery {
+        limit: 10,
+        filter: projections::model::InboxFilter {
+            status: Some(StatusFilter::All),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let history = HistoryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let inbox = store.inbox("bob", &all).await.unwrap();
+    let changes = store
+        .changes_after("bob", Default::default(), 10)
+        .await
+        .unwrap();
+    let stats = store.inbox_stats("bob").await.unwrap();
+    let thread = store.thread_messages(tid, &history).await.unwrap();
+    assert_eq!(inbox.items.len(), 2);
+    assert_eq!(changes.len(), 3, "two arrivals and a read: {changes:?}");
+    drop(store);
+
+    // Written back in version 1's shape, as that version's fold left it.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let news: Vec<_> = changes.iter().filter(|(p, _)| p.seq == p.sub).collect();
+    for (p, frame) in &news {
+        let at: String = c
+            .query_row(
+                "SELECT created_at FROM inbox WHERE uid = 'bob' AND seq = ?1",
+                [p.seq as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        c.execute(
+            "INSERT INTO inbox_changes (uid, seq, sub, frame, at) VALUES ('bob', ?1, ?1, ?2, ?3)",
+            rusqlite::params![p.seq as i64, frame, at],
+        )
+        .unwrap();
+    }
+    c.execute_batch(
+        "CREATE TABLE inbox_v1 (
+           uid TEXT NOT NULL, id TEXT NOT NULL, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL,
+           opts TEXT NOT NULL, created_at TEXT NOT NULL, read_at TEXT, ntype TEXT,
+           level INTEGER NOT NULL DEFAULT 0, archived_at TEXT, seq INTEGER NOT NULL,
+           PRIMARY KEY (uid, id)) WITHOUT ROWID;
+         INSERT INTO inbox_v1 SELECT i.uid, i.id, i.tid, i.sender, m.msg, m.opts, i.created_at,
+           i.read_at, i.ntype, i.level, i.archived_at, i.seq
+           FROM inbox i JOIN messages m ON m.mid = i.id;
+         DROP TABLE inbox;
+         ALTER TABLE inbox_v1 RENAME TO inbox;
+         CREATE INDEX inbox_by_position ON inbox (uid, seq);
+         CREATE TABLE thread_messages_v1 (
+           tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL,
+           opts TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
+         INSERT INTO thread_messages_v1 SELECT t.tid, t.mid, t.sender, m.msg, m.opts, t.created_at
+           FROM thread_messages t JOIN messages m ON m.mid = t.mid;
+         DROP TABLE thread_messages;
+         ALTER TABLE thread_messages_v1 RENAME TO thread_messages;
+         DELETE FROM messages WHERE deleted = 1;
+         ALTER TABLE messages DROP COLUMN deleted;
+         ALTER TABLE inbox_counts DROP COLUMN feed_floor;",
+    )
+    .unwrap();
+    drop(c);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.inbox("bob", &all).await.unwrap(), inbox);
+    assert_eq!(
+        store
+            .changes_after("bob", Default::default(), 10)
+            .await
+            .unwrap(),
+        changes
+    );
+    assert_eq!(store.inbox_stats("bob").await.unwrap(), stats);
+    assert_eq!(store.thread_messages(tid, &history).await.unwrap(), thread);
+    assert!(store.message(gone).await.unwrap().is_none());
+    assert!(store.message(hello).await.unwrap().is_some());
+    // Opening again changes nothing; the fold goes on.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.inbox("bob", &all).await.unwrap(), inbox);
+    let feed = conformance::Feed::new(&store);
+    feed.one(
+        "bob",
+        Event::PreferencesSet(PreferencesSet {
+            uid: "bob".into(),
+            preferences: Default::default(),
+        }),
+    )
+    .await;
+    feed.one(
+        "ann",
+        conformance::publish(tid, "ann", "again", MessageOpts::default()),
+    )
+    .await;
+    let after = store.inbox("bob", &all).await.unwrap();
+    assert_eq!(after.items.len(), 3);
+    assert_eq!(after.items[0].msg, "again");
+    assert_eq!(
+        store
+            .changes_after("bob", Default::default(), 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}

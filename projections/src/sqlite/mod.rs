@@ -54,9 +54,10 @@ CREATE TABLE IF NOT EXISTS thread_subscribers (
 -- the live hub's routing of a connecting user: partition uid
 CREATE INDEX IF NOT EXISTS thread_subscribers_by_uid ON thread_subscribers (uid, tid);
 -- GET /threads/{tid}/messages: partition tid, clustered by mid (UUIDv7, time-ordered)
+-- (the text and options are read from `messages`)
 CREATE TABLE IF NOT EXISTS thread_messages (
-  tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
-  created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
+  tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL, created_at TEXT NOT NULL,
+  PRIMARY KEY (tid, mid)) WITHOUT ROWID;
 -- private-message blocks: partition uid (the blocker)
 CREATE TABLE IF NOT EXISTS blocks (
   uid TEXT NOT NULL, blocked TEXT NOT NULL, since TEXT NOT NULL,
@@ -65,10 +66,12 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE TABLE IF NOT EXISTS types (
   name TEXT PRIMARY KEY, title TEXT NOT NULL, description TEXT NOT NULL,
   registered_at TEXT NOT NULL) WITHOUT ROWID;
--- every message by mid (receipts authorization, dead-letter requeue)
+-- every message by mid (receipts authorization, dead-letter requeue; the text of inbox entries
+-- and thread history); a deleted message keeps its row, marked, for the entries that hold it
 CREATE TABLE IF NOT EXISTS messages (
   mid TEXT PRIMARY KEY, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
-  created_at TEXT NOT NULL, recipients INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+  created_at TEXT NOT NULL, recipients INTEGER NOT NULL DEFAULT 0,
+  deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 -- GET /messages/{mid}/receipts: partition mid
 CREATE TABLE IF NOT EXISTS receipts (
   mid TEXT NOT NULL, uid TEXT NOT NULL, device_id TEXT NOT NULL, channel TEXT NOT NULL,
@@ -144,15 +147,36 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store file at `path`.
+    ///
+    /// Several processes may open one file at once (a gateway and two projectors sharing it):
+    /// switching a new file to WAL can answer "database is locked" without waiting for the
+    /// busy timeout, so opening is retried for a while when it does.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Backend(e))
+                    if e.contains("database is locked") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> StoreResult<Self> {
         let writer = open_connection(path)?;
         // Checkpoint the WAL into the database every ~16 MiB instead of every 4 MiB: pages the
         // fold rewrites often (counters, index roots) are copied once per checkpoint.
+        // A page cache of 64 MiB for the writer (2 MiB by default): the fold's inserts land
+        // all over the users' partitions, and with the default cache a batch spilled dirty
+        // pages and read others back from the file mid-transaction.
         writer
-            .execute_batch("PRAGMA wal_autocheckpoint = 4000;")
+            .execute_batch("PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -65536;")
             .map_err(backend)?;
         // One IMMEDIATE transaction: processes opening a new file at once wait for each other
         // (busy timeout) instead of one failing to upgrade a stale read of the schema.
@@ -162,6 +186,7 @@ impl SqliteStore {
             .map_err(backend)?;
         tx.execute_batch(SCHEMA).map_err(backend)?;
         tx.execute_batch(inbox::SCHEMA).map_err(backend)?;
+        migrate(&tx)?;
         tx.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
             params![Uuid::now_v7().to_string()],
@@ -331,13 +356,12 @@ fn limit_offset(limit: u32, offset: u64) -> (i64, i64) {
 /// The fold's view of one open write transaction.
 struct SqliteTx<'a> {
     tx: &'a Transaction<'a>,
-    /// The change-feed day already recorded in `feed_days` by this transaction.
-    feed_day: Option<i64>,
-    /// Users whose change feed this transaction wrote, with the latest day written: each is
-    /// pruned once, at the end (the same rows go as when pruning after every change).
-    feed_prune: HashMap<String, i64>,
-    /// The last message's options as JSON (every recipient's entry stores the same).
-    opts_json: Option<(Uuid, String)>,
+    /// Inbox counters and feed pruning, written once per user at the end.
+    inbox: inbox::Pending,
+    /// Users already recorded by this transaction.
+    touched: HashSet<String>,
+    /// Subscriber and message count changes per thread, written once at the end.
+    thread_counts: HashMap<String, (i64, i64)>,
     /// Receipt count changes per (mid, channel, status), written once at the end: a batch of
     /// outcomes moves the same few counts many times.
     receipt_counts: HashMap<(String, String, &'static str), i64>,
@@ -346,8 +370,13 @@ struct SqliteTx<'a> {
 impl SqliteTx<'_> {
     /// Work deferred to the end of the transaction.
     fn finish(&mut self) -> StoreResult<()> {
-        for (uid, day) in std::mem::take(&mut self.feed_prune) {
-            inbox::prune_changes(self.tx, &uid, day)?;
+        self.inbox.finish(self.tx)?;
+        for (tid, (subscribers, messages)) in std::mem::take(&mut self.thread_counts) {
+            self.exec(
+                "UPDATE threads SET subscribers = subscribers + ?2, messages = messages + ?3
+                 WHERE tid = ?1",
+                params![tid, subscribers, messages],
+            )?;
         }
         // Also a zero change: the row exists whichever way the events were batched.
         for ((mid, channel, status), n) in std::mem::take(&mut self.receipt_counts) {
@@ -372,11 +401,16 @@ impl SqliteTx<'_> {
 
 impl FoldTarget for SqliteTx<'_> {
     fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()> {
+        // Users are never removed: once recorded in this transaction, nothing to do.
+        if self.touched.contains(uid) {
+            return Ok(());
+        }
         self.exec(
             "INSERT OR IGNORE INTO users (uid, first_seen) VALUES (?1, ?2)",
             params![uid, ts(at)],
-        )
-        .map(drop)
+        )?;
+        self.touched.insert(uid.to_owned());
+        Ok(())
     }
 
     fn all_users(&mut self) -> StoreResult<Vec<String>> {
@@ -476,8 +510,9 @@ impl FoldTarget for SqliteTx<'_> {
         let Some(m) = message_by_id(self.tx, mid)? else {
             return Ok(false);
         };
+        // Kept, marked: inbox entries of the message still show its text.
         self.exec(
-            "DELETE FROM messages WHERE mid = ?1",
+            "UPDATE messages SET deleted = 1 WHERE mid = ?1",
             params![mid.to_string()],
         )?;
         if let Some(tid) = m.tid {
@@ -486,10 +521,7 @@ impl FoldTarget for SqliteTx<'_> {
                 params![tid.to_string(), mid.to_string()],
             )?;
             if n > 0 {
-                self.exec(
-                    "UPDATE threads SET messages = messages - 1 WHERE tid = ?1",
-                    params![tid.to_string()],
-                )?;
+                self.thread_counts.entry(tid.to_string()).or_default().1 -= 1;
             }
         }
         Ok(true)
@@ -502,10 +534,7 @@ impl FoldTarget for SqliteTx<'_> {
             params![tid, uid, ts(at)],
         )?;
         if n > 0 {
-            self.exec(
-                "UPDATE threads SET subscribers = subscribers + 1 WHERE tid = ?1",
-                params![tid],
-            )?;
+            self.thread_counts.entry(tid).or_default().0 += 1;
         }
         Ok(n > 0)
     }
@@ -517,10 +546,7 @@ impl FoldTarget for SqliteTx<'_> {
             params![tid, uid],
         )?;
         if n > 0 {
-            self.exec(
-                "UPDATE threads SET subscribers = subscribers - 1 WHERE tid = ?1",
-                params![tid],
-            )?;
+            self.thread_counts.entry(tid).or_default().0 -= 1;
         }
         Ok(n > 0)
     }
@@ -539,36 +565,18 @@ impl FoldTarget for SqliteTx<'_> {
     fn insert_thread_message(&mut self, m: &ThreadMessage) -> StoreResult<bool> {
         let tid = m.tid.to_string();
         let n = self.exec(
-            "INSERT OR IGNORE INTO thread_messages (tid, mid, sender, msg, opts, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                tid,
-                m.mid.to_string(),
-                m.sender,
-                m.msg,
-                to_json(&m.opts)?,
-                ts(m.created_at)
-            ],
+            "INSERT OR IGNORE INTO thread_messages (tid, mid, sender, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![tid, m.mid.to_string(), m.sender, ts(m.created_at)],
         )?;
         if n > 0 {
-            self.exec(
-                "UPDATE threads SET messages = messages + 1 WHERE tid = ?1",
-                params![tid],
-            )?;
+            self.thread_counts.entry(tid).or_default().1 += 1;
         }
         Ok(n > 0)
     }
 
     fn insert_notification(&mut self, n: &Notification) -> StoreResult<bool> {
-        let opts = match &self.opts_json {
-            Some((mid, json)) if *mid == n.id => json.clone(),
-            _ => {
-                let json = to_json(&n.opts)?;
-                self.opts_json = Some((n.id, json.clone()));
-                json
-            }
-        };
-        inbox::insert(self.tx, n, &opts)
+        inbox::insert(self.tx, &mut self.inbox, n)
     }
 
     fn mark_read(
@@ -577,7 +585,7 @@ impl FoldTarget for SqliteTx<'_> {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>> {
-        inbox::mark_read(self.tx, uid, id, at)
+        inbox::mark_read(self.tx, &mut self.inbox, uid, id, at)
     }
 
     fn archive(
@@ -586,11 +594,11 @@ impl FoldTarget for SqliteTx<'_> {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>> {
-        inbox::archive(self.tx, uid, id, at)
+        inbox::archive(self.tx, &mut self.inbox, uid, id, at)
     }
 
     fn delete_notification(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
-        inbox::delete(self.tx, uid, id)
+        inbox::delete(self.tx, &mut self.inbox, uid, id)
     }
 
     fn unread_ids(
@@ -603,7 +611,7 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn mark_seen(&mut self, uid: &str, at: OffsetDateTime, seq: u64) -> StoreResult<()> {
-        inbox::mark_seen(self.tx, uid, at, seq)
+        inbox::mark_seen(self.tx, &mut self.inbox, uid, at, seq)
     }
 
     fn put_type(&mut self, t: &NotificationType) -> StoreResult<()> {
@@ -647,10 +655,19 @@ impl FoldTarget for SqliteTx<'_> {
         frame: &[u8],
         at: OffsetDateTime,
     ) -> StoreResult<()> {
-        let day = inbox::put_change(self.tx, uid, position, frame, at, &mut self.feed_day)?;
-        let latest = self.feed_prune.entry(uid.to_owned()).or_insert(day);
-        *latest = (*latest).max(day);
-        Ok(())
+        inbox::put_change(self.tx, &mut self.inbox, uid, position, frame, at)
+    }
+
+    fn put_new_change(
+        &mut self,
+        uid: &str,
+        position: crate::fold::Position,
+        _frame: &dyn Fn() -> Vec<u8>,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        // Derived from the entry when read (`inbox::changes_after`): only the feed's day and
+        // pruning are recorded.
+        self.inbox.changed(self.tx, uid, position.seq, at).map(drop)
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
@@ -791,10 +808,37 @@ impl FoldTarget for SqliteTx<'_> {
     }
 }
 
+/// Brings a store written by an earlier version to this schema (in the opening transaction;
+/// idempotent). Version 2: messages are kept when deleted (marked), and inbox entries and
+/// thread history read their text from them instead of holding a copy each.
+fn migrate(c: &Connection) -> StoreResult<()> {
+    if !inbox::has_column(c, "messages", "deleted")? {
+        c.execute_batch("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;")
+            .map_err(backend)?;
+    }
+    inbox::migrate(c)?;
+    if inbox::has_column(c, "thread_messages", "msg")? {
+        c.execute_batch(
+            "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at)
+               SELECT mid, tid, sender, msg, opts, created_at FROM thread_messages;
+             CREATE TABLE thread_messages_v2 (
+               tid TEXT NOT NULL, mid TEXT NOT NULL, sender TEXT NOT NULL,
+               created_at TEXT NOT NULL, PRIMARY KEY (tid, mid)) WITHOUT ROWID;
+             INSERT INTO thread_messages_v2 SELECT tid, mid, sender, created_at
+               FROM thread_messages;
+             DROP TABLE thread_messages;
+             ALTER TABLE thread_messages_v2 RENAME TO thread_messages;",
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
     let row: Option<(Option<String>, String, String, String, String, i64)> = c
         .prepare_cached(
-            "SELECT tid, sender, msg, opts, created_at, recipients FROM messages WHERE mid = ?1",
+            "SELECT tid, sender, msg, opts, created_at, recipients FROM messages
+             WHERE mid = ?1 AND deleted = 0",
         )
         .and_then(|mut s| {
             s.query_row(params![mid.to_string()], |r| {
@@ -962,9 +1006,9 @@ impl Store for SqliteStore {
             {
                 let mut target = SqliteTx {
                     tx: &tx,
-                    feed_day: None,
-                    feed_prune: HashMap::new(),
-                    opts_json: None,
+                    inbox: inbox::Pending::default(),
+                    touched: HashSet::new(),
+                    thread_counts: HashMap::new(),
                     receipt_counts: HashMap::new(),
                 };
                 for (i, ev) in batch.iter().enumerate() {
@@ -1093,13 +1137,13 @@ impl Store for SqliteStore {
             let filtered = q.sender.is_some() || q.since.is_some() || q.before.is_some();
             let (l, o) = limit_offset(q.limit, q.offset);
             let cond =
-                "tid = ?1 AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR created_at >= ?3)
-                        AND (?4 IS NULL OR created_at < ?4)";
+                "t.tid = ?1 AND (?2 IS NULL OR t.sender = ?2) AND (?3 IS NULL OR t.created_at >= ?3)
+                        AND (?4 IS NULL OR t.created_at < ?4)";
             let (sender, since, before) = (q.sender.clone(), q.since.map(ts), q.before.map(ts));
             let total = if filtered {
                 let n: i64 = c
                     .query_row(
-                        &format!("SELECT COUNT(*) FROM thread_messages WHERE {cond}"),
+                        &format!("SELECT COUNT(*) FROM thread_messages t WHERE {cond}"),
                         params![tid_s, sender, since, before],
                         |r| r.get(0),
                     )
@@ -1110,8 +1154,9 @@ impl Store for SqliteStore {
             };
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT mid, sender, msg, opts, created_at FROM thread_messages
-                     WHERE {cond} ORDER BY mid DESC LIMIT ?5 OFFSET ?6"
+                    "SELECT t.mid, t.sender, m.msg, m.opts, t.created_at FROM thread_messages t
+                     JOIN messages m ON m.mid = t.mid
+                     WHERE {cond} ORDER BY t.mid DESC LIMIT ?5 OFFSET ?6"
                 ))
                 .map_err(backend)?;
             let rows = stmt

@@ -8,9 +8,10 @@
 use exchange::events::{
     AckStatus, Actor, Audience, DeliveriesSettled, DeliveryAcked, DeliveryFailed, DeliveryRequeued,
     DeliverySent, DeviceAddress, DeviceEnlisted, DeviceRemoved, Envelope, Event, InboxReadAll,
-    MessageOpts, MessagePublished, MessageSent, NotificationsArchived, NotificationsDeleted,
-    NotificationsRead, Preferences, PreferencesSet, SettledDelivery, SettledStatus, Subscribed,
-    ThreadCreated, TypeRegistered, Unsubscribed, UserBlocked, UserUnblocked,
+    MessageDeleted, MessageOpts, MessagePublished, MessageSent, NotificationsArchived,
+    NotificationsDeleted, NotificationsRead, Preferences, PreferencesSet, SettledDelivery,
+    SettledStatus, Subscribed, ThreadCreated, TypeRegistered, Unsubscribed, UserBlocked,
+    UserUnblocked,
 };
 use projections::model::{
     HistoryQuery, InboxFilter, InboxQuery, NotificationStatus, ReceiptStatus, StatusFilter,
@@ -107,7 +108,7 @@ pub fn by(uid: &str, event: Event) -> Envelope {
     )
 }
 
-fn thread(tid: Uuid, owner: &str, alias: Option<&str>) -> Event {
+pub fn thread(tid: Uuid, owner: &str, alias: Option<&str>) -> Event {
     Event::ThreadCreated(ThreadCreated {
         tid,
         name: "general".into(),
@@ -125,7 +126,7 @@ pub fn subscribe(tid: Uuid, uid: &str) -> Event {
     })
 }
 
-fn publish(tid: Uuid, sender: &str, msg: &str, opts: MessageOpts) -> Event {
+pub fn publish(tid: Uuid, sender: &str, msg: &str, opts: MessageOpts) -> Event {
     Event::MessagePublished(MessagePublished {
         tid,
         sender: sender.into(),
@@ -225,9 +226,12 @@ pub async fn threads_and_history(store: &dyn Store) {
     assert!(!store.is_subscribed(tid, "cat").await.unwrap());
     assert_eq!(store.thread(tid).await.unwrap().unwrap().subscribers, 1);
 
+    let mut mids = Vec::new();
     for (sender, msg) in [("ann", "one"), ("bob", "two"), ("ann", "three")] {
-        feed.one(sender, publish(tid, sender, msg, MessageOpts::default()))
-            .await;
+        mids.push(
+            feed.one(sender, publish(tid, sender, msg, MessageOpts::default()))
+                .await,
+        );
     }
     let page = store
         .thread_messages(
@@ -269,6 +273,31 @@ pub async fn threads_and_history(store: &dyn Store) {
     assert_eq!(by_ann.items.len(), 2);
     assert!(by_ann.items.iter().all(|m| m.sender == "ann"));
     assert_eq!(store.thread(tid).await.unwrap().unwrap().messages, 3);
+
+    // A deleted message leaves the history and the message lookup; the inbox entries made
+    // from it keep their text.
+    feed.one(
+        "ann",
+        Event::MessageDeleted(MessageDeleted { mid: mids[0] }),
+    )
+    .await;
+    assert!(store.message(mids[0]).await.unwrap().is_none());
+    assert!(store.message(mids[2]).await.unwrap().is_some());
+    let history = store
+        .thread_messages(
+            tid,
+            &HistoryQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let texts: Vec<&str> = history.items.iter().map(|m| m.msg.as_str()).collect();
+    assert_eq!((history.total, texts), (2, vec!["three", "two"]));
+    let kept = store.notifications("bob", &[mids[0]]).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].msg, "one");
 }
 
 /// Devices: newest first, an exclusive push token moves to its new user, removal.
@@ -473,6 +502,7 @@ pub async fn inbox_lifecycle(store: &dyn Store) {
     assert_eq!((stats.total, stats.unread, stats.unseen), (4, 4, 4));
     assert_eq!(stats.unread_by_type.get("billing"), Some(&2));
     assert_eq!(stats.unread_by_level.get("50"), Some(&2));
+    assert_eq!(stats.unread_by_level.get("0"), Some(&2));
     assert_eq!(store.types().await.unwrap()[0].name, "billing");
 
     let newest_first: Vec<Uuid> = store
@@ -603,6 +633,22 @@ pub async fn inbox_lifecycle(store: &dyn Store) {
         feed_entries.windows(2).all(|w| w[0].0 < w[1].0),
         "feed in order"
     );
+    // A deleted entry's feed keeps its arrival and shows its deletion.
+    let of_deleted: Vec<&str> = feed_entries
+        .iter()
+        .filter(|(_, frame)| frame.contains(&ids[4].to_string()))
+        .map(|(_, frame)| {
+            if frame.starts_with(r#"{"action":"new""#) {
+                "new"
+            } else if frame.starts_with(r#"{"action":"deleted""#) {
+                "deleted"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(of_deleted.first(), Some(&"new"), "{of_deleted:?}");
+    assert_eq!(of_deleted.last(), Some(&"deleted"), "{of_deleted:?}");
 }
 
 /// Cursor sync: entries after a position, oldest first, and a snapshot's position.
