@@ -10,7 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{backend, collect, limit_offset, parse_json, parse_ts, parse_uuid, ts, tuple};
+use super::{
+    backend, collect, has_column, limit_offset, parse_json, parse_ts, parse_uuid, ts, tuple,
+};
 use crate::model::{
     InboxCounts, InboxQuery, InboxStats, Notification, NotificationStatus, Page, StatusFilter,
 };
@@ -48,18 +50,6 @@ CREATE TABLE IF NOT EXISTS inbox_unread_by (
   uid TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (uid, dim, key)) WITHOUT ROWID;
 "#;
-
-/// Whether `table` has `column` (schema migrations).
-pub(super) fn has_column(c: &Connection, table: &str, column: &str) -> StoreResult<bool> {
-    c.query_row(
-        "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
-        params![table, column],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|r| r.is_some())
-    .map_err(backend)
-}
 
 /// Migrates the inbox tables of a store written before entries shared their message's row
 /// (version 1: every entry held the text and options, every `new` change its frame). Runs in
@@ -202,7 +192,7 @@ impl Pending {
         uid: &str,
         seq: u64,
         at: OffsetDateTime,
-    ) -> StoreResult<i64> {
+    ) -> StoreResult<()> {
         let day = at.unix_timestamp().div_euclid(86_400);
         if self.feed_day != Some(day) {
             exec(
@@ -218,7 +208,7 @@ impl Pending {
                 self.feed.insert(uid.to_owned(), day);
             }
         }
-        Ok(day)
+        Ok(())
     }
 
     /// Writes `uid`'s counter changes now (before a statement that reads or resets them).
@@ -265,7 +255,6 @@ impl Pending {
                 prune_changes(c, &uid, cutoff)?;
             }
         }
-        self.feed_day = None;
         Ok(())
     }
 }

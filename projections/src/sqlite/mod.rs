@@ -808,16 +808,28 @@ impl FoldTarget for SqliteTx<'_> {
     }
 }
 
+/// Whether `table` has `column` (schema migrations).
+fn has_column(c: &Connection, table: &str, column: &str) -> StoreResult<bool> {
+    c.query_row(
+        "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(backend)
+}
+
 /// Brings a store written by an earlier version to this schema (in the opening transaction;
 /// idempotent). Version 2: messages are kept when deleted (marked), and inbox entries and
 /// thread history read their text from them instead of holding a copy each.
 fn migrate(c: &Connection) -> StoreResult<()> {
-    if !inbox::has_column(c, "messages", "deleted")? {
+    if !has_column(c, "messages", "deleted")? {
         c.execute_batch("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;")
             .map_err(backend)?;
     }
     inbox::migrate(c)?;
-    if inbox::has_column(c, "thread_messages", "msg")? {
+    if has_column(c, "thread_messages", "msg")? {
         c.execute_batch(
             "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at)
                SELECT mid, tid, sender, msg, opts, created_at FROM thread_messages;
