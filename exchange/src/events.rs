@@ -50,6 +50,106 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// Decodes an envelope from its JSON. The derived `Deserialize` (a flattened event) first
+    /// buffers the whole object in a generic tree; the fields this build writes, in the order
+    /// it writes them (`v`, `id`, `occurred_at`, `actor`, then `type` before `data`), are read
+    /// here straight into their types. Any other shape (another order, an unknown field) is
+    /// read by the derived path, which also words the errors.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        match serde_json::from_slice::<InOrder>(bytes) {
+            Ok(InOrder(env)) => Ok(env),
+            Err(_) => serde_json::from_slice(bytes),
+        }
+    }
+}
+
+/// An [`Envelope`] read by [`Envelope::from_json`]'s direct path.
+struct InOrder(Envelope);
+
+impl<'de> Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(InOrderVisitor)
+    }
+}
+
+struct InOrderVisitor;
+
+/// `occurred_at` in its RFC 3339 form.
+#[derive(Deserialize)]
+struct Rfc3339(#[serde(with = "time::serde::rfc3339")] OffsetDateTime);
+
+impl<'de> serde::de::Visitor<'de> for InOrderVisitor {
+    type Value = InOrder;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<InOrder, A::Error> {
+        use serde::de::Error;
+        let (mut v, mut id, mut occurred_at, mut actor) = (None, None, None, None);
+        loop {
+            let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? else {
+                return Err(A::Error::custom("no event type"));
+            };
+            match &*key {
+                "v" => v = Some(map.next_value()?),
+                "id" => id = Some(map.next_value()?),
+                "occurred_at" => occurred_at = Some(map.next_value::<Rfc3339>()?.0),
+                "actor" => actor = Some(map.next_value()?),
+                // The event reads the rest of the object: its tag, then its data.
+                "type" => {
+                    let event = Event::deserialize(serde::de::value::MapAccessDeserializer::new(
+                        TagFirst {
+                            tag_pending: true,
+                            map: &mut map,
+                        },
+                    ))?;
+                    let missing = || A::Error::custom("envelope fields after the event");
+                    return Ok(InOrder(Envelope {
+                        v: v.ok_or_else(missing)?,
+                        id: id.ok_or_else(missing)?,
+                        occurred_at: occurred_at.ok_or_else(missing)?,
+                        actor: actor.ok_or_else(missing)?,
+                        event,
+                    }));
+                }
+                other => return Err(A::Error::unknown_field(other, &[])),
+            }
+        }
+    }
+}
+
+/// The envelope's map from its `type` key on (the key itself already read by the envelope).
+struct TagFirst<'a, A> {
+    tag_pending: bool,
+    map: &'a mut A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for TagFirst<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        if std::mem::take(&mut self.tag_pending) {
+            return seed
+                .deserialize(serde::de::value::BorrowedStrDeserializer::new("type"))
+                .map(Some);
+        }
+        self.map.next_key_seed(seed)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
 /// The principal behind an event: the JWT `sub` and its roles, or the exchange itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Actor {
@@ -746,6 +846,37 @@ mod tests {
         assert_eq!(json["data"]["opts"]["urgency"], 4);
         let back: Envelope = serde_json::from_value(json).unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn from_json_reads_the_written_order_directly_and_any_other_through_the_derived_path() {
+        let env = sample();
+        let written = serde_json::to_vec(&env).unwrap();
+        // What this build writes takes the direct path...
+        let direct = serde_json::from_slice::<InOrder>(&written).unwrap().0;
+        assert_eq!(direct, env);
+        assert_eq!(Envelope::from_json(&written).unwrap(), env);
+        // ...and other orders and extra fields (ignored, as the derived path ignores them)
+        // still decode, to the same event.
+        let v = serde_json::to_value(&env).unwrap();
+        // (Written by hand: a `serde_json::Map` sorts its keys.)
+        let shape = |keys: &[&str]| {
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{:?}:{}", k, v.get(*k).unwrap_or(&serde_json::json!(1))))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        let reordered = shape(&["data", "type", "actor", "occurred_at", "id", "v"]);
+        let event_first = shape(&["type", "data", "v", "id", "occurred_at", "actor"]);
+        let extra = shape(&["v", "id", "occurred_at", "actor", "type", "data", "future"]);
+        for shape in [reordered, event_first, extra] {
+            let bytes = shape.into_bytes();
+            assert_eq!(Envelope::from_json(&bytes).unwrap(), env);
+        }
+        // A broken envelope is an error either way.
+        assert!(Envelope::from_json(br#"{"v":1,"type":"message_published","data":{}}"#).is_err());
+        assert!(Envelope::from_json(b"{").is_err());
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl Raw {
 
 /// Decodes a stored payload.
 pub fn decode(seq: u64, payload: &[u8]) -> Result<Envelope, LogError> {
-    serde_json::from_slice(payload).map_err(|e| LogError::Decode {
+    Envelope::from_json(payload).map_err(|e| LogError::Decode {
         seq,
         reason: e.to_string(),
     })
