@@ -209,20 +209,17 @@ fn credentials(dir: &std::path::Path, sink: &str) -> anyhow::Result<Vec<String>>
     ])
 }
 
-/// CPU time of one Web Push encryption (aes128gcm with a fresh ephemeral key, the `ece` crate
-/// the Web Push channel uses) of a benchmark-sized payload, measured on this thread.
+/// CPU time of one Web Push encryption (aes128gcm with a fresh ephemeral key, as the Web Push
+/// channel encrypts) of a benchmark-sized payload, measured on this thread.
 fn webpush_encryption() -> anyhow::Result<Duration> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let public = b64.decode(WEBPUSH_P256DH)?;
-    let auth = b64.decode(WEBPUSH_AUTH)?;
     let payload = json!({ "mid": uuid::Uuid::now_v7(), "title": null, "body": text() })
         .to_string()
         .into_bytes();
     const SAMPLES: u32 = 2_000;
     let cpu0 = super::measure::cpu_thread();
     for _ in 0..SAMPLES {
-        ece::encrypt(&public, &auth, &payload).map_err(|e| anyhow::anyhow!("ece: {e}"))?;
+        exchange::channels::webpush::encrypt(WEBPUSH_P256DH, WEBPUSH_AUTH, &payload)
+            .map_err(|e| anyhow::anyhow!("Web Push encryption: {e:?}"))?;
     }
     Ok(Duration::from_secs_f64(
         (super::measure::cpu_thread() - cpu0) / f64::from(SAMPLES),
