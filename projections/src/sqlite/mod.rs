@@ -365,6 +365,9 @@ struct SqliteTx<'a> {
     /// Receipt count changes per (mid, channel, status), written once at the end: a batch of
     /// outcomes moves the same few counts many times.
     receipt_counts: HashMap<(String, String, &'static str), i64>,
+    /// Each thread's subscribers as read (or last changed) in this transaction: a batch of
+    /// messages to one thread reads them once.
+    subscribers: HashMap<Uuid, Vec<String>>,
 }
 
 impl SqliteTx<'_> {
@@ -528,30 +531,39 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn add_subscriber(&mut self, tid: Uuid, uid: &str, at: OffsetDateTime) -> StoreResult<bool> {
-        let tid = tid.to_string();
         let n = self.exec(
             "INSERT OR IGNORE INTO thread_subscribers (tid, uid, since) VALUES (?1, ?2, ?3)",
-            params![tid, uid, ts(at)],
+            params![tid.to_string(), uid, ts(at)],
         )?;
         if n > 0 {
-            self.thread_counts.entry(tid).or_default().0 += 1;
+            self.thread_counts.entry(tid.to_string()).or_default().0 += 1;
+            if let Some(list) = self.subscribers.get_mut(&tid)
+                && let Err(at) = list.binary_search_by(|u| u.as_str().cmp(uid))
+            {
+                list.insert(at, uid.to_owned());
+            }
         }
         Ok(n > 0)
     }
 
     fn remove_subscriber(&mut self, tid: Uuid, uid: &str) -> StoreResult<bool> {
-        let tid = tid.to_string();
         let n = self.exec(
             "DELETE FROM thread_subscribers WHERE tid = ?1 AND uid = ?2",
-            params![tid, uid],
+            params![tid.to_string(), uid],
         )?;
         if n > 0 {
-            self.thread_counts.entry(tid).or_default().0 -= 1;
+            self.thread_counts.entry(tid.to_string()).or_default().0 -= 1;
+            if let Some(list) = self.subscribers.get_mut(&tid) {
+                list.retain(|u| u != uid);
+            }
         }
         Ok(n > 0)
     }
 
     fn subscribers(&mut self, tid: Uuid) -> StoreResult<Vec<String>> {
+        if let Some(list) = self.subscribers.get(&tid) {
+            return Ok(list.clone());
+        }
         let mut stmt = self
             .tx
             .prepare_cached("SELECT uid FROM thread_subscribers WHERE tid = ?1 ORDER BY uid")
@@ -559,7 +571,9 @@ impl FoldTarget for SqliteTx<'_> {
         let rows = stmt
             .query_map(params![tid.to_string()], |r| r.get::<_, String>(0))
             .map_err(backend)?;
-        collect(rows, Ok)
+        let list: Vec<String> = collect(rows, Ok)?;
+        self.subscribers.insert(tid, list.clone());
+        Ok(list)
     }
 
     fn insert_thread_message(&mut self, m: &ThreadMessage) -> StoreResult<bool> {
@@ -1022,6 +1036,7 @@ impl Store for SqliteStore {
                     touched: HashSet::new(),
                     thread_counts: HashMap::new(),
                     receipt_counts: HashMap::new(),
+                    subscribers: HashMap::new(),
                 };
                 for (i, ev) in batch.iter().enumerate() {
                     if ev.seq <= checkpoint {

@@ -383,6 +383,60 @@ pub async fn thread_message_fans_out(store: &dyn Store) {
     assert_eq!(changes[0].1.as_bytes(), live.frame_for("cat").as_ref());
 }
 
+/// Subscriptions that change between messages of one batch: each message reaches the members
+/// of the thread at its place in the stream (a backend that keeps the members for the batch
+/// must keep them current).
+pub async fn membership_changes_within_one_batch(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let tid = Uuid::now_v7();
+    let unsubscribe = |uid: &str| {
+        Event::Unsubscribed(Unsubscribed {
+            tid,
+            uid: uid.into(),
+        })
+    };
+    let msg = |text: &str| by("ann", publish(tid, "ann", text, MessageOpts::default()));
+    let (m1, m2, m3, m4) = (msg("one"), msg("two"), msg("three"), msg("four"));
+    feed.apply(vec![
+        by("ann", thread(tid, "ann", None)),
+        by("bob", subscribe(tid, "bob")),
+        m1.clone(),
+        by("cat", subscribe(tid, "cat")),
+        m2.clone(),
+        by("bob", unsubscribe("bob")),
+        m3.clone(),
+        by("bob", subscribe(tid, "bob")),
+        by("abe", subscribe(tid, "abe")),
+        m4.clone(),
+    ])
+    .await;
+    let ids = |uid: &'static str| async move {
+        let mut ids: Vec<Uuid> = store
+            .inbox(uid, &all(None))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids("bob").await, [m1.id, m2.id, m4.id]);
+    assert_eq!(ids("cat").await, [m2.id, m3.id, m4.id]);
+    assert_eq!(ids("abe").await, [m4.id]);
+    let recipients = |mid| async move { store.message(mid).await.unwrap().unwrap().recipients };
+    assert_eq!(
+        [
+            recipients(m1.id).await,
+            recipients(m2.id).await,
+            recipients(m3.id).await,
+            recipients(m4.id).await
+        ],
+        [1, 2, 1, 3]
+    );
+}
+
 /// Replay (no live, no dispatch options) builds the same read models and sends nothing.
 pub async fn replay_sends_nothing(store: &dyn Store) {
     let tid = Uuid::now_v7();
@@ -1039,6 +1093,7 @@ macro_rules! conformance_cases {
             threads_and_history,
             devices,
             thread_message_fans_out,
+            membership_changes_within_one_batch,
             replay_sends_nothing,
             audiences,
             inbox_lifecycle,
