@@ -84,6 +84,12 @@ pub struct JwtArgs {
     /// Required `aud` claim.
     #[arg(long, env = "MSGXC_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Clock leeway for `exp`, `nbf` and `iat`.
+    #[arg(long, env = "MSGXC_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Refuse tokens that live longer than this (`exp` minus `iat`); unset: no limit.
+    #[arg(long, env = "MSGXC_JWT_MAX_LIFETIME", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Option<Duration>,
 }
 
 /// Name of the generated secret file in the data dir.

@@ -227,7 +227,11 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             &opts.jwt_key,
             opts.jwt_issuer.as_deref(),
             opts.jwt_audience.as_deref(),
-        )?;
+        )?
+        .with_rules(
+            opts.gateway.jwt_leeway.as_secs(),
+            opts.gateway.jwt_max_lifetime.map(|d| d.as_secs()),
+        );
         let hub_task = hub.clone();
         let hub_client = client.clone();
         tasks.push(tokio::spawn(async move {

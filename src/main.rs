@@ -156,6 +156,10 @@ struct ServeArgs {
     /// Private messages one user may send per minute (per gateway process; 0 = unlimited).
     #[arg(long, env = "MSGXC_PRIVATE_MESSAGES_PER_MINUTE", default_value_t = 30)]
     private_messages_per_minute: u32,
+    /// Comma-separated origins (scheme://host[:port]) whose pages may open /connect and /stream
+    /// with the xsajwt cookie; the gateway's own origin always may. None by default.
+    #[arg(long, env = "MSGXC_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Longest message text, in characters.
     #[arg(long, env = "MSGXC_MAX_MESSAGE_CHARS", default_value_t = 16 * 1024)]
     max_message_chars: usize,
@@ -346,6 +350,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             webpush_allowed_hosts: a.channels.webpush_allowed_hosts.clone(),
             vapid_public_key: None,
             private_messages_per_minute: a.private_messages_per_minute,
+            allowed_origins: a
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            jwt_leeway: a.jwt.jwt_leeway,
+            jwt_max_lifetime: a.jwt.jwt_max_lifetime,
         },
         projector: ProjectorSettings {
             batch: a.projector_batch.max(1),

@@ -17,6 +17,34 @@ async fn ping_needs_no_token() {
     assert_eq!(b["ok"], true);
 }
 
+/// `MSGXC_JWT_MAX_LIFETIME` reaches the gateway: a token that lives longer is refused on every
+/// route, a shorter one works.
+#[tokio::test]
+async fn tokens_living_longer_than_the_configured_maximum_are_refused() {
+    let ex = Exchange::start_with(|o| {
+        o.gateway.jwt_max_lifetime = Some(std::time::Duration::from_secs(300));
+    })
+    .await;
+    // The test tokens live 600 s.
+    let (s, b) = ex.get("/devices", &token("bob", false)).await;
+    assert_eq!(s, 401, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "token lifetime 600 s is over the 300 s this server accepts"
+    );
+    let short = gateway::auth::sign(
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+        "bob",
+        &[],
+        120,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(ex.get("/devices", &short).await.0, 200);
+}
+
 #[tokio::test]
 async fn devices_enlist_list_and_remove() {
     let ex = Exchange::start().await;

@@ -109,6 +109,73 @@ async fn cookie_authentication_and_hello_counts_unread() {
     assert_eq!(f["notification"]["msg"], "two");
 }
 
+/// Cross-site WebSocket hijacking: a hostile page's handshake carries the victim's cookie, so a
+/// cookie counts only from the gateway's own origin or an allowed one; a token the page put in
+/// the query string or header is its own and is not affected. `GET /stream` follows the same
+/// rule.
+#[tokio::test]
+async fn a_cookie_is_accepted_only_from_an_allowed_origin() {
+    let ex = Exchange::start_with(|o| {
+        o.gateway.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let dana = token("dana", false);
+    let handshake = |origin: Option<String>, query: &str, cookie: bool| {
+        let mut req = ex.ws_url(query).into_client_request().unwrap();
+        if cookie {
+            req.headers_mut()
+                .insert("Cookie", format!("xsajwt={dana}").parse().unwrap());
+        }
+        if let Some(o) = origin {
+            req.headers_mut().insert("Origin", o.parse().unwrap());
+        }
+        async move {
+            match tokio_tungstenite::connect_async(req).await {
+                Ok((mut ws, _)) => {
+                    let hello = next_json(&mut ws).await;
+                    assert_eq!(hello["uid"], "dana");
+                    101
+                }
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("handshake: {e}"),
+            }
+        }
+    };
+    let evil = Some("https://evil.example".to_owned());
+    let own = Some(ex.url("").split("/api").next().unwrap().to_owned());
+    assert_eq!(handshake(evil.clone(), "", true).await, 403, "hostile page");
+    assert_eq!(
+        handshake(Some("https://APP.example.com/".into()), "", true).await,
+        101,
+        "allowed origin (compared case-insensitively)"
+    );
+    assert_eq!(handshake(own, "", true).await, 101, "same origin");
+    assert_eq!(
+        handshake(None, "", true).await,
+        101,
+        "no Origin: not a browser"
+    );
+    assert_eq!(
+        handshake(evil.clone(), &format!("?token={dana}"), false).await,
+        101,
+        "the page's own token"
+    );
+
+    // The same rule on the SSE stream.
+    let sse = |origin: Option<&str>| {
+        let mut req = reqwest::Client::new()
+            .get(ex.url("/stream"))
+            .header("Cookie", format!("xsajwt={dana}"));
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(sse(Some("https://evil.example")).await, 403);
+    assert_eq!(sse(None).await, 200);
+    assert_eq!(sse(Some("https://app.example.com")).await, 200);
+}
+
 /// A new entry's frame is routed by the gateway's hub from the event itself: it reaches the
 /// socket while no projector runs at all, and the entry the projector folds later carries the
 /// very same frame in the change feed.

@@ -27,6 +27,8 @@ pub enum JwtKey {
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Longest lifetime (`exp` - `iat`) accepted, in seconds, when set.
+    max_lifetime: Option<u64>,
     /// Tokens verified already, with their principal and expiry: an app sends the same token
     /// with every request until it expires, and checking its signature and parsing its claims
     /// again each time was about a tenth of the gateway's CPU per publish. A hit still checks
@@ -39,6 +41,9 @@ struct Verified {
     actor: Actor,
     exp: u64,
 }
+
+/// Clock leeway in seconds for `exp`, `nbf` and `iat` unless configured.
+pub const DEFAULT_LEEWAY: u64 = 30;
 
 /// Tokens remembered at most; the whole cache is dropped when it is full (a token verified
 /// again costs one signature check).
@@ -102,7 +107,8 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = DEFAULT_LEEWAY;
+        validation.validate_nbf = true;
         match issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -114,8 +120,17 @@ impl JwtVerifier {
         Ok(Self {
             key,
             validation,
+            max_lifetime: None,
             verified: Arc::default(),
         })
+    }
+
+    /// Sets the clock leeway (seconds) for `exp`, `nbf` and `iat`, and the longest lifetime a
+    /// token may have (`exp` minus `iat`, or minus now without `iat`), if any.
+    pub fn with_rules(mut self, leeway: u64, max_lifetime: Option<u64>) -> Self {
+        self.validation.leeway = leeway;
+        self.max_lifetime = max_lifetime;
+        self
     }
 
     /// Verifies a token and returns its principal: from the cache of verified tokens while it
@@ -153,6 +168,22 @@ impl JwtVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| ApiError::unauthorized(describe(&e)))?;
         let c = data.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.validation.leeway;
+        // `nbf` is checked by the library; a token issued in the future is refused here.
+        if c.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(ApiError::unauthorized(
+                "token is issued in the future (iat)",
+            ));
+        }
+        if let Some(max) = self.max_lifetime {
+            let lifetime = c.exp.saturating_sub(c.iat.unwrap_or(now));
+            if lifetime > max {
+                return Err(ApiError::unauthorized(format!(
+                    "token lifetime {lifetime} s is over the {max} s this server accepts"
+                )));
+            }
+        }
         if c.sub.is_empty() || c.sub.len() > 256 || c.sub.chars().any(char::is_control) {
             return Err(ApiError::unauthorized(
                 "token subject must be 1-256 printable characters",
@@ -272,15 +303,16 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Token from `?token=` or the `xsajwt` cookie (browsers cannot set headers on WebSockets).
-pub fn token_from_query_or_cookie(parts: &Parts) -> Option<String> {
-    if let Some(q) = parts.uri.query() {
-        for pair in q.split('&') {
-            if let Some(v) = pair.strip_prefix("token=") {
-                return Some(percent_decode(v));
-            }
-        }
-    }
+/// Token from `?token=` (browsers cannot set headers on WebSockets).
+fn query_token(parts: &Parts) -> Option<String> {
+    let q = parts.uri.query()?;
+    q.split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(percent_decode)
+}
+
+/// Token from the `xsajwt` cookie.
+fn cookie_token(parts: &Parts) -> Option<String> {
     for cookies in parts.headers.get_all(axum::http::header::COOKIE) {
         let Ok(cookies) = cookies.to_str() else {
             continue;
@@ -326,20 +358,61 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The caller of a WebSocket/SSE request: header, `?token=` or cookie `xsajwt`.
+///
+/// A browser sends the cookie with any page's WebSocket handshake (no CORS rule guards a
+/// WebSocket), so a hostile page could read a signed-in user's frames: a cookie is accepted
+/// only without an `Origin` (not a browser, or a same-origin `EventSource`), from the
+/// gateway's own origin (the `Origin`'s host is the request's `Host`), or from an origin on
+/// `MSGXC_ALLOWED_ORIGINS`. A token in the header or the query string was put there by the
+/// page itself and is not affected.
 pub struct StreamCaller(pub Actor);
+
+/// Whether a cookie-authenticated request comes from a page allowed to use the cookie.
+fn cookie_origin_allowed(parts: &Parts, allowed: &[String]) -> bool {
+    let Some(origin) = parts.headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return true;
+    }
+    // Same origin: the page was served by this host (behind a proxy the Host header is the
+    // public one).
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+}
 
 impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)
+        let token = match bearer(parts)
             .map(str::to_owned)
-            .or_else(|| token_from_query_or_cookie(parts))
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing token: send Authorization: Bearer, ?token= or the xsajwt cookie",
-                )
-            })?;
+            .or_else(|| query_token(parts))
+        {
+            Some(t) => t,
+            None => {
+                let t = cookie_token(parts).ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "missing token: send Authorization: Bearer, ?token= or the xsajwt cookie",
+                    )
+                })?;
+                if !cookie_origin_allowed(parts, &state.config.allowed_origins) {
+                    return Err(ApiError::forbidden(
+                        "the xsajwt cookie is accepted only from this gateway's origin or one on MSGXC_ALLOWED_ORIGINS",
+                    ));
+                }
+                t
+            }
+        };
         state.verifier.verify(&token).map(StreamCaller)
     }
 }
@@ -436,6 +509,40 @@ mod tests {
         let forged = sign(&other, Algorithm::HS256, "alice", &[], 60, None, None).unwrap();
         assert!(v.verify(&forged).is_err());
         assert!(!v.verified.lock().unwrap().contains_key(forged.as_str()));
+    }
+
+    #[test]
+    fn not_before_issued_at_and_the_longest_lifetime_are_checked() {
+        let key = EncodingKey::from_secret(SECRET);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let message = |v: &JwtVerifier, t: &str| match v.verify(t) {
+            Ok(a) => format!("ok {}", a.uid),
+            Err(e) => e.message,
+        };
+        let v = verifier();
+        let early = token(serde_json::json!({"sub": "a", "exp": now + 600, "nbf": now + 300}));
+        assert_eq!(message(&v, &early), "token is not valid yet");
+        // Within the leeway it is accepted (clocks differ a little).
+        let nearly = token(serde_json::json!({"sub": "a", "exp": now + 600, "nbf": now + 10}));
+        assert_eq!(message(&v, &nearly), "ok a");
+        let future = token(serde_json::json!({"sub": "a", "exp": now + 600, "iat": now + 300}));
+        assert_eq!(message(&v, &future), "token is issued in the future (iat)");
+        // The longest lifetime, when configured: from iat, or from now without one.
+        let v = verifier().with_rules(5, Some(3600));
+        let day = token(serde_json::json!({"sub": "a", "exp": now + 86_400, "iat": now}));
+        assert_eq!(
+            message(&v, &day),
+            "token lifetime 86400 s is over the 3600 s this server accepts"
+        );
+        let no_iat = token(serde_json::json!({"sub": "a", "exp": now + 7200}));
+        assert!(message(&v, &no_iat).starts_with("token lifetime"));
+        let hour = token(serde_json::json!({"sub": "a", "exp": now + 3000, "iat": now}));
+        assert_eq!(message(&v, &hour), "ok a");
+        // The leeway is the configured one: 10 s early is too early with 5 s.
+        assert_eq!(message(&v, &nearly), "token is not valid yet");
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub struct GatewayConfig {
     pub vapid_public_key: Option<String>,
     /// Private messages one user may send per minute (per gateway process).
     pub private_messages_per_minute: u32,
+    /// Origins (`https://app.example.com`) whose pages may open `/connect` and `/stream`
+    /// authenticated by the `xsajwt` cookie, beside the gateway's own origin (see
+    /// [`crate::auth::StreamCaller`]).
+    pub allowed_origins: Vec<String>,
+    /// Clock leeway for a token's `exp`, `nbf` and `iat`.
+    pub jwt_leeway: Duration,
+    /// Longest token lifetime (`exp` minus `iat`) accepted, when set.
+    pub jwt_max_lifetime: Option<Duration>,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +63,9 @@ impl Default for GatewayConfig {
                 .map(|h| (*h).to_owned())
                 .collect(),
             vapid_public_key: None,
+            allowed_origins: Vec::new(),
+            jwt_leeway: Duration::from_secs(crate::auth::DEFAULT_LEEWAY),
+            jwt_max_lifetime: None,
             private_messages_per_minute: 30,
         }
     }
