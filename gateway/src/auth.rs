@@ -381,10 +381,12 @@ fn cookie_origin_allowed(parts: &Parts, allowed: &[String]) -> bool {
     }
     // Same origin: the page was served by this host (behind a proxy the Host header is the
     // public one).
+    // (HTTP/2 carries it as the URI's authority.)
     let host = parts
         .headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .map(str::to_ascii_lowercase);
     let origin_host = origin.split_once("://").map(|(_, rest)| rest);
     matches!((origin_host, host), (Some(o), Some(h)) if o == h)

@@ -175,6 +175,8 @@ pub enum EncryptError {
     /// `p256dh` is not an uncompressed P-256 point or `auth` not 16 bytes (base64url).
     Keys,
     TooLarge,
+    /// This process could not draw randomness or run the cipher (not the subscription's fault).
+    Crypto,
 }
 
 /// A length for HKDF-Expand's output.
@@ -207,12 +209,12 @@ pub fn encrypt(p256dh: &str, auth: &str, plaintext: &[u8]) -> Result<Vec<u8>, En
     }
     let rng = SystemRandom::new();
     let private =
-        EphemeralPrivateKey::generate(&ECDH_P256, &rng).map_err(|_| EncryptError::Keys)?;
+        EphemeralPrivateKey::generate(&ECDH_P256, &rng).map_err(|_| EncryptError::Crypto)?;
     let as_public = private
         .compute_public_key()
-        .map_err(|_| EncryptError::Keys)?;
+        .map_err(|_| EncryptError::Crypto)?;
     let mut salt = [0u8; 16];
-    rng.fill(&mut salt).map_err(|_| EncryptError::Keys)?;
+    rng.fill(&mut salt).map_err(|_| EncryptError::Crypto)?;
     let peer = UnparsedPublicKey::new(&ECDH_P256, &ua_public);
     // An unusable peer point fails here (ring validates it).
     let (cek, nonce) = agree_ephemeral(private, &peer, |ecdh_secret| {
@@ -236,8 +238,8 @@ pub fn encrypt(p256dh: &str, auth: &str, plaintext: &[u8]) -> Result<Vec<u8>, En
         Ok::<_, ring::error::Unspecified>((cek, nonce))
     })
     .map_err(|_| EncryptError::Keys)?
-    .map_err(|_| EncryptError::Keys)?;
-    let key = UnboundKey::new(&AES_128_GCM, &cek).map_err(|_| EncryptError::Keys)?;
+    .map_err(|_| EncryptError::Crypto)?;
+    let key = UnboundKey::new(&AES_128_GCM, &cek).map_err(|_| EncryptError::Crypto)?;
     // The record: the payload and the last record's delimiter (no padding), sealed.
     let mut record = Vec::with_capacity(plaintext.len() + 1 + TAG_LEN);
     record.extend_from_slice(plaintext);
@@ -248,7 +250,7 @@ pub fn encrypt(p256dh: &str, auth: &str, plaintext: &[u8]) -> Result<Vec<u8>, En
             Aad::empty(),
             &mut record,
         )
-        .map_err(|_| EncryptError::Keys)?;
+        .map_err(|_| EncryptError::Crypto)?;
     let mut body = Vec::with_capacity(HEADER_LEN + record.len());
     body.extend_from_slice(&salt);
     body.extend_from_slice(&RECORD_SIZE.to_be_bytes());
@@ -309,6 +311,12 @@ impl Channel for WebPushChannel {
             Err(EncryptError::Keys) => {
                 return Outcome::DeviceGone {
                     reason: "subscription keys are invalid".into(),
+                };
+            }
+            Err(EncryptError::Crypto) => {
+                return Outcome::Retry {
+                    reason: "Web Push encryption failed in this process".into(),
+                    after: None,
                 };
             }
             Err(EncryptError::TooLarge) => {
