@@ -75,6 +75,10 @@ pub struct JwtArgs {
     /// PEM private key matching the public key, used only by `msgxc token`.
     #[arg(long, env = "MSGXC_JWT_PRIVATE_KEY")]
     pub jwt_private_key: Option<PathBuf>,
+    /// JSON Web Key Set of the issuer (its `jwks_uri`, or a file): RS256/ES256 tokens are
+    /// checked against the key their `kid` names; the set is read again as keys rotate.
+    #[arg(long, env = "MSGXC_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
     /// Pin the algorithm (HS256, RS256, ES256); default from the key.
     #[arg(long, env = "MSGXC_JWT_ALGORITHM")]
     pub jwt_algorithm: Option<String>,
@@ -103,6 +107,17 @@ impl JwtArgs {
             .as_deref()
             .map(parse_algorithm)
             .transpose()?;
+        if let Some(url) = &self.jwt_jwks_url {
+            if self.jwt_secret.is_some() || self.jwt_public_key.is_some() {
+                bail!("set one of MSGXC_JWT_JWKS_URL, MSGXC_JWT_PUBLIC_KEY or MSGXC_JWT_SECRET");
+            }
+            if pinned.is_some() {
+                bail!(
+                    "with MSGXC_JWT_JWKS_URL each key's type gives its algorithm; unset MSGXC_JWT_ALGORITHM"
+                );
+            }
+            return Ok(JwtKey::Jwks(gateway::jwks::Jwks::new(url)?));
+        }
         match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(_), Some(_)) => {
                 bail!("set either MSGXC_JWT_SECRET or MSGXC_JWT_PUBLIC_KEY, not both")

@@ -223,6 +223,11 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
     let mut addr = None;
     let mut server = None;
     if matches!(opts.role, Role::All | Role::Gateway) {
+        if let JwtKey::Jwks(set) = &opts.jwt_key {
+            let n = set.load().await?;
+            tracing::info!(keys = n, "JWKS read");
+            tasks.push(set.spawn_refresher());
+        }
         let verifier = JwtVerifier::new(
             &opts.jwt_key,
             opts.jwt_issuer.as_deref(),

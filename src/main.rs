@@ -44,7 +44,7 @@ enum Command {
     /// Run the exchange: HTTP/WebSocket gateway, projector and live hub (all in one by default).
     Serve(Box<ServeArgs>),
     /// Print a signed JWT for a user, for trying the API.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Write events from the log to stdout as NDJSON.
     Replay(ReplayArgs),
     /// Rebuild all read models from the log into a fresh store. Sends nothing to anyone.
@@ -286,7 +286,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(a) => serve(*a).await,
-            Command::Token(a) => token(a),
+            Command::Token(a) => token(*a),
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
             Command::Vapid(a) => vapid(a),

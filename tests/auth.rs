@@ -198,3 +198,193 @@ async fn websocket_needs_a_valid_token() {
         "{err:?}"
     );
 }
+
+/// A key set served over HTTP that the test can change, counting its reads.
+struct Issuer {
+    url: String,
+    body: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Issuer {
+    async fn start(keys: serde_json::Value) -> Self {
+        use std::sync::atomic::Ordering;
+        let body = std::sync::Arc::new(std::sync::Mutex::new((
+            200,
+            json!({ "keys": keys }).to_string(),
+        )));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, r) = (body.clone(), reads.clone());
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let (b, r) = (b.clone(), r.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let (status, text) = b.lock().unwrap().clone();
+                    (axum::http::StatusCode::from_u16(status).unwrap(), text)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, body, reads }
+    }
+
+    fn serve(&self, status: u16, keys: serde_json::Value) {
+        *self.body.lock().unwrap() = (status, json!({ "keys": keys }).to_string());
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn b64_bytes(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The fixtures' public keys as JWKs.
+fn ec_jwk(kid: &str) -> serde_json::Value {
+    use p256::pkcs8::DecodePublicKey;
+    let pem = String::from_utf8(fixture("test-only-es256.pub.pem")).unwrap();
+    let key = p256::PublicKey::from_public_key_pem(&pem).unwrap();
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key, false);
+    json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+           "x": b64_bytes(point.x().unwrap()), "y": b64_bytes(point.y().unwrap())})
+}
+
+fn rsa_jwk(kid: &str) -> serde_json::Value {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let pem = String::from_utf8(fixture("test-only-rs256.pub.pem")).unwrap();
+    let key = rsa::RsaPublicKey::from_public_key_pem(&pem).unwrap();
+    json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+           "n": b64_bytes(&key.n().to_bytes_be()), "e": b64_bytes(&key.e().to_bytes_be())})
+}
+
+fn signed(kid: &str, algorithm: Algorithm, key: &EncodingKey, sub: &str) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": exp_in(600)}), key).unwrap()
+}
+
+#[tokio::test]
+async fn keys_from_a_jwks_follow_the_issuers_rotation() {
+    let shared = "a shared secret an attacker could read in a public set";
+    let issuer = Issuer::start(json!([
+        ec_jwk("ec-1"),
+        // A symmetric key in a public set would let anyone sign: it is never taken.
+        {"kty": "oct", "kid": "oct-1", "k": b64_bytes(shared.as_bytes())},
+    ]))
+    .await;
+    let set = gateway::jwks::Jwks::with_min_refetch(&issuer.url, std::time::Duration::from_secs(1))
+        .unwrap();
+    let ex = Exchange::start_with(|o| o.jwt_key = JwtKey::Jwks(set)).await;
+    assert_eq!(issuer.reads(), 1, "read once at start");
+    let ec = EncodingKey::from_ec_pem(&fixture("test-only-es256.key.pem")).unwrap();
+    let rs = EncodingKey::from_rsa_pem(&fixture("test-only-rs256.key.pem")).unwrap();
+
+    let (s, b) = status(&ex, Some(&signed("ec-1", Algorithm::ES256, &ec, "alice"))).await;
+    assert_eq!(s, 200, "{b}");
+    // The token's own alg does not choose the check: the key's type does.
+    let hs = signed(
+        "oct-1",
+        Algorithm::HS256,
+        &EncodingKey::from_secret(shared.as_bytes()),
+        "mallory",
+    );
+    let (s, b) = status(&ex, Some(&hs)).await;
+    assert_eq!(s, 401, "{b}");
+    let mut no_kid = Header::new(Algorithm::ES256);
+    no_kid.kid = None;
+    let t =
+        jsonwebtoken::encode(&no_kid, &json!({"sub": "alice", "exp": exp_in(600)}), &ec).unwrap();
+    let (s, b) = status(&ex, Some(&t)).await;
+    assert_eq!(
+        (s, b["error"]["message"].as_str()),
+        (
+            401,
+            Some("token names no key (kid) of this server's key set")
+        )
+    );
+
+    // A key the set does not hold yet: refused, and made-up kids read the set at most once a
+    // second (the rate limit this test configured; 30 s by default).
+    let before = issuer.reads();
+    for i in 0..20 {
+        let (s, b) = status(
+            &ex,
+            Some(&signed("rsa-2", Algorithm::RS256, &rs, &format!("u{i}"))),
+        )
+        .await;
+        assert_eq!(s, 401, "{b}");
+        assert_eq!(
+            b["error"]["message"],
+            "token is signed with a key (kid) not in the issuer's key set"
+        );
+    }
+    assert!(
+        issuer.reads() - before <= 1,
+        "{} reads for 20 unknown kids",
+        issuer.reads() - before
+    );
+
+    // The issuer rotates: the new key appears and the old one goes. The first token with the
+    // new kid reads the set again and is accepted; new tokens of the old key are not.
+    issuer.serve(200, json!([rsa_jwk("rsa-2")]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, b) = status(&ex, Some(&signed("rsa-2", Algorithm::RS256, &rs, "bob"))).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = status(&ex, Some(&signed("ec-1", Algorithm::ES256, &ec, "carol"))).await;
+    assert_eq!(s, 401, "{b}");
+    // A key used with another algorithm than its type's is refused (RSA key, ES256 header).
+    let mut wrong = Header::new(Algorithm::ES256);
+    wrong.kid = Some("rsa-2".into());
+    let t = jsonwebtoken::encode(&wrong, &json!({"sub": "dave", "exp": exp_in(600)}), &ec).unwrap();
+    assert_eq!(status(&ex, Some(&t)).await.0, 401);
+
+    // The issuer is down: the keys known so far keep working.
+    issuer.serve(503, json!([]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reads = issuer.reads();
+    let (s, _) = status(&ex, Some(&signed("rsa-3", Algorithm::RS256, &rs, "erin"))).await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        issuer.reads(),
+        reads + 1,
+        "the unknown kid asked the issuer"
+    );
+    let (s, b) = status(&ex, Some(&signed("rsa-2", Algorithm::RS256, &rs, "frank"))).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test]
+async fn a_jwks_that_cannot_be_read_or_holds_no_usable_key_is_an_error() {
+    let issuer = Issuer::start(json!([{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}])).await;
+    let set = gateway::jwks::Jwks::new(&issuer.url).unwrap();
+    let err = set.load().await.unwrap_err().to_string();
+    assert!(
+        err.contains("holds no RS256 or ES256 key with a kid"),
+        "{err}"
+    );
+    issuer.serve(404, json!([]));
+    let err = set.load().await.unwrap_err().to_string();
+    assert!(err.contains("HTTP 404"), "{err}");
+    // A file works as well as a URL.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(
+        &path,
+        json!({"keys": [ec_jwk("ec-1"), rsa_jwk("rsa-1")]}).to_string(),
+    )
+    .unwrap();
+    let set = gateway::jwks::Jwks::new(path.to_str().unwrap()).unwrap();
+    assert_eq!(set.load().await.unwrap(), 2);
+    std::fs::write(&path, "not json").unwrap();
+    set.load().await.unwrap_err();
+}

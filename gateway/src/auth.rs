@@ -1,5 +1,6 @@
-//! JWT authentication. The algorithm is pinned by configuration (HS256 with a shared secret, or
-//! RS256/ES256 with a public key), `exp` is required, `iss`/`aud` are checked when configured.
+//! JWT authentication. The algorithm is pinned by configuration (HS256 with a shared secret,
+//! RS256/ES256 with a public key, or each key's own algorithm in a JWKS, see [`crate::jwks`]),
+//! `exp` is required, `iss`/`aud` are checked when configured.
 //! uid = `sub`; admin = the `roles` claim contains `"admin"`.
 
 use std::collections::{HashMap, HashSet};
@@ -12,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::jwks::Jwks;
 use crate::state::AppState;
 
 /// Where tokens are verified against.
@@ -21,11 +23,20 @@ pub enum JwtKey {
     Secret(Vec<u8>),
     /// PEM public key; the algorithm is RS256 or ES256.
     PublicPem { pem: Vec<u8>, algorithm: Algorithm },
+    /// A key set read (and read again) from an issuer; a token names its key by `kid`.
+    Jwks(Arc<Jwks>),
+}
+
+/// The keys a verifier checks signatures with.
+#[derive(Clone)]
+enum Keys {
+    Fixed(DecodingKey),
+    Set(Arc<Jwks>),
 }
 
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
     /// Longest lifetime (`exp` - `iat`) accepted, in seconds, when set.
     max_lifetime: Option<u64>,
@@ -86,14 +97,14 @@ impl JwtVerifier {
         issuer: Option<&str>,
         audience: Option<&str>,
     ) -> Result<Self, KeyError> {
-        let (key, algorithm) = match key {
+        let (keys, algorithm) = match key {
             JwtKey::Secret(s) => {
                 if s.len() < 16 {
                     return Err(KeyError::Invalid(
                         "the HS256 secret must be at least 16 bytes".into(),
                     ));
                 }
-                (DecodingKey::from_secret(s), Algorithm::HS256)
+                (Keys::Fixed(DecodingKey::from_secret(s)), Algorithm::HS256)
             }
             JwtKey::PublicPem { pem, algorithm } => {
                 let k = match algorithm {
@@ -102,8 +113,10 @@ impl JwtVerifier {
                     other => return Err(KeyError::Algorithm(format!("{other:?}"))),
                 }
                 .map_err(|e| KeyError::Invalid(e.to_string()))?;
-                (k, *algorithm)
+                (Keys::Fixed(k), *algorithm)
             }
+            // Each token's algorithm is its key's (`verify_uncached` narrows this per token).
+            JwtKey::Jwks(set) => (Keys::Set(set.clone()), Algorithm::RS256),
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -117,8 +130,11 @@ impl JwtVerifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
+        if matches!(keys, Keys::Set(_)) {
+            validation.algorithms = vec![Algorithm::RS256, Algorithm::ES256];
+        }
         Ok(Self {
-            key,
+            keys,
             validation,
             max_lifetime: None,
             verified: Arc::default(),
@@ -135,7 +151,7 @@ impl JwtVerifier {
 
     /// Verifies a token and returns its principal: from the cache of verified tokens while it
     /// has not expired, otherwise checked in full (and remembered when valid).
-    pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+    pub async fn verify(&self, token: &str) -> Result<Actor, ApiError> {
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = self.validation.leeway;
         if let Ok(mut cache) = self.verified.lock()
@@ -147,7 +163,7 @@ impl JwtVerifier {
             }
             cache.remove(token);
         }
-        let (actor, exp) = self.verify_uncached(token)?;
+        let (actor, exp) = self.verify_uncached(token).await?;
         if let Ok(mut cache) = self.verified.lock() {
             if cache.len() >= VERIFIED_CAPACITY {
                 cache.clear();
@@ -164,9 +180,27 @@ impl JwtVerifier {
     }
 
     /// Checks a token's signature and claims without the cache: its principal and expiry.
-    pub fn verify_uncached(&self, token: &str) -> Result<(Actor, u64), ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| ApiError::unauthorized(describe(&e)))?;
+    pub async fn verify_uncached(&self, token: &str) -> Result<(Actor, u64), ApiError> {
+        let data = match &self.keys {
+            Keys::Fixed(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
+            Keys::Set(set) => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|e| ApiError::unauthorized(describe(&e)))?;
+                let kid = header.kid.ok_or_else(|| {
+                    ApiError::unauthorized("token names no key (kid) of this server's key set")
+                })?;
+                let (key, algorithm) = set.key(&kid).await.ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "token is signed with a key (kid) not in the issuer's key set",
+                    )
+                })?;
+                // The key's algorithm, not the one the token claims (no RS256/HS256 confusion).
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![algorithm];
+                jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            }
+        }
+        .map_err(|e| ApiError::unauthorized(describe(&e)))?;
         let c = data.claims;
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = self.validation.leeway;
@@ -353,7 +387,7 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("missing Authorization: Bearer <token> header")
         })?;
-        state.verifier.verify(token).map(Caller)
+        state.verifier.verify(token).await.map(Caller)
     }
 }
 
@@ -415,7 +449,7 @@ impl FromRequestParts<AppState> for StreamCaller {
                 t
             }
         };
-        state.verifier.verify(&token).map(StreamCaller)
+        state.verifier.verify(&token).await.map(StreamCaller)
     }
 }
 
@@ -428,7 +462,7 @@ impl OptionalFromRequestParts<AppState> for Caller {
     ) -> Result<Option<Self>, ApiError> {
         match bearer(parts) {
             None => Ok(None),
-            Some(t) => state.verifier.verify(t).map(|a| Some(Caller(a))),
+            Some(t) => state.verifier.verify(t).await.map(|a| Some(Caller(a))),
         }
     }
 }
@@ -440,6 +474,9 @@ pub fn encoding_key(
 ) -> Result<(EncodingKey, Algorithm), KeyError> {
     match key {
         JwtKey::Secret(s) => Ok((EncodingKey::from_secret(s), Algorithm::HS256)),
+        JwtKey::Jwks(_) => Err(KeyError::Invalid(
+            "with MSGXC_JWT_JWKS_URL tokens are signed by the issuer, not by msgxc".into(),
+        )),
         JwtKey::PublicPem { algorithm, .. } => {
             let pem = private_pem.ok_or_else(|| {
                 KeyError::Invalid(
@@ -467,6 +504,20 @@ mod tests {
         JwtVerifier::new(&JwtKey::Secret(SECRET.to_vec()), None, None).unwrap()
     }
 
+    /// Verification on a fixed key, run to completion on a runtime of its own.
+    trait Check {
+        fn check(&self, token: &str) -> Result<Actor, ApiError>;
+    }
+
+    impl Check for JwtVerifier {
+        fn check(&self, token: &str) -> Result<Actor, ApiError> {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(self.verify(token))
+        }
+    }
+
     #[test]
     fn accepts_a_valid_token_and_reads_roles() {
         let key = EncodingKey::from_secret(SECRET);
@@ -480,7 +531,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let actor = verifier().verify(&t).unwrap();
+        let actor = verifier().check(&t).unwrap();
         assert_eq!(actor.uid, "alice");
         assert!(actor.is_admin());
     }
@@ -490,7 +541,7 @@ mod tests {
         let key = EncodingKey::from_secret(SECRET);
         let t = sign(&key, Algorithm::HS256, "alice", &[], 60, None, None).unwrap();
         let v = verifier();
-        assert_eq!(v.verify(&t).unwrap().uid, "alice");
+        assert_eq!(v.check(&t).unwrap().uid, "alice");
         assert_eq!(v.verified.lock().unwrap().len(), 1);
         // The cache answers (its entry says bob, so this proves it was consulted)...
         v.verified
@@ -500,16 +551,16 @@ mod tests {
             .unwrap()
             .actor
             .uid = "bob".into();
-        assert_eq!(v.verify(&t).unwrap().uid, "bob");
+        assert_eq!(v.check(&t).unwrap().uid, "bob");
         // ...but not past the expiry (and leeway): the full check runs and forgets nothing it
         // should not: this token really is valid, so it is alice again.
         let now = jsonwebtoken::get_current_timestamp();
         v.verified.lock().unwrap().get_mut(t.as_str()).unwrap().exp = now - 31;
-        assert_eq!(v.verify(&t).unwrap().uid, "alice");
+        assert_eq!(v.check(&t).unwrap().uid, "alice");
         // A token that fails is never remembered.
         let other = EncodingKey::from_secret(b"another secret of 32 bytes......");
         let forged = sign(&other, Algorithm::HS256, "alice", &[], 60, None, None).unwrap();
-        assert!(v.verify(&forged).is_err());
+        assert!(v.check(&forged).is_err());
         assert!(!v.verified.lock().unwrap().contains_key(forged.as_str()));
     }
 
@@ -520,7 +571,7 @@ mod tests {
         let token = |claims: serde_json::Value| {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
         };
-        let message = |v: &JwtVerifier, t: &str| match v.verify(t) {
+        let message = |v: &JwtVerifier, t: &str| match v.check(t) {
             Ok(a) => format!("ok {}", a.uid),
             Err(e) => e.message,
         };
@@ -562,7 +613,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            v.verify(&t).unwrap();
+            v.check(&t).unwrap();
             assert!(v.verified.lock().unwrap().len() <= VERIFIED_CAPACITY);
         }
     }
@@ -579,14 +630,14 @@ mod tests {
                 r#"{{"sub":"mallory","exp":{exp},"roles":["admin"]}}"#
             ))
         );
-        assert_eq!(verifier().verify(&none).unwrap_err().code, "unauthorized");
+        assert_eq!(verifier().check(&none).unwrap_err().code, "unauthorized");
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &serde_json::json!({"sub":"mallory","exp":exp}),
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
-        assert_eq!(verifier().verify(&hs512).unwrap_err().code, "unauthorized");
+        assert_eq!(verifier().check(&hs512).unwrap_err().code, "unauthorized");
     }
 
     #[test]

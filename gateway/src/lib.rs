@@ -4,6 +4,7 @@
 //! - `auth`: JWT verification and the caller's identity and roles
 //! - `error`: the `{"error":{"code","message"}}` answers
 //! - `extract`: request extractors (JSON bodies within the size limit, callers)
+//! - `jwks`: verification keys from an issuer's JSON Web Key Set, read again as they rotate
 //! - `hub`: live frames routed from the event stream to this gateway's connections
 //! - `queue`: a connection's bounded frame queue
 //! - `rate`: per-sender rate limits
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod jwks;
 pub mod queue;
 pub mod rate;
 pub mod routes;

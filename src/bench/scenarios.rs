@@ -287,7 +287,7 @@ async fn ceiling_handler(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if verifier.verify_uncached(token).is_err() {
+    if verifier.verify_uncached(token).await.is_err() {
         return (StatusCode::UNAUTHORIZED, String::new());
     }
     #[derive(serde::Deserialize)]
