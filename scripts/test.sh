@@ -34,4 +34,4 @@ cargo test --workspace --locked --no-run
 scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"
 cargo test --workspace --locked
 MSGXC_TEST_STORE=cassandra cargo test --locked \
-  --test api --test inbox --test delivery --test durability --test roles
+  --test api --test inbox --test delivery --test durability --test roles --test scheduled

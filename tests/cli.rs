@@ -239,7 +239,7 @@ fn a_too_old_nats_server_is_refused_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("2.9.10") && err.contains("older than 2.10"),
+        err.contains("2.9.10") && err.contains("older than 2.12"),
         "{err}"
     );
 }

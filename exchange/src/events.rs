@@ -191,6 +191,8 @@ pub enum Event {
     UserUnblocked(UserUnblocked),
     MessageDeleted(MessageDeleted),
     DeliveriesSettled(DeliveriesSettled),
+    MessageScheduled(MessageScheduled),
+    ScheduleCancelled(ScheduleCancelled),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -240,11 +242,13 @@ impl Event {
             Event::UserUnblocked(_) => "user_unblocked",
             Event::MessageDeleted(_) => "message_deleted",
             Event::DeliveriesSettled(_) => "deliveries_settled",
+            Event::MessageScheduled(_) => "message_scheduled",
+            Event::ScheduleCancelled(_) => "schedule_cancelled",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 23] = [
+    pub const KINDS: [&'static str; 25] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -268,6 +272,8 @@ impl Event {
         "user_unblocked",
         "message_deleted",
         "deliveries_settled",
+        "message_scheduled",
+        "schedule_cancelled",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -290,6 +296,8 @@ impl Event {
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryFailed(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveriesSettled(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::MessageScheduled(e) => (Aggregate::Message, e.mid.to_string()),
+            Event::ScheduleCancelled(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryAcked(e) => (Aggregate::Message, e.mid.to_string()),
             Event::DeliveryRequeued(e) => (Aggregate::Message, e.mid.to_string()),
             Event::ThreadCreated(e) => (Aggregate::Thread, e.tid.to_string()),
@@ -481,6 +489,19 @@ pub struct MessageOpts {
     pub mandatory: Option<bool>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The option key a scheduled message carries in its fired event: when it was due (RFC 3339).
+pub const DELIVER_AT: &str = "deliver_at";
+
+impl MessageOpts {
+    /// When a scheduled message was due, read from `opts.deliver_at` (kept as the client's
+    /// extra data before scheduled sends existed, so any value may be there: only an RFC 3339
+    /// time counts).
+    pub fn deliver_at(&self) -> Option<OffsetDateTime> {
+        let v = self.extra.get(DELIVER_AT)?.as_str()?;
+        OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()
+    }
 }
 
 /// `{"after": "10m" | seconds, "channels": [...]}`: send on `channels` only if the user has
@@ -678,6 +699,38 @@ pub struct InboxSeen {
 /// messaging API. Recipients' inbox copies stay until they delete them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageDeleted {
+    pub mid: Uuid,
+}
+
+/// A message will be sent at `deliver_at`: its event (`message_published` or `message_sent`,
+/// id `mid`) waits in the stream as a JetStream message schedule at `schedule_seq` and is
+/// stored under its own subject when it fires. This event is the record the scheduled-sends
+/// read model folds; the send itself is the fired event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageScheduled {
+    pub mid: Uuid,
+    pub sender: String,
+    /// When it is to be sent (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub deliver_at: OffsetDateTime,
+    /// Stream sequence of the waiting schedule (a cancel must find it there).
+    pub schedule_seq: u64,
+    /// The kind of the event that will be stored: `message_published` or `message_sent`.
+    pub kind: String,
+    /// The thread of a `message_published`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<Uuid>,
+    /// The audience of a `message_sent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
+    pub msg: String,
+}
+
+/// A scheduled message was cancelled before it fired: its schedule was removed in the same
+/// JetStream write (a cancel that comes after the fire is refused), so it is never sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleCancelled {
     pub mid: Uuid,
 }
 

@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
 
 use crate::events::Envelope;
-use crate::subject::EVENTS_WILDCARD;
+use crate::subject::{EVENTS_WILDCARD, SCHEDULES_WILDCARD, schedule_subject};
 
 /// How the events stream is set up. Defaults suit a single node.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ pub enum LogError {
     Decode { seq: u64, reason: String },
     #[error("no event at sequence {0}")]
     NotFound(u64),
+    /// A conditional append found the stream not as expected (a schedule that fired already).
+    #[error("event log state changed: {0}")]
+    Conflict(String),
 }
 
 /// The result of one append.
@@ -91,13 +94,27 @@ pub struct EventLog {
 impl EventLog {
     /// Connects to the stream, creating it (or updating its settings) as needed.
     pub async fn open(client: async_nats::Client, settings: LogSettings) -> Result<Self, LogError> {
+        let version = client.server_info().version;
+        if crate::natsd::parse_version(&format!("v{version}"))
+            .is_some_and(|v| v < crate::natsd::MIN_VERSION)
+        {
+            return Err(LogError::Rejected(format!(
+                "nats-server {version} is too old: msgxc needs {}.{} or newer (message schedules)",
+                crate::natsd::MIN_VERSION.0,
+                crate::natsd::MIN_VERSION.1
+            )));
+        }
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.timeout)
             .build(client);
         let config = StreamConfig {
             name: settings.stream.clone(),
             description: Some("msgxc events: the source of truth".into()),
-            subjects: vec![EVENTS_WILDCARD.into()],
+            subjects: vec![EVENTS_WILDCARD.into(), SCHEDULES_WILDCARD.into()],
+            // Scheduled sends are JetStream message schedules (nats-server 2.12+), which need
+            // roll-ups (each schedule is the one message of its subject).
+            allow_message_schedules: true,
+            allow_rollup: true,
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -129,9 +146,66 @@ impl EventLog {
         let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(id);
+        self.publish(env.subject(), publish).await
+    }
+
+    /// Stores `env` (a message event) as a JetStream message schedule under
+    /// `msgxc.sched.<id>`: nats-server stores it under its own subject at `at`, once, and
+    /// removes the schedule in the same write. Returns the schedule's position.
+    pub async fn schedule(
+        &self,
+        env: &Envelope,
+        at: OffsetDateTime,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, LogError> {
+        let payload = serde_json::to_vec(env)
+            .map_err(|e| LogError::Rejected(format!("encoding event: {e}")))?;
+        let when = at
+            .to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| LogError::Rejected(format!("schedule time: {e}")))?;
+        let id = msg_id.map_or_else(|| format!("sched-{}", env.id), str::to_owned);
+        let publish = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id)
+            .header("Nats-Schedule", format!("@at {when}").as_str())
+            .header("Nats-Schedule-Target", env.subject().as_str());
+        self.publish(schedule_subject(env.id), publish).await
+    }
+
+    /// Appends `env` (the cancel of message `mid`'s schedule) only while that schedule still
+    /// waits at `schedule_seq`, and removes the schedule in the same write: a cancel either
+    /// happens before the fire or is refused ([`LogError::Conflict`]), never both.
+    pub async fn cancel_schedule(
+        &self,
+        env: &Envelope,
+        mid: uuid::Uuid,
+        schedule_seq: u64,
+    ) -> Result<Appended, LogError> {
+        let payload = serde_json::to_vec(env)
+            .map_err(|e| LogError::Rejected(format!("encoding event: {e}")))?;
+        let scheduler = schedule_subject(mid);
+        let publish = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(env.id.to_string())
+            .header("Nats-Schedule-Next", "purge")
+            .header("Nats-Scheduler", scheduler.as_str())
+            .expected_last_subject_sequence(schedule_seq)
+            .header(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                scheduler.as_str(),
+            );
+        self.publish(env.subject(), publish).await
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        publish: PublishMessage,
+    ) -> Result<Appended, LogError> {
         let ack_future = self
             .js
-            .send_publish(env.subject(), publish)
+            .send_publish(subject, publish)
             .await
             .map_err(publish_error)?;
         let ack = ack_future.await.map_err(publish_error)?;
@@ -175,7 +249,8 @@ impl EventLog {
     }
 
     /// Reads the log in order with an ordered (ephemeral, flow-controlled) consumer, up to and
-    /// including `until_seq`. Used by replay and rebuild; it never modifies anything.
+    /// including `until_seq` (or the last event when the stream ends before it with schedules,
+    /// which are not events). Used by replay and rebuild; it never modifies anything.
     pub async fn read(
         &self,
         start: Start,
@@ -191,24 +266,26 @@ impl EventLog {
         };
         let messages = self.ordered(deliver_policy, filter).await?;
         let events = messages
-            .map(|m| {
-                let raw = raw_of(m)?;
-                Ok(Stored {
+            .map(move |m| {
+                let (raw, pending) = match raw_and_pending(m) {
+                    Ok(r) => r,
+                    Err(e) => return (false, Err(e)),
+                };
+                // The last wanted sequence, or nothing more for this filter before it (the
+                // rest of the stream up to it is schedules, or other subjects).
+                let last = raw.seq >= until_seq || pending == 0;
+                let item = decode(raw.seq, &raw.payload).map(|envelope| Stored {
                     seq: raw.seq,
-                    envelope: decode(raw.seq, &raw.payload)?,
-                })
+                    envelope,
+                });
+                (last, item)
             })
-            // Stop after the last wanted sequence (inclusive) instead of waiting for more.
-            .scan(false, move |done, item: Result<Stored, LogError>| {
+            // Stop after the last wanted event instead of waiting for more.
+            .scan(false, |done, (last, item)| {
                 if *done {
                     return futures::future::ready(None);
                 }
-                let seq = match &item {
-                    Ok(s) => Some(s.seq),
-                    Err(LogError::Decode { seq, .. }) => Some(*seq),
-                    Err(_) => None,
-                };
-                *done = seq.is_some_and(|s| s >= until_seq);
+                *done = last;
                 futures::future::ready(Some(item))
             });
         Ok(events)
@@ -229,7 +306,7 @@ impl EventLog {
             },
         };
         let messages = self.ordered(deliver_policy, None).await?;
-        Ok(messages.map(raw_of))
+        Ok(messages.map(|m| raw_and_pending(m).map(|(raw, _)| raw)))
     }
 
     async fn ordered(
@@ -241,7 +318,8 @@ impl EventLog {
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy,
-                filter_subject: filter.unwrap_or_default(),
+                // Events only: the schedules waiting in the same stream are not events.
+                filter_subject: filter.unwrap_or_else(|| EVENTS_WILDCARD.into()),
                 ..Default::default()
             })
             .await
@@ -253,18 +331,24 @@ impl EventLog {
     }
 }
 
-/// A delivered message of an ordered consumer as a stored event.
-fn raw_of<E: std::fmt::Display>(m: Result<jetstream::Message, E>) -> Result<Raw, LogError> {
+/// A delivered message of an ordered consumer as a stored event, and how many messages of
+/// its filter follow it.
+fn raw_and_pending<E: std::fmt::Display>(
+    m: Result<jetstream::Message, E>,
+) -> Result<(Raw, u64), LogError> {
     let m = m.map_err(|e| LogError::Unavailable(format!("reading: {e}")))?;
-    let seq = m
+    let info = m
         .info()
-        .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?
-        .stream_sequence;
-    Ok(Raw {
-        seq,
-        subject: m.subject.to_string(),
-        payload: m.payload.clone(),
-    })
+        .map_err(|e| LogError::Unavailable(format!("message info: {e}")))?;
+    let (seq, pending) = (info.stream_sequence, info.pending);
+    Ok((
+        Raw {
+            seq,
+            subject: m.subject.to_string(),
+            payload: m.payload.clone(),
+        },
+        pending,
+    ))
 }
 
 /// One stored event, not decoded.
@@ -296,6 +380,7 @@ fn publish_error(e: jetstream::context::PublishError) -> LogError {
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::StreamNotFound
         | PublishErrorKind::MaxAckPending => LogError::Unavailable(e.to_string()),
+        PublishErrorKind::WrongLastSequence => LogError::Conflict(e.to_string()),
         _ => LogError::Rejected(e.to_string()),
     }
 }

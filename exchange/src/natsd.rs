@@ -1,4 +1,4 @@
-//! Finding and supervising a local `nats-server` (>= 2.10) for the all-in-one mode and tests.
+//! Finding and supervising a local `nats-server` (>= 2.12) for the all-in-one mode and tests.
 //!
 //! Debian ships 2.9.x, which silently ignores settings msgxc relies on, so every candidate's
 //! version is checked and too-old ones are skipped with a clear message.
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The oldest server msgxc supports.
-pub const MIN_VERSION: (u32, u32, u32) = (2, 10, 0);
+/// The oldest server msgxc supports: 2.12 brought the message schedules scheduled sends use.
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsdError {
@@ -300,6 +300,7 @@ mod tests {
         assert_eq!(parse_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
         assert_eq!(parse_version("garbage"), None);
         assert!((2, 9, 10) < MIN_VERSION);
+        assert!((2, 11, 4) < MIN_VERSION);
         assert!((2, 15, 1) >= MIN_VERSION);
     }
 

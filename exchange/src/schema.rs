@@ -55,6 +55,14 @@ pub fn event_schemas() -> Vec<(String, Value)> {
             "deliveries_settled.json".into(),
             schema_of::<DeliveriesSettled>(),
         ),
+        (
+            "message_scheduled.json".into(),
+            schema_of::<MessageScheduled>(),
+        ),
+        (
+            "schedule_cancelled.json".into(),
+            schema_of::<ScheduleCancelled>(),
+        ),
     ]
 }
 

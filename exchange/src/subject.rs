@@ -1,5 +1,5 @@
-//! NATS subject layout. Events: `msgxc.ev.<aggregate>.<id>.<kind>`; live notices:
-//! `msgxc.live.<uid>`. Ids become single subject tokens through [`token`].
+//! NATS subject layout. Events: `msgxc.ev.<aggregate>.<id>.<kind>`; scheduled sends waiting to
+//! fire: `msgxc.sched.<mid>`; live notices: `msgxc.live.<uid>`. Ids become single subject tokens through [`token`].
 //!
 //! Consumers filter by kind (`msgxc.ev.*.*.message_published`), by aggregate type
 //! (`msgxc.ev.thread.>`) or by one aggregate (`msgxc.ev.user.alice.>`).
@@ -12,6 +12,11 @@ use crate::events::Aggregate;
 pub const EVENTS_PREFIX: &str = "msgxc.ev";
 /// The stream's subject filter.
 pub const EVENTS_WILDCARD: &str = "msgxc.ev.>";
+/// Scheduled sends wait in the same stream under `msgxc.sched.<mid>` (a JetStream message
+/// schedule each); they are not events, and every reader of events filters on
+/// [`EVENTS_WILDCARD`]. When one fires, nats-server stores its event under the event's subject.
+pub const SCHEDULES_PREFIX: &str = "msgxc.sched";
+pub const SCHEDULES_WILDCARD: &str = "msgxc.sched.>";
 /// Live notices for connected clients (core NATS, not stored).
 pub const LIVE_PREFIX: &str = "msgxc.live";
 pub const LIVE_WILDCARD: &str = "msgxc.live.>";
@@ -23,6 +28,11 @@ pub fn event_subject(aggregate: Aggregate, id: &str, kind: &str) -> String {
         aggregate.as_str(),
         token(id)
     )
+}
+
+/// The subject a scheduled message waits under until it fires.
+pub fn schedule_subject(mid: uuid::Uuid) -> String {
+    format!("{SCHEDULES_PREFIX}.{mid}")
 }
 
 /// The subject for live notices to one user.

@@ -227,7 +227,7 @@ impl AppState {
 }
 
 /// `sha256(uid \n key)` in hex: keys of different callers never collide.
-fn message_id(uid: &str, key: &str) -> String {
+pub(crate) fn message_id(uid: &str, key: &str) -> String {
     let digest = Sha256::new()
         .chain_update(uid.as_bytes())
         .chain_update(b"\n")

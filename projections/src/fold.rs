@@ -15,8 +15,8 @@ use exchange::dispatch::DispatchTask;
 use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 
 use crate::model::{
-    Device, FailedDelivery, Notification, NotificationType, Receipt, ReceiptStatus, StoredMessage,
-    Thread, ThreadMessage,
+    Device, FailedDelivery, Notification, NotificationType, Receipt, ReceiptStatus, ScheduleStatus,
+    ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::StoreResult;
 
@@ -152,6 +152,11 @@ pub trait FoldTarget {
     fn take_failed_delivery(&mut self, id: &str) -> StoreResult<Option<FailedDelivery>>;
 
     fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()>;
+
+    /// A scheduled message's record, whatever its status.
+    fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;
+    /// Inserts or replaces a scheduled message's record; only pending ones are listed.
+    fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()>;
 }
 
 /// Which per-recipient reads a message's delivery will make (see
@@ -219,6 +224,9 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         }
         Event::Unsubscribed(e) => t.remove_subscriber(e.tid, &e.uid).map(drop),
         Event::MessagePublished(e) => {
+            if !fired(t, env.id, &e.opts, at)? {
+                return Ok(());
+            }
             let stored = message_of(env, Some(e.tid), &e.sender, &e.msg, &e.opts);
             if !t.insert_message(&stored)? {
                 return Ok(());
@@ -245,6 +253,9 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::MessageSent(e) => {
+            if !fired(t, env.id, &e.opts, at)? {
+                return Ok(());
+            }
             let stored = message_of(env, None, &e.sender, &e.msg, &e.opts);
             if !t.insert_message(&stored)? {
                 return Ok(());
@@ -370,6 +381,39 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::InboxSeen(e) => t.mark_seen(&e.uid, at, seq),
+        Event::MessageScheduled(e) => {
+            if t.scheduled(e.mid)?.is_some() {
+                return Ok(());
+            }
+            // The schedule is stored before this record, so a message due at once may have
+            // fired (and been folded) before it.
+            let sent = t.message(e.mid)?.is_some();
+            t.put_scheduled(&ScheduledMessage {
+                mid: e.mid,
+                sender: e.sender.clone(),
+                kind: e.kind.clone(),
+                tid: e.tid,
+                audience: e.audience.clone(),
+                msg: e.msg.clone(),
+                deliver_at: e.deliver_at,
+                scheduled_at: at,
+                status: if sent {
+                    ScheduleStatus::Sent
+                } else {
+                    ScheduleStatus::Pending
+                },
+                settled_at: sent.then_some(e.deliver_at),
+                schedule_seq: e.schedule_seq,
+            })
+        }
+        Event::ScheduleCancelled(e) => match t.scheduled(e.mid)? {
+            Some(mut s) if s.status == ScheduleStatus::Pending => {
+                s.status = ScheduleStatus::Cancelled;
+                s.settled_at = Some(at);
+                t.put_scheduled(&s)
+            }
+            _ => Ok(()),
+        },
         Event::MessageDeleted(e) => t.delete_message(e.mid).map(drop),
         Event::UserBlocked(e) => t.set_blocked(&e.uid, &e.blocked, true, at),
         Event::UserUnblocked(e) => t.set_blocked(&e.uid, &e.blocked, false, at),
@@ -379,6 +423,30 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             description: e.description.clone(),
             registered_at: at,
         }),
+    }
+}
+
+/// A message event that carries `deliver_at` fired from a schedule: its record is marked
+/// sent. False when the record says it was cancelled (JetStream removes a cancelled schedule
+/// in the cancel's own write, so this does not happen; the fold still never sends one).
+fn fired<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    mid: Uuid,
+    opts: &exchange::events::MessageOpts,
+    at: OffsetDateTime,
+) -> StoreResult<bool> {
+    if opts.deliver_at().is_none() {
+        return Ok(true);
+    }
+    match t.scheduled(mid)? {
+        Some(s) if s.status == ScheduleStatus::Cancelled => Ok(false),
+        Some(mut s) if s.status == ScheduleStatus::Pending => {
+            s.status = ScheduleStatus::Sent;
+            s.settled_at = Some(at);
+            t.put_scheduled(&s)?;
+            Ok(true)
+        }
+        _ => Ok(true),
     }
 }
 

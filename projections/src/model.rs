@@ -279,3 +279,45 @@ impl FailedDelivery {
         format!("{mid}.{device_id}")
     }
 }
+
+/// Where a scheduled message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleStatus {
+    /// Waiting to fire.
+    Pending,
+    /// Fired: its event is in the stream and it was delivered as any message.
+    Sent,
+    /// Cancelled before it fired; it is never sent.
+    Cancelled,
+}
+
+/// A message scheduled for later (`GET /messages/scheduled`), as it is returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledMessage {
+    pub mid: Uuid,
+    pub sender: String,
+    /// `message_published` (to a thread) or `message_sent` (to users).
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<exchange::events::Audience>,
+    pub msg: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deliver_at: OffsetDateTime,
+    /// When it was scheduled.
+    #[serde(with = "time::serde::rfc3339")]
+    pub scheduled_at: OffsetDateTime,
+    pub status: ScheduleStatus,
+    /// When it was sent or cancelled.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub settled_at: Option<OffsetDateTime>,
+    /// Stream position of the waiting schedule (what a cancel must find).
+    #[serde(skip)]
+    pub schedule_seq: u64,
+}

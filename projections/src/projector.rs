@@ -236,6 +236,8 @@ impl Projector {
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(name.clone()),
+                // Events only: scheduled sends wait in the same stream until they fire.
+                filter_subject: exchange::subject::EVENTS_WILDCARD.into(),
                 deliver_policy: if checkpoint == 0 {
                     DeliverPolicy::All
                 } else {

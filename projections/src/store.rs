@@ -14,7 +14,7 @@ use exchange::dispatch::DispatchTask;
 
 use crate::model::{
     Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, StoredMessage, Thread, ThreadMessage,
+    NotificationType, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -183,4 +183,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A user's delivery preferences (defaults when never set).
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences>;
+
+    /// A scheduled message's record, whatever its status.
+    async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;
+    /// Messages waiting to be sent, soonest first (then by mid): of one sender, or all.
+    async fn scheduled_messages(
+        &self,
+        sender: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduledMessage>>;
 }

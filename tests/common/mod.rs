@@ -390,6 +390,7 @@ pub async fn read_models(
                 "message": store.message(*mid).await.unwrap(),
                 "receipts": store.receipts(*mid, 1000, 0).await.unwrap(),
                 "receipt_counts": counts,
+                "scheduled": store.scheduled_message(*mid).await.unwrap(),
             }),
         );
     }
@@ -400,5 +401,6 @@ pub async fn read_models(
         "messages": messages,
         "types": store.types().await.unwrap(),
         "dead_letters": store.failed_deliveries(1000, 0).await.unwrap(),
+        "scheduled": store.scheduled_messages(None, 1000).await.unwrap(),
     })
 }

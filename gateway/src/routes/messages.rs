@@ -241,14 +241,28 @@ async fn send_to(
     accept(state, actor, headers, event).await
 }
 
-/// Appends the message event and answers 202 `{"mid"}` (the original mid on a retried key).
+/// Appends the message event and answers 202 `{"mid"}` (the original mid on a retried key);
+/// a message with a future `opts.deliver_at` or `opts.delay` is scheduled instead (202
+/// `{"mid", "deliver_at"}`).
 pub(crate) async fn accept(
     state: &AppState,
     actor: &Actor,
     headers: &HeaderMap,
-    event: Event,
+    mut event: Event,
 ) -> ApiResult<Accepted> {
     let key = idempotency_key(headers)?;
+    if let Some(due) = super::scheduled::due_of_event(&mut event)? {
+        let recorded = super::scheduled::schedule(state, actor, event, due, key.as_deref()).await?;
+        let at = recorded
+            .envelope
+            .occurred_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "mid": recorded.envelope.id, "deliver_at": at })),
+        ));
+    }
     let recorded = state.append(actor, event, key.as_deref()).await?;
     Ok((
         StatusCode::ACCEPTED,

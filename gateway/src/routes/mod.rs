@@ -15,6 +15,7 @@ mod messaging;
 mod notifications;
 mod preferences;
 mod private;
+mod scheduled;
 mod stream;
 mod threads;
 mod types;
@@ -74,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ack", post(deliveries::ack))
         .route("/preferences", get(preferences::get).put(preferences::put))
         .route("/messages/{mid}/receipts", get(deliveries::receipts))
+        .route("/messages/scheduled", get(scheduled::list))
+        .route("/messages/{mid}/schedule", delete(scheduled::cancel))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed);

@@ -41,7 +41,7 @@ pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, St
 use crate::fold::{Effects, apply_event};
 use crate::model::{
     Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, StoredMessage, Thread, ThreadMessage,
+    NotificationType, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -52,10 +52,11 @@ use crate::store::{
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../schema/cql/0001_tables.cql")),
     (2, include_str!("../../../schema/cql/0002_user_threads.cql")),
+    (3, include_str!("../../../schema/cql/0003_scheduled.cql")),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -978,6 +979,34 @@ impl Store for ScyllaStore {
 
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         target::preferences_of(self.one(self.q().prefs_get(uid)).await?)
+    }
+
+    async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
+        self.one(self.q().scheduled_get(mid))
+            .await?
+            .map(|(record, seq)| target::scheduled_of(&record, seq))
+            .transpose()
+    }
+
+    async fn scheduled_messages(
+        &self,
+        sender: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduledMessage>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows = match sender {
+            Some(s) => self.all(self.q().scheduled_of_sender(s, limit)).await?,
+            None => {
+                self.all(
+                    self.q()
+                        .scheduled_pending_of(target::SCHEDULED_SCOPE, limit),
+                )
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(record, seq)| target::scheduled_of(&record, seq))
+            .collect()
     }
 }
 

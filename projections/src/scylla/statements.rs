@@ -422,6 +422,24 @@ statements! {
     failed_id_delete(id: &str) -> () =
         "DELETE FROM failed_by_id WHERE id = ?";
 
+    // Scheduled sends.
+    scheduled_get(mid: Uuid) -> (String, i64) =
+        "SELECT record, schedule_seq FROM scheduled WHERE mid = ?";
+    scheduled_put(mid: Uuid, status: &str, deliver_at: i64, schedule_seq: i64, record: String) -> () =
+        "INSERT INTO scheduled (mid, status, deliver_at, schedule_seq, record) VALUES (?, ?, ?, ?, ?)";
+    scheduled_pending_put(scope: i32, deliver_at: i64, mid: Uuid, schedule_seq: i64, record: String) -> () =
+        "INSERT INTO scheduled_pending (scope, deliver_at, mid, schedule_seq, record) VALUES (?, ?, ?, ?, ?)";
+    scheduled_pending_delete(scope: i32, deliver_at: i64, mid: Uuid) -> () =
+        "DELETE FROM scheduled_pending WHERE scope = ? AND deliver_at = ? AND mid = ?";
+    scheduled_pending_of(scope: i32, limit: i32) -> (String, i64) =
+        "SELECT record, schedule_seq FROM scheduled_pending WHERE scope = ? LIMIT ?";
+    scheduled_sender_put(sender: &str, deliver_at: i64, mid: Uuid, schedule_seq: i64, record: String) -> () =
+        "INSERT INTO scheduled_by_sender (sender, deliver_at, mid, schedule_seq, record) VALUES (?, ?, ?, ?, ?)";
+    scheduled_sender_delete(sender: &str, deliver_at: i64, mid: Uuid) -> () =
+        "DELETE FROM scheduled_by_sender WHERE sender = ? AND deliver_at = ? AND mid = ?";
+    scheduled_of_sender(sender: &str, limit: i32) -> (String, i64) =
+        "SELECT record, schedule_seq FROM scheduled_by_sender WHERE sender = ? LIMIT ?";
+
     // Dispatch outbox.
     outbox_put(shard: i32, seq: i64, n: i32, task: String) -> () =
         "INSERT INTO outbox (shard, seq, n, task) VALUES (?, ?, ?, ?)";

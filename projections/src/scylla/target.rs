@@ -26,12 +26,14 @@ use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json
 use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
 use crate::model::{
     Device, FailedDelivery, Notification, NotificationStatus, NotificationType, Receipt,
-    ReceiptStatus, StoredMessage, Thread, ThreadMessage,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
 /// Partitions of the `users` table (broadcast audience).
 pub(crate) const USER_BUCKETS: i32 = 64;
+/// The one partition of `scheduled_pending`.
+pub(crate) const SCHEDULED_SCOPE: i32 = 0;
 /// Partitions of the outbox.
 pub(crate) const OUTBOX_SHARDS: i64 = 16;
 /// The one partition of `notification_types`.
@@ -378,6 +380,13 @@ impl<'a> ScyllaTx<'a> {
 /// A user's preferences from their row (defaults when they never set any).
 pub(crate) fn preferences_of(row: Option<(String,)>) -> StoreResult<Preferences> {
     row.map_or_else(|| Ok(Preferences::default()), |(json,)| parse_json(&json))
+}
+
+/// A scheduled message from its row: the record, and the schedule's position kept beside it.
+pub(crate) fn scheduled_of(record: &str, schedule_seq: i64) -> StoreResult<ScheduledMessage> {
+    let mut s: ScheduledMessage = parse_json(record)?;
+    s.schedule_seq = u64::try_from(schedule_seq).unwrap_or_default();
+    Ok(s)
 }
 
 pub(crate) fn notification_from(uid: &str, seq: i64, r: InboxRow) -> StoreResult<Notification> {
@@ -1104,6 +1113,32 @@ impl FoldTarget for ScyllaTx<'_> {
     fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()> {
         let w = self.q().prefs_put(uid, to_json(preferences)?);
         self.write(w);
+        Ok(())
+    }
+
+    fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
+        self.one(self.q().scheduled_get(mid))?
+            .map(|(record, seq)| scheduled_of(&record, seq))
+            .transpose()
+    }
+
+    fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()> {
+        let q = self.q();
+        let record = to_json(s)?;
+        let (due, seq) = (ns(s.deliver_at), seq_i64(s.schedule_seq));
+        let status = match s.status {
+            ScheduleStatus::Pending => "pending",
+            ScheduleStatus::Sent => "sent",
+            ScheduleStatus::Cancelled => "cancelled",
+        };
+        self.write(q.scheduled_put(s.mid, status, due, seq, record.clone()));
+        if s.status == ScheduleStatus::Pending {
+            self.write(q.scheduled_pending_put(SCHEDULED_SCOPE, due, s.mid, seq, record.clone()));
+            self.write(q.scheduled_sender_put(&s.sender, due, s.mid, seq, record));
+        } else {
+            self.write(q.scheduled_pending_delete(SCHEDULED_SCOPE, due, s.mid));
+            self.write(q.scheduled_sender_delete(&s.sender, due, s.mid));
+        }
         Ok(())
     }
 }

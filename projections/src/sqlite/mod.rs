@@ -24,7 +24,8 @@ mod inbox;
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
     Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, ReceiptStatus, StoredMessage, Thread, ThreadMessage,
+    NotificationType, Page, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
+    StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -88,12 +89,19 @@ CREATE TABLE IF NOT EXISTS failed_deliveries (
 CREATE INDEX IF NOT EXISTS failed_deliveries_by_time ON failed_deliveries (failed_at DESC, id);
 -- GET /preferences and dispatch routing: partition uid
 CREATE TABLE IF NOT EXISTS preferences (uid TEXT PRIMARY KEY, prefs TEXT NOT NULL) WITHOUT ROWID;
+-- GET /messages/scheduled, DELETE /messages/{mid}/schedule: every scheduled message by mid;
+-- pending ones listed soonest first (deliver_at in ns since the epoch)
+CREATE TABLE IF NOT EXISTS scheduled (
+  mid TEXT PRIMARY KEY, sender TEXT NOT NULL, deliver_at INTEGER NOT NULL, status TEXT NOT NULL,
+  schedule_seq INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scheduled_pending ON scheduled (status, deliver_at, mid);
+CREATE INDEX IF NOT EXISTS scheduled_by_sender ON scheduled (sender, status, deliver_at, mid);
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 19] = [
+pub const DATA_TABLES: [&str; 20] = [
     "users",
     "devices",
     "device_owners",
@@ -113,6 +121,7 @@ pub const DATA_TABLES: [&str; 19] = [
     "receipt_counts",
     "failed_deliveries",
     "preferences",
+    "scheduled",
 ];
 
 const READERS: usize = 4;
@@ -277,6 +286,26 @@ fn parse_ts(s: &str) -> StoreResult<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|e| StoreError::Corrupt(format!("time {s}: {e}")))
 }
 
+/// A scheduled message from its row: the record, and the schedule's position kept beside it.
+fn scheduled_of(record: &str, schedule_seq: i64) -> StoreResult<ScheduledMessage> {
+    let mut s: ScheduledMessage = parse_json(record)?;
+    s.schedule_seq = u64::try_from(schedule_seq).unwrap_or_default();
+    Ok(s)
+}
+
+fn scheduled_by_mid(c: &Connection, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
+    c.prepare_cached("SELECT record, schedule_seq FROM scheduled WHERE mid = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![mid.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?
+        .map(|(record, seq)| scheduled_of(&record, seq))
+        .transpose()
+}
+
 fn parse_uuid(s: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s}: {e}")))
 }
@@ -403,6 +432,32 @@ impl SqliteTx<'_> {
 }
 
 impl FoldTarget for SqliteTx<'_> {
+    fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
+        scheduled_by_mid(self.tx, mid)
+    }
+
+    fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()> {
+        let status = match s.status {
+            ScheduleStatus::Pending => "pending",
+            ScheduleStatus::Sent => "sent",
+            ScheduleStatus::Cancelled => "cancelled",
+        };
+        self.exec(
+            "INSERT OR REPLACE INTO scheduled
+               (mid, sender, deliver_at, status, schedule_seq, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                s.mid.to_string(),
+                s.sender,
+                i64::try_from(s.deliver_at.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+                status,
+                i64::try_from(s.schedule_seq).unwrap_or(i64::MAX),
+                to_json(s)?
+            ],
+        )
+        .map(drop)
+    }
+
     fn touch_user(&mut self, uid: &str, at: OffsetDateTime) -> StoreResult<()> {
         // Users are never removed: once recorded in this transaction, nothing to do.
         if self.touched.contains(uid) {
@@ -1462,6 +1517,42 @@ impl Store for SqliteStore {
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         let uid = uid.to_owned();
         self.read(move |c| preferences_of(c, &uid)).await
+    }
+
+    async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
+        self.read(move |c| scheduled_by_mid(c, mid)).await
+    }
+
+    async fn scheduled_messages(
+        &self,
+        sender: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduledMessage>> {
+        let sender = sender.map(str::to_owned);
+        self.read(move |c| {
+            let (sql, who) = match &sender {
+                Some(s) => (
+                    "SELECT record, schedule_seq FROM scheduled
+                     WHERE sender = ?1 AND status = 'pending'
+                     ORDER BY deliver_at, mid LIMIT ?2",
+                    s.as_str(),
+                ),
+                None => (
+                    "SELECT record, schedule_seq FROM scheduled
+                     WHERE status = 'pending' AND ?1 = ?1
+                     ORDER BY deliver_at, mid LIMIT ?2",
+                    "",
+                ),
+            };
+            let mut stmt = c.prepare_cached(sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![who, i64::from(limit)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(backend)?;
+            collect(rows, |(record, seq)| scheduled_of(&record, seq))
+        })
+        .await
     }
 }
 

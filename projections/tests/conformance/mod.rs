@@ -8,13 +8,14 @@
 use exchange::events::{
     AckStatus, Actor, Audience, DeliveriesSettled, DeliveryAcked, DeliveryFailed, DeliveryRequeued,
     DeliverySent, DeviceAddress, DeviceEnlisted, DeviceRemoved, Envelope, Event, InboxReadAll,
-    MessageDeleted, MessageOpts, MessagePublished, MessageSent, NotificationsArchived,
-    NotificationsDeleted, NotificationsRead, Preferences, PreferencesSet, SettledDelivery,
-    SettledStatus, Subscribed, ThreadCreated, TypeRegistered, Unsubscribed, UserBlocked,
-    UserUnblocked,
+    MessageDeleted, MessageOpts, MessagePublished, MessageScheduled, MessageSent,
+    NotificationsArchived, NotificationsDeleted, NotificationsRead, Preferences, PreferencesSet,
+    ScheduleCancelled, SettledDelivery, SettledStatus, Subscribed, ThreadCreated, TypeRegistered,
+    Unsubscribed, UserBlocked, UserUnblocked,
 };
 use projections::model::{
-    HistoryQuery, InboxFilter, InboxQuery, NotificationStatus, ReceiptStatus, StatusFilter,
+    HistoryQuery, InboxFilter, InboxQuery, NotificationStatus, ReceiptStatus, ScheduleStatus,
+    StatusFilter,
 };
 use projections::{ApplyOptions, SequencedEvent, Store};
 use time::OffsetDateTime;
@@ -1085,6 +1086,120 @@ pub async fn live_routing_state(store: &dyn Store) {
     assert!(!store.user_exists("nobody").await.unwrap());
 }
 
+/// Scheduled messages are listed (soonest first, all or one sender's) until they fire or are
+/// cancelled; a fired one is delivered as any message, a cancelled one never is; a message that
+/// fired before its record was folded is recorded as sent.
+pub async fn scheduled_sends(store: &dyn Store) {
+    let feed = Feed::new(store);
+    let soon =
+        OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::minutes(5);
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let due = |mid: Uuid| {
+        soon + time::Duration::seconds(if mid == a {
+            2
+        } else if mid == b {
+            1
+        } else {
+            3
+        })
+    };
+    let record = |mid: Uuid, seq: u64| {
+        by(
+            "admin",
+            Event::MessageScheduled(MessageScheduled {
+                mid,
+                sender: "admin".into(),
+                deliver_at: due(mid),
+                schedule_seq: seq,
+                kind: "message_sent".into(),
+                tid: None,
+                audience: Some(Audience::User { uid: "ann".into() }),
+                msg: format!("m-{mid}"),
+            }),
+        )
+    };
+    let fired = |mid: Uuid| {
+        let mut opts = MessageOpts::default();
+        let at = due(mid)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        opts.extra.insert("deliver_at".into(), at.into());
+        let mut env = by(
+            "admin",
+            send(
+                Audience::User { uid: "ann".into() },
+                &format!("m-{mid}"),
+                opts,
+            ),
+        );
+        env.id = mid;
+        env.occurred_at = due(mid);
+        env
+    };
+    let cancel = |mid: Uuid| by("admin", Event::ScheduleCancelled(ScheduleCancelled { mid }));
+    let listed = |sender: Option<&'static str>| async move {
+        store
+            .scheduled_messages(sender, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.mid)
+            .collect::<Vec<_>>()
+    };
+    let status = |mid: Uuid| async move {
+        store
+            .scheduled_message(mid)
+            .await
+            .unwrap()
+            .map(|s| (s.status, s.schedule_seq))
+    };
+    let inbox = || async {
+        let mut ids: Vec<Uuid> = store
+            .inbox("ann", &all(None))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+
+    feed.apply(vec![record(a, 11), record(b, 12)]).await;
+    assert_eq!(listed(None).await, vec![b, a], "soonest first");
+    assert_eq!(listed(Some("admin")).await, vec![b, a]);
+    assert!(listed(Some("ann")).await.is_empty());
+    assert_eq!(status(a).await, Some((ScheduleStatus::Pending, 11)));
+    let full = store.scheduled_message(a).await.unwrap().unwrap();
+    assert_eq!(full.deliver_at, due(a));
+    assert_eq!(full.msg, format!("m-{a}"));
+    assert_eq!(full.audience, Some(Audience::User { uid: "ann".into() }));
+    assert!(inbox().await.is_empty());
+
+    feed.apply(vec![cancel(b)]).await;
+    assert_eq!(listed(None).await, vec![a]);
+    assert_eq!(status(b).await, Some((ScheduleStatus::Cancelled, 12)));
+    // a fires; so does b, which cannot happen after its cancel, and is not delivered anyway.
+    feed.apply(vec![fired(a), fired(b)]).await;
+    assert!(listed(None).await.is_empty());
+    assert!(listed(Some("admin")).await.is_empty());
+    assert_eq!(status(a).await, Some((ScheduleStatus::Sent, 11)));
+    assert_eq!(status(b).await, Some((ScheduleStatus::Cancelled, 12)));
+    assert_eq!(inbox().await, vec![a]);
+    // A cancel after the fire changes nothing.
+    feed.apply(vec![cancel(a)]).await;
+    assert_eq!(status(a).await, Some((ScheduleStatus::Sent, 11)));
+
+    // c was due at once and fired before its record was folded.
+    feed.apply(vec![fired(c), record(c, 13)]).await;
+    assert_eq!(status(c).await, Some((ScheduleStatus::Sent, 13)));
+    assert!(listed(None).await.is_empty());
+    let mut want = vec![a, c];
+    want.sort();
+    assert_eq!(inbox().await, want);
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -1103,6 +1218,7 @@ macro_rules! conformance_cases {
             receipts_and_dead_letters,
             batched_tasks_and_settled_outcomes,
             live_routing_state,
+            scheduled_sends,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {
