@@ -150,6 +150,8 @@ fn serve_http(
         let shutdown = async {
             let _ = stop.await;
         };
+        // The client's address is what the per-address write limit counts.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -272,6 +274,8 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             applied,
             presence: Some(presence.clone()),
             rate: Default::default(),
+            writes: Default::default(),
+            sockets: Default::default(),
             thread_rules: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -64,6 +64,14 @@ enum Command {
     BenchWsBaseline(BenchWsBaselineArgs),
 }
 
+/// A parsed `per_second[/burst]` rate (`None`: no limit).
+#[derive(Debug, Clone, Copy)]
+struct RateArg(Option<gateway::rate::Rate>);
+
+fn parse_rate(s: &str) -> Result<RateArg, String> {
+    gateway::rate::Rate::parse(s).map(RateArg)
+}
+
 #[derive(clap::Args)]
 struct HealthArgs {
     /// The gateway's ping URL.
@@ -156,6 +164,17 @@ struct ServeArgs {
     /// Private messages one user may send per minute (per gateway process; 0 = unlimited).
     #[arg(long, env = "MSGXC_PRIVATE_MESSAGES_PER_MINUTE", default_value_t = 30)]
     private_messages_per_minute: u32,
+    /// Writes (POST, PUT, PATCH, DELETE) one user may make per second on this gateway, as
+    /// per_second[/burst] (0 = no limit); admins are not limited.
+    #[arg(long, env = "MSGXC_WRITE_RATE", default_value = "50/500", value_parser = parse_rate)]
+    write_rate: RateArg,
+    /// Writes one client address may make per second on this gateway, per_second[/burst]
+    /// (0 = no limit; behind a reverse proxy every client has the proxy's address).
+    #[arg(long, env = "MSGXC_IP_WRITE_RATE", default_value = "1000/5000", value_parser = parse_rate)]
+    ip_write_rate: RateArg,
+    /// Live connections (WebSocket and SSE) one user may hold open on this gateway.
+    #[arg(long, env = "MSGXC_MAX_SOCKETS_PER_USER", default_value_t = 32)]
+    max_sockets_per_user: usize,
     /// Comma-separated origins (scheme://host[:port]) whose pages may open /connect and /stream
     /// with the xsajwt cookie; the gateway's own origin always may. None by default.
     #[arg(long, env = "MSGXC_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -350,6 +369,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             webpush_allowed_hosts: a.channels.webpush_allowed_hosts.clone(),
             vapid_public_key: None,
             private_messages_per_minute: a.private_messages_per_minute,
+            user_write_rate: a.write_rate.0,
+            ip_write_rate: a.ip_write_rate.0,
+            max_sockets_per_user: a.max_sockets_per_user.max(1),
             allowed_origins: a
                 .allowed_origins
                 .iter()

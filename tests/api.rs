@@ -590,3 +590,118 @@ async fn no_input_breaks_the_server() {
     }
     assert_eq!(ex.get("/ping", &admin).await.0, 200, "still serving");
 }
+
+#[tokio::test]
+async fn writes_over_the_limits_get_429_and_reads_do_not_count() {
+    use gateway::rate::Rate;
+    let ex = Exchange::start_with(|o| {
+        o.gateway.user_write_rate = Some(Rate {
+            per_second: 2,
+            burst: 3,
+        });
+        o.gateway.ip_write_rate = None;
+    })
+    .await;
+    let (alice, bob, admin) = (
+        token("alice", false),
+        token("bob", false),
+        token("root", true),
+    );
+    let create = |t: &str| {
+        let t = t.to_owned();
+        let ex = &ex;
+        async move {
+            ex.http
+                .post(ex.url("/threads"))
+                .bearer_auth(t)
+                .json(&json!({"name": "t"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(create(&alice).await.status(), 201);
+    }
+    let refused = create(&alice).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Reads are not limited; other users and admins have buckets of their own (admins none).
+    assert_eq!(ex.get("/notifications", &alice).await.0, 200);
+    assert_eq!(create(&bob).await.status(), 201);
+    for _ in 0..6 {
+        assert_eq!(create(&admin).await.status(), 201);
+    }
+    // At 2 a second a token is back after half a second.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(create(&alice).await.status(), 201);
+
+    // Per client address, for every caller (admins too).
+    let ex = Exchange::start_with(|o| {
+        o.gateway.user_write_rate = None;
+        o.gateway.ip_write_rate = Some(Rate {
+            per_second: 1,
+            burst: 4,
+        });
+    })
+    .await;
+    for t in [&alice, &bob, &admin, &alice] {
+        let (s, b) = ex.post("/threads", t, json!({"name": "t"})).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = ex.post("/threads", &admin, json!({"name": "t"})).await;
+    assert_eq!(s, 429, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("address"),
+        "{b}"
+    );
+    // Requests without a valid token count against the address as well.
+    let (s, _) = ex
+        .post("/threads", "not.a.token", json!({"name": "t"}))
+        .await;
+    assert_eq!(s, 429);
+}
+
+#[tokio::test]
+async fn live_connections_per_user_are_capped() {
+    let ex = Exchange::start_with(|o| o.gateway.max_sockets_per_user = 2).await;
+    let alice = token("alice", false);
+    let first = common::ws_connect(&ex, &alice).await;
+    let _second = common::ws_connect(&ex, &alice).await;
+    let err = tokio_tungstenite::connect_async(ex.ws_url(&format!("?token={alice}")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 429),
+        "{err:?}"
+    );
+    // SSE streams count too; another user is not affected.
+    let sse = ex
+        .http
+        .get(ex.url("/stream"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 429);
+    let _bob = common::ws_connect(&ex, &token("bob", false)).await;
+    // A closed connection frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(ex.ws_url(&format!("?token={alice}"))).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "never freed: {e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -46,7 +46,22 @@ pub struct GatewayConfig {
     pub jwt_leeway: Duration,
     /// Longest token lifetime (`exp` minus `iat`) accepted, when set.
     pub jwt_max_lifetime: Option<Duration>,
+    /// Writes (POST, PUT, PATCH, DELETE) one user may make, per gateway process; admins are
+    /// not limited. `None`: no limit.
+    pub user_write_rate: Option<crate::rate::Rate>,
+    /// Writes one client address may make, per gateway process (every caller, admins too, and
+    /// requests without a valid token). `None`: no limit.
+    pub ip_write_rate: Option<crate::rate::Rate>,
+    /// Live connections (WebSocket and SSE) one user may hold open on one gateway process.
+    pub max_sockets_per_user: usize,
 }
+
+/// Default write limits and live connections per user (README states them).
+pub const DEFAULT_USER_WRITES_PER_SECOND: u32 = 50;
+pub const DEFAULT_USER_WRITE_BURST: u32 = 500;
+pub const DEFAULT_IP_WRITES_PER_SECOND: u32 = 1000;
+pub const DEFAULT_IP_WRITE_BURST: u32 = 5000;
+pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -67,6 +82,15 @@ impl Default for GatewayConfig {
             jwt_leeway: Duration::from_secs(crate::auth::DEFAULT_LEEWAY),
             jwt_max_lifetime: None,
             private_messages_per_minute: 30,
+            user_write_rate: Some(crate::rate::Rate {
+                per_second: DEFAULT_USER_WRITES_PER_SECOND,
+                burst: DEFAULT_USER_WRITE_BURST,
+            }),
+            ip_write_rate: Some(crate::rate::Rate {
+                per_second: DEFAULT_IP_WRITES_PER_SECOND,
+                burst: DEFAULT_IP_WRITE_BURST,
+            }),
+            max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
         }
     }
 }
@@ -102,6 +126,10 @@ pub struct Shared {
     pub presence: Option<exchange::presence::Presence>,
     /// Per-sender limits on private messages.
     pub rate: crate::rate::RateLimiter,
+    /// Write buckets per user and per client address (`user_write_rate`, `ip_write_rate`).
+    pub writes: crate::rate::Buckets,
+    /// Live connections open per user (`max_sockets_per_user`).
+    pub sockets: crate::rate::SocketCounts,
     /// Threads read for permission checks (their rules never change).
     pub thread_rules: ThreadRules,
 }

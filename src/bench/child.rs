@@ -34,7 +34,17 @@ impl ServeProcess {
             std::env::var("MSGXC_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         ];
         args.extend_from_slice(extra);
-        Self::spawn(&args, &[("MSGXC_JWT_SECRET", secret)]).await
+        // Benchmarks measure throughput: the write limits are off.
+        Self::spawn(
+            &args,
+            &[
+                ("MSGXC_JWT_SECRET", secret),
+                ("MSGXC_WRITE_RATE", "0"),
+                ("MSGXC_IP_WRITE_RATE", "0"),
+                ("MSGXC_MAX_SOCKETS_PER_USER", "100000"),
+            ],
+        )
+        .await
     }
 
     /// Runs this binary with `args` plus `--listen <free loopback port>` and waits until it

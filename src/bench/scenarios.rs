@@ -393,7 +393,12 @@ pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         jwt_issuer: None,
         jwt_audience: None,
         log: LogSettings::default(),
-        gateway: Default::default(),
+        // Throughput is measured: the write limits are off.
+        gateway: gateway::GatewayConfig {
+            user_write_rate: None,
+            ip_write_rate: None,
+            ..Default::default()
+        },
         projector: Default::default(),
         channels: Default::default(),
         dispatch: Default::default(),

@@ -23,6 +23,7 @@ mod validate;
 mod ws;
 
 pub fn router(state: AppState) -> Router {
+    let limits = state.clone();
     let api = Router::new()
         .route("/ping", get(ping))
         .route("/health", get(ping))
@@ -79,7 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{mid}/schedule", delete(scheduled::cancel))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(limits, limit_writes));
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -94,6 +96,45 @@ async fn ping(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "channels": state.config.channels,
     }))
+}
+
+/// Write limits: each POST, PUT, PATCH or DELETE takes a token of its client address's bucket
+/// and, for a verified non-admin caller, of the user's; an empty bucket answers 429 with
+/// `Retry-After` before anything else is done. Reads are not limited.
+async fn limit_writes(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let refused = |what: &str, retry: std::time::Duration| {
+        ApiError::too_many(
+            format!("too many writes from this {what}; slow down"),
+            retry.as_secs_f64().ceil().max(1.0) as u64,
+        )
+        .into_response()
+    };
+    if let Some(rate) = state.config.ip_write_rate
+        && let Some(addr) = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        && let Err(retry) = state.writes.take(&format!("ip {}", addr.0.ip()), rate)
+    {
+        return refused("address", retry);
+    }
+    if let Some(rate) = state.config.user_write_rate
+        && let Some(token) = crate::auth::bearer_of(req.headers())
+        && let Ok(actor) = state.verifier.verify(token).await
+        && !actor.is_admin()
+        && let Err(retry) = state.writes.take(&format!("user {}", actor.uid), rate)
+    {
+        return refused("user", retry);
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

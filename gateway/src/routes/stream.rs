@@ -64,6 +64,15 @@ pub async fn stream(
             })
         })
         .transpose()?;
+    let guard = state
+        .sockets
+        .acquire(&actor.uid, state.config.max_sockets_per_user)
+        .ok_or_else(|| {
+            ApiError::too_many(
+                "too many live connections for this user; close one first",
+                5,
+            )
+        })?;
     // Listen first, then read the backlog: a change committed in between is in one of the two,
     // and positions drop the overlap.
     let mut registration = Box::pin(state.hub.connect(
@@ -84,6 +93,8 @@ pub async fn stream(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        // The connection counts as open until this task ends (the client went away).
+        let _guard = guard;
         let resync = || {
             let body = json!({ "action": "resync", "reason": "too many missed changes; reload the inbox" });
             Event::default().event("resync").data(body.to_string())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use exchange::Actor;
 use exchange::events::AckStatus;
 use serde_json::json;
@@ -28,6 +28,16 @@ pub async fn connect(
     StreamCaller(actor): StreamCaller,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(guard) = state
+        .sockets
+        .acquire(&actor.uid, state.config.max_sockets_per_user)
+    else {
+        return crate::error::ApiError::too_many(
+            "too many live connections for this user; close one first",
+            5,
+        )
+        .into_response();
+    };
     // Small buffers: most connections are idle, and memory per connection is what limits scale.
     // Clients send little (pings, acks); a larger frame still arrives whole (the buffer grows
     // to the frame, up to the message limit).
@@ -35,7 +45,10 @@ pub async fn connect(
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve(state, actor, socket))
+        .on_upgrade(move |socket| async move {
+            serve(state, actor, socket).await;
+            drop(guard);
+        })
 }
 
 async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
