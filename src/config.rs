@@ -41,6 +41,12 @@ pub struct CommonArgs {
     /// nats-server binary for the managed server (default: the project's .tools dir, then PATH).
     #[arg(long, env = "MSGXC_NATS_SERVER_BIN")]
     pub nats_server_bin: Option<PathBuf>,
+    /// JetStream's disk sync for the nats-server `msgxc serve` manages: `always` (fsync each
+    /// write: an acknowledged event survives a power cut) or an interval such as `1s`. Unset:
+    /// the server's default (every 2 minutes; a crash of the process loses nothing, a power
+    /// cut can lose what was written since the last sync).
+    #[arg(long, env = "MSGXC_NATS_SYNC", value_parser = exchange::natsd::parse_sync)]
+    pub nats_sync: Option<String>,
     /// Name of the JetStream stream holding the events.
     #[arg(long, env = "MSGXC_STREAM", default_value = "MSGXC_EVENTS")]
     pub stream: String,

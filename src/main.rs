@@ -343,7 +343,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let (nats_url, mut managed) = match &a.common.nats_url {
         Some(u) => (u.clone(), None),
         None => {
-            let server = nats::start_managed(&data_dir, a.common.nats_server_bin.as_deref())?;
+            let server = nats::start_managed(
+                &data_dir,
+                a.common.nats_server_bin.as_deref(),
+                a.common.nats_sync.as_deref(),
+            )?;
             nats::record_url(&data_dir, &server.url())?;
             (server.url(), Some(server))
         }

@@ -64,10 +64,18 @@ pub fn jetstream_dir(data_dir: &Path) -> PathBuf {
 
 /// Starts a supervised nats-server for `data_dir`. Must be called from the main thread: the
 /// child is tied to the lifetime of the thread that spawns it.
-pub fn start_managed(data_dir: &Path, bin: Option<&Path>) -> anyhow::Result<NatsServer> {
+pub fn start_managed(
+    data_dir: &Path,
+    bin: Option<&Path>,
+    sync: Option<&str>,
+) -> anyhow::Result<NatsServer> {
     let bin = natsd::find_binary(bin)?;
     let version = natsd::check_version(&bin)?;
-    let server = NatsServer::start(&bin, &jetstream_dir(data_dir), None)
+    let options = natsd::ServerOptions {
+        sync: sync.map(str::to_owned),
+        monitor_port: None,
+    };
+    let server = NatsServer::start_with(&bin, &jetstream_dir(data_dir), None, &options)
         .with_context(|| format!("starting {}", bin.display()))?;
     tracing::info!(
         bin = %bin.display(),
@@ -103,6 +111,7 @@ pub fn resolve(
     url: Option<&str>,
     data_dir: &Path,
     bin: Option<&Path>,
+    sync: Option<&str>,
 ) -> anyhow::Result<(String, Option<NatsServer>)> {
     if let Some(u) = url {
         return Ok((u.to_owned(), None));
@@ -110,7 +119,7 @@ pub fn resolve(
     if let Some(u) = recorded_url(data_dir) {
         return Ok((u, None));
     }
-    let server = start_managed(data_dir, bin)?;
+    let server = start_managed(data_dir, bin, sync)?;
     Ok((server.url(), Some(server)))
 }
 
@@ -123,6 +132,7 @@ pub async fn log_for_command(
         common.nats_url.as_deref(),
         &common.data_dir,
         common.nats_server_bin.as_deref(),
+        common.nats_sync.as_deref(),
     )?;
     let client = connect(&url).await?;
     let log = open_log(client, common.log_settings()).await?;

@@ -339,3 +339,47 @@ fn migrate_prepares_a_store_and_explains_what_it_cannot_reach() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `MSGXC_NATS_SYNC` reaches the managed server's JetStream settings (read back from its
+/// monitoring endpoint), and the default is the server's own.
+#[tokio::test]
+async fn the_managed_servers_disk_sync_is_configurable() {
+    use exchange::natsd::{NatsServer, ServerOptions, free_port};
+    let varz = |port: u16| async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/varz"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    for (sync, always) in [(Some("always"), true), (None, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let monitor = free_port().unwrap();
+        let _server = NatsServer::start_with(
+            &testkit::nats_server_bin(),
+            dir.path(),
+            None,
+            &ServerOptions {
+                sync: sync.map(str::to_owned),
+                monitor_port: Some(monitor),
+            },
+        )
+        .unwrap();
+        let v = varz(monitor).await;
+        let config = &v["jetstream"]["config"];
+        assert_eq!(
+            config["sync_always"].as_bool().unwrap_or(false),
+            always,
+            "{sync:?}: {config}"
+        );
+    }
+    // A bad value is refused before anything starts.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("MSGXC_NATS_SYNC", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid JetStream sync"));
+}

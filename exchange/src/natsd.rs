@@ -140,12 +140,55 @@ pub struct NatsServer {
     port: u16,
     bin: PathBuf,
     store_dir: PathBuf,
+    options: ServerOptions,
+}
+
+/// Settings of a managed server beyond its port and store.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// JetStream's `sync_interval`: `always` (fsync every write) or a duration such as `1s`;
+    /// `None` keeps the server's default (2 minutes: a power cut can lose what was written
+    /// since the last sync, a process crash cannot).
+    pub sync: Option<String>,
+    /// Serve the HTTP monitoring endpoints (`/varz`, ...) on this loopback port.
+    pub monitor_port: Option<u16>,
+}
+
+/// Checks a `sync_interval` value: `always`, or a duration in Go's form (`500ms`, `1s`, `2m`).
+pub fn parse_sync(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "always" {
+        return Ok(s);
+    }
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "ms" | "s" | "m" | "h")
+    {
+        Ok(s)
+    } else {
+        Err(format!(
+            "invalid JetStream sync {s:?}: expected always or a duration such as 500ms, 1s, 2m"
+        ))
+    }
 }
 
 impl NatsServer {
     /// Starts `bin` on 127.0.0.1:`port` (a free one when `None`) with JetStream storage in
     /// `store_dir`, and waits until it accepts clients.
     pub fn start(bin: &Path, store_dir: &Path, port: Option<u16>) -> Result<Self, NatsdError> {
+        Self::start_with(bin, store_dir, port, &ServerOptions::default())
+    }
+
+    /// As [`NatsServer::start`], with [`ServerOptions`] (written to a config file in
+    /// `store_dir` when they need one).
+    pub fn start_with(
+        bin: &Path,
+        store_dir: &Path,
+        port: Option<u16>,
+        options: &ServerOptions,
+    ) -> Result<Self, NatsdError> {
         std::fs::create_dir_all(store_dir)?;
         let port = match port {
             Some(p) => p,
@@ -156,8 +199,23 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
             .arg("-l")
-            .arg(&log_file)
-            .stdin(Stdio::null())
+            .arg(&log_file);
+        if let Some(sync) = &options.sync {
+            let sync = parse_sync(sync).map_err(|reason| NatsdError::Unusable {
+                path: bin.display().to_string(),
+                reason,
+            })?;
+            let conf = store_dir.join("msgxc-nats.conf");
+            std::fs::write(
+                &conf,
+                format!("jetstream {{\n  sync_interval: {sync}\n}}\n"),
+            )?;
+            cmd.arg("-c").arg(&conf);
+        }
+        if let Some(m) = options.monitor_port {
+            cmd.args(["-m", &m.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
@@ -170,6 +228,7 @@ impl NatsServer {
             port,
             bin: bin.to_path_buf(),
             store_dir: store_dir.to_path_buf(),
+            options: options.clone(),
         };
         server.wait_ready(Duration::from_secs(15), &log_file)?;
         Ok(server)
@@ -236,7 +295,7 @@ impl NatsServer {
     /// Starts the same binary again on the same port and store (after [`stop`](Self::stop)).
     pub fn restart(&mut self) -> Result<(), NatsdError> {
         self.stop();
-        let again = Self::start(&self.bin, &self.store_dir, Some(self.port))?;
+        let again = Self::start_with(&self.bin, &self.store_dir, Some(self.port), &self.options)?;
         *self = again;
         Ok(())
     }
@@ -292,6 +351,16 @@ fn die_with_parent(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_settings_are_checked() {
+        assert_eq!(parse_sync("Always"), Ok("always".into()));
+        assert_eq!(parse_sync("500ms"), Ok("500ms".into()));
+        assert_eq!(parse_sync("1s"), Ok("1s".into()));
+        assert!(parse_sync("sometimes").is_err());
+        assert!(parse_sync("1 s").is_err());
+        assert!(parse_sync("s").is_err());
+    }
 
     #[test]
     fn parses_versions() {
