@@ -7,6 +7,7 @@ mod live;
 pub use live::serve_ws_baseline;
 mod measure;
 mod scenarios;
+mod schedule;
 
 use std::path::PathBuf;
 
@@ -46,7 +47,7 @@ pub struct BenchOptions {
     pub store: Option<String>,
 }
 
-pub const SCENARIOS: [&str; 5] = ["ingest", "fanout", "live", "room", "project"];
+pub const SCENARIOS: [&str; 6] = ["ingest", "fanout", "live", "room", "project", "schedule"];
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let wanted: Vec<String> = if opts.scenarios.is_empty() {
@@ -70,6 +71,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             "fanout" => fanout::fanout(&opts).await?,
             "live" => live::live(&opts).await?,
             "room" => live::room(&opts).await?,
+            "schedule" => schedule::schedule(&opts).await?,
             _ => scenarios::project(&opts).await?,
         };
         rows.extend(r);

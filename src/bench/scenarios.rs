@@ -52,13 +52,13 @@ impl Server {
 }
 
 /// CPU and memory accounting around one measured run.
-struct Meter {
+pub(super) struct Meter {
     cpu: f64,
     nats_cpu: f64,
 }
 
 impl Meter {
-    fn start(server: &Server) -> Self {
+    pub(super) fn start(server: &Server) -> Self {
         reset_peak_rss();
         Self {
             cpu: cpu_self(),
@@ -66,7 +66,7 @@ impl Meter {
         }
     }
 
-    fn row(
+    pub(super) fn row(
         &self,
         server: &Server,
         scenario: &str,
