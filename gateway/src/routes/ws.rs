@@ -26,8 +26,22 @@ const CLOSE_UNAVAILABLE: u16 = 1011;
 pub async fn connect(
     State(state): State<AppState>,
     StreamCaller(actor): StreamCaller,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // A plain request (no WebSocket handshake) gets the JSON error shape as any other.
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(r) => {
+            return crate::error::ApiError::bad_request(
+                "not_a_websocket",
+                format!(
+                    "{}: open this route with a WebSocket handshake",
+                    r.body_text()
+                ),
+            )
+            .into_response();
+        }
+    };
     let Some(guard) = state
         .sockets
         .acquire(&actor.uid, state.config.max_sockets_per_user)
