@@ -172,6 +172,10 @@ struct ServeArgs {
     /// (0 = no limit; behind a reverse proxy every client has the proxy's address).
     #[arg(long, env = "MSGXC_IP_WRITE_RATE", default_value = "1000/5000", value_parser = parse_rate)]
     ip_write_rate: RateArg,
+    /// Comma-separated origins (scheme://host[:port]) whose pages may call the API across
+    /// origins (CORS), or `*` for any. None by default.
+    #[arg(long, env = "MSGXC_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
     /// Live connections (WebSocket and SSE) one user may hold open on this gateway.
     #[arg(long, env = "MSGXC_MAX_SOCKETS_PER_USER", default_value_t = 32)]
     max_sockets_per_user: usize,
@@ -376,6 +380,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             user_write_rate: a.write_rate.0,
             ip_write_rate: a.ip_write_rate.0,
             max_sockets_per_user: a.max_sockets_per_user.max(1),
+            cors_origins: a
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
             allowed_origins: a
                 .allowed_origins
                 .iter()

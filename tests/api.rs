@@ -705,3 +705,100 @@ async fn live_connections_per_user_are_capped() {
         }
     }
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_and_marks_responses_for_the_configured_origins() {
+    let ex =
+        Exchange::start_with(|o| o.gateway.cors_origins = vec!["https://app.example.com".into()])
+            .await;
+    let app = "https://app.example.com";
+    let preflight = |origin: &'static str| {
+        ex.http
+            .request(Method::OPTIONS, ex.url("/publish"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let r = preflight(app).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], app);
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_ascii_uppercase();
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for want in [
+        "authorization",
+        "idempotency-key",
+        "last-event-id",
+        "content-type",
+    ] {
+        assert!(headers.contains(want), "{headers}");
+    }
+    // Another origin gets no grant.
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // Real responses carry the header, refusals too (a page must be able to read a 401).
+    let alice = token("alice", false);
+    let r = ex
+        .http
+        .get(ex.url("/notifications"))
+        .header("Origin", app)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], app);
+    let r = ex
+        .http
+        .get(ex.url("/notifications"))
+        .header("Origin", app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], app);
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("retry-after")
+    );
+
+    // `*`: any origin, token-only.
+    let any = Exchange::start_with(|o| o.gateway.cors_origins = vec!["*".into()]).await;
+    let r = any
+        .http
+        .get(any.url("/ping"))
+        .header("Origin", "https://anywhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // None configured (the default): no CORS at all; a preflight is a 405.
+    let none = Exchange::start().await;
+    let r = none
+        .http
+        .request(Method::OPTIONS, none.url("/publish"))
+        .header("Origin", app)
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}

@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub ip_write_rate: Option<crate::rate::Rate>,
     /// Live connections (WebSocket and SSE) one user may hold open on one gateway process.
     pub max_sockets_per_user: usize,
+    /// Origins (`https://app.example.com`) whose pages may call the API across origins
+    /// (CORS), or `*` for any; empty: none (no CORS headers, preflights get 405).
+    pub cors_origins: Vec<String>,
 }
 
 /// Default write limits and live connections per user (README states them).
@@ -91,6 +94,7 @@ impl Default for GatewayConfig {
                 burst: DEFAULT_IP_WRITE_BURST,
             }),
             max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
+            cors_origins: Vec::new(),
         }
     }
 }
