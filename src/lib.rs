@@ -276,6 +276,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             rate: Default::default(),
             writes: Default::default(),
             sockets: Default::default(),
+            metrics: Default::default(),
             thread_rules: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -292,15 +293,41 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         let bound = listener.local_addr()?;
         addr = Some(bound);
         let role = format!("{:?}", opts.role).to_lowercase();
-        let app = axum::Router::new().route(
-            "/api/v1/ping",
-            axum::routing::get(move || {
-                let role = role.clone();
-                async move {
-                    axum::Json(serde_json::json!({"ok": true, "service": "msgxc", "role": role}))
-                }
-            }),
-        );
+        // Metrics of a role without the gateway: the projection's checkpoint and lag.
+        let metrics = Arc::new(gateway::metrics::Metrics::new());
+        let (m_log, m_store) = (log.clone(), dyn_store.clone());
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/ping",
+                axum::routing::get(move || {
+                    let role = role.clone();
+                    async move {
+                        axum::Json(
+                            serde_json::json!({"ok": true, "service": "msgxc", "role": role}),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let (metrics, log, store) = (metrics.clone(), m_log.clone(), m_store.clone());
+                    async move {
+                        let text = metrics.render(
+                            log.last_seq().await.ok(),
+                            store.checkpoint().await.ok(),
+                            0,
+                        );
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                gateway::metrics::CONTENT_TYPE,
+                            )],
+                            text,
+                        )
+                    }
+                }),
+            );
         server = Some(serve_http(listener, app, rx));
         tracing::info!(%bound, "health endpoint listening");
     }

@@ -802,3 +802,53 @@ async fn cors_answers_preflights_and_marks_responses_for_the_configured_origins(
     assert_eq!(r.status(), 405);
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn metrics_count_requests_appends_lag_and_sockets() {
+    let ex = Exchange::start().await;
+    let (alice, admin) = (token("alice", false), token("root", true));
+    let (s, _) = ex
+        .post("/send", &admin, json!({"msg": "m", "uid": "alice"}))
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(ex.get("/notifications", "not.a.token").await.0, 401);
+    let _ws = common::ws_connect(&ex, &alice).await;
+    ex.caught_up().await;
+    let root = ex.base.trim_end_matches("/api/v1").to_owned();
+    let resp = ex.http.get(format!("{root}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = resp.text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    // Routes by template (never with ids), method and status.
+    assert_eq!(
+        value(r#"msgxc_http_requests_total{route="/api/v1/send",method="POST",status="202"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"msgxc_http_requests_total{route="/api/v1/notifications",method="GET",status="401"}"#
+        ),
+        1.0
+    );
+    assert!(
+        value(r#"msgxc_http_request_duration_seconds_count{route="/api/v1/send",method="POST"}"#)
+            >= 1.0
+    );
+    assert!(value("msgxc_jetstream_append_seconds_count") >= 1.0);
+    assert_eq!(value("msgxc_projector_lag_events"), 0.0);
+    assert!(value("msgxc_projector_checkpoint") >= 1.0);
+    assert_eq!(value("msgxc_open_sockets"), 1.0);
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}

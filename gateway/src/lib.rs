@@ -5,6 +5,7 @@
 //! - `error`: the `{"error":{"code","message"}}` answers
 //! - `extract`: request extractors (JSON bodies within the size limit, callers)
 //! - `jwks`: verification keys from an issuer's JSON Web Key Set, read again as they rotate
+//! - `metrics`: Prometheus metrics of requests, appends, projector lag and connections
 //! - `hub`: live frames routed from the event stream to this gateway's connections
 //! - `queue`: a connection's bounded frame queue
 //! - `rate`: per-sender rate limits
@@ -16,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod jwks;
+pub mod metrics;
 pub mod queue;
 pub mod rate;
 pub mod routes;

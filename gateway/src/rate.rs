@@ -115,6 +115,11 @@ pub struct SocketGuard {
 }
 
 impl SocketCounts {
+    /// Connections open, all users together.
+    pub fn total(&self) -> usize {
+        self.open.lock().map_or(0, |o| o.values().sum())
+    }
+
     /// Counts one more connection of `uid`, or `None` when `max` are open already.
     pub fn acquire(&self, uid: &str, max: usize) -> Option<SocketGuard> {
         let mut open = self.open.lock().ok()?;

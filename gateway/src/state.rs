@@ -134,6 +134,8 @@ pub struct Shared {
     pub writes: crate::rate::Buckets,
     /// Live connections open per user (`max_sockets_per_user`).
     pub sockets: crate::rate::SocketCounts,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Threads read for permission checks (their rules never change).
     pub thread_rules: ThreadRules,
 }
@@ -184,7 +186,9 @@ impl AppState {
     ) -> ApiResult<Recorded> {
         let envelope = Envelope::new(actor.clone(), event);
         let msg_id = idempotency_key.map(|k| message_id(&actor.uid, k));
+        let started = std::time::Instant::now();
         let appended = self.log.append(&envelope, msg_id.as_deref()).await?;
+        self.metrics.append(started.elapsed());
         if !appended.duplicate {
             return Ok(Recorded { envelope, appended });
         }

@@ -180,7 +180,10 @@ impl Exchange {
         loop {
             let (s, b) = self.get("/notifications?limit=100", token).await;
             assert_eq!(s, 200, "{b}");
-            if b["count"].as_u64() == Some(n) {
+            // Both the count and the entries: on Cassandra a logged batch is atomic but not
+            // isolated, so a read may see the counts row before the entry's row.
+            let listed = b["results"].as_array().map_or(0, Vec::len) as u64;
+            if b["count"].as_u64() == Some(n) && listed == n.min(100) {
                 return b;
             }
             assert!(

@@ -81,9 +81,14 @@ pub fn router(state: AppState) -> Router {
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            count_requests,
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_writes));
     let cors = cors_layer(&state.config.cors_origins);
     let app = Router::new()
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(not_found)
         .with_state(state);
@@ -175,6 +180,43 @@ async fn limit_writes(
         return refused("user", retry);
     }
     next.run(req).await
+}
+
+/// Counts each request to a route (by its template) with its status and time.
+async fn count_requests(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text. No user data: routes are templates.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let last = state.log.last_seq().await.ok();
+    let checkpoint = state.store.checkpoint().await.ok();
+    let text = state
+        .metrics
+        .render(last, checkpoint, state.sockets.total());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
