@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{options, token};
+use common::{Proc, options, token};
 use msgxc::Role;
 use serde_json::json;
 use testkit::providers::{form_value, sms_sink};
@@ -20,15 +20,6 @@ const USERS: usize = 600;
 const IN_FLIGHT: usize = 8;
 /// Outcomes per progress record (`exchange::dispatch` PART).
 const PART: usize = 64;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn a_dispatcher_killed_mid_batch_resends_at_most_the_unrecorded_part() {

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Exchange, next_json, read_models, token, ws_connect};
+use common::{Exchange, Proc, next_json, read_models, token, ws_connect};
 use projections::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use testkit::providers::sms_sink;
@@ -244,15 +244,6 @@ async fn bad_times_are_refused_and_a_past_time_sends_at_once() {
     assert_eq!(s, 403);
     let (s, _) = ex.get("/messages/scheduled?limit=0", &admin).await;
     assert_eq!(s, 400);
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The exchange is killed (SIGKILL) right after accepting a scheduled message and is down

@@ -89,6 +89,34 @@ impl Meter {
     }
 }
 
+/// The whole exchange in this process on `server`'s NATS with a SQLite store at `store`, the
+/// write limits off (throughput is what is measured).
+pub(super) async fn in_process(
+    server: &Server,
+    store: &std::path::Path,
+) -> anyhow::Result<crate::Running> {
+    crate::start(ExchangeOptions {
+        role: Role::All,
+        listen: "127.0.0.1:0".parse()?,
+        health_listen: None,
+        nats_url: server.nats.url(),
+        store: crate::StoreLocation::Sqlite(store.to_path_buf()),
+        jwt_key: JwtKey::Secret(SECRET.as_bytes().to_vec()),
+        jwt_issuer: None,
+        jwt_audience: None,
+        log: LogSettings::default(),
+        gateway: gateway::GatewayConfig {
+            user_write_rate: None,
+            ip_write_rate: None,
+            ..Default::default()
+        },
+        projector: Default::default(),
+        channels: Default::default(),
+        dispatch: Default::default(),
+    })
+    .await
+}
+
 pub(super) fn token() -> anyhow::Result<String> {
     user_token("bench", &["admin".to_owned()])
 }
@@ -383,27 +411,7 @@ pub async fn ingest(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
 
     // msgxc: the real exchange (gateway, projector, dispatcher) on the same server.
     let dir = tempfile::tempdir()?;
-    let exchange = crate::start(ExchangeOptions {
-        role: Role::All,
-        listen: "127.0.0.1:0".parse()?,
-        health_listen: None,
-        nats_url: server.nats.url(),
-        store: crate::StoreLocation::Sqlite(dir.path().join("bench.sqlite3")),
-        jwt_key: JwtKey::Secret(SECRET.as_bytes().to_vec()),
-        jwt_issuer: None,
-        jwt_audience: None,
-        log: LogSettings::default(),
-        // Throughput is measured: the write limits are off.
-        gateway: gateway::GatewayConfig {
-            user_write_rate: None,
-            ip_write_rate: None,
-            ..Default::default()
-        },
-        projector: Default::default(),
-        channels: Default::default(),
-        dispatch: Default::default(),
-    })
-    .await?;
+    let exchange = in_process(&server, &dir.path().join("bench.sqlite3")).await?;
     let base = format!(
         "http://{}/api/v1",
         exchange.addr.context("gateway address")?

@@ -12,9 +12,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::scenarios::{Meter, SECRET, Server, token};
+use super::scenarios::{Meter, Server, token};
 use super::{BenchOptions, Row};
-use crate::{ExchangeOptions, Role};
 
 /// Requests in flight while the messages are sent or scheduled.
 const IN_FLIGHT: usize = 64;
@@ -25,26 +24,7 @@ pub async fn schedule(opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let n: usize = if opts.quick { 2_000 } else { 10_000 };
     let server = Server::start(opts)?;
     let dir = tempfile::tempdir()?;
-    let exchange = crate::start(ExchangeOptions {
-        role: Role::All,
-        listen: "127.0.0.1:0".parse()?,
-        health_listen: None,
-        nats_url: server.nats.url(),
-        store: crate::StoreLocation::Sqlite(dir.path().join("bench.sqlite3")),
-        jwt_key: gateway::auth::JwtKey::Secret(SECRET.as_bytes().to_vec()),
-        jwt_issuer: None,
-        jwt_audience: None,
-        log: exchange::LogSettings::default(),
-        gateway: gateway::GatewayConfig {
-            user_write_rate: None,
-            ip_write_rate: None,
-            ..Default::default()
-        },
-        projector: Default::default(),
-        channels: Default::default(),
-        dispatch: Default::default(),
-    })
-    .await?;
+    let exchange = super::scenarios::in_process(&server, &dir.path().join("bench.sqlite3")).await?;
     let base = format!(
         "http://{}/api/v1",
         exchange.addr.context("gateway address")?

@@ -272,6 +272,16 @@ impl Drop for Keyspace {
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn token(sub: &str, admin: bool) -> String {
     let roles = if admin {
         vec!["admin".to_string()]

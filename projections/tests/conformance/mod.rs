@@ -166,6 +166,20 @@ fn all(status: Option<StatusFilter>) -> InboxQuery {
     }
 }
 
+/// The ids of a user's inbox entries (all but archived), sorted.
+async fn inbox_ids(store: &dyn Store, uid: &str) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = store
+        .inbox(uid, &all(None))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Events at or below the checkpoint are skipped: a redelivered batch changes nothing.
 pub async fn redelivered_batch_is_harmless(store: &dyn Store) {
     assert_eq!(store.checkpoint().await.unwrap(), 0);
@@ -411,18 +425,7 @@ pub async fn membership_changes_within_one_batch(store: &dyn Store) {
         m4.clone(),
     ])
     .await;
-    let ids = |uid: &'static str| async move {
-        let mut ids: Vec<Uuid> = store
-            .inbox(uid, &all(None))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|n| n.id)
-            .collect();
-        ids.sort();
-        ids
-    };
+    let ids = |uid: &'static str| inbox_ids(store, uid);
     assert_eq!(ids("bob").await, [m1.id, m2.id, m4.id]);
     assert_eq!(ids("cat").await, [m2.id, m3.id, m4.id]);
     assert_eq!(ids("abe").await, [m4.id]);
@@ -1153,18 +1156,7 @@ pub async fn scheduled_sends(store: &dyn Store) {
             .unwrap()
             .map(|s| (s.status, s.schedule_seq))
     };
-    let inbox = || async {
-        let mut ids: Vec<Uuid> = store
-            .inbox("ann", &all(None))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|n| n.id)
-            .collect();
-        ids.sort();
-        ids
-    };
+    let inbox = || inbox_ids(store, "ann");
 
     feed.apply(vec![record(a, 11), record(b, 12)]).await;
     assert_eq!(listed(None).await, vec![b, a], "soonest first");
