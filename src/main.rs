@@ -176,6 +176,10 @@ struct ServeArgs {
     /// origins (CORS), or `*` for any. None by default.
     #[arg(long, env = "MSGXC_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// Frames one WebSocket client may send per second (pings, acks), per_second[/burst];
+    /// over it the connection is closed with 1008 (0 = no limit).
+    #[arg(long, env = "MSGXC_SOCKET_FRAME_RATE", default_value = "50/200", value_parser = parse_rate)]
+    socket_frame_rate: RateArg,
     /// Live connections (WebSocket and SSE) one user may hold open on this gateway.
     #[arg(long, env = "MSGXC_MAX_SOCKETS_PER_USER", default_value_t = 32)]
     max_sockets_per_user: usize,
@@ -380,6 +384,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             user_write_rate: a.write_rate.0,
             ip_write_rate: a.ip_write_rate.0,
             max_sockets_per_user: a.max_sockets_per_user.max(1),
+            socket_frame_rate: a.socket_frame_rate.0,
             cors_origins: a
                 .cors_origins
                 .iter()

@@ -852,3 +852,44 @@ async fn metrics_count_requests_appends_lag_and_sockets() {
     assert_eq!(value("msgxc_open_sockets"), 1.0);
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
+
+#[tokio::test]
+async fn a_websocket_client_over_its_frame_rate_is_closed_with_1008() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ex = Exchange::start_with(|o| {
+        o.gateway.socket_frame_rate = Some(gateway::rate::Rate {
+            per_second: 1,
+            burst: 5,
+        })
+    })
+    .await;
+    let mut ws = common::ws_connect(&ex, &token("alice", false)).await;
+    for _ in 0..20 {
+        if ws
+            .send(Message::Text(r#"{"action":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut pongs, mut close) = (0, None);
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await
+    {
+        match msg {
+            Ok(Message::Text(t)) if t.as_str().contains("pong") => pongs += 1,
+            Ok(Message::Close(frame)) => {
+                close = frame;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(pongs, 5, "the burst is answered");
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.as_str().contains("too many frames"));
+}

@@ -102,6 +102,38 @@ impl Buckets {
     }
 }
 
+/// One connection's own token bucket (no map, no lock: it lives in the connection's task).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalBucket {
+    rate: Rate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl LocalBucket {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.burst),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(self.rate.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.rate.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Live connections open per user, and the guard that holds one.
 #[derive(Clone, Default)]
 pub struct SocketCounts {

@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub ip_write_rate: Option<crate::rate::Rate>,
     /// Live connections (WebSocket and SSE) one user may hold open on one gateway process.
     pub max_sockets_per_user: usize,
+    /// Frames a WebSocket client may send (pings, acks), per connection; a client over it is
+    /// closed with 1008. `None`: no limit.
+    pub socket_frame_rate: Option<crate::rate::Rate>,
     /// Origins (`https://app.example.com`) whose pages may call the API across origins
     /// (CORS), or `*` for any; empty: none (no CORS headers, preflights get 405).
     pub cors_origins: Vec<String>,
@@ -95,6 +98,10 @@ impl Default for GatewayConfig {
             }),
             max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
             cors_origins: Vec::new(),
+            socket_frame_rate: Some(crate::rate::Rate {
+                per_second: 50,
+                burst: 200,
+            }),
         }
     }
 }

@@ -42,6 +42,7 @@ impl ServeProcess {
                 ("MSGXC_WRITE_RATE", "0"),
                 ("MSGXC_IP_WRITE_RATE", "0"),
                 ("MSGXC_MAX_SOCKETS_PER_USER", "100000"),
+                ("MSGXC_SOCKET_FRAME_RATE", "0"),
             ],
         )
         .await

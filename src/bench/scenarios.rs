@@ -108,6 +108,7 @@ pub(super) async fn in_process(
         gateway: gateway::GatewayConfig {
             user_write_rate: None,
             ip_write_rate: None,
+            socket_frame_rate: None,
             ..Default::default()
         },
         projector: Default::default(),

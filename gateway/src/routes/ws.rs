@@ -20,6 +20,8 @@ use crate::state::AppState;
 
 /// Close code for a client that could not keep up (RFC 6455 1013, "try again later").
 const CLOSE_SLOW: u16 = 1013;
+/// Close code for a client over its frame rate (RFC 6455 1008, "policy violation").
+const CLOSE_POLICY: u16 = 1008;
 /// Close code when the connection cannot be set up (RFC 6455 1011, "internal error").
 const CLOSE_UNAVAILABLE: u16 = 1011;
 
@@ -101,6 +103,10 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
     let ping_every = state.config.ping_interval.max(Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut last_heard = Instant::now();
+    let mut budget = state
+        .config
+        .socket_frame_rate
+        .map(crate::rate::LocalBucket::new);
     loop {
         tokio::select! {
             frame = registration.frames.recv() => match frame {
@@ -122,6 +128,14 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(msg)) => {
                     last_heard = Instant::now();
+                    if budget.as_mut().is_some_and(|b| !b.take()) {
+                        tracing::debug!(uid = %actor.uid, "closing a WebSocket over its frame rate");
+                        let _ = socket.send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_POLICY,
+                            reason: "too many frames; slow down".into(),
+                        }))).await;
+                        break;
+                    }
                     match msg {
                         Message::Text(t) => {
                             if let Some(reply) = Box::pin(answer(&state, &actor, t.as_str())).await
