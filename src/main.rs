@@ -35,8 +35,23 @@ struct Cli {
     /// serve, warn for the other commands].
     #[arg(long, env = "MSGXC_LOG", global = true)]
     log: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
+    #[arg(
+        long,
+        env = "MSGXC_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -290,10 +305,13 @@ fn main() -> std::process::ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     // Blocking work is mostly SQLite reads on a handful of connections: more threads than that
     // only wait on locks, and each idle thread holds stack and allocator memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

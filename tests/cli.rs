@@ -383,3 +383,49 @@ async fn the_managed_servers_disk_sync_is_configurable() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid JetStream sync"));
 }
+
+/// `MSGXC_LOG_FORMAT=json`: every log line is one JSON object (requests logged at debug).
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("stderr.log");
+    let port = exchange::natsd::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &listen])
+        .env("MSGXC_DATA_DIR", data.path().join("data"))
+        .env_remove("MSGXC_NATS_URL")
+        .env("MSGXC_NATS_SERVER_BIN", testkit::nats_server_bin())
+        .env("MSGXC_LOG_FORMAT", "json")
+        .env("MSGXC_LOG", "info,gateway=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut serve = Serve(child);
+    let base = format!("http://{listen}/api/v1");
+    wait_for_ping(&base).await;
+    sigterm(&serve.0);
+    let _ = serve.0.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "gateway listening"),
+        "{text}"
+    );
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["route"] == "/api/v1/ping")
+        .unwrap_or_else(|| panic!("no request line in {text}"));
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["method"], "GET");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+}

@@ -195,9 +195,15 @@ async fn count_requests(
     let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    state
-        .metrics
-        .request(&route, &method, resp.status().as_u16(), started.elapsed());
+    let (status, took) = (resp.status().as_u16(), started.elapsed());
+    state.metrics.request(&route, &method, status, took);
+    tracing::debug!(
+        route = %route,
+        method = %method,
+        status,
+        ms = took.as_secs_f64() * 1e3,
+        "request"
+    );
     resp
 }
 
