@@ -205,6 +205,9 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         opts.log.replicas,
     )
     .await?;
+    // Provider calls are counted when this process dispatches, and reported by its /metrics.
+    let dispatch_metrics = exchange::dispatch::metrics::DispatchMetrics::default();
+    let dispatching = matches!(opts.role, Role::All | Role::Dispatcher);
     if matches!(opts.role, Role::All | Role::Dispatcher) {
         let mut settings = opts.dispatch.clone();
         settings.replicas = opts.log.replicas;
@@ -216,7 +219,8 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             Some(presence.clone()),
             settings,
         )
-        .await?;
+        .await?
+        .with_metrics(dispatch_metrics.clone());
         tracing::info!(channels = ?channels.names(), "dispatcher starting");
         tasks.push(tokio::spawn(dispatcher.run()));
     }
@@ -276,7 +280,9 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             rate: Default::default(),
             writes: Default::default(),
             sockets: Default::default(),
-            metrics: Default::default(),
+            metrics: Arc::new(gateway::metrics::Metrics::with_dispatch(
+                dispatching.then_some(&dispatch_metrics),
+            )),
             thread_rules: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -294,7 +300,9 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         addr = Some(bound);
         let role = format!("{:?}", opts.role).to_lowercase();
         // Metrics of a role without the gateway: the projection's checkpoint and lag.
-        let metrics = Arc::new(gateway::metrics::Metrics::new());
+        let metrics = Arc::new(gateway::metrics::Metrics::with_dispatch(
+            dispatching.then_some(&dispatch_metrics),
+        ));
         let (m_log, m_store) = (log.clone(), dyn_store.clone());
         let app = axum::Router::new()
             .route(

@@ -1255,3 +1255,42 @@ async fn a_429_pauses_the_provider_and_the_batch_drains_at_its_pace() {
     let (_, dead) = ex.get("/deliveries/failed", &token("root", true)).await;
     assert_eq!(dead["count"], 0, "{dead}");
 }
+
+#[tokio::test]
+async fn metrics_count_provider_calls_by_channel_and_outcome() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    enlist(&ex, "mia", json!({"os": "sms", "phone": "+14155550142"})).await;
+    let (s, _) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "counted", "uid": "mia"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    p.sms.wait_for(1).await;
+    let root = ex.base.trim_end_matches("/api/v1").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = ex
+            .http
+            .get(format!("{root}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let accepted = r#"msgxc_dispatch_sends_total{channel="sms",outcome="accepted"} 1"#;
+        if text.lines().any(|l| l == accepted) {
+            assert!(
+                text.contains(r#"msgxc_dispatch_send_seconds_count{channel="sms"} 1"#),
+                "{text}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - `events`: every event kind and its payload (the public contract), `schema`: their JSON Schema
-//! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, ordered reads), `subject`: its subjects
+//! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, schedules, ordered reads), `subject`: its subjects
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
-//! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`)
+//! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
 //! - `natsd`: finding, starting and supervising a local nats-server
 

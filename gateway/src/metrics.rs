@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): HTTP requests by route, method and
 //! status with latency histograms, JetStream append latency, projector lag, open live
-//! connections. Counters live here and are updated as requests pass; lag and connections are
+//! connections, and the dispatcher's provider calls when it runs in the same process. Counters live here and are updated as requests pass; lag and connections are
 //! read when scraped.
 
 use std::sync::atomic::AtomicU64;
@@ -52,7 +52,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_dispatch(None)
+    }
+
+    /// As [`Metrics::new`], also reporting the dispatcher's provider calls when this process
+    /// runs one.
+    pub fn with_dispatch(dispatch: Option<&exchange::dispatch::metrics::DispatchMetrics>) -> Self {
         let mut registry = Registry::with_prefix("msgxc");
+        if let Some(d) = dispatch {
+            d.register(&mut registry);
+        }
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",

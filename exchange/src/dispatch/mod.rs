@@ -6,6 +6,7 @@
 //! inboxes; the dispatcher resolves the recipients' devices in bulk through the [`Directory`]
 //! the store implements, so the core depends on no store.
 
+pub mod metrics;
 mod queue;
 pub mod throttle;
 mod worker;

@@ -148,6 +148,7 @@ pub struct Dispatcher {
     paced: Arc<HashMap<&'static str, Paced>>,
     mqtt_throttle: Arc<Throttle>,
     settings: Arc<DispatchSettings>,
+    metrics: Option<super::metrics::DispatchMetrics>,
 }
 
 impl Dispatcher {
@@ -193,7 +194,14 @@ impl Dispatcher {
             markers,
             presence: presence.as_ref().map(Presence::follow),
             settings: Arc::new(settings),
+            metrics: None,
         })
+    }
+
+    /// Counts every provider call into `metrics` (see [`super::metrics`]).
+    pub fn with_metrics(mut self, metrics: super::metrics::DispatchMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs every lane until the task is dropped.
@@ -575,6 +583,7 @@ impl Dispatcher {
         let mut throttled = 0;
         loop {
             let permit = target.throttle.acquire().await;
+            let started = std::time::Instant::now();
             let outcome = match &target.via {
                 Via::Channel(channel) => {
                     let Some(address) = target.address else {
@@ -598,6 +607,9 @@ impl Dispatcher {
                 Via::Mqtt(mqtt) => self.bounded(mqtt.publish_user(task, target.uid)).await,
             };
             drop(permit);
+            if let Some(m) = &self.metrics {
+                m.send(target.channel, &outcome, started.elapsed());
+            }
             match outcome {
                 Outcome::Throttled { reason, after } => {
                     let pause = after.unwrap_or(Duration::from_secs(1));

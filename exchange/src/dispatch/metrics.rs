@@ -1,0 +1,80 @@
+//! What the dispatcher counts for `GET /metrics`: provider calls by channel and outcome, with
+//! their latency. Registered into the process's registry by whoever serves the metrics.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SendLabels {
+    channel: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+fn send_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+}
+
+/// Cheap to clone: the families share their counters.
+#[derive(Clone)]
+pub struct DispatchMetrics {
+    sends: Family<SendLabels, Counter>,
+    latency: Family<ChannelLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for DispatchMetrics {
+    fn default() -> Self {
+        Self {
+            sends: Family::default(),
+            latency: Family::new_with_constructor(send_histogram),
+        }
+    }
+}
+
+impl DispatchMetrics {
+    /// Adds these metrics to `registry` (named `<prefix>_dispatch_*`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "dispatch_sends",
+            "Provider calls by channel and outcome (accepted, retry, throttled, device_gone, rejected)",
+            self.sends.clone(),
+        );
+        registry.register(
+            "dispatch_send_seconds",
+            "Time of one provider call, by channel",
+            self.latency.clone(),
+        );
+    }
+
+    pub(crate) fn send(&self, channel: &str, outcome: &Outcome, took: Duration) {
+        let outcome = match outcome {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::DeviceGone { .. } => "device_gone",
+            Outcome::Rejected { .. } => "rejected",
+        };
+        self.sends
+            .get_or_create(&SendLabels {
+                channel: channel.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
