@@ -13,13 +13,13 @@ use super::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SendLabels {
-    channel: String,
-    outcome: String,
+    channel: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelLabels {
-    channel: String,
+    channel: &'static str,
 }
 
 fn send_histogram() -> Histogram {
@@ -57,7 +57,8 @@ impl DispatchMetrics {
         );
     }
 
-    pub(crate) fn send(&self, channel: &str, outcome: &Outcome, took: Duration) {
+    /// Labels are static strings: counting a send allocates nothing.
+    pub(crate) fn send(&self, channel: &'static str, outcome: &Outcome, took: Duration) {
         let outcome = match outcome {
             Outcome::Accepted { .. } => "accepted",
             Outcome::Retry { .. } => "retry",
@@ -66,15 +67,10 @@ impl DispatchMetrics {
             Outcome::Rejected { .. } => "rejected",
         };
         self.sends
-            .get_or_create(&SendLabels {
-                channel: channel.to_owned(),
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&SendLabels { channel, outcome })
             .inc();
         self.latency
-            .get_or_create(&ChannelLabels {
-                channel: channel.to_owned(),
-            })
+            .get_or_create(&ChannelLabels { channel })
             .observe(took.as_secs_f64());
     }
 }

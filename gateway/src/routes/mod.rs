@@ -171,13 +171,19 @@ async fn limit_writes(
     {
         return refused("address", retry);
     }
+    let mut req = req;
     if let Some(rate) = state.config.user_write_rate
         && let Some(token) = crate::auth::bearer_of(req.headers())
         && let Ok(actor) = state.verifier.verify(token).await
-        && !actor.is_admin()
-        && let Err(retry) = state.writes.take(&format!("user {}", actor.uid), rate)
     {
-        return refused("user", retry);
+        if !actor.is_admin()
+            && let Err(retry) = state.writes.take(&format!("user {}", actor.uid), rate)
+        {
+            return refused("user", retry);
+        }
+        // The handler's `Caller` takes it from here instead of checking the token again.
+        req.extensions_mut()
+            .insert(crate::auth::VerifiedCaller(actor));
     }
     next.run(req).await
 }
@@ -188,22 +194,32 @@ async fn count_requests(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::http::Method;
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // The routes take these methods only (others are refused before a route matches).
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    };
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let (status, took) = (resp.status().as_u16(), started.elapsed());
-    state.metrics.request(&route, &method, status, took);
     tracing::debug!(
         route = %route,
-        method = %method,
+        method,
         status,
         ms = took.as_secs_f64() * 1e3,
         "request"
     );
+    state.metrics.request(&route, method, status, took);
     resp
 }
 
