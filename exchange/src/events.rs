@@ -517,25 +517,31 @@ pub struct Fallback {
 
 fn seconds_or_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
-    let bad =
-        || serde::de::Error::custom("expected seconds or a duration such as 90s, 10m, 2h, 1d");
+    duration_seconds(&v).ok_or_else(|| {
+        serde::de::Error::custom("expected seconds or a duration such as 90s, 10m, 2h, 1d")
+    })
+}
+
+/// Seconds from a JSON number or a string such as `90s`, `10m`, `2h`, `1d` (options such as
+/// `fallback.after` and `delay`); `None` for anything else.
+pub fn duration_seconds(v: &serde_json::Value) -> Option<u64> {
     match v {
-        serde_json::Value::Number(n) => n.as_u64().ok_or_else(bad),
+        serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => {
             let s = s.trim();
             let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
             let (num, unit) = s.split_at(split);
-            let n: u64 = num.parse().map_err(|_| bad())?;
+            let n: u64 = num.parse().ok()?;
             let mult = match unit {
                 "" | "s" => 1,
                 "m" => 60,
                 "h" => 3600,
                 "d" => 86_400,
-                _ => return Err(bad()),
+                _ => return None,
             };
-            n.checked_mul(mult).ok_or_else(bad)
+            n.checked_mul(mult)
         }
-        _ => Err(bad()),
+        _ => None,
     }
 }
 

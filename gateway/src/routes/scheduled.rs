@@ -86,23 +86,7 @@ pub(crate) fn due_of(
 }
 
 fn delay_seconds(v: &Value) -> Option<i64> {
-    let secs = match v {
-        Value::Number(n) => n.as_u64()?,
-        Value::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-            let (num, unit) = s.split_at(split);
-            let n: u64 = num.parse().ok()?;
-            n.checked_mul(match unit {
-                "" | "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => return None,
-            })?
-        }
-        _ => return None,
-    };
+    let secs = exchange::events::duration_seconds(v)?;
     i64::try_from(secs)
         .ok()
         .filter(|s| *s <= HORIZON.whole_seconds() + 1)
