@@ -34,4 +34,5 @@ cargo test --workspace --locked --no-run
 scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"
 cargo test --workspace --locked
 MSGXC_TEST_STORE=cassandra cargo test --locked \
-  --test api --test inbox --test delivery --test durability --test roles --test scheduled
+  --test api --test inbox --test delivery --test durability --test roles --test scheduled \
+  --test experiments

@@ -198,6 +198,10 @@ struct ServeArgs {
     /// Live connections (WebSocket and SSE) one user may hold open on this gateway.
     #[arg(long, env = "MSGXC_MAX_SOCKETS_PER_USER", default_value_t = 32)]
     max_sockets_per_user: usize,
+    /// How long after a message (or an experiment's exposure) a tracked event without a mid
+    /// is attributed to it.
+    #[arg(long, env = "MSGXC_ATTRIBUTION_WINDOW", default_value = "3d", value_parser = parse_duration)]
+    attribution_window: Duration,
     /// Comma-separated origins (scheme://host[:port]) whose pages may open /connect and /stream
     /// with the xsajwt cookie; the gateway's own origin always may. None by default.
     #[arg(long, env = "MSGXC_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -403,6 +407,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             ip_write_rate: a.ip_write_rate.0,
             max_sockets_per_user: a.max_sockets_per_user.max(1),
             socket_frame_rate: a.socket_frame_rate.0,
+            attribution_window: a.attribution_window,
             cors_origins: a
                 .cors_origins
                 .iter()

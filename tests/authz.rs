@@ -148,6 +148,13 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ("GET", "/deliveries/failed", "", [401, 403, 403, 403, 200]),
     ("POST", "/deliveries/x/retry", "", [401, 403, 403, 403, 404]),
     ("GET", "/messages/scheduled", "", [401, 200, 200, 200, 200]),
+    ("GET", "/experiments/exp-1", "", [401, 403, 403, 200, 200]),
+    (
+        "POST",
+        "/track",
+        r#"{"event":"purchase"}"#,
+        [401, 202, 202, 202, 202],
+    ),
     (
         "POST",
         "/ack",
@@ -254,6 +261,7 @@ fn route_of(path: &str) -> String {
                 ("messaging", s) if s.starts_with('{') => "{id}".into(),
                 ("notifications", s) if s.starts_with('{') => "{id}".into(),
                 ("devices", _) => "{id}".into(),
+                ("experiments", _) => "{id}".into(),
                 ("blocks", _) => "{uid}".into(),
                 ("deliveries", "x") => "{id}".into(),
                 _ => seg.to_owned(),
@@ -321,6 +329,16 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
     };
     let mid = publish("first").await;
     let mid2 = publish("second").await;
+    // An experiment of the owner's (`exp-1`).
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &owner,
+            json!({"tid": tid, "msg": "third", "opts": {"experiment": "exp-1"},
+                   "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1, "msg": "3rd"}]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
     let (s, b) = ex
         .post(
             "/enlist",
@@ -339,7 +357,7 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
         .await;
     assert_eq!(s, 202, "{b}");
     let sched = b["mid"].as_str().unwrap().to_owned();
-    ex.inbox_until(&member, 2).await;
+    ex.inbox_until(&member, 3).await;
 
     let fill = |s: &str| {
         s.replace("{tid}", &tid)

@@ -289,6 +289,7 @@ async fn projector_resumes_from_its_checkpoint_after_a_restart() {
                 sender: "root".into(),
                 msg: format!("m{i}"),
                 opts: Default::default(),
+                experiment: None,
             }),
         );
         log.append(&env, None).await.unwrap();

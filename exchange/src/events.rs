@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::experiment::Experiment;
 use crate::subject;
 
 /// Version of the envelope and payload shapes written by this build.
@@ -32,11 +33,25 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new event caused by `actor`, stamped now with a fresh UUIDv7.
-    pub fn new(actor: Actor, event: Event) -> Self {
+    /// A new event caused by `actor`, stamped now with a fresh UUIDv7. A message's experiment
+    /// without an id (no `opts.experiment`) is named after the message.
+    pub fn new(actor: Actor, mut event: Event) -> Self {
+        let id = Uuid::now_v7();
+        if let Event::MessagePublished(MessagePublished {
+            experiment: Some(e),
+            ..
+        })
+        | Event::MessageSent(MessageSent {
+            experiment: Some(e),
+            ..
+        }) = &mut event
+            && e.id.is_empty()
+        {
+            e.id = id.to_string();
+        }
         Self {
             v: SCHEMA_VERSION,
-            id: Uuid::now_v7(),
+            id,
             occurred_at: OffsetDateTime::now_utc(),
             actor,
             event,
@@ -193,6 +208,7 @@ pub enum Event {
     DeliveriesSettled(DeliveriesSettled),
     MessageScheduled(MessageScheduled),
     ScheduleCancelled(ScheduleCancelled),
+    Tracked(Tracked),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -244,11 +260,12 @@ impl Event {
             Event::DeliveriesSettled(_) => "deliveries_settled",
             Event::MessageScheduled(_) => "message_scheduled",
             Event::ScheduleCancelled(_) => "schedule_cancelled",
+            Event::Tracked(_) => "tracked",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 25] = [
+    pub const KINDS: [&'static str; 26] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -274,6 +291,7 @@ impl Event {
         "deliveries_settled",
         "message_scheduled",
         "schedule_cancelled",
+        "tracked",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -291,6 +309,7 @@ impl Event {
             Event::InboxSeen(e) => (Aggregate::User, e.uid.clone()),
             Event::UserBlocked(e) => (Aggregate::User, e.uid.clone()),
             Event::UserUnblocked(e) => (Aggregate::User, e.uid.clone()),
+            Event::Tracked(e) => (Aggregate::User, e.uid.clone()),
             Event::MessageDeleted(e) => (Aggregate::Message, e.mid.to_string()),
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
@@ -427,6 +446,10 @@ pub struct MessagePublished {
     pub msg: String,
     #[serde(default)]
     pub opts: MessageOpts,
+    /// Variants and holdout: each recipient gets the variant of their arm (see
+    /// [`crate::experiment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Experiment>,
 }
 
 /// A message from an admin to one user, a list of users, or everyone.
@@ -437,6 +460,9 @@ pub struct MessageSent {
     pub msg: String,
     #[serde(default)]
     pub opts: MessageOpts,
+    /// Variants and holdout, as on [`MessagePublished`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Experiment>,
 }
 
 /// Who a sent message is for.
@@ -740,6 +766,28 @@ pub struct ScheduleCancelled {
     pub mid: Uuid,
 }
 
+/// The name of a tracked event that is a click on a message's link.
+pub const CLICK: &str = "click";
+
+/// Something a user did after a message (`POST /track`, or a wrapped link's redirect): a
+/// conversion, a custom event, or a click ([`CLICK`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Tracked {
+    pub uid: String,
+    /// `purchase`, `signup`, ... or `click`.
+    pub event: String,
+    /// The message the client attributes it to; without one, the last message the user
+    /// received within `window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<Uuid>,
+    /// The client's data, kept verbatim for analysts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub props: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The attribution window in seconds, fixed in the event when it is accepted
+    /// (`MSGXC_ATTRIBUTION_WINDOW`), so a rebuild attributes it the same way.
+    pub window: u64,
+}
+
 /// `uid` no longer accepts private messages from `blocked`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserBlocked {
@@ -892,6 +940,7 @@ mod tests {
                     urgency: Some(Urgency::High),
                     ..Default::default()
                 },
+                experiment: None,
             }),
         )
     }

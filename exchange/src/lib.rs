@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - `events`: every event kind and its payload (the public contract), `schema`: their JSON Schema
+//! - `experiment`: variants, holdout and the deterministic assignment of recipients to them
 //! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, schedules, ordered reads), `subject`: its subjects
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
 //! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
@@ -12,6 +13,7 @@
 pub mod channels;
 pub mod dispatch;
 pub mod events;
+pub mod experiment;
 pub mod live;
 pub mod log;
 pub mod natsd;

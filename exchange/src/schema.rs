@@ -63,6 +63,7 @@ pub fn event_schemas() -> Vec<(String, Value)> {
             "schedule_cancelled.json".into(),
             schema_of::<ScheduleCancelled>(),
         ),
+        ("tracked.json".into(), schema_of::<Tracked>()),
     ]
 }
 

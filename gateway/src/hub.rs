@@ -632,6 +632,7 @@ mod tests {
                     ntype: ntype.map(str::to_owned),
                     ..Default::default()
                 },
+                experiment: None,
             }),
         )
     }
@@ -742,6 +743,7 @@ mod tests {
                         ntype: ntype.map(str::to_owned),
                         ..Default::default()
                     },
+                    experiment: None,
                 }),
             )
         };

@@ -60,6 +60,9 @@ pub struct GatewayConfig {
     /// Origins (`https://app.example.com`) whose pages may call the API across origins
     /// (CORS), or `*` for any; empty: none (no CORS headers, preflights get 405).
     pub cors_origins: Vec<String>,
+    /// How long after a message a tracked event without a `mid` is attributed to it (and to
+    /// the experiments the user was exposed to), fixed into each `tracked` event.
+    pub attribution_window: Duration,
 }
 
 /// Default write limits and live connections per user (README states them).
@@ -98,6 +101,7 @@ impl Default for GatewayConfig {
             }),
             max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
             cors_origins: Vec::new(),
+            attribution_window: Duration::from_secs(3 * 86_400),
             socket_frame_rate: Some(crate::rate::Rate {
                 per_second: 50,
                 burst: 200,

@@ -15,10 +15,12 @@ use exchange::dispatch::DispatchTask;
 use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 
 use crate::model::{
-    Device, FailedDelivery, Notification, NotificationType, Receipt, ReceiptStatus, ScheduleStatus,
-    ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
+    NotificationType, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage, Step,
+    StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::StoreResult;
+use exchange::experiment::Arm;
 
 /// Write operations (and the few reads the fold needs) of one store transaction.
 pub trait FoldTarget {
@@ -157,6 +159,25 @@ pub trait FoldTarget {
     fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;
     /// Inserts or replaces a scheduled message's record; only pending ones are listed.
     fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()>;
+
+    /// An experiment's record.
+    fn experiment(&mut self, id: &str) -> StoreResult<Option<ExperimentRecord>>;
+    /// Inserts or replaces an experiment's record.
+    fn put_experiment(&mut self, e: &ExperimentRecord) -> StoreResult<()>;
+    /// One user's row of an experiment.
+    fn experiment_user(
+        &mut self,
+        experiment: &str,
+        uid: &str,
+    ) -> StoreResult<Option<ExperimentUser>>;
+    /// Every experiment row of a user.
+    fn user_experiments(&mut self, uid: &str) -> StoreResult<Vec<ExperimentUser>>;
+    /// Inserts or replaces a user's row of an experiment.
+    fn put_experiment_user(&mut self, u: &ExperimentUser) -> StoreResult<()>;
+    /// The counts of one arm among the users first exposed by message `mid` (zero when none).
+    fn arm_counts(&mut self, experiment: &str, mid: Uuid, arm: &str) -> StoreResult<ArmCounts>;
+    /// Replaces those counts (absolute values, so writing them again changes nothing).
+    fn put_arm_counts(&mut self, experiment: &str, mid: Uuid, c: &ArmCounts) -> StoreResult<()>;
 }
 
 /// Which per-recipient reads a message's delivery will make (see
@@ -227,10 +248,12 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             if !fired(t, env.id, &e.opts, at)? {
                 return Ok(());
             }
-            let stored = message_of(env, Some(e.tid), &e.sender, &e.msg, &e.opts);
+            let mut stored = message_of(env, Some(e.tid), &e.sender, &e.msg, &e.opts);
+            stored.experiment = e.experiment.clone();
             if !t.insert_message(&stored)? {
                 return Ok(());
             }
+            record_experiment(t, &stored, seq)?;
             t.insert_thread_message(&ThreadMessage {
                 mid: env.id,
                 tid: e.tid,
@@ -256,10 +279,12 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             if !fired(t, env.id, &e.opts, at)? {
                 return Ok(());
             }
-            let stored = message_of(env, None, &e.sender, &e.msg, &e.opts);
+            let mut stored = message_of(env, None, &e.sender, &e.msg, &e.opts);
+            stored.experiment = e.experiment.clone();
             if !t.insert_message(&stored)? {
                 return Ok(());
             }
+            record_experiment(t, &stored, seq)?;
             let recipients = match &e.audience {
                 Audience::User { uid } => vec![uid.clone()],
                 Audience::Users { uids } => uids.clone(),
@@ -267,16 +292,20 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             };
             deliver(t, seq, &stored, recipients, effects, changes)
         }
-        Event::DeliverySent(e) => t.advance_receipt(&Receipt {
-            mid: e.mid,
-            uid: e.uid.clone(),
-            device_id: e.device_id.clone(),
-            channel: e.channel.clone(),
-            status: ReceiptStatus::Sent,
-            attempts: e.attempt,
-            reason: None,
-            updated_at: at,
-        }),
+        Event::DeliverySent(e) => {
+            t.advance_receipt(&Receipt {
+                mid: e.mid,
+                uid: e.uid.clone(),
+                device_id: e.device_id.clone(),
+                channel: e.channel.clone(),
+                status: ReceiptStatus::Sent,
+                attempts: e.attempt,
+                reason: None,
+                updated_at: at,
+            })?;
+            let experiment = experiment_of(t, e.mid)?;
+            reach(t, experiment.as_deref(), &e.uid, &[Step::Delivered], at)
+        }
         Event::DeliveryFailed(e) => {
             t.advance_receipt(&Receipt {
                 mid: e.mid,
@@ -310,32 +339,46 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         Event::DeviceDisabled(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
         Event::DeliveriesSettled(e) => {
             // One group per device: its receipt, dead letter and disabling, as the single
-            // events did.
+            // events did (and the experiment step its user reached).
+            let experiment = experiment_of(t, e.mid)?;
             for d in &e.deliveries {
                 settle(t, e.mid, d, at)?;
+                if d.status != SettledStatus::Failed {
+                    reach(t, experiment.as_deref(), &d.uid, &[Step::Delivered], at)?;
+                }
                 t.group_done()?;
             }
             Ok(())
         }
-        Event::DeliveryAcked(e) => t.advance_receipt(&Receipt {
-            mid: e.mid,
-            uid: e.uid.clone(),
-            device_id: e.device_id.clone().unwrap_or_else(|| e.channel.clone()),
-            channel: e.channel.clone(),
-            status: match e.status {
-                AckStatus::Delivered => ReceiptStatus::Delivered,
-                AckStatus::Opened => ReceiptStatus::Opened,
-            },
-            attempts: 0,
-            reason: None,
-            updated_at: at,
-        }),
+        Event::DeliveryAcked(e) => {
+            t.advance_receipt(&Receipt {
+                mid: e.mid,
+                uid: e.uid.clone(),
+                device_id: e.device_id.clone().unwrap_or_else(|| e.channel.clone()),
+                channel: e.channel.clone(),
+                status: match e.status {
+                    AckStatus::Delivered => ReceiptStatus::Delivered,
+                    AckStatus::Opened => ReceiptStatus::Opened,
+                },
+                attempts: 0,
+                reason: None,
+                updated_at: at,
+            })?;
+            let experiment = experiment_of(t, e.mid)?;
+            let steps: &[Step] = match e.status {
+                AckStatus::Delivered => &[Step::Delivered],
+                AckStatus::Opened => &[Step::Delivered, Step::Opened],
+            };
+            reach(t, experiment.as_deref(), &e.uid, steps, at)
+        }
+        Event::Tracked(e) => track(t, e, at),
         Event::PreferencesSet(e) => t.put_preferences(&e.uid, &e.preferences),
         Event::DeliveryRequeued(e) => {
             let id = FailedDelivery::id_of(e.mid, &e.device_id);
             if t.take_failed_delivery(&id)?.is_some()
                 && effects.dispatch
                 && let Some(m) = t.message(e.mid)?
+                && let Some(m) = m.for_uid(&e.uid)
             {
                 let mut task = task_for(&m, &e.uid);
                 task.only_devices = Some(vec![e.device_id.clone()]);
@@ -345,9 +388,12 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             Ok(())
         }
         Event::NotificationsRead(e) => {
+            // Reading an entry opens it (reading all at once does not: nobody saw each one).
             for id in &e.ids {
                 if let Some(n) = t.mark_read(&e.uid, *id, at)? {
                     changes.record(t, "read", &n)?;
+                    let steps = [Step::Delivered, Step::Opened];
+                    reach(t, n.experiment.as_deref(), &e.uid, &steps, at)?;
                 }
                 t.group_done()?;
             }
@@ -524,13 +570,13 @@ fn pushes_to<T: FoldTarget + ?Sized>(t: &mut T, uid: &str, effects: Effects) -> 
 }
 
 /// The tasks of a message pushed to `to_push`: per batch, its task and, when the message
-/// has a fallback, the fallback's timer.
-fn tasks_of(m: &StoredMessage, to_push: &[String]) -> Vec<Vec<DispatchTask>> {
+/// has a fallback, the fallback's timer. Batches are numbered from `first`.
+fn tasks_of(m: &StoredMessage, to_push: &[String], first: usize) -> Vec<Vec<DispatchTask>> {
     to_push
         .chunks(TASK_BATCH)
         .enumerate()
         .map(|(k, uids)| {
-            let task = batch_task(m, uids, k);
+            let task = batch_task(m, uids, first + k);
             match &m.opts.fallback {
                 Some(f) => {
                     let mut wait = task.clone();
@@ -543,6 +589,55 @@ fn tasks_of(m: &StoredMessage, to_push: &[String]) -> Vec<Vec<DispatchTask>> {
             }
         })
         .collect()
+}
+
+/// The copies of a message its recipients get: the message itself, or, with an experiment,
+/// one per variant (made on first use), the holdout getting none.
+struct Arms<'m> {
+    m: &'m StoredMessage,
+    copies: Vec<std::cell::OnceCell<StoredMessage>>,
+}
+
+impl<'m> Arms<'m> {
+    fn new(m: &'m StoredMessage) -> Self {
+        let n = m.experiment.as_ref().map_or(1, |e| e.variants.len().max(1));
+        Self {
+            m,
+            copies: (0..n).map(|_| std::cell::OnceCell::new()).collect(),
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// The slot of `uid`'s copy, `None` for a holdout user.
+    fn slot_of(&self, uid: &str) -> Option<usize> {
+        match self.m.arm_of(uid) {
+            None => Some(0),
+            Some(Arm::Holdout) => None,
+            Some(Arm::Variant(i)) => Some(i.min(self.copies.len() - 1)),
+        }
+    }
+
+    fn message(&self, slot: usize) -> &StoredMessage {
+        if self.m.experiment.is_none() {
+            return self.m;
+        }
+        self.copies[slot].get_or_init(|| self.m.as_variant(slot))
+    }
+
+    /// The tasks of every slot's recipients to push to, batches numbered across the slots.
+    fn tasks(&self, to_push: &[Vec<String>]) -> Vec<Vec<DispatchTask>> {
+        let mut out = Vec::new();
+        for (slot, uids) in to_push.iter().enumerate() {
+            if uids.is_empty() {
+                continue;
+            }
+            out.extend(tasks_of(self.message(slot), uids, out.len()));
+        }
+        out
+    }
 }
 
 /// Messages with at least this many recipients have their dispatch planned ahead of their
@@ -579,7 +674,8 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
     {
         return Ok(None);
     }
-    let m = message_of(env, None, &e.sender, &e.msg, &e.opts);
+    let mut m = message_of(env, None, &e.sender, &e.msg, &e.opts);
+    m.experiment = e.experiment.clone();
     if t.message(m.mid)?.is_some() {
         return Ok(None);
     }
@@ -598,7 +694,8 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
     // Every known user is listed once; a multicast's list may repeat one.
     let mut seen = HashSet::new();
     let listed = matches!(e.audience, Audience::Users { .. });
-    let mut to_push = Vec::new();
+    let arms = Arms::new(&m);
+    let mut to_push = vec![Vec::new(); arms.slots()];
     for uid in recipients {
         if listed && !seen.insert(uid.clone()) {
             continue;
@@ -606,15 +703,18 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
         if !accepts(t, &m, &uid)? {
             continue;
         }
+        let Some(slot) = arms.slot_of(&uid) else {
+            continue;
+        };
         let pushes = match &with_devices {
             Some(set) => set.contains(&uid),
             None => pushes_to(t, &uid, effects)?,
         };
         if pushes {
-            to_push.push(uid);
+            to_push[slot].push(uid);
         }
     }
-    Ok(Some(tasks_of(&m, &to_push).into_iter().flatten().collect()))
+    Ok(Some(arms.tasks(&to_push).into_iter().flatten().collect()))
 }
 
 fn message_of(
@@ -632,6 +732,8 @@ fn message_of(
         opts: opts.clone(),
         created_at: env.occurred_at,
         recipients: 0,
+        experiment: None,
+        variant: None,
     }
 }
 
@@ -701,12 +803,19 @@ fn deliver<T: FoldTarget + ?Sized>(
         },
     )?;
     let mut delivered = 0u64;
-    // The `new` frame is the same for every recipient but their uid: serialized once, when
-    // the first recipient's change is stored (a backend that derives them never asks).
-    let template = std::cell::OnceCell::new();
-    // Recipients with something to push to, in recipient order: one dispatch task per
-    // `TASK_BATCH` of them.
-    let mut to_push = Vec::new();
+    let arms = Arms::new(m);
+    // The `new` frame is the same for every recipient of a copy but their uid: serialized
+    // once per copy, when its first recipient's change is stored (a backend that derives them
+    // never asks).
+    let templates: Vec<std::cell::OnceCell<crate::live::FrameTemplate>> = (0..arms.slots())
+        .map(|_| std::cell::OnceCell::new())
+        .collect();
+    // Recipients with something to push to, per copy, in recipient order: one dispatch task
+    // per `TASK_BATCH` of them.
+    let mut to_push = vec![Vec::new(); arms.slots()];
+    // Users this message exposed to its experiment, per arm (those of an interrupted earlier
+    // application of this event included: their rows name this message).
+    let mut exposed: std::collections::BTreeMap<String, u64> = Default::default();
     for uid in recipients {
         // Each recipient is one group, also one skipped below: a backend that numbers its
         // writes by group numbers them the same when a crashed event is applied again.
@@ -718,30 +827,185 @@ fn deliver<T: FoldTarget + ?Sized>(
         if !accepts(t, m, &uid)? {
             continue;
         }
-        let n = Notification::new(m, uid, seq);
+        if let Some(arm) = expose(t, m, &uid)? {
+            *exposed.entry(arm).or_default() += 1;
+        }
+        let Some(slot) = arms.slot_of(&uid) else {
+            // Held out: measured, sent nothing.
+            continue;
+        };
+        let copy = arms.message(slot);
+        let n = Notification::new(copy, uid, seq);
         // An entry that exists already was written by an earlier, interrupted application of
         // this same event (the message row, written last, says whether it finished): its
         // recipient still belongs to the same task batch, so a replay queues the same tasks.
         if t.insert_notification(&n)? {
             delivered += 1;
             changes.record_new(t, &n, &|| {
-                template.get_or_init(|| crate::live::FrameTemplate::new(m, seq))
+                templates[slot].get_or_init(|| crate::live::FrameTemplate::new(copy, seq))
             })?;
         }
         if effects.dispatch && pushes_to(t, &n.uid, effects)? {
-            to_push.push(n.uid);
+            to_push[slot].push(n.uid);
         }
     }
     // Each task (and its fallback) is a group of its own, after the recipients' groups.
-    for group in tasks_of(m, &to_push) {
+    for group in arms.tasks(&to_push) {
         t.group_done()?;
         for task in &group {
             t.enqueue_task(task)?;
         }
     }
     t.group_done()?;
+    if let Some(e) = &m.experiment {
+        for (arm, n) in exposed {
+            let mut c = t.arm_counts(&e.id, m.mid, &arm)?;
+            c.exposed = n;
+            t.put_arm_counts(&e.id, m.mid, &c)?;
+        }
+        t.group_done()?;
+    }
     if delivered > 0 {
         t.add_recipients(m.mid, delivered)?;
+    }
+    Ok(())
+}
+
+/// Records `uid`'s exposure to the experiment of message `m`; returns the arm when this
+/// message is the one that exposed them (a user keeps the arm and the message of their first
+/// exposure).
+fn expose<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    m: &StoredMessage,
+    uid: &str,
+) -> StoreResult<Option<String>> {
+    let Some(e) = &m.experiment else {
+        return Ok(None);
+    };
+    if let Some(u) = t.experiment_user(&e.id, uid)? {
+        return Ok((u.mid == m.mid).then_some(u.arm));
+    }
+    let arm = e.arm_name(e.assign(uid)).to_owned();
+    t.put_experiment_user(&ExperimentUser {
+        experiment: e.id.clone(),
+        uid: uid.to_owned(),
+        arm: arm.clone(),
+        mid: m.mid,
+        exposed_at: m.created_at,
+        delivered_at: None,
+        opened_at: None,
+        clicked_at: None,
+        converted_at: None,
+    })?;
+    Ok(Some(arm))
+}
+
+/// Creates the record of a message's experiment, or counts one more message in it (once: a
+/// message at or below the record's position was counted by an interrupted application).
+fn record_experiment<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    m: &StoredMessage,
+    seq: u64,
+) -> StoreResult<()> {
+    let Some(e) = &m.experiment else {
+        return Ok(());
+    };
+    let record = match t.experiment(&e.id)? {
+        Some(r) if r.last_seq >= seq => return Ok(()),
+        Some(mut r) => {
+            r.messages += 1;
+            r.last_mid = m.mid;
+            r.last_seq = seq;
+            r
+        }
+        None => ExperimentRecord {
+            id: e.id.clone(),
+            owner: m.sender.clone(),
+            created_at: m.created_at,
+            spec: e.clone(),
+            messages: 1,
+            first_mid: m.mid,
+            last_mid: m.mid,
+            last_seq: seq,
+        },
+    };
+    t.put_experiment(&record)
+}
+
+/// The experiment id of a message, if it has one.
+fn experiment_of<T: FoldTarget + ?Sized>(t: &mut T, mid: Uuid) -> StoreResult<Option<String>> {
+    Ok(t.message(mid)?.and_then(|m| m.experiment).map(|e| e.id))
+}
+
+/// `uid` reached `steps` in `experiment` (those they had not reached already; nothing when
+/// they are not in it). Their row and their arm's counts are written once.
+fn reach<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    experiment: Option<&str>,
+    uid: &str,
+    steps: &[Step],
+    at: OffsetDateTime,
+) -> StoreResult<()> {
+    let Some(experiment) = experiment else {
+        return Ok(());
+    };
+    let Some(mut u) = t.experiment_user(experiment, uid)? else {
+        return Ok(());
+    };
+    let mut delta = ArmCounts {
+        arm: u.arm.clone(),
+        ..Default::default()
+    };
+    for step in steps {
+        if u.reach(*step, at) {
+            delta.add(&ArmCounts::one(&u.arm, *step));
+        }
+    }
+    if delta
+        == (ArmCounts {
+            arm: u.arm.clone(),
+            ..Default::default()
+        })
+    {
+        return Ok(());
+    }
+    t.put_experiment_user(&u)?;
+    let mut c = t.arm_counts(experiment, u.mid, &u.arm)?;
+    c.add(&delta);
+    t.put_arm_counts(experiment, u.mid, &c)
+}
+
+/// A tracked event: a click or a conversion of the experiment of the message it names, or,
+/// without one, of every experiment the user was exposed to within its window before it.
+fn track<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    e: &exchange::events::Tracked,
+    at: OffsetDateTime,
+) -> StoreResult<()> {
+    let step = if e.event == exchange::events::CLICK {
+        Step::Clicked
+    } else {
+        Step::Converted
+    };
+    let experiments = match e.mid {
+        Some(mid) => experiment_of(t, mid)?.into_iter().collect(),
+        None => {
+            let window = time::Duration::seconds(e.window.min(i64::MAX as u64) as i64);
+            t.user_experiments(&e.uid)?
+                .into_iter()
+                .filter(|u| u.exposed_at <= at && at - u.exposed_at <= window)
+                .map(|u| u.experiment)
+                .collect::<Vec<_>>()
+        }
+    };
+    // A click is also an open and a delivery.
+    let steps: &[Step] = match step {
+        Step::Clicked => &[Step::Delivered, Step::Opened, Step::Clicked],
+        _ => &[Step::Converted],
+    };
+    for experiment in experiments {
+        reach(t, Some(&experiment), &e.uid, steps, at)?;
+        t.group_done()?;
     }
     Ok(())
 }
@@ -831,6 +1095,24 @@ impl Changes<'_> {
         }
         Ok(())
     }
+}
+
+/// The `new` frame of an existing entry, byte for byte the one sent when it was created.
+pub fn new_frame(n: &Notification) -> Vec<u8> {
+    let created = Notification {
+        status: crate::model::NotificationStatus::Unread,
+        read_at: None,
+        archived_at: None,
+        ..n.clone()
+    };
+    frame(
+        NEW,
+        &created,
+        Position {
+            seq: n.seq,
+            sub: n.seq,
+        },
+    )
 }
 
 /// The frame a connected client receives:

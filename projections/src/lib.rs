@@ -7,6 +7,7 @@
 //! - `projector`: the projector worker (durable consumer, lease, outbox relay) and `rebuild`
 //! - `scylla`: the Scylla/Cassandra backend
 //! - `sqlite`: the SQLite backend
+//! - `stats`: the statistics of experiment reports (z-test, mSPRT, sample-ratio check)
 //! - `store`: the `Store` trait
 
 pub mod fold;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod projector;
 pub mod scylla;
 pub mod sqlite;
+pub mod stats;
 pub mod store;
 
 pub use projector::{Projector, ProjectorSettings, rebuild};

@@ -30,16 +30,20 @@ pub struct NewMessage<'a> {
     pub opts: &'a MessageOpts,
     message: StoredMessage,
     seq: u64,
-    /// Serialized on first use: most events reach no one on a given gateway.
-    template: OnceCell<FrameTemplate>,
+    /// Serialized on first use: most events reach no one on a given gateway. One per variant
+    /// when the message has an experiment.
+    templates: Vec<OnceCell<FrameTemplate>>,
     /// The recipients of a long list, for lookups.
     listed: Option<HashSet<&'a str>>,
 }
 
 impl NewMessage<'_> {
     /// Whether the message reaches `uid` (before preferences; a thread message's membership is
-    /// the caller's to know).
+    /// the caller's to know). A user held out of its experiment gets nothing.
     pub fn reaches(&self, uid: &str) -> bool {
+        if let Some(exchange::experiment::Arm::Holdout) = self.message.arm_of(uid) {
+            return false;
+        }
         match self.reach {
             Reach::Thread { sender, .. } => sender != uid,
             Reach::Users(uids) => match &self.listed {
@@ -50,19 +54,29 @@ impl NewMessage<'_> {
         }
     }
 
-    /// The `new` frame for recipient `uid`, byte for byte what the fold records.
+    /// The `new` frame for recipient `uid` (their variant's), byte for byte what the fold
+    /// records.
     pub fn frame_for(&self, uid: &str) -> Bytes {
-        self.template
-            .get_or_init(|| FrameTemplate::new(&self.message, self.seq))
-            .for_uid(uid)
+        let slot = match self.message.arm_of(uid) {
+            Some(exchange::experiment::Arm::Variant(i)) => i,
+            _ => 0,
+        };
+        let Some(cell) = self.templates.get(slot) else {
+            return Bytes::new();
+        };
+        cell.get_or_init(|| match self.message.experiment {
+            Some(_) => FrameTemplate::new(&self.message.as_variant(slot), self.seq),
+            None => FrameTemplate::new(&self.message, self.seq),
+        })
+        .for_uid(uid)
     }
 }
 
 /// The message an event creates, as the fold stores it (`recipients` 0), if it is one.
 pub fn stored_message(env: &Envelope) -> Option<StoredMessage> {
-    let (tid, sender, msg, opts) = match &env.event {
-        Event::MessagePublished(e) => (Some(e.tid), &e.sender, &e.msg, &e.opts),
-        Event::MessageSent(e) => (None, &e.sender, &e.msg, &e.opts),
+    let (tid, sender, msg, opts, experiment) = match &env.event {
+        Event::MessagePublished(e) => (Some(e.tid), &e.sender, &e.msg, &e.opts, &e.experiment),
+        Event::MessageSent(e) => (None, &e.sender, &e.msg, &e.opts, &e.experiment),
         _ => return None,
     };
     Some(StoredMessage {
@@ -73,6 +87,8 @@ pub fn stored_message(env: &Envelope) -> Option<StoredMessage> {
         opts: opts.clone(),
         created_at: env.occurred_at,
         recipients: 0,
+        experiment: experiment.clone(),
+        variant: None,
     })
 }
 
@@ -102,12 +118,16 @@ pub fn new_message(seq: u64, env: &Envelope) -> Option<NewMessage<'_>> {
         Reach::Users(uids) if uids.len() > 8 => Some(uids.iter().map(String::as_str).collect()),
         _ => None,
     };
+    let copies = stored
+        .experiment
+        .as_ref()
+        .map_or(1, |e| e.variants.len().max(1));
     Some(NewMessage {
         reach,
         opts,
         message: stored,
         seq,
-        template: OnceCell::new(),
+        templates: (0..copies).map(|_| OnceCell::new()).collect(),
         listed,
     })
 }
@@ -204,6 +224,7 @@ mod tests {
             sender: "s".into(),
             msg: r#"{"uid":""} ünï \n"#.into(),
             opts,
+            experiment: None,
         }));
         let m = new_message(42, &e).unwrap();
         let stored = stored_message(&e).unwrap();
@@ -226,6 +247,7 @@ mod tests {
             sender: "s".into(),
             msg: "hi".into(),
             opts: MessageOpts::default(),
+            experiment: None,
         }));
         assert_eq!(
             new_message(1, &e).unwrap().reach,
@@ -238,6 +260,7 @@ mod tests {
             },
             msg: "hi".into(),
             opts: MessageOpts::default(),
+            experiment: None,
         }));
         assert!(matches!(new_message(1, &e).unwrap().reach, Reach::Users(u) if u.len() == 2));
         assert_eq!(touched(&e), vec!["sender \"quoted\"", "a", "b"]);

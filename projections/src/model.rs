@@ -1,6 +1,7 @@
 //! Read models: what the API returns, shaped as it returns them.
 
 use exchange::events::{DeviceAddress, MessageOpts};
+use exchange::experiment::{Arm, Experiment};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -75,6 +76,11 @@ pub struct Notification {
     pub read_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub archived_at: Option<OffsetDateTime>,
+    /// The experiment of the message and the variant this user got (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// Stream position of the message event: inbox order for cursors, never reused.
     #[serde(skip)]
     pub seq: u64,
@@ -89,8 +95,17 @@ pub enum NotificationStatus {
 }
 
 impl Notification {
-    /// A new unread entry of message `m` for `uid` at stream position `seq`.
+    /// A new unread entry of message `m` for `uid` at stream position `seq`: the text and
+    /// options of the user's variant when the message has an experiment (a variant's copy, see
+    /// [`StoredMessage::as_variant`], is taken as it is).
     pub fn new(m: &StoredMessage, uid: String, seq: u64) -> Self {
+        if m.experiment.is_some()
+            && m.variant.is_none()
+            && let Some(Arm::Variant(i)) = m.arm_of(&uid)
+        {
+            return Self::new(&m.as_variant(i), uid, seq);
+        }
+        let (experiment, variant) = m.arm_names();
         Self {
             id: m.mid,
             uid,
@@ -106,6 +121,8 @@ impl Notification {
             created_at: m.created_at,
             read_at: None,
             archived_at: None,
+            experiment,
+            variant,
             seq,
         }
     }
@@ -207,6 +224,54 @@ pub struct StoredMessage {
     /// Inbox entries the message created (its recipients).
     #[serde(default)]
     pub recipients: u64,
+    /// Variants and holdout (see [`exchange::experiment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Experiment>,
+    /// Set on a copy holding variant `i`'s text and options ([`StoredMessage::as_variant`]).
+    #[serde(skip)]
+    pub variant: Option<usize>,
+}
+
+impl StoredMessage {
+    /// The recipient's arm, for a message with an experiment.
+    pub fn arm_of(&self, uid: &str) -> Option<Arm> {
+        self.experiment.as_ref().map(|e| e.assign(uid))
+    }
+
+    /// The message as the recipients of variant `i` get it.
+    pub fn as_variant(&self, i: usize) -> StoredMessage {
+        let Some(e) = &self.experiment else {
+            return self.clone();
+        };
+        let (msg, opts) = e.content(i, &self.msg, &self.opts);
+        StoredMessage {
+            msg,
+            opts,
+            variant: Some(i),
+            ..self.clone()
+        }
+    }
+
+    /// The message as `uid` gets it: their variant's copy, or `None` for a holdout user.
+    pub fn for_uid(&self, uid: &str) -> Option<std::borrow::Cow<'_, StoredMessage>> {
+        match (self.variant, self.arm_of(uid)) {
+            (_, None) => Some(std::borrow::Cow::Borrowed(self)),
+            (_, Some(Arm::Holdout)) => None,
+            (Some(v), Some(Arm::Variant(i))) if v == i => Some(std::borrow::Cow::Borrowed(self)),
+            (_, Some(Arm::Variant(i))) => Some(std::borrow::Cow::Owned(self.as_variant(i))),
+        }
+    }
+
+    /// The experiment id and variant name of a variant's copy.
+    pub fn arm_names(&self) -> (Option<String>, Option<String>) {
+        match (&self.experiment, self.variant) {
+            (Some(e), Some(i)) => (
+                Some(e.id.clone()),
+                Some(e.arm_name(Arm::Variant(i)).to_owned()),
+            ),
+            _ => (None, None),
+        }
+    }
 }
 
 /// Where one delivery stands. Receipts only move forward (in this order), except that a
@@ -320,4 +385,151 @@ pub struct ScheduledMessage {
     /// Stream position of the waiting schedule (what a cancel must find).
     #[serde(skip)]
     pub schedule_seq: u64,
+}
+
+/// An experiment as its first message defined it (`GET /experiments/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    pub id: String,
+    /// The sender of its first message: they and admins may read its report.
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Variants and holdout of its first message (the arms and shares the report checks).
+    pub spec: Experiment,
+    /// Messages sent in it.
+    pub messages: u64,
+    /// The first and the latest of them.
+    pub first_mid: Uuid,
+    pub last_mid: Uuid,
+    /// Stream position of the latest of them.
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+/// The steps a user goes through after a message, in funnel order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Exposed,
+    Delivered,
+    Opened,
+    Clicked,
+    Converted,
+}
+
+/// One user in one experiment: their arm and when they first reached each step (any of the
+/// experiment's messages counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentUser {
+    pub experiment: String,
+    pub uid: String,
+    pub arm: String,
+    /// The message that exposed them first.
+    pub mid: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub exposed_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub opened_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub clicked_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub converted_at: Option<OffsetDateTime>,
+}
+
+impl ExperimentUser {
+    pub fn at(&self, step: Step) -> Option<OffsetDateTime> {
+        match step {
+            Step::Exposed => Some(self.exposed_at),
+            Step::Delivered => self.delivered_at,
+            Step::Opened => self.opened_at,
+            Step::Clicked => self.clicked_at,
+            Step::Converted => self.converted_at,
+        }
+    }
+
+    /// Records the first time the user reached `step`; false when they had already.
+    pub fn reach(&mut self, step: Step, at: OffsetDateTime) -> bool {
+        let slot = match step {
+            Step::Exposed => return false,
+            Step::Delivered => &mut self.delivered_at,
+            Step::Opened => &mut self.opened_at,
+            Step::Clicked => &mut self.clicked_at,
+            Step::Converted => &mut self.converted_at,
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(at);
+        true
+    }
+}
+
+/// Users of one arm at each step, kept on write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmCounts {
+    pub arm: String,
+    pub exposed: u64,
+    pub delivered: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    pub converted: u64,
+}
+
+impl ArmCounts {
+    /// One user more at `step`.
+    pub fn one(arm: &str, step: Step) -> Self {
+        let mut c = ArmCounts {
+            arm: arm.to_owned(),
+            ..Default::default()
+        };
+        *c.slot(step) += 1;
+        c
+    }
+
+    fn slot(&mut self, step: Step) -> &mut u64 {
+        match step {
+            Step::Exposed => &mut self.exposed,
+            Step::Delivered => &mut self.delivered,
+            Step::Opened => &mut self.opened,
+            Step::Clicked => &mut self.clicked,
+            Step::Converted => &mut self.converted,
+        }
+    }
+
+    pub fn get(&self, step: Step) -> u64 {
+        match step {
+            Step::Exposed => self.exposed,
+            Step::Delivered => self.delivered,
+            Step::Opened => self.opened,
+            Step::Clicked => self.clicked,
+            Step::Converted => self.converted,
+        }
+    }
+
+    /// Adds another arm's counts.
+    pub fn add(&mut self, other: &ArmCounts) {
+        for step in [
+            Step::Exposed,
+            Step::Delivered,
+            Step::Opened,
+            Step::Clicked,
+            Step::Converted,
+        ] {
+            *self.slot(step) += other.get(step);
+        }
+    }
+}
+
+/// Per-arm totals of per-message counts, in the order arms first appear.
+pub fn sum_arms(rows: impl IntoIterator<Item = ArmCounts>) -> Vec<ArmCounts> {
+    let mut out: Vec<ArmCounts> = Vec::new();
+    for r in rows {
+        match out.iter_mut().find(|c| c.arm == r.arm) {
+            Some(c) => c.add(&r),
+            None => out.push(r),
+        }
+    }
+    out
 }

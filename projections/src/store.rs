@@ -13,8 +13,9 @@ use uuid::Uuid;
 use exchange::dispatch::DispatchTask;
 
 use crate::model::{
-    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
+    InboxStats, Notification, NotificationType, Page, Receipt, ScheduledMessage, StoredMessage,
+    Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +184,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A user's delivery preferences (defaults when never set).
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences>;
+
+    /// An experiment's record.
+    async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>>;
+    /// An experiment's users per arm and step (every arm that has exposed users).
+    async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>>;
 
     /// A scheduled message's record, whatever its status.
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;

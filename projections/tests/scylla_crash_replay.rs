@@ -93,6 +93,7 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             sender: "bob".into(),
             msg: "hello thread".into(),
             opts: fallback,
+            experiment: None,
         }),
     );
     let broadcast = by(
@@ -102,6 +103,7 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             sender: "admin".into(),
             msg: "to everyone".into(),
             opts: MessageOpts::default(),
+            experiment: None,
         }),
     );
     let multicast = by(
@@ -113,8 +115,26 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             sender: "admin".into(),
             msg: "to two".into(),
             opts: MessageOpts::default(),
+            experiment: Some(serde_json::from_value(serde_json::json!({
+                "id": "crash-exp",
+                "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1, "msg": "B"}],
+            })).expect("experiment")),
         }),
     );
+    let track = |uid: &str, event: &str, mid: Option<Uuid>| {
+        by(
+            uid,
+            Event::Tracked(exchange::events::Tracked {
+                uid: uid.into(),
+                event: event.into(),
+                mid,
+                props: None,
+                window: 3_600,
+            }),
+        )
+    };
+    let click = track("ann", "click", Some(multicast.id));
+    let purchase = track("dan", "purchase", None);
     let read = by(
         "ann",
         Event::NotificationsRead(NotificationsRead {
@@ -159,7 +179,7 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
         }),
     );
     vec![
-        publish, broadcast, multicast, read, archived, deleted, failed, requeued,
+        publish, broadcast, multicast, read, archived, deleted, failed, requeued, click, purchase,
     ]
 }
 
@@ -211,6 +231,14 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
     out.push(format!(
         "{:?}",
         store.failed_deliveries(100, 0).await.unwrap()
+    ));
+    out.push(format!(
+        "{:?}",
+        store.experiment("crash-exp").await.unwrap()
+    ));
+    out.push(format!(
+        "{:?}",
+        store.experiment_arms("crash-exp").await.unwrap()
     ));
     let mut outbox: Vec<String> = store
         .outbox(10_000)

@@ -640,6 +640,7 @@ fn thread_events(members: Vec<String>, messages: u64) -> impl Iterator<Item = En
                 sender: "owner".into(),
                 msg: msg.clone(),
                 opts: Default::default(),
+                experiment: None,
             }),
         )
     });

@@ -397,6 +397,18 @@ pub async fn read_models(
     for mid in mids {
         let mut counts = store.receipt_counts(*mid).await.unwrap();
         counts.sort();
+        let experiment = match store
+            .message(*mid)
+            .await
+            .unwrap()
+            .and_then(|m| m.experiment)
+        {
+            Some(e) => serde_json::json!({
+                "record": store.experiment(&e.id).await.unwrap(),
+                "arms": store.experiment_arms(&e.id).await.unwrap(),
+            }),
+            None => Value::Null,
+        };
         messages.insert(
             mid.to_string(),
             serde_json::json!({
@@ -404,6 +416,7 @@ pub async fn read_models(
                 "receipts": store.receipts(*mid, 1000, 0).await.unwrap(),
                 "receipt_counts": counts,
                 "scheduled": store.scheduled_message(*mid).await.unwrap(),
+                "experiment": experiment,
             }),
         );
     }

@@ -103,6 +103,18 @@ pub async fn receipts(
         .receipts(mid, paging.limit, paging.offset)
         .await?;
     let (next, previous) = paging.links(&format!("/api/v1/messages/{mid}/receipts"), page.total);
+    // An experiment's receipts name the recipient's variant.
+    let results: Vec<Value> = page
+        .items
+        .into_iter()
+        .map(|r| {
+            let mut v = json!(r);
+            if let Some(e) = &message.experiment {
+                v["variant"] = json!(e.arm_name(e.assign(&r.uid)));
+            }
+            v
+        })
+        .collect();
     Ok(Json(json!({
         "mid": mid,
         "recipients": message.recipients,
@@ -110,7 +122,8 @@ pub async fn receipts(
         "count": page.total,
         "next": next,
         "previous": previous,
-        "results": page.items,
+        "experiment": message.experiment.as_ref().map(|e| &e.id),
+        "results": results,
     })))
 }
 

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::routes::experiments::{Testing, experiment_of};
 use crate::routes::{idempotency_key, threads, validate};
 use crate::state::AppState;
 
@@ -84,6 +85,8 @@ pub(crate) async fn classify(
 pub struct PublishBody {
     #[serde(flatten)]
     class: Classification,
+    #[serde(flatten)]
+    testing: Testing,
     tid: String,
     msg: String,
     #[serde(default)]
@@ -97,7 +100,9 @@ pub async fn publish(
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Accepted> {
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
-    let opts = classify(&state, &actor, body.class, body.opts).await?;
+    let mut opts = body.opts;
+    let experiment = experiment_of(&state, &actor, body.testing, &mut opts).await?;
+    let opts = classify(&state, &actor, body.class, opts).await?;
     let thread = threads::rules(&state, &body.tid).await?;
     let allowed = actor.is_admin()
         || thread.owner == actor.uid
@@ -112,6 +117,7 @@ pub async fn publish(
         sender: actor.uid.clone(),
         msg: body.msg,
         opts,
+        experiment,
     });
     accept(&state, &actor, &headers, event).await
 }
@@ -120,6 +126,8 @@ pub async fn publish(
 pub struct BroadcastBody {
     #[serde(flatten)]
     class: Classification,
+    #[serde(flatten)]
+    testing: Testing,
     msg: String,
     #[serde(default)]
     opts: MessageOpts,
@@ -139,7 +147,7 @@ pub async fn broadcast(
         &headers,
         Audience::All,
         body.msg,
-        (body.class, body.opts),
+        (body.class, body.testing, body.opts),
     )
     .await
 }
@@ -148,6 +156,8 @@ pub async fn broadcast(
 pub struct MulticastBody {
     #[serde(flatten)]
     class: Classification,
+    #[serde(flatten)]
+    testing: Testing,
     msg: String,
     uids: Vec<String>,
     #[serde(default)]
@@ -187,7 +197,7 @@ pub async fn multicast(
         &headers,
         audience,
         body.msg,
-        (body.class, body.opts),
+        (body.class, body.testing, body.opts),
     )
     .await
 }
@@ -196,6 +206,8 @@ pub async fn multicast(
 pub struct SendBody {
     #[serde(flatten)]
     class: Classification,
+    #[serde(flatten)]
+    testing: Testing,
     msg: String,
     uid: String,
     #[serde(default)]
@@ -218,7 +230,7 @@ pub async fn send(
         &headers,
         audience,
         body.msg,
-        (body.class, body.opts),
+        (body.class, body.testing, body.opts),
     )
     .await
 }
@@ -229,14 +241,16 @@ async fn send_to(
     headers: &HeaderMap,
     audience: Audience,
     msg: String,
-    (class, opts): (Classification, MessageOpts),
+    (class, testing, mut opts): (Classification, Testing, MessageOpts),
 ) -> ApiResult<Accepted> {
+    let experiment = experiment_of(state, actor, testing, &mut opts).await?;
     let opts = classify(state, actor, class, opts).await?;
     let event = Event::MessageSent(MessageSent {
         audience,
         sender: actor.uid.clone(),
         msg,
         opts,
+        experiment,
     });
     accept(state, actor, headers, event).await
 }

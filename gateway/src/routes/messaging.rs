@@ -110,6 +110,7 @@ pub async fn post(
             sender: actor.uid.clone(),
             msg: body.message.clone(),
             opts: Default::default(),
+            experiment: None,
         })
     } else {
         let thread = member_target(&state, &actor, &body.target_type, &body.target_id).await?;
@@ -118,6 +119,7 @@ pub async fn post(
             sender: actor.uid.clone(),
             msg: body.message.clone(),
             opts: Default::default(),
+            experiment: None,
         })
     };
     let recorded = state.append(&actor, event, key.as_deref()).await?;

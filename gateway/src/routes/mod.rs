@@ -10,6 +10,7 @@ use crate::state::AppState;
 
 mod deliveries;
 mod devices;
+pub(crate) mod experiments;
 pub(crate) mod messages;
 mod messaging;
 mod notifications;
@@ -78,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{mid}/receipts", get(deliveries::receipts))
         .route("/messages/scheduled", get(scheduled::list))
         .route("/messages/{mid}/schedule", delete(scheduled::cancel))
+        .route("/track", post(experiments::track))
+        .route("/experiments/{id}", get(experiments::report))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed)

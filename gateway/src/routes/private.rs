@@ -59,6 +59,7 @@ pub async fn send(
         sender: actor.uid.clone(),
         msg: body.msg,
         opts,
+        experiment: None,
     });
     accept(&state, &actor, &headers, event).await
 }

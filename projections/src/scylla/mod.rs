@@ -40,8 +40,9 @@ pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, St
 
 use crate::fold::{Effects, apply_event};
 use crate::model::{
-    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
+    InboxStats, Notification, NotificationType, Page, Receipt, ScheduledMessage, StoredMessage,
+    Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -53,10 +54,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../schema/cql/0001_tables.cql")),
     (2, include_str!("../../../schema/cql/0002_user_threads.cql")),
     (3, include_str!("../../../schema/cql/0003_scheduled.cql")),
+    (4, include_str!("../../../schema/cql/0004_experiments.cql")),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -979,6 +981,22 @@ impl Store for ScyllaStore {
 
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         target::preferences_of(self.one(self.q().prefs_get(uid)).await?)
+    }
+
+    async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
+        self.one(self.q().experiment_get(id))
+            .await?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>> {
+        let rows: Vec<(String,)> = self.all(self.q().experiment_arms_of(id)).await?;
+        let rows = rows
+            .iter()
+            .map(|(r,)| parse_json(r))
+            .collect::<StoreResult<Vec<ArmCounts>>>()?;
+        Ok(crate::model::sum_arms(rows))
     }
 
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {

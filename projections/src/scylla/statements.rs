@@ -422,6 +422,24 @@ statements! {
     failed_id_delete(id: &str) -> () =
         "DELETE FROM failed_by_id WHERE id = ?";
 
+    // Experiments.
+    experiment_get(id: &str) -> (String,) =
+        "SELECT record FROM experiments WHERE id = ?";
+    experiment_put(id: &str, record: String) -> () =
+        "INSERT INTO experiments (id, record) VALUES (?, ?)";
+    experiment_user_get(uid: &str, experiment: &str) -> (String,) =
+        "SELECT record FROM experiment_users WHERE uid = ? AND experiment = ?";
+    experiment_users_of(uid: &str) -> (String,) =
+        "SELECT record FROM experiment_users WHERE uid = ?";
+    experiment_user_put(uid: &str, experiment: &str, record: String) -> () =
+        "INSERT INTO experiment_users (uid, experiment, record) VALUES (?, ?, ?)";
+    experiment_arm_get(experiment: &str, mid: Uuid, arm: &str) -> (String,) =
+        "SELECT record FROM experiment_arms WHERE experiment = ? AND mid = ? AND arm = ?";
+    experiment_arms_of(experiment: &str) -> (String,) =
+        "SELECT record FROM experiment_arms WHERE experiment = ?";
+    experiment_arm_put(experiment: &str, mid: Uuid, arm: &str, record: String) -> () =
+        "INSERT INTO experiment_arms (experiment, mid, arm, record) VALUES (?, ?, ?, ?)";
+
     // Scheduled sends.
     scheduled_get(mid: Uuid) -> (String, i64) =
         "SELECT record, schedule_seq FROM scheduled WHERE mid = ?";

@@ -25,8 +25,9 @@ use super::statements::{Bound, InboxRow};
 use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json};
 use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
 use crate::model::{
-    Device, FailedDelivery, Notification, NotificationStatus, NotificationType, Receipt,
-    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
+    NotificationStatus, NotificationType, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
+    StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -134,6 +135,11 @@ pub(crate) struct ScyllaTx<'a> {
     counts: HashMap<String, Counts>,
     unread_by: HashMap<(String, &'static str, String), i64>,
     receipt_counts: HashMap<(Uuid, String, String), i64>,
+    /// Experiment rows as this batch has left them (as the counts above: a group moves one
+    /// user's row several times, e.g. a click also opens and delivers).
+    experiments: HashMap<String, ExperimentRecord>,
+    experiment_users: HashMap<(String, String), ExperimentUser>,
+    arm_counts: HashMap<(String, Uuid, String), ArmCounts>,
 }
 
 impl<'a> ScyllaTx<'a> {
@@ -160,6 +166,9 @@ impl<'a> ScyllaTx<'a> {
             counts: HashMap::new(),
             unread_by: HashMap::new(),
             receipt_counts: HashMap::new(),
+            experiments: HashMap::new(),
+            experiment_users: HashMap::new(),
+            arm_counts: HashMap::new(),
         }
     }
 
@@ -189,7 +198,7 @@ impl<'a> ScyllaTx<'a> {
                 m.tid,
                 &m.sender,
                 &m.msg,
-                to_json(&m.opts)?,
+                message_opts_column(&m)?,
                 ns(m.created_at),
                 i64::try_from(m.recipients).unwrap_or(i64::MAX),
                 p.seq,
@@ -389,8 +398,73 @@ pub(crate) fn scheduled_of(record: &str, schedule_seq: i64) -> StoreResult<Sched
     Ok(s)
 }
 
+/// Keys under which this backend keeps a message's experiment and an entry's experiment and
+/// variant in the `opts` JSON column (its tables predate experiments, see
+/// `schema/cql/0004_experiments.cql`); taken out again when read.
+const EXPERIMENT_KEY: &str = "msgxc.experiment";
+const VARIANT_KEY: &str = "msgxc.variant";
+
+/// The `opts` column of a message or an entry: the options and what this backend keeps
+/// beside them.
+fn opts_column(
+    opts: &exchange::events::MessageOpts,
+    beside: &[(&str, serde_json::Value)],
+) -> StoreResult<String> {
+    if beside.is_empty() {
+        return to_json(opts);
+    }
+    let mut o = opts.clone();
+    for (k, v) in beside {
+        o.extra.insert((*k).to_owned(), v.clone());
+    }
+    to_json(&o)
+}
+
+/// The options of an `opts` column and, taken out of them, what was kept beside them.
+fn opts_of_column(
+    text: &str,
+    keys: &[&str],
+) -> StoreResult<(
+    exchange::events::MessageOpts,
+    Vec<Option<serde_json::Value>>,
+)> {
+    let mut o: exchange::events::MessageOpts = parse_json(text)?;
+    let taken = keys.iter().map(|k| o.extra.remove(*k)).collect();
+    Ok((o, taken))
+}
+
+/// The `opts` column of an inbox entry.
+pub(crate) fn entry_opts_column(n: &Notification) -> StoreResult<String> {
+    let mut beside = Vec::new();
+    if let (Some(e), Some(v)) = (&n.experiment, &n.variant) {
+        beside.push((EXPERIMENT_KEY, serde_json::Value::String(e.clone())));
+        beside.push((VARIANT_KEY, serde_json::Value::String(v.clone())));
+    }
+    opts_column(&n.opts, &beside)
+}
+
+/// The `opts` column of a message.
+pub(crate) fn message_opts_column(m: &StoredMessage) -> StoreResult<String> {
+    match &m.experiment {
+        Some(e) => opts_column(
+            &m.opts,
+            &[(
+                EXPERIMENT_KEY,
+                serde_json::to_value(e).map_err(|e| StoreError::Backend(e.to_string()))?,
+            )],
+        ),
+        None => opts_column(&m.opts, &[]),
+    }
+}
+
 pub(crate) fn notification_from(uid: &str, seq: i64, r: InboxRow) -> StoreResult<Notification> {
-    let opts: exchange::events::MessageOpts = parse_json(&r.4)?;
+    let (opts, mut taken) = opts_of_column(&r.4, &[EXPERIMENT_KEY, VARIANT_KEY])?;
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let variant = text(taken.pop().flatten());
+    let experiment = text(taken.pop().flatten());
     let read_at = r.8.map(from_ns).transpose()?;
     let archived_at = r.9.map(from_ns).transpose()?;
     Ok(Notification {
@@ -408,6 +482,8 @@ pub(crate) fn notification_from(uid: &str, seq: i64, r: InboxRow) -> StoreResult
         created_at: from_ns(r.7)?,
         read_at,
         archived_at,
+        experiment,
+        variant,
         seq: seq.max(0) as u64,
     })
 }
@@ -416,14 +492,25 @@ pub(crate) fn message_from(
     mid: Uuid,
     r: &super::statements::MessageRow,
 ) -> StoreResult<StoredMessage> {
+    let (opts, mut taken) = opts_of_column(&r.3, &[EXPERIMENT_KEY])?;
+    let experiment = taken
+        .pop()
+        .flatten()
+        .map(|v| {
+            serde_json::from_value(v)
+                .map_err(|e| StoreError::Corrupt(format!("experiment of {mid}: {e}")))
+        })
+        .transpose()?;
     Ok(StoredMessage {
         mid,
         tid: r.0,
         sender: r.1.clone(),
         msg: r.2.clone(),
-        opts: parse_json(&r.3)?,
+        opts,
         created_at: from_ns(r.4)?,
         recipients: count(r.5),
+        experiment,
+        variant: None,
     })
 }
 
@@ -716,7 +803,7 @@ impl FoldTarget for ScyllaTx<'_> {
             n.tid,
             &n.sender,
             &n.msg,
-            to_json(&n.opts)?,
+            entry_opts_column(n)?,
             n.ntype.clone(),
             i32::from(n.level),
             ns(n.created_at),
@@ -1112,6 +1199,93 @@ impl FoldTarget for ScyllaTx<'_> {
 
     fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()> {
         let w = self.q().prefs_put(uid, to_json(preferences)?);
+        self.write(w);
+        Ok(())
+    }
+
+    fn experiment(&mut self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
+        if let Some(e) = self.experiments.get(id) {
+            return Ok(Some(e.clone()));
+        }
+        self.one_unwritten(self.q().experiment_get(id))?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    fn put_experiment(&mut self, e: &ExperimentRecord) -> StoreResult<()> {
+        self.experiments.insert(e.id.clone(), e.clone());
+        let w = self.q().experiment_put(&e.id, to_json(e)?);
+        self.write(w);
+        Ok(())
+    }
+
+    fn experiment_user(
+        &mut self,
+        experiment: &str,
+        uid: &str,
+    ) -> StoreResult<Option<ExperimentUser>> {
+        let key = (uid.to_owned(), experiment.to_owned());
+        if let Some(u) = self.experiment_users.get(&key) {
+            return Ok(Some(u.clone()));
+        }
+        // A row this batch has not written (the cache holds every one it has).
+        self.one_unwritten(self.q().experiment_user_get(uid, experiment))?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    fn user_experiments(&mut self, uid: &str) -> StoreResult<Vec<ExperimentUser>> {
+        let stored: Vec<(String,)> = self
+            .rt
+            .block_on(self.store.all(self.q().experiment_users_of(uid)))?;
+        let mut out: Vec<ExperimentUser> = stored
+            .iter()
+            .map(|(r,)| parse_json(r))
+            .collect::<StoreResult<_>>()?;
+        for ((u, _), row) in &self.experiment_users {
+            if u != uid {
+                continue;
+            }
+            match out.iter_mut().find(|o| o.experiment == row.experiment) {
+                Some(o) => *o = row.clone(),
+                None => out.push(row.clone()),
+            }
+        }
+        out.sort_by(|a, b| a.experiment.cmp(&b.experiment));
+        Ok(out)
+    }
+
+    fn put_experiment_user(&mut self, u: &ExperimentUser) -> StoreResult<()> {
+        self.experiment_users
+            .insert((u.uid.clone(), u.experiment.clone()), u.clone());
+        let w = self
+            .q()
+            .experiment_user_put(&u.uid, &u.experiment, to_json(u)?);
+        self.write(w);
+        Ok(())
+    }
+
+    fn arm_counts(&mut self, experiment: &str, mid: Uuid, arm: &str) -> StoreResult<ArmCounts> {
+        let key = (experiment.to_owned(), mid, arm.to_owned());
+        if let Some(c) = self.arm_counts.get(&key) {
+            return Ok(c.clone());
+        }
+        Ok(self
+            .one_unwritten(self.q().experiment_arm_get(experiment, mid, arm))?
+            .map(|(r,)| parse_json(&r))
+            .transpose()?
+            .unwrap_or_else(|| ArmCounts {
+                arm: arm.to_owned(),
+                ..Default::default()
+            }))
+    }
+
+    fn put_arm_counts(&mut self, experiment: &str, mid: Uuid, c: &ArmCounts) -> StoreResult<()> {
+        self.arm_counts
+            .insert((experiment.to_owned(), mid, c.arm.clone()), c.clone());
+        let w = self
+            .q()
+            .experiment_arm_put(experiment, mid, &c.arm, to_json(c)?);
         self.write(w);
         Ok(())
     }

@@ -94,7 +94,7 @@ pub(super) fn migrate(c: &Connection) -> StoreResult<()> {
 
 /// The entry's columns (`i`: inbox) and its message's text and options (`m`: messages).
 const COLS: &str = "i.uid, i.id, i.tid, i.sender, m.msg, m.opts, i.created_at, i.read_at, \
-     i.ntype, i.level, i.archived_at, i.seq";
+     i.ntype, i.level, i.archived_at, i.seq, m.experiment";
 const FROM: &str = "inbox i JOIN messages m ON m.mid = i.id";
 
 type RawRow = (
@@ -110,6 +110,7 @@ type RawRow = (
     i64,
     Option<String>,
     i64,
+    Option<String>,
 );
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -117,15 +118,27 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 fn parse(r: RawRow) -> StoreResult<Notification> {
-    let opts: exchange::events::MessageOpts = parse_json(&r.5)?;
+    let mut opts: exchange::events::MessageOpts = parse_json(&r.5)?;
+    let mut msg = r.4;
     let read_at = r.7.as_deref().map(parse_ts).transpose()?;
     let archived_at = r.10.as_deref().map(parse_ts).transpose()?;
+    // An experiment's entry shows the user's variant (the one their arm gives, as the fold
+    // and the live frame did).
+    let (mut experiment, mut variant) = (None, None);
+    if let Some(spec) = r.12.as_deref() {
+        let e: exchange::experiment::Experiment = parse_json(spec)?;
+        if let exchange::experiment::Arm::Variant(i) = e.assign(&r.0) {
+            (msg, opts) = e.content(i, &msg, &opts);
+            variant = Some(e.arm_name(exchange::experiment::Arm::Variant(i)).to_owned());
+            experiment = Some(e.id);
+        }
+    }
     Ok(Notification {
         uid: r.0,
         id: parse_uuid(&r.1)?,
         tid: r.2.as_deref().map(parse_uuid).transpose()?,
         sender: r.3,
-        msg: r.4,
+        msg,
         ntype: r.8,
         level: u8::try_from(r.9).unwrap_or(0),
         title: opts.title.clone(),
@@ -135,6 +148,8 @@ fn parse(r: RawRow) -> StoreResult<Notification> {
         created_at: parse_ts(&r.6)?,
         read_at,
         archived_at,
+        experiment,
+        variant,
         seq: r.11.max(0) as u64,
     })
 }
@@ -438,7 +453,7 @@ pub(super) fn delete(
             seq: n.seq,
             sub: n.seq,
         };
-        let frame = crate::live::FrameTemplate::new(&message_of(&n), n.seq).for_uid(uid);
+        let frame = crate::fold::new_frame(&n);
         store_change(c, uid, position, &frame, n.created_at)?;
     }
     exec(
@@ -457,19 +472,6 @@ pub(super) fn delete(
         pending.unread(&n, -1);
     }
     Ok(Some(n))
-}
-
-/// The message an entry was made from, as the fold saw it.
-fn message_of(n: &Notification) -> crate::model::StoredMessage {
-    crate::model::StoredMessage {
-        mid: n.id,
-        tid: n.tid,
-        sender: n.sender.clone(),
-        msg: n.msg.clone(),
-        opts: n.opts.clone(),
-        created_at: n.created_at,
-        recipients: 0,
-    }
 }
 
 pub(super) fn unread_ids(
@@ -757,7 +759,7 @@ pub(super) fn changes_after(
         .map_err(backend)?;
     let derived = collect(rows, |r| {
         let n = parse(r)?;
-        let frame = crate::live::FrameTemplate::new(&message_of(&n), n.seq).for_uid(uid);
+        let frame = crate::fold::new_frame(&n);
         Ok((
             Position {
                 seq: n.seq,

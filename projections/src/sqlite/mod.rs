@@ -23,9 +23,9 @@ mod inbox;
 
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
-    Device, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
-    NotificationType, Page, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
-    StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, HistoryQuery, InboxCounts,
+    InboxQuery, InboxStats, Notification, NotificationType, Page, Receipt, ReceiptStatus,
+    ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS types (
 CREATE TABLE IF NOT EXISTS messages (
   mid TEXT PRIMARY KEY, tid TEXT, sender TEXT NOT NULL, msg TEXT NOT NULL, opts TEXT NOT NULL,
   created_at TEXT NOT NULL, recipients INTEGER NOT NULL DEFAULT 0,
-  deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+  deleted INTEGER NOT NULL DEFAULT 0, experiment TEXT) WITHOUT ROWID;
 -- GET /messages/{mid}/receipts: partition mid
 CREATE TABLE IF NOT EXISTS receipts (
   mid TEXT NOT NULL, uid TEXT NOT NULL, device_id TEXT NOT NULL, channel TEXT NOT NULL,
@@ -96,12 +96,23 @@ CREATE TABLE IF NOT EXISTS scheduled (
   schedule_seq INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS scheduled_pending ON scheduled (status, deliver_at, mid);
 CREATE INDEX IF NOT EXISTS scheduled_by_sender ON scheduled (sender, status, deliver_at, mid);
+-- GET /experiments/{id}: the experiment's record (JSON), from its first message
+CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+-- each user's arm and steps in each experiment (JSON): partition uid (a tracked event finds
+-- the user's experiments), one row per experiment
+CREATE TABLE IF NOT EXISTS experiment_users (
+  uid TEXT NOT NULL, experiment TEXT NOT NULL, record TEXT NOT NULL,
+  PRIMARY KEY (uid, experiment)) WITHOUT ROWID;
+-- users per arm and step (JSON), per message that first exposed them; the report sums them
+CREATE TABLE IF NOT EXISTS experiment_arms (
+  experiment TEXT NOT NULL, mid TEXT NOT NULL, arm TEXT NOT NULL, record TEXT NOT NULL,
+  PRIMARY KEY (experiment, mid, arm)) WITHOUT ROWID;
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 20] = [
+pub const DATA_TABLES: [&str; 23] = [
     "users",
     "devices",
     "device_owners",
@@ -122,6 +133,9 @@ pub const DATA_TABLES: [&str; 20] = [
     "failed_deliveries",
     "preferences",
     "scheduled",
+    "experiments",
+    "experiment_users",
+    "experiment_arms",
 ];
 
 const READERS: usize = 4;
@@ -431,7 +445,102 @@ impl SqliteTx<'_> {
     }
 }
 
+/// The JSON records a query answers, parsed.
+fn records<T: serde::de::DeserializeOwned>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<Vec<T>> {
+    let raw: Vec<String> = c
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_map(p, |r| r.get(0))?.collect())
+        .map_err(backend)?;
+    raw.iter().map(|r| parse_json(r)).collect()
+}
+
+fn experiment_by_id(c: &Connection, id: &str) -> StoreResult<Option<ExperimentRecord>> {
+    Ok(records(
+        c,
+        "SELECT record FROM experiments WHERE id = ?1",
+        params![id],
+    )?
+    .pop())
+}
+
+/// An experiment's users per arm and step, summed over the messages that exposed them.
+fn experiment_arm_totals(c: &Connection, id: &str) -> StoreResult<Vec<ArmCounts>> {
+    let rows: Vec<ArmCounts> = records(
+        c,
+        "SELECT record FROM experiment_arms WHERE experiment = ?1",
+        params![id],
+    )?;
+    Ok(crate::model::sum_arms(rows))
+}
+
 impl FoldTarget for SqliteTx<'_> {
+    fn experiment(&mut self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
+        experiment_by_id(self.tx, id)
+    }
+
+    fn put_experiment(&mut self, e: &ExperimentRecord) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO experiments (id, record) VALUES (?1, ?2)",
+            params![e.id, to_json(e)?],
+        )
+        .map(drop)
+    }
+
+    fn experiment_user(
+        &mut self,
+        experiment: &str,
+        uid: &str,
+    ) -> StoreResult<Option<ExperimentUser>> {
+        Ok(records(
+            self.tx,
+            "SELECT record FROM experiment_users WHERE uid = ?1 AND experiment = ?2",
+            params![uid, experiment],
+        )?
+        .pop())
+    }
+
+    fn user_experiments(&mut self, uid: &str) -> StoreResult<Vec<ExperimentUser>> {
+        records(
+            self.tx,
+            "SELECT record FROM experiment_users WHERE uid = ?1 ORDER BY experiment",
+            params![uid],
+        )
+    }
+
+    fn put_experiment_user(&mut self, u: &ExperimentUser) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO experiment_users (uid, experiment, record) VALUES (?1, ?2, ?3)",
+            params![u.uid, u.experiment, to_json(u)?],
+        )
+        .map(drop)
+    }
+
+    fn arm_counts(&mut self, experiment: &str, mid: Uuid, arm: &str) -> StoreResult<ArmCounts> {
+        Ok(records(
+            self.tx,
+            "SELECT record FROM experiment_arms WHERE experiment = ?1 AND mid = ?2 AND arm = ?3",
+            params![experiment, mid.to_string(), arm],
+        )?
+        .pop()
+        .unwrap_or_else(|| ArmCounts {
+            arm: arm.to_owned(),
+            ..Default::default()
+        }))
+    }
+
+    fn put_arm_counts(&mut self, experiment: &str, mid: Uuid, c: &ArmCounts) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO experiment_arms (experiment, mid, arm, record)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![experiment, mid.to_string(), c.arm, to_json(c)?],
+        )
+        .map(drop)
+    }
+
     fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
         scheduled_by_mid(self.tx, mid)
     }
@@ -741,15 +850,16 @@ impl FoldTarget for SqliteTx<'_> {
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
         let n = self.exec(
-            "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at, experiment)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 m.mid.to_string(),
                 m.tid.map(|t| t.to_string()),
                 m.sender,
                 m.msg,
                 to_json(&m.opts)?,
-                ts(m.created_at)
+                ts(m.created_at),
+                m.experiment.as_ref().map(to_json).transpose()?
             ],
         )?;
         Ok(n > 0)
@@ -897,6 +1007,10 @@ fn migrate(c: &Connection) -> StoreResult<()> {
         c.execute_batch("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;")
             .map_err(backend)?;
     }
+    if !has_column(c, "messages", "experiment")? {
+        c.execute_batch("ALTER TABLE messages ADD COLUMN experiment TEXT;")
+            .map_err(backend)?;
+    }
     inbox::migrate(c)?;
     if has_column(c, "thread_messages", "msg")? {
         c.execute_batch(
@@ -916,9 +1030,18 @@ fn migrate(c: &Connection) -> StoreResult<()> {
 }
 
 fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
-    let row: Option<(Option<String>, String, String, String, String, i64)> = c
+    type MessageRow = (
+        Option<String>,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+    );
+    let row: Option<MessageRow> = c
         .prepare_cached(
-            "SELECT tid, sender, msg, opts, created_at, recipients FROM messages
+            "SELECT tid, sender, msg, opts, created_at, recipients, experiment FROM messages
              WHERE mid = ?1 AND deleted = 0",
         )
         .and_then(|mut s| {
@@ -930,6 +1053,7 @@ fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .optional()
@@ -944,6 +1068,8 @@ fn message_by_id(c: &Connection, mid: Uuid) -> StoreResult<Option<StoredMessage>
             opts: parse_json(&r.3)?,
             created_at: parse_ts(&r.4)?,
             recipients: r.5.max(0) as u64,
+            experiment: r.6.as_deref().map(parse_json).transpose()?,
+            variant: None,
         })
     })
     .transpose()
@@ -1521,6 +1647,16 @@ impl Store for SqliteStore {
 
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
         self.read(move |c| scheduled_by_mid(c, mid)).await
+    }
+
+    async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| experiment_by_id(c, &id)).await
+    }
+
+    async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>> {
+        let id = id.to_owned();
+        self.read(move |c| experiment_arm_totals(c, &id)).await
     }
 
     async fn scheduled_messages(

@@ -133,6 +133,7 @@ pub fn publish(tid: Uuid, sender: &str, msg: &str, opts: MessageOpts) -> Event {
         sender: sender.into(),
         msg: msg.into(),
         opts,
+        experiment: None,
     })
 }
 
@@ -142,6 +143,7 @@ pub fn send(audience: Audience, msg: &str, opts: MessageOpts) -> Event {
         sender: "admin".into(),
         msg: msg.into(),
         opts,
+        experiment: None,
     })
 }
 
@@ -1192,6 +1194,223 @@ pub async fn scheduled_sends(store: &dyn Store) {
     assert_eq!(inbox().await, want);
 }
 
+/// An experiment on a send: each recipient's entry, change and task carry their variant's
+/// text, the holdout gets nothing, the arms are counted at each step (deliveries, reads,
+/// clicks, conversions), and a second send of the same experiment exposes no one again and
+/// gives everyone the same variant.
+pub async fn experiments(store: &dyn Store) {
+    use exchange::experiment::{Arm, Experiment, Variant};
+    let feed = Feed::new(store);
+    let uids: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
+    feed.apply(
+        uids.iter()
+            .enumerate()
+            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
+            .collect(),
+    )
+    .await;
+    let spec = Experiment {
+        id: "welcome".into(),
+        variants: vec![
+            Variant {
+                name: "A".into(),
+                weight: 1.0,
+                msg: None,
+                title: None,
+                opts: None,
+            },
+            Variant {
+                name: "B".into(),
+                weight: 1.0,
+                msg: Some("hello from B".into()),
+                title: Some("B!".into()),
+                opts: None,
+            },
+        ],
+        holdout: 25.0,
+    };
+    let arm_of = |uid: &str| spec.arm_name(spec.assign(uid)).to_owned();
+    let held: Vec<&String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) == Arm::Holdout)
+        .collect();
+    assert!(!held.is_empty() && held.len() < uids.len(), "{held:?}");
+    let message = |msg: &str| {
+        Event::MessageSent(MessageSent {
+            audience: Audience::Users { uids: uids.clone() },
+            sender: "admin".into(),
+            msg: msg.into(),
+            opts: MessageOpts::default(),
+            experiment: Some(spec.clone()),
+        })
+    };
+    let mid = feed.one("admin", message("hello")).await;
+
+    // Entries: the variant's text, none for the holdout.
+    for uid in &uids {
+        let items = store.inbox(uid, &all(None)).await.unwrap().items;
+        match spec.assign(uid) {
+            Arm::Holdout => assert!(items.is_empty(), "{uid} is held out"),
+            Arm::Variant(i) => {
+                let n = &items[0];
+                assert_eq!(n.variant.as_deref(), Some(["A", "B"][i]), "{uid}");
+                assert_eq!(n.experiment.as_deref(), Some("welcome"));
+                let (msg, title) = if i == 0 {
+                    ("hello", None)
+                } else {
+                    ("hello from B", Some("B!"))
+                };
+                assert_eq!((n.msg.as_str(), n.title.as_deref()), (msg, title), "{uid}");
+                // The change feed's `new` frame is the variant's.
+                let changes = store
+                    .changes_after(uid, projections::fold::Position::default(), 10)
+                    .await
+                    .unwrap();
+                let frame: serde_json::Value = serde_json::from_str(&changes[0].1).unwrap();
+                assert_eq!(frame["notification"]["variant"], ["A", "B"][i]);
+                assert_eq!(frame["notification"]["msg"], msg);
+            }
+        }
+    }
+    // Tasks: each carries its variant's text; the holdout has none.
+    let tasks: Vec<_> = store
+        .outbox(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let mut queued = Vec::new();
+    for t in &tasks {
+        for uid in t.recipients() {
+            let want = if arm_of(uid) == "B" {
+                "hello from B"
+            } else {
+                "hello"
+            };
+            assert_eq!(t.msg, want, "{uid}");
+            queued.push(uid.clone());
+        }
+    }
+    queued.sort();
+    let expected: Vec<String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) != Arm::Holdout)
+        .cloned()
+        .collect();
+    assert_eq!(queued, expected);
+    let mut batches: Vec<_> = tasks.iter().map(|t| t.message_id()).collect();
+    batches.sort();
+    batches.dedup();
+    assert_eq!(batches.len(), tasks.len(), "distinct task ids");
+    clear_outbox(store).await;
+
+    let record = store.experiment("welcome").await.unwrap().unwrap();
+    assert_eq!(
+        (record.owner.as_str(), record.messages, record.first_mid),
+        ("admin", 1, mid)
+    );
+    let count = |arms: &[projections::model::ArmCounts], arm: &str| {
+        arms.iter()
+            .find(|c| c.arm == arm)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let arms = store.experiment_arms("welcome").await.unwrap();
+    let exposed: u64 = arms.iter().map(|c| c.exposed).sum();
+    assert_eq!(exposed, 40);
+    assert_eq!(count(&arms, "holdout").exposed, held.len() as u64);
+
+    // Steps: a provider accepted one B user's push, an A user read theirs, another B user
+    // clicked, a held-out user converted (no mid: within the window of their exposure).
+    let of_arm = |arm: &str| {
+        uids.iter()
+            .filter(|u| arm_of(u) == arm)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (of_arm("A"), of_arm("B"));
+    assert!(a.len() >= 2 && b.len() >= 2, "{a:?} {b:?}");
+    let device_of = |uid: &str| {
+        format!(
+            "d{}",
+            &uid[1..].trim_start_matches('0').parse::<u32>().unwrap_or(0)
+        )
+    };
+    feed.one(
+        "msgxc",
+        Event::DeliveriesSettled(DeliveriesSettled {
+            mid,
+            deliveries: vec![SettledDelivery {
+                uid: b[0].clone(),
+                device_id: device_of(&b[0]),
+                channel: "apns".into(),
+                attempt: 1,
+                status: SettledStatus::Sent,
+                provider_id: None,
+                reason: None,
+                permanent: false,
+                dead: false,
+                disabled: false,
+            }],
+        }),
+    )
+    .await;
+    feed.one(
+        &a[0],
+        Event::NotificationsRead(NotificationsRead {
+            uid: a[0].clone(),
+            ids: vec![mid],
+        }),
+    )
+    .await;
+    let tracked = |uid: &str, event: &str, mid: Option<Uuid>| {
+        Event::Tracked(exchange::events::Tracked {
+            uid: uid.into(),
+            event: event.into(),
+            mid,
+            props: None,
+            window: 3_600,
+        })
+    };
+    feed.one(&b[1], tracked(&b[1], "click", Some(mid))).await;
+    feed.one(held[0], tracked(held[0], "purchase", None)).await;
+    // Twice: a user converts once.
+    feed.one(held[0], tracked(held[0], "purchase", None)).await;
+    let arms = store.experiment_arms("welcome").await.unwrap();
+    let (ca, cb, ch) = (
+        count(&arms, "A"),
+        count(&arms, "B"),
+        count(&arms, "holdout"),
+    );
+    assert_eq!((cb.delivered, cb.opened, cb.clicked), (2, 1, 1), "{cb:?}");
+    assert_eq!((ca.delivered, ca.opened, ca.clicked), (1, 1, 0), "{ca:?}");
+    assert_eq!(
+        (ch.converted, ca.converted, cb.converted),
+        (1, 0, 0),
+        "{ch:?}"
+    );
+    assert_eq!(ca.exposed + cb.exposed + ch.exposed, 40);
+
+    // A second send: nobody is exposed again, everyone gets the same variant.
+    let mid2 = feed.one("admin", message("again")).await;
+    let arms2 = store.experiment_arms("welcome").await.unwrap();
+    assert_eq!(
+        arms2.iter().map(|c| c.exposed).sum::<u64>(),
+        40,
+        "{arms2:?}"
+    );
+    for uid in &b {
+        let n = store.notifications(uid, &[mid2]).await.unwrap();
+        assert_eq!(n[0].variant.as_deref(), Some("B"));
+        assert_eq!(n[0].msg, "hello from B");
+    }
+    let record = store.experiment("welcome").await.unwrap().unwrap();
+    assert_eq!((record.messages, record.last_mid), (2, mid2));
+    assert!(store.experiment("nope").await.unwrap().is_none());
+    assert!(store.experiment_arms("nope").await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -1211,6 +1430,7 @@ macro_rules! conformance_cases {
             batched_tasks_and_settled_outcomes,
             live_routing_state,
             scheduled_sends,
+            experiments,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {

@@ -1,0 +1,337 @@
+//! Experiments: `variants`/`holdout` on the message bodies, `GET /experiments/{id}` (the
+//! report), `POST /track` (conversions, custom events and clicks).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use exchange::Actor;
+use exchange::events::{Event, MessageOpts, Tracked};
+use exchange::experiment::{Experiment, HOLDOUT, Variant};
+use projections::model::{ArmCounts, Step};
+use projections::stats;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::routes::validate;
+use crate::state::AppState;
+
+/// The experiment fields of a message body.
+#[derive(Deserialize, Default)]
+pub struct Testing {
+    #[serde(default)]
+    variants: Option<Vec<Variant>>,
+    #[serde(default)]
+    holdout: Option<f64>,
+}
+
+/// The experiment a message body asks for (`variants`, `holdout`, `opts.experiment`), checked;
+/// `opts.experiment` moves out of the options into it. An experiment id used before must come
+/// with the same variants, weights and holdout (so users keep their arm), from its owner or an
+/// admin.
+pub(crate) async fn experiment_of(
+    state: &AppState,
+    actor: &Actor,
+    testing: Testing,
+    opts: &mut MessageOpts,
+) -> ApiResult<Option<Experiment>> {
+    let id = match opts.extra.remove("experiment") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::field(
+                "opts.experiment",
+                "must be a string (the experiment id)",
+            ));
+        }
+    };
+    let Some(variants) = testing.variants else {
+        if id.is_some() || testing.holdout.is_some() {
+            return Err(ApiError::field(
+                "variants",
+                "an experiment (opts.experiment, holdout) needs its variants",
+            ));
+        }
+        return Ok(None);
+    };
+    let experiment = Experiment {
+        // Named after the message when the envelope is made (`Envelope::new`).
+        id: id.clone().unwrap_or_default(),
+        variants,
+        holdout: testing.holdout.unwrap_or(0.0),
+    };
+    let mut probe = experiment.clone();
+    if probe.id.is_empty() {
+        probe.id = "message".into();
+    }
+    probe
+        .validate()
+        .map_err(|e| ApiError::field(e.field, e.message))?;
+    for (i, v) in experiment.variants.iter().enumerate() {
+        if let Some(msg) = &v.msg {
+            validate::text(
+                &format!("variants[{i}].msg"),
+                msg,
+                state.config.max_message_chars,
+            )?;
+        }
+        if v.opts.is_some() {
+            let mut base = serde_json::to_value(&*opts).unwrap_or(Value::Null);
+            if let (Some(b), Some(o)) = (base.as_object_mut(), &v.opts) {
+                b.extend(o.clone());
+            }
+            let merged: MessageOpts = serde_json::from_value(base).map_err(|e| {
+                ApiError::field(
+                    format!("variants[{i}].opts"),
+                    format!("invalid options: {e}"),
+                )
+            })?;
+            validate::opts(&merged)?;
+        }
+    }
+    if let Some(id) = &id
+        && let Some(existing) = state.store.experiment(id).await?
+    {
+        if !(actor.is_admin() || existing.owner == actor.uid) {
+            return Err(ApiError::forbidden(
+                "this experiment id belongs to another sender",
+            ));
+        }
+        let same = existing.spec.holdout == experiment.holdout
+            && existing.spec.variants.len() == experiment.variants.len()
+            && existing
+                .spec
+                .variants
+                .iter()
+                .zip(&experiment.variants)
+                .all(|(a, b)| a.name == b.name && a.weight == b.weight);
+        if !same {
+            return Err(ApiError::conflict(
+                "experiment_changed",
+                "this experiment was sent with other variants, weights or holdout; users would \
+                 change arms (use a new opts.experiment)",
+            ));
+        }
+    }
+    Ok(Some(experiment))
+}
+
+#[derive(Deserialize)]
+pub struct TrackBody {
+    event: String,
+    #[serde(default)]
+    mid: Option<Uuid>,
+    #[serde(default)]
+    props: Option<serde_json::Map<String, Value>>,
+}
+
+/// Records a conversion, a custom event or a click of the caller (202 once in JetStream).
+pub async fn track(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<TrackBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = body.event.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+    {
+        return Err(ApiError::field(
+            "event",
+            "1-64 letters, digits or _ - . : (such as purchase or signup)",
+        ));
+    }
+    if let Some(props) = &body.props {
+        let size = serde_json::to_vec(props).map_or(usize::MAX, |v| v.len());
+        if size > 8 * 1024 {
+            return Err(ApiError::field("props", "at most 8 KiB of JSON"));
+        }
+    }
+    if let Some(mid) = body.mid
+        && state
+            .store
+            .notifications(&actor.uid, &[mid])
+            .await?
+            .is_empty()
+        && !held_out(&state, &actor.uid, mid).await?
+    {
+        return Err(ApiError::not_found("no such message in your inbox"));
+    }
+    let event = Event::Tracked(Tracked {
+        uid: actor.uid.clone(),
+        event: name.to_owned(),
+        mid: body.mid,
+        props: body.props,
+        window: state.config.attribution_window.as_secs(),
+    });
+    let recorded = state.append(&actor, event, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": recorded.envelope.id, "event": name, "mid": body.mid })),
+    ))
+}
+
+/// Whether `uid` was held out of the experiment of message `mid` (they have no entry of it but
+/// may still convert on it).
+async fn held_out(state: &AppState, uid: &str, mid: Uuid) -> ApiResult<bool> {
+    Ok(state
+        .store
+        .message(mid)
+        .await?
+        .and_then(|m| m.experiment)
+        .is_some_and(|e| e.assign(uid) == exchange::experiment::Arm::Holdout))
+}
+
+const STEPS: [(Step, &str); 5] = [
+    (Step::Exposed, "exposed"),
+    (Step::Delivered, "delivered"),
+    (Step::Opened, "opened"),
+    (Step::Clicked, "clicked"),
+    (Step::Converted, "converted"),
+];
+
+/// The report of an experiment: per arm its users at each step and their rates, each arm
+/// against the control (the holdout, else the first variant) on one metric, the sample-ratio
+/// check, and a winner only when the always-valid test says so.
+pub async fn report(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let record = state
+        .store
+        .experiment(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such experiment"))?;
+    if !(actor.is_admin() || record.owner == actor.uid) {
+        return Err(ApiError::forbidden(
+            "only the experiment's sender or an admin may read its report",
+        ));
+    }
+    let metric = match query.get("metric").map(String::as_str) {
+        None => Step::Converted,
+        Some(m) => STEPS
+            .iter()
+            .skip(1)
+            .find(|(_, name)| *name == m)
+            .map(|(s, _)| *s)
+            .ok_or_else(|| ApiError::field("metric", "delivered, opened, clicked or converted"))?,
+    };
+    let metric_name = STEPS
+        .iter()
+        .find(|(s, _)| *s == metric)
+        .map_or("converted", |(_, n)| *n);
+    let alpha = match query.get("alpha") {
+        None => 0.05,
+        Some(a) => a
+            .parse::<f64>()
+            .ok()
+            .filter(|a| *a > 0.0 && *a < 0.5)
+            .ok_or_else(|| ApiError::field("alpha", "a level between 0 and 0.5, such as 0.05"))?,
+    };
+    let counts = state.store.experiment_arms(&id).await?;
+    let spec = &record.spec;
+    let names = spec.arm_names();
+    let shares = spec.arm_shares();
+    let arm = |name: &str| {
+        counts
+            .iter()
+            .find(|c| c.arm == name)
+            .cloned()
+            .unwrap_or_else(|| ArmCounts {
+                arm: name.to_owned(),
+                ..Default::default()
+            })
+    };
+    let arms: Vec<ArmCounts> = names.iter().map(|n| arm(n)).collect();
+    let control = &arms[0];
+    // Each arm against the control: the level is split between the comparisons (Bonferroni).
+    let comparisons = arms.len().saturating_sub(1).max(1);
+    let level = alpha / comparisons as f64;
+    let mut winner: Option<(String, f64)> = None;
+    let srm = stats::sample_ratio(&arms.iter().map(|a| a.exposed).collect::<Vec<_>>(), &shares);
+    let mismatch = srm.is_some_and(|(_, p)| p < stats::SRM_ALPHA);
+    let mut rows = Vec::with_capacity(arms.len());
+    for (i, a) in arms.iter().enumerate() {
+        let n = a.exposed;
+        let rate = |x: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+        let mut row = json!({
+            "name": a.arm,
+            "expected_share": shares.get(i).copied().unwrap_or(0.0),
+            "control": i == 0,
+        });
+        let mut rates = serde_json::Map::new();
+        for (step, name) in STEPS {
+            row[name] = json!(a.get(step));
+            if step != Step::Exposed {
+                rates.insert(name.to_owned(), json!(rate(a.get(step))));
+            }
+        }
+        row["rates"] = Value::Object(rates);
+        if i > 0
+            && let Some(c) = stats::compare(
+                a.get(metric),
+                n,
+                control.get(metric),
+                control.exposed,
+                level,
+            )
+        {
+            row["against_control"] = json!({
+                "difference": c.difference,
+                "relative_lift": c.relative,
+                "p_value": c.p_value,
+                "ci": [c.ci95.0, c.ci95.1],
+                "always_valid_p": c.always_valid_p,
+                "always_valid_ci": [c.always_valid_ci95.0, c.always_valid_ci95.1],
+                "significant": c.always_valid_p < level,
+            });
+            if c.always_valid_p < level
+                && c.difference > 0.0
+                && winner.as_ref().is_none_or(|(_, d)| c.difference > *d)
+            {
+                winner = Some((a.arm.clone(), c.difference));
+            }
+        }
+        rows.push(row);
+    }
+    Ok(Json(json!({
+        "id": record.id,
+        "owner": record.owner,
+        "created_at": record.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "messages": record.messages,
+        "first_mid": record.first_mid,
+        "last_mid": record.last_mid,
+        "holdout": spec.holdout,
+        "metric": metric_name,
+        "alpha": alpha,
+        "control": names.first().copied().unwrap_or(HOLDOUT),
+        "arms": rows,
+        "sample_ratio": srm.map(|(chi, p)| json!({
+            "chi_squared": chi,
+            "p_value": p,
+            "mismatch": p < stats::SRM_ALPHA,
+        })),
+        "winner": if mismatch { None } else { winner.map(|(w, _)| w) },
+        "method": {
+            "test": format!("mSPRT, always-valid p-value and {}% interval of the difference \
+                     in {metric_name} rate against the control (normal mixture, tau^2 = {}); \
+                     valid however often the report is read", (1.0 - level) * 100.0, stats::TAU_SQUARED),
+            "fixed_horizon": "two-proportion z-test (pooled) and its unpooled interval: valid \
+                              only when read once, at a sample size fixed in advance",
+            "multiple_arms": "the level is divided between the comparisons (Bonferroni)",
+            "sample_ratio": format!("chi-squared test of exposed users against the arms' \
+                             shares; mismatch below p = {}; no winner while it fails", stats::SRM_ALPHA),
+            "winner": "the arm with the largest positive difference whose always-valid p-value \
+                       is below the level",
+        },
+    })))
+}
