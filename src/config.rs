@@ -153,7 +153,20 @@ impl JwtArgs {
 
 /// Reads `<data>/jwt.secret`, creating it (random, mode 0600) on first use.
 pub fn generated_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join(SECRET_FILE);
+    secret_file(
+        data_dir,
+        SECRET_FILE,
+        "no JWT key configured: generated an HS256 secret; mint tokens with `msgxc token`",
+    )
+}
+
+/// Name of the generated link secret in the data dir.
+pub const LINK_SECRET_FILE: &str = "link.secret";
+
+/// Reads `<data>/<name>`, creating it (32 random bytes in hex, mode 0600) on first use, with a
+/// warning then.
+fn secret_file(data_dir: &Path, name: &str, created: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim().to_owned();
         if !s.is_empty() {
@@ -166,10 +179,7 @@ pub fn generated_secret(data_dir: &Path) -> anyhow::Result<String> {
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&path, &secret)?;
-    tracing::warn!(
-        path = %path.display(),
-        "no JWT key configured: generated an HS256 secret; mint tokens with `msgxc token`"
-    );
+    tracing::warn!(path = %path.display(), "{created}");
     Ok(secret)
 }
 
@@ -298,6 +308,15 @@ mod tests {
 /// Delivery channels (each off unless configured) and retry policy.
 #[derive(Debug, Clone, Args)]
 pub struct ChannelArgs {
+    /// Where this exchange's gateway is reachable from outside (`https://msgxc.example.com`):
+    /// links in e-mail and SMS bodies become tracked `{url}/r/{token}` redirects. Unset: links
+    /// are sent as they are.
+    #[arg(long, env = "MSGXC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Key that signs tracked links (every gateway and dispatcher of one exchange needs the
+    /// same). Unset: `<data>/link.secret`, generated on first use.
+    #[arg(long, env = "MSGXC_LINK_SECRET", hide_env_values = true)]
+    pub link_secret: Option<String>,
     /// Twilio-compatible SMS: account SID.
     #[arg(long, env = "MSGXC_SMS_ACCOUNT_SID")]
     pub sms_account_sid: Option<String>,
@@ -589,6 +608,20 @@ impl ChannelArgs {
                 qos: self.mqtt_qos,
                 retain: self.mqtt_retain,
             });
+        let secret = match &self.link_secret {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => secret_file(
+                data_dir,
+                LINK_SECRET_FILE,
+                "no MSGXC_LINK_SECRET: generated a key for tracked links (give every process of \
+                 the exchange the same one)",
+            )?,
+        };
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bail!("MSGXC_PUBLIC_URL must be an http(s) URL, got {url:?}");
+        }
         Ok(exchange::channels::ChannelSettings {
             sms,
             apns,
@@ -596,6 +629,10 @@ impl ChannelArgs {
             webpush,
             fcm,
             mqtt,
+            links: Some(exchange::links::LinkSigner::new(
+                secret.as_bytes(),
+                self.public_url.clone(),
+            )),
         })
     }
 

@@ -265,6 +265,7 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                     .map_err(|e| anyhow::anyhow!(e))?,
             );
         }
+        gateway_config.links = opts.channels.links.clone();
         gateway_config.channels = std::iter::once("websocket")
             .chain(channels.names())
             .map(str::to_owned)

@@ -408,6 +408,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             max_sockets_per_user: a.max_sockets_per_user.max(1),
             socket_frame_rate: a.socket_frame_rate.0,
             attribution_window: a.attribution_window,
+            links: None,
             cors_origins: a
                 .cors_origins
                 .iter()

@@ -24,6 +24,8 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ("GET", "/health", "", [200, 200, 200, 200, 200]),
     // Outside /api/v1 (Prometheus' convention); routes are templates, no user data.
     ("GET", "/metrics", "", [200, 200, 200, 200, 200]),
+    // Tracked links, outside /api/v1 too: no token needed, a forged one is refused.
+    ("GET", "/r/forged", "", [400, 400, 400, 400, 400]),
     (
         "GET",
         "/webpush/vapid-public-key",
@@ -262,6 +264,7 @@ fn route_of(path: &str) -> String {
                 ("notifications", s) if s.starts_with('{') => "{id}".into(),
                 ("devices", _) => "{id}".into(),
                 ("experiments", _) => "{id}".into(),
+                ("r", _) => "{token}".into(),
                 ("blocks", _) => "{uid}".into(),
                 ("deliveries", "x") => "{id}".into(),
                 _ => seg.to_owned(),
@@ -371,7 +374,7 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
     for (method, path, body, want) in MATRIX {
         let path = fill(path);
         for (i, caller) in CALLERS.iter().enumerate() {
-            let url = if path == "/metrics" {
+            let url = if path == "/metrics" || path.starts_with("/r/") {
                 format!("{}{path}", ex.base.trim_end_matches("/api/v1"))
             } else {
                 ex.url(&path)

@@ -78,6 +78,7 @@ async fn exchange_paced(
             webpush: None,
             fcm: None,
             mqtt: None,
+            links: None,
         };
         o.dispatch = DispatchSettings {
             max_attempts,

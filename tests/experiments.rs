@@ -8,10 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::{Exchange, next_json, read_models, token, ws_connect};
+use exchange::channels::{ChannelSettings, sms::SmsConfig};
 use exchange::experiment::{Arm, Experiment, Variant};
+use exchange::links::LinkSigner;
 use futures::StreamExt;
 use projections::SqliteStore;
 use serde_json::{Value, json};
+use testkit::providers::{form_value, sms_sink};
 use uuid::Uuid;
 
 fn spec() -> Experiment {
@@ -275,4 +278,138 @@ async fn variants_holdout_tracking_and_a_rebuilt_report() {
         live["messages"][mid.to_string()]["experiment"]["record"]["messages"],
         2
     );
+}
+
+/// Links in an SMS body arrive as tracked links: following one records the click (once per
+/// link) into the experiment and answers 302 to the link of the recipient's variant; a forged
+/// or altered token is a 400, never a redirect.
+#[tokio::test]
+async fn tracked_links_record_clicks_and_redirect_only_to_the_message_s_links() {
+    let sms = sms_sink("AC0123", "sms-token").await;
+    let base = sms.base_url.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.channels = ChannelSettings {
+            sms: Some(SmsConfig {
+                account_sid: "AC0123".into(),
+                auth_token: "sms-token".into(),
+                from: "+15550001111".into(),
+                base_url: base,
+            }),
+            links: Some(LinkSigner::new(
+                b"link-secret",
+                Some("https://go.example".into()),
+            )),
+            ..Default::default()
+        };
+    })
+    .await;
+    let admin = token("root", true);
+    let (s, r) = ex
+        .post(
+            "/enlist",
+            &token("sam", false),
+            json!({"os": "sms", "phone": "+14155550123"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    let (s, r) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"uid": "sam", "msg": "Sale! https://shop.example/a and https://shop.example/b.",
+                   "opts": {"experiment": "sale"},
+                   "variants": [{"name": "A", "weight": 1},
+                                {"name": "B", "weight": 1, "msg": "B: https://shop.example/b-only"}]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid: Uuid = r["mid"].as_str().unwrap().parse().unwrap();
+    let got = sms.wait_for(1).await;
+    let text = form_value(std::str::from_utf8(&got[0].body).unwrap(), "Body").unwrap();
+    assert!(!text.contains("shop.example"), "links are wrapped: {text}");
+    let wrapped: Vec<&str> = exchange::links::links(&text)
+        .into_iter()
+        .map(|r| &text[r])
+        .collect();
+    let b = Experiment {
+        id: "sale".into(),
+        holdout: 0.0,
+        ..spec()
+    }
+    .assign("sam")
+        == Arm::Variant(1);
+    assert_eq!(wrapped.len(), if b { 1 } else { 2 }, "{text}");
+    assert!(
+        wrapped
+            .iter()
+            .all(|u| u.starts_with("https://go.example/r/"))
+    );
+
+    // Followed (twice): 302 to the message's own link, one click recorded.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = ex.base.trim_end_matches("/api/v1").to_owned();
+    let token_of = |u: &str| u.trim_start_matches("https://go.example/r/").to_owned();
+    let last = wrapped.last().unwrap();
+    for _ in 0..2 {
+        let resp = http
+            .get(format!("{root}/r/{}", token_of(last)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 302);
+        let want = if b {
+            "https://shop.example/b-only"
+        } else {
+            "https://shop.example/b"
+        };
+        assert_eq!(resp.headers()["location"], want);
+    }
+    // Forged: another message id or another user under the same signature, or garbage.
+    let mut forged = token_of(last).into_bytes();
+    let i = forged.len() / 2;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    for t in [
+        String::from_utf8(forged).unwrap(),
+        "x".repeat(60),
+        "not-a-token".into(),
+    ] {
+        let resp = http.get(format!("{root}/r/{t}")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{t}");
+        assert!(resp.headers().get("location").is_none());
+    }
+    // The click reached the experiment once (with the open and delivery it implies).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, r) = ex.get("/experiments/sale", &admin).await;
+        let clicked: u64 = r["arms"].as_array().map_or(0, |a| {
+            a.iter().map(|x| x["clicked"].as_u64().unwrap_or(0)).sum()
+        });
+        if s == 200 && clicked == 1 {
+            let arm = &r["arms"][usize::from(b)];
+            assert_eq!(
+                (arm["clicked"].as_u64(), arm["opened"].as_u64()),
+                (Some(1), Some(1)),
+                "{r}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no click: {s} {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One `tracked` event for two follows of the same link (its token deduplicates).
+    ex.caught_up().await;
+    let events = ex.running().log.last_seq().await.unwrap();
+    let mut clicks = 0;
+    for seq in 1..=events {
+        if let Ok(stored) = ex.running().log.get(seq).await
+            && let exchange::Event::Tracked(t) = &stored.envelope.event
+        {
+            assert_eq!((t.uid.as_str(), t.mid), ("sam", Some(mid)));
+            clicks += 1;
+        }
+    }
+    assert_eq!(clicks, 1);
 }

@@ -5,6 +5,7 @@
 //! - `events`: every event kind and its payload (the public contract), `schema`: their JSON Schema
 //! - `experiment`: variants, holdout and the deterministic assignment of recipients to them
 //! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, schedules, ordered reads), `subject`: its subjects
+//! - `links`: tracked links in e-mail and SMS bodies (signed tokens for the gateway's redirect)
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
 //! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
@@ -14,6 +15,7 @@ pub mod channels;
 pub mod dispatch;
 pub mod events;
 pub mod experiment;
+pub mod links;
 pub mod live;
 pub mod log;
 pub mod natsd;

@@ -63,6 +63,8 @@ pub struct GatewayConfig {
     /// How long after a message a tracked event without a `mid` is attributed to it (and to
     /// the experiments the user was exposed to), fixed into each `tracked` event.
     pub attribution_window: Duration,
+    /// Verifies the tokens of tracked links (`GET /r/{token}`); `None`: that route answers 404.
+    pub links: Option<exchange::links::LinkSigner>,
 }
 
 /// Default write limits and live connections per user (README states them).
@@ -102,6 +104,7 @@ impl Default for GatewayConfig {
             max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
             cors_origins: Vec::new(),
             attribution_window: Duration::from_secs(3 * 86_400),
+            links: None,
             socket_frame_rate: Some(crate::rate::Rate {
                 per_second: 50,
                 burst: 200,

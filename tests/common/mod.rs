@@ -52,7 +52,13 @@ pub fn options(nats_url: String, store_path: PathBuf) -> ExchangeOptions {
             ..Default::default()
         },
         projector: ProjectorSettings::default(),
-        channels: Default::default(),
+        channels: exchange::channels::ChannelSettings {
+            links: Some(exchange::links::LinkSigner::new(
+                b"test-link-secret",
+                Some("https://links.test".into()),
+            )),
+            ..Default::default()
+        },
         dispatch: Default::default(),
     }
 }

@@ -21,10 +21,14 @@ pub struct EmailConfig {
 pub struct EmailChannel {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    links: Option<crate::links::LinkSigner>,
 }
 
 impl EmailChannel {
-    pub fn new(config: &EmailConfig) -> Result<Self, String> {
+    pub fn new(
+        config: &EmailConfig,
+        links: Option<crate::links::LinkSigner>,
+    ) -> Result<Self, String> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url)
             .map_err(|e| format!("MSGXC_SMTP_URL: {e}"))?
             .build();
@@ -32,7 +36,11 @@ impl EmailChannel {
             .from
             .parse::<Mailbox>()
             .map_err(|e| format!("MSGXC_EMAIL_FROM: {e}"))?;
-        Ok(Self { transport, from })
+        Ok(Self {
+            transport,
+            from,
+            links,
+        })
     }
 }
 
@@ -52,17 +60,31 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// Builds the MIME message for one delivery.
-pub fn build(from: &Mailbox, to: &str, d: &Delivery<'_>) -> Result<Message, String> {
+/// Builds the MIME message for one delivery; with `links`, the body's links and the
+/// message's `opts.url` are tracked links.
+pub fn build(
+    from: &Mailbox,
+    to: &str,
+    d: &Delivery<'_>,
+    links: Option<&crate::links::LinkSigner>,
+) -> Result<Message, String> {
     let to: Mailbox = to.parse().map_err(|e| format!("address {to}: {e}"))?;
     let (title, body) = text_of(d);
     let subject = title.unwrap_or("New message");
-    let url = d.task.opts.url.as_deref();
-    let mut plain = body.to_owned();
-    let mut html = format!("<p>{}</p>", escape_html(body));
+    let body = match links {
+        Some(l) => l.wrap(body, d.task.mid, d.uid),
+        None => body.to_owned(),
+    };
+    let url = d.task.opts.url.as_deref().map(|u| {
+        links
+            .and_then(|l| l.url(d.task.mid, d.uid, crate::links::URL_OPTION))
+            .unwrap_or_else(|| u.to_owned())
+    });
+    let mut plain = body.clone();
+    let mut html = format!("<p>{}</p>", escape_html(&body));
     if let Some(u) = url {
         plain.push_str(&format!("\n\n{u}\n"));
-        html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>", escape_html(u)));
+        html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>", escape_html(&u)));
     }
     Message::builder()
         .from(from.clone())
@@ -85,7 +107,7 @@ impl Channel for EmailChannel {
                 reason: "not an e-mail address".into(),
             };
         };
-        let message = match build(&self.from, email, d) {
+        let message = match build(&self.from, email, d, self.links.as_ref()) {
             Ok(m) => m,
             Err(reason) => return Outcome::DeviceGone { reason },
         };

@@ -125,6 +125,8 @@ pub struct ChannelSettings {
     pub webpush: Option<webpush::WebPushConfig>,
     pub fcm: Option<fcm::FcmConfig>,
     pub mqtt: Option<mqtt::MqttConfig>,
+    /// Tracked links in e-mail and SMS bodies (`crate::links`); `None`: left as they are.
+    pub links: Option<crate::links::LinkSigner>,
 }
 
 impl ChannelSettings {
@@ -133,13 +135,16 @@ impl ChannelSettings {
         use std::sync::Arc;
         let mut channels = crate::dispatch::Channels::default();
         if let Some(c) = &self.sms {
-            channels.add(Arc::new(sms::SmsChannel::new(c.clone())?));
+            channels.add(Arc::new(sms::SmsChannel::new(
+                c.clone(),
+                self.links.clone(),
+            )?));
         }
         if let Some(c) = &self.apns {
             channels.add(Arc::new(apns::ApnsChannel::new(c.clone())?));
         }
         if let Some(c) = &self.email {
-            channels.add(Arc::new(email::EmailChannel::new(c)?));
+            channels.add(Arc::new(email::EmailChannel::new(c, self.links.clone())?));
         }
         if let Some(c) = &self.mqtt {
             channels.set_mqtt(Arc::new(mqtt::MqttChannel::new(c)?));

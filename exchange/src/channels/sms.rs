@@ -20,12 +20,17 @@ pub struct SmsConfig {
 pub struct SmsChannel {
     config: SmsConfig,
     http: reqwest::Client,
+    links: Option<crate::links::LinkSigner>,
 }
 
 impl SmsChannel {
-    pub fn new(config: SmsConfig) -> Result<Self, String> {
+    pub fn new(config: SmsConfig, links: Option<crate::links::LinkSigner>) -> Result<Self, String> {
         let http = http_client(&config.base_url, false)?;
-        Ok(Self { config, http })
+        Ok(Self {
+            config,
+            http,
+            links,
+        })
     }
 }
 
@@ -45,9 +50,14 @@ impl Channel for SmsChannel {
             };
         };
         let (title, body) = text_of(d);
+        // The body's links become tracked links (their index is their place in the body).
+        let body = match &self.links {
+            Some(l) => std::borrow::Cow::Owned(l.wrap(body, d.task.mid, d.uid)),
+            None => std::borrow::Cow::Borrowed(body),
+        };
         let text = match title {
             Some(t) if !t.is_empty() => format!("{t}: {body}"),
-            _ => body.to_owned(),
+            _ => body.into_owned(),
         };
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Messages.json",

@@ -335,3 +335,56 @@ pub async fn report(
         },
     })))
 }
+
+/// A tracked link (`GET /r/{token}`, no token needed): records the click as a `tracked` event
+/// of the recipient the link was made for (once per link: the token is the event's
+/// deduplication key) and answers 302 to the link the message holds for them. A token that does
+/// not verify, or names no link of that message, is a 400: the target never comes from the
+/// request.
+pub async fn redirect(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let signer = state
+        .config
+        .links
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("tracked links are not configured here"))?;
+    let invalid = || ApiError::bad_request("invalid_link", "this is not a link of this exchange");
+    let click = signer.verify(&token).ok_or_else(invalid)?;
+    let message = state
+        .store
+        .message(click.mid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the link's message no longer exists"))?;
+    let content = message.for_uid(&click.uid).ok_or_else(invalid)?;
+    let target = exchange::links::target(&content.msg, content.opts.url.as_deref(), click.index)
+        .ok_or_else(invalid)?;
+    let location = axum::http::HeaderValue::from_str(&target).map_err(|_| invalid())?;
+    let actor = Actor {
+        uid: click.uid.clone(),
+        roles: Vec::new(),
+    };
+    let event = Event::Tracked(Tracked {
+        uid: click.uid,
+        event: exchange::events::CLICK.to_owned(),
+        mid: Some(click.mid),
+        props: Some(
+            json!({"url": target, "link": click.index})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        window: state.config.attribution_window.as_secs(),
+    });
+    // A click that cannot be recorded still takes the user where the message said.
+    if let Err(e) = state.append(&actor, event, Some(&token)).await {
+        tracing::warn!(mid = %click.mid, error = %e.message, "click not recorded");
+    }
+    Ok((
+        StatusCode::FOUND,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response())
+}

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route("/r/{token}", get(experiments::redirect))
         .nest("/api/v1", api)
         .fallback(not_found)
         .with_state(state);
