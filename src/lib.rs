@@ -1,8 +1,14 @@
 //! The `msgxc` binary's wiring: configuration, NATS connection (or a supervised nats-server),
 //! and starting the gateway, projector and live hub together or as separate roles.
+//!
+//! - `bench`: `msgxc bench`, every scenario beside its baseline measured in the same run
+//! - `config`: flags and environment, store locations, generated secrets
+//! - `export`: `msgxc export`, the event log as Hive-partitioned Parquet or NDJSON
+//! - `nats`: the NATS connection of a command (a managed nats-server or a given URL)
 
 pub mod bench;
 pub mod config;
+pub mod export;
 pub mod nats;
 
 use std::net::SocketAddr;

@@ -64,6 +64,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Rebuild all read models from the log into a fresh store. Sends nothing to anyone.
     Rebuild(RebuildArgs),
+    /// Write the event log to a directory for analysts: Parquet (zstd) or NDJSON, partitioned
+    /// by event type and UTC day; a second run continues where the first ended.
+    Export(ExportArgs),
     /// Create or upgrade the store's schema: the keyspace and tables of a scylla:// store
     /// (idempotent, records the schema version), or the tables of a SQLite file.
     Migrate(MigrateArgs),
@@ -272,6 +275,24 @@ struct ReplayArgs {
 }
 
 #[derive(clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// File format.
+    #[arg(long, value_enum, default_value = "parquet")]
+    format: msgxc::export::Format,
+    /// Output directory (created; holds `_export.json`, where the next run continues).
+    #[arg(long)]
+    out: PathBuf,
+    /// Start at this stream sequence instead of after the last exported one.
+    #[arg(long)]
+    from_seq: Option<u64>,
+    /// Only events on this subject (wildcards allowed), e.g. 'msgxc.ev.message.>'.
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+#[derive(clap::Args)]
 struct RebuildArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -338,6 +359,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(a) => token(*a),
             Command::Replay(a) => replay(a).await,
             Command::Rebuild(a) => rebuild(a).await,
+            Command::Export(a) => export(a).await,
             Command::Vapid(a) => vapid(a),
             Command::Migrate(a) => migrate(a).await,
             Command::Health(a) => health(a).await,
@@ -538,6 +560,29 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+async fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let (log, _server) = nats::log_for_command(&a.common).await?;
+    let summary = msgxc::export::export(
+        &log,
+        &msgxc::export::ExportOptions {
+            format: a.format,
+            out: a.out.clone(),
+            from_seq: a.from_seq,
+            subject: a.subject,
+            progress: true,
+        },
+    )
+    .await?;
+    println!(
+        "{} events in {} files into {}; exported up to sequence {}",
+        summary.events,
+        summary.files,
+        a.out.display(),
+        summary.last_seq
+    );
     Ok(())
 }
 
