@@ -33,6 +33,8 @@ fi
 cargo test --workspace --locked --no-run
 scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"
 cargo test --workspace --locked
+# The analysts' Python library (the PySpark job itself runs in tests/reports.rs).
+(cd reports && "$MSGXC_TOOLS_DIR/venv/bin/python" -m unittest discover -s tests)
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
   --test experiments

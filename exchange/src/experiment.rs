@@ -341,6 +341,22 @@ mod tests {
         );
     }
 
+    /// The same arms as `reports/tests/test_assign_stats.py` pins for the analysts' library.
+    #[test]
+    fn arms_are_pinned_across_languages() {
+        let e = exp(&[3.0, 1.0], 10.0);
+        let got: Vec<&str> = (0..12)
+            .map(|i| e.arm_name(e.assign(&format!("u{i}"))))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "v0", "v0", "v1", "v0", "v1", "v1", "v1", "v0", "v0", "v1", "v0", "holdout"
+            ]
+        );
+        assert_eq!(bucket(&["welcome-1", "u0"]), 639);
+    }
+
     #[test]
     fn validation() {
         assert!(exp(&[1.0, 1.0], 0.0).validate().is_ok());

@@ -1,0 +1,238 @@
+//! The analysts' path: the PySpark experiment job (`reports/`), run in local mode on an export
+//! of the stream, gives the same table as the exchange's own report on that stream: users per
+//! arm at each step, the comparisons, the sample-ratio check and the winner.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Exchange, token};
+use msgxc::export::{ExportOptions, Format, export};
+use serde_json::{Value, json};
+
+fn close(a: &Value, b: &Value, what: &str) {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => assert!(
+            (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+            "{what}: {x} online, {y} offline"
+        ),
+        _ => assert_eq!(a, b, "{what}"),
+    }
+}
+
+#[tokio::test]
+async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
+    let ex = Exchange::start_with(|o| o.gateway.max_recipients = 200).await;
+    let admin = token("root", true);
+    let uids: Vec<String> = (0..120).map(|i| format!("r{i:03}")).collect();
+    let user = |u: &str| token(u, false);
+
+    // A thread with 40 subscribers; a registered type one user turns off.
+    let owner = user("owner");
+    let tid = ex.thread(&owner, true, true).await;
+    for u in &uids[..40] {
+        let (s, b) = ex.post("/subscribe", &user(u), json!({"tid": tid})).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, b) = ex
+        .post(
+            "/types",
+            &admin,
+            json!({"name": "promo", "title": "Promotions"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = ex
+        .call(
+            reqwest::Method::PUT,
+            "/preferences",
+            Some(&user(&uids[50])),
+            Some(json!({"types": {"promo": false}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let variants = json!([{"name": "A", "weight": 1}, {"name": "B", "weight": 2, "msg": "B"}]);
+    // Experiment "thread": a thread message (the owner is not a recipient) and a later send.
+    let (s, b) = ex
+        .post(
+            "/publish",
+            &owner,
+            json!({"tid": tid, "msg": "hi", "variants": variants, "holdout": 10,
+                   "opts": {"experiment": "thread"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let thread_mid = b["mid"].as_str().unwrap().to_owned();
+    // Experiment "promo": a typed multicast, with a repeated uid.
+    let mut listed: Vec<String> = uids[30..100].to_vec();
+    listed.push(uids[30].clone());
+    let (s, b) = ex
+        .post(
+            "/multicast",
+            &admin,
+            json!({"uids": listed, "msg": "sale", "type": "promo", "variants": variants,
+                   "holdout": 20, "opts": {"experiment": "promo"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let promo_mid = b["mid"].as_str().unwrap().to_owned();
+    // Experiment "all": a broadcast (every known user, the admin and owner included).
+    let (s, b) = ex
+        .post(
+            "/broadcast",
+            &admin,
+            json!({"msg": "news", "variants": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}],
+                   "opts": {"experiment": "all"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let all_mid = b["mid"].as_str().unwrap().to_owned();
+    let (s, b) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"uid": uids[5], "msg": "again", "variants": variants, "holdout": 10,
+                   "opts": {"experiment": "thread"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    ex.caught_up().await;
+
+    // What users did: acks, reads, clicks with and without a mid, conversions.
+    for (i, u) in uids.iter().enumerate().take(100) {
+        let t = user(u);
+        let (_, inbox) = ex.get("/notifications?limit=100&status=all", &t).await;
+        let have: Vec<String> = inbox["results"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mine = |mid: &str| have.iter().any(|h| h == mid);
+        if i % 3 == 0 && mine(&promo_mid) {
+            let (s, b) = ex
+                .post("/ack", &t, json!({"mid": promo_mid, "status": "opened"}))
+                .await;
+            assert_eq!(s, 202, "{b}");
+        }
+        if i % 4 == 1 && mine(&thread_mid) {
+            let (s, b) = ex
+                .patch("/notifications", &t, json!({"ids": [thread_mid]}))
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+        if i % 5 == 2 && mine(&all_mid) {
+            let (s, b) = ex
+                .post("/track", &t, json!({"event": "click", "mid": all_mid}))
+                .await;
+            assert_eq!(s, 202, "{b}");
+        }
+        if i % 2 == 0 {
+            let (s, b) = ex.post("/track", &t, json!({"event": "purchase"})).await;
+            assert_eq!(s, 202, "{b}");
+        }
+        if i % 7 == 3 {
+            let (s, b) = ex.post("/track", &t, json!({"event": "click"})).await;
+            assert_eq!(s, 202, "{b}");
+        }
+    }
+    ex.caught_up().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    export(
+        &ex.running().log,
+        &ExportOptions {
+            format: Format::Parquet,
+            out: out.clone(),
+            from_seq: None,
+            subject: None,
+            progress: false,
+        },
+    )
+    .await
+    .unwrap();
+
+    let reports = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reports");
+    let python = testkit::providers::tools_python();
+    // Spark 4 needs Java 17: the one the set-up script found for Cassandra, when it did.
+    let java_home = python
+        .ancestors()
+        .nth(3)
+        .map(|tools| tools.join("cassandra/java_home"))
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|s| s.trim().to_owned());
+    let run = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "msgxc_reports.experiments", "--export"])
+            .arg(&out)
+            .args(["--master", "local[2]"])
+            .env("PYTHONPATH", &reports);
+        if let Some(j) = java_home {
+            cmd.env("JAVA_HOME", j);
+        }
+        cmd.output().expect("python runs")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the Spark job ends within 5 minutes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let offline: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = offline.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["all", "promo", "thread"]);
+
+    for off in &offline {
+        let id = off["id"].as_str().unwrap();
+        let (s, on) = ex.get(&format!("/experiments/{id}"), &admin).await;
+        assert_eq!(s, 200, "{on}");
+        assert_eq!(on["control"], off["control"], "{id}");
+        assert_eq!(on["winner"], off["winner"], "{id}");
+        let (on_arms, off_arms) = (
+            on["arms"].as_array().unwrap(),
+            off["arms"].as_array().unwrap(),
+        );
+        assert_eq!(on_arms.len(), off_arms.len(), "{id}");
+        for (a, b) in on_arms.iter().zip(off_arms) {
+            assert_eq!(a["name"], b["name"], "{id}");
+            for step in ["exposed", "delivered", "opened", "clicked", "converted"] {
+                assert_eq!(a[step], b[step], "{id} arm {} {step}", a["name"]);
+            }
+            close(&a["expected_share"], &b["expected_share"], "share");
+            if let Some(c) = a.get("against_control") {
+                for k in ["difference", "p_value", "always_valid_p"] {
+                    close(&c[k], &b["against_control"][k], &format!("{id} {k}"));
+                }
+                assert_eq!(c["significant"], b["against_control"]["significant"]);
+            }
+        }
+        close(
+            &on["sample_ratio"]["p_value"],
+            &off["sample_ratio"]["p_value"],
+            &format!("{id} sample ratio"),
+        );
+    }
+    // The scenario exercised every step somewhere.
+    let total = |step: &str| -> u64 {
+        offline
+            .iter()
+            .flat_map(|r| r["arms"].as_array().unwrap().clone())
+            .map(|a| a[step].as_u64().unwrap())
+            .sum()
+    };
+    for step in ["exposed", "delivered", "opened", "clicked", "converted"] {
+        assert!(total(step) > 0, "no {step} in {offline:?}");
+    }
+}
