@@ -153,6 +153,12 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ("GET", "/experiments/exp-1", "", [401, 403, 403, 200, 200]),
     (
         "POST",
+        "/experiments/exp-1/promote",
+        r#"{"variant":"b"}"#,
+        [401, 403, 403, 409, 409],
+    ),
+    (
+        "POST",
         "/track",
         r#"{"event":"purchase"}"#,
         [401, 202, 202, 202, 202],

@@ -29,6 +29,8 @@ fn spec() -> Experiment {
         id: "promo".into(),
         variants: vec![variant("A", None), variant("B", Some("B text"))],
         holdout: 20.0,
+        test_share: 0.0,
+        promoted: None,
     }
 }
 
@@ -43,10 +45,15 @@ fn body(uids: &[String], msg: &str) -> Value {
 }
 
 /// Polls the report until `done` says so (the projection is asynchronous).
-async fn report_until(ex: &Exchange, admin: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn report_until(
+    ex: &Exchange,
+    admin: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (s, b) = ex.get("/experiments/promo", admin).await;
+        let (s, b) = ex.get(&format!("/experiments/{id}"), admin).await;
         if s == 200 && done(&b) {
             return b;
         }
@@ -161,7 +168,7 @@ async fn variants_holdout_tracking_and_a_rebuilt_report() {
         "{r}"
     );
 
-    let report = report_until(&ex, &admin, |r| {
+    let report = report_until(&ex, &admin, "promo", |r| {
         r["arms"].as_array().is_some_and(|a| {
             a.iter()
                 .map(|x| x["converted"].as_u64().unwrap_or(0))
@@ -246,7 +253,7 @@ async fn variants_holdout_tracking_and_a_rebuilt_report() {
             .iter()
             .all(|n| n["variant"] == "B")
     );
-    let report = report_until(&ex, &admin, |r| r["messages"] == 2).await;
+    let report = report_until(&ex, &admin, "promo", |r| r["messages"] == 2).await;
     let exposed: u64 = report["arms"]
         .as_array()
         .unwrap()
@@ -412,4 +419,141 @@ async fn tracked_links_record_clicks_and_redirect_only_to_the_message_s_links() 
         }
     }
     assert_eq!(clicks, 1);
+}
+
+/// A broadcast tested on a share of its audience, then its winner promoted to the rest: the
+/// rest get the promoted variant, the tested users nothing more, the report counts the test
+/// only; a second promotion, one of an experiment without a share and one by someone else are
+/// refused.
+#[tokio::test]
+async fn a_test_share_then_its_promotion() {
+    let ex = Exchange::start_with(|o| o.gateway.max_recipients = 100).await;
+    let admin = token("root", true);
+    let uids: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    // Known users: each enlists a device.
+    for (i, u) in uids.iter().enumerate() {
+        let (s, b) = ex
+            .post(
+                "/enlist",
+                &token(u, false),
+                json!({"os": "ios", "token": format!("{i:064x}")}),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{b}");
+    }
+    ex.caught_up().await;
+    let (s, r) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"uid": "s00", "msg": "m", "variants": [{"name": "A", "weight": 1}],
+                   "holdout": 10, "opts": {"test_share": 20}}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("opts.test_share")),
+        "{r}"
+    );
+    let (s, r) = ex
+        .post(
+            "/broadcast",
+            &admin,
+            json!({"msg": "base", "opts": {"experiment": "staged", "test_share": 30},
+                   "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1, "msg": "B wins"}]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let spec = Experiment {
+        id: "staged".into(),
+        test_share: 30.0,
+        holdout: 0.0,
+        ..spec()
+    };
+    let tested: Vec<&String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) != Arm::Later)
+        .collect();
+    let waiting: Vec<&String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) == Arm::Later)
+        .collect();
+    assert!(!tested.is_empty() && !waiting.is_empty());
+    ex.inbox_until(&token(tested[0], false), 1).await;
+    ex.caught_up().await;
+    let (_, inbox) = ex.get("/notifications", &token(waiting[0], false)).await;
+    assert_eq!(inbox["count"], 0, "held back: {inbox}");
+    let report = report_until(&ex, &admin, "staged", |r| r["messages"] == 1).await;
+    let exposed: u64 = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["exposed"].as_u64().unwrap())
+        .sum();
+    // The admin is a known user too (and in the test or not, by the same hash).
+    let admin_tested = u64::from(spec.assign("root") != Arm::Later);
+    assert_eq!(exposed, tested.len() as u64 + admin_tested);
+    assert_eq!(report["test_share"], 30.0);
+
+    // Who may promote, and what.
+    let (s, _) = ex
+        .post(
+            "/experiments/staged/promote",
+            &token("s01", false),
+            json!({"variant": "B"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, r) = ex
+        .post(
+            "/experiments/staged/promote",
+            &admin,
+            json!({"variant": "C"}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("variant")),
+        "{r}"
+    );
+    let (s, r) = ex
+        .post(
+            "/experiments/staged/promote",
+            &admin,
+            json!({"variant": "B"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let promoted = r["mid"].as_str().unwrap().to_owned();
+    for u in &waiting {
+        let inbox = ex.inbox_until(&token(u, false), 1).await;
+        assert_eq!(inbox["results"][0]["id"], promoted.as_str());
+        assert_eq!(inbox["results"][0]["msg"], "B wins");
+    }
+    ex.caught_up().await;
+    let (_, inbox) = ex.get("/notifications", &token(tested[0], false)).await;
+    assert_eq!(
+        inbox["count"], 1,
+        "a tested user gets nothing more: {inbox}"
+    );
+    let report = report_until(&ex, &admin, "staged", |r| r["promoted"] == "B").await;
+    let exposed_after: u64 = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["exposed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(exposed_after, exposed, "the promotion measures no one");
+    let (s, r) = ex
+        .post(
+            "/experiments/staged/promote",
+            &admin,
+            json!({"variant": "A"}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (409, Some("already_promoted")),
+        "{r}"
+    );
 }

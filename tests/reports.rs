@@ -89,6 +89,24 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
         .await;
     assert_eq!(s, 202, "{b}");
     let all_mid = b["mid"].as_str().unwrap().to_owned();
+    // Experiment "staged": a broadcast tested on half its audience, then promoted.
+    let (s, b) = ex
+        .post(
+            "/broadcast",
+            &admin,
+            json!({"msg": "staged", "variants": variants, "opts": {"experiment": "staged", "test_share": 50}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    ex.caught_up().await;
+    let (s, b) = ex
+        .post(
+            "/experiments/staged/promote",
+            &admin,
+            json!({"variant": "B"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
     let (s, b) = ex
         .post(
             "/send",
@@ -192,7 +210,7 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let ids: Vec<&str> = offline.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["all", "promo", "thread"]);
+    assert_eq!(ids, ["all", "promo", "staged", "thread"]);
 
     for off in &offline {
         let id = off["id"].as_str().unwrap();

@@ -21,6 +21,12 @@ pub const BUCKETS: u64 = 10_000;
 /// The arm name of the holdout group (not allowed as a variant name).
 pub const HOLDOUT: &str = "holdout";
 
+/// The arm name of users outside the test share (not allowed as a variant name).
+pub const LATER: &str = "later";
+
+/// The hash salt of the test share.
+const TEST: &str = "test";
+
 /// At most this many variants per experiment.
 pub const MAX_VARIANTS: usize = 26;
 
@@ -34,6 +40,14 @@ pub struct Experiment {
     /// Percent of recipients (0 <= holdout < 100) who get nothing but are measured.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub holdout: f64,
+    /// Percent of a broadcast's audience (0 < share < 100) in the test; the rest get nothing
+    /// until the experiment is promoted. 0: everyone is in it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_share: f64,
+    /// Set on a promotion (`POST /experiments/{id}/promote`): everyone outside the test share
+    /// gets this variant, and no one is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<String>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -62,6 +76,9 @@ pub enum Arm {
     Holdout,
     /// Gets variant `i` (index into [`Experiment::variants`]).
     Variant(usize),
+    /// Not in this send: outside the test share (they wait for the promotion), or, on the
+    /// promotion, inside it (they were tested). Gets nothing; not measured.
+    Later,
 }
 
 /// Why an experiment is refused (field, message).
@@ -119,6 +136,20 @@ impl Experiment {
         if !(self.holdout.is_finite() && (0.0..100.0).contains(&self.holdout)) {
             return Err(invalid("holdout", "a percent, at least 0 and below 100"));
         }
+        if !(self.test_share.is_finite() && (0.0..100.0).contains(&self.test_share)) {
+            return Err(invalid(
+                "opts.test_share",
+                "a percent of the audience, above 0 and below 100",
+            ));
+        }
+        if let Some(p) = &self.promoted
+            && (self.test_share == 0.0 || !self.variants.iter().any(|v| &v.name == p))
+        {
+            return Err(invalid(
+                "variant",
+                "a promotion names one of the variants of a test share",
+            ));
+        }
         if self.variants.len() == 1 && self.holdout == 0.0 {
             return Err(invalid(
                 "variants",
@@ -131,10 +162,10 @@ impl Experiment {
             if v.name.trim().is_empty() || v.name.chars().count() > 64 {
                 return Err(invalid(format!("{field}.name"), "1-64 characters"));
             }
-            if v.name == HOLDOUT {
+            if v.name == HOLDOUT || v.name == LATER {
                 return Err(invalid(
                     format!("{field}.name"),
-                    "\"holdout\" names the holdout group",
+                    "\"holdout\" and \"later\" name groups, not variants",
                 ));
             }
             if !names.insert(v.name.as_str()) {
@@ -147,7 +178,13 @@ impl Experiment {
                 ));
             }
             if let Some(opts) = &v.opts {
-                for key in ["experiment", crate::events::DELIVER_AT, "delay", "type"] {
+                for key in [
+                    "experiment",
+                    crate::events::DELIVER_AT,
+                    "delay",
+                    "type",
+                    "test_share",
+                ] {
                     if opts.contains_key(key) {
                         return Err(invalid(
                             format!("{field}.opts.{key}"),
@@ -163,6 +200,22 @@ impl Experiment {
     /// The arm of `uid`: deterministic, and the same for every send of this experiment while
     /// its variants and weights are the same.
     pub fn assign(&self, uid: &str) -> Arm {
+        let share = (self.test_share * (BUCKETS as f64) / 100.0).round() as u64;
+        if share > 0 {
+            let tested = bucket(&[&self.id, TEST, uid]) < share;
+            match &self.promoted {
+                Some(name) if !tested => {
+                    return self
+                        .variants
+                        .iter()
+                        .position(|v| &v.name == name)
+                        .map_or(Arm::Later, Arm::Variant);
+                }
+                Some(_) => return Arm::Later,
+                None if !tested => return Arm::Later,
+                None => {}
+            }
+        }
         let holdout = (self.holdout * (BUCKETS as f64) / 100.0).round() as u64;
         if holdout > 0 && bucket(&[&self.id, HOLDOUT, uid]) < holdout {
             return Arm::Holdout;
@@ -185,6 +238,7 @@ impl Experiment {
         match arm {
             Arm::Holdout => HOLDOUT,
             Arm::Variant(i) => self.variants.get(i).map_or("", |v| v.name.as_str()),
+            Arm::Later => LATER,
         }
     }
 
@@ -266,6 +320,8 @@ mod tests {
                 })
                 .collect(),
             holdout,
+            test_share: 0.0,
+            promoted: None,
         }
     }
 
@@ -290,6 +346,7 @@ mod tests {
             match e.assign(&format!("u{i}")) {
                 Arm::Holdout => counts[0] += 1,
                 Arm::Variant(v) => counts[v + 1] += 1,
+                Arm::Later => panic!("no test share here"),
             }
         }
         let shares = e.arm_shares();
@@ -341,6 +398,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_test_share_holds_back_the_rest_and_its_promotion_reaches_exactly_them() {
+        let mut e = exp(&[1.0, 1.0], 10.0);
+        e.test_share = 30.0;
+        let mut promoted = e.clone();
+        promoted.promoted = Some("v1".into());
+        assert!(promoted.validate().is_ok());
+        let mut later = 0;
+        for i in 0..10_000 {
+            let uid = format!("u{i}");
+            match (e.assign(&uid), promoted.assign(&uid)) {
+                (Arm::Later, Arm::Variant(1)) => later += 1,
+                (Arm::Later, other) => panic!("{uid}: held back, then {other:?}"),
+                (_, Arm::Later) => {}
+                (tested, other) => panic!("{uid}: {tested:?} in the test, then {other:?}"),
+            }
+        }
+        assert!(
+            (6_800..=7_200).contains(&later),
+            "{later} of 10000 held back"
+        );
+        let mut bad = promoted.clone();
+        bad.promoted = Some("nope".into());
+        assert_eq!(bad.validate().unwrap_err().field, "variant");
+        bad.test_share = 100.0;
+        assert_eq!(bad.validate().unwrap_err().field, "opts.test_share");
+    }
+
     /// The same arms as `reports/tests/test_assign_stats.py` pins for the analysts' library.
     #[test]
     fn arms_are_pinned_across_languages() {
@@ -355,6 +440,22 @@ mod tests {
             ]
         );
         assert_eq!(bucket(&["welcome-1", "u0"]), 639);
+        let mut staged = e.clone();
+        staged.test_share = 30.0;
+        let names = |e: &Experiment| -> Vec<String> {
+            (0..12)
+                .map(|i| e.arm_name(e.assign(&format!("u{i}"))).to_owned())
+                .collect()
+        };
+        let l = "later";
+        assert_eq!(names(&staged), [l, l, l, "v0", l, "v1", l, l, l, l, l, l]);
+        staged.promoted = Some("v1".into());
+        assert_eq!(
+            names(&staged),
+            [
+                "v1", "v1", "v1", l, "v1", l, "v1", "v1", "v1", "v1", "v1", "v1"
+            ]
+        );
     }
 
     #[test]

@@ -615,7 +615,7 @@ impl<'m> Arms<'m> {
     fn slot_of(&self, uid: &str) -> Option<usize> {
         match self.m.arm_of(uid) {
             None => Some(0),
-            Some(Arm::Holdout) => None,
+            Some(Arm::Holdout | Arm::Later) => None,
             Some(Arm::Variant(i)) => Some(i.min(self.copies.len() - 1)),
         }
     }
@@ -882,10 +882,15 @@ fn expose<T: FoldTarget + ?Sized>(
     let Some(e) = &m.experiment else {
         return Ok(None);
     };
+    // A promotion measures no one; users outside this send's test share are not in it (yet).
+    let arm = e.assign(uid);
+    if e.promoted.is_some() || arm == Arm::Later {
+        return Ok(None);
+    }
     if let Some(u) = t.experiment_user(&e.id, uid)? {
         return Ok((u.mid == m.mid).then_some(u.arm));
     }
-    let arm = e.arm_name(e.assign(uid)).to_owned();
+    let arm = e.arm_name(arm).to_owned();
     t.put_experiment_user(&ExperimentUser {
         experiment: e.id.clone(),
         uid: uid.to_owned(),
@@ -916,6 +921,9 @@ fn record_experiment<T: FoldTarget + ?Sized>(
             r.messages += 1;
             r.last_mid = m.mid;
             r.last_seq = seq;
+            if e.promoted.is_some() {
+                r.promoted = e.promoted.clone();
+            }
             r
         }
         None => ExperimentRecord {
@@ -927,6 +935,7 @@ fn record_experiment<T: FoldTarget + ?Sized>(
             first_mid: m.mid,
             last_mid: m.mid,
             last_seq: seq,
+            promoted: e.promoted.clone(),
         },
     };
     t.put_experiment(&record)

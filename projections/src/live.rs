@@ -41,7 +41,9 @@ impl NewMessage<'_> {
     /// Whether the message reaches `uid` (before preferences; a thread message's membership is
     /// the caller's to know). A user held out of its experiment gets nothing.
     pub fn reaches(&self, uid: &str) -> bool {
-        if let Some(exchange::experiment::Arm::Holdout) = self.message.arm_of(uid) {
+        if let Some(exchange::experiment::Arm::Holdout | exchange::experiment::Arm::Later) =
+            self.message.arm_of(uid)
+        {
             return false;
         }
         match self.reach {

@@ -252,11 +252,12 @@ impl StoredMessage {
         }
     }
 
-    /// The message as `uid` gets it: their variant's copy, or `None` for a holdout user.
+    /// The message as `uid` gets it: their variant's copy, or `None` for a user held out of it
+    /// or not in this send of it.
     pub fn for_uid(&self, uid: &str) -> Option<std::borrow::Cow<'_, StoredMessage>> {
         match (self.variant, self.arm_of(uid)) {
             (_, None) => Some(std::borrow::Cow::Borrowed(self)),
-            (_, Some(Arm::Holdout)) => None,
+            (_, Some(Arm::Holdout | Arm::Later)) => None,
             (Some(v), Some(Arm::Variant(i))) if v == i => Some(std::borrow::Cow::Borrowed(self)),
             (_, Some(Arm::Variant(i))) => Some(std::borrow::Cow::Owned(self.as_variant(i))),
         }
@@ -405,6 +406,9 @@ pub struct ExperimentRecord {
     /// Stream position of the latest of them.
     #[serde(default)]
     pub last_seq: u64,
+    /// The variant a promotion sent to the rest of a test share's audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<String>,
 }
 
 /// The steps a user goes through after a message, in funnel order.

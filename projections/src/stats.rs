@@ -264,6 +264,8 @@ mod tests {
             id: "split".into(),
             variants: vec![variant("A"), variant("B")],
             holdout: 0.0,
+            test_share: 0.0,
+            promoted: None,
         };
         let mut n = [0u64; 2];
         for i in 0..10_000 {

@@ -7,6 +7,8 @@ import math
 
 BUCKETS = 10_000
 HOLDOUT = "holdout"
+# Users outside a broadcast's test share (or, on its promotion, inside it): not in that send.
+LATER = "later"
 
 
 def bucket(*parts: str) -> int:
@@ -15,7 +17,18 @@ def bucket(*parts: str) -> int:
 
 
 def assign(spec: dict, uid: str) -> str:
-    """The arm name of `uid` in an experiment `{"id", "variants": [{"name","weight"}], "holdout"}`."""
+    """The arm name of `uid` in an experiment
+    `{"id", "variants": [{"name","weight"}], "holdout", "test_share", "promoted"}`."""
+    share = math.floor(float(spec.get("test_share") or 0.0) * BUCKETS / 100.0 + 0.5)
+    if share > 0:
+        tested = bucket(spec["id"], "test", uid) < share
+        promoted = spec.get("promoted")
+        if promoted is not None:
+            if tested or not any(v["name"] == promoted for v in spec["variants"]):
+                return LATER
+            return promoted
+        if not tested:
+            return LATER
     # Rounded half away from zero, as Rust's f64::round.
     holdout = math.floor(float(spec.get("holdout") or 0.0) * BUCKETS / 100.0 + 0.5)
     if holdout > 0 and bucket(spec["id"], HOLDOUT, uid) < holdout:

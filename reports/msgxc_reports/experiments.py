@@ -16,7 +16,8 @@ The job folds the stream as the exchange's projection does, from the events alon
   then without those whose preferences turn the message's type off (unless it is mandatory at
   level 50);
 - each recipient's arm from the hash (`msgxc_reports.assign`); a user is exposed once per
-  experiment, by the first of its messages that reached them, and keeps that arm;
+  experiment, by the first of its messages that reached them, and keeps that arm; users
+  outside a broadcast's test share are not in it, and its promotion exposes no one;
 - steps, each counted once per user and only after their exposure: delivered (a provider
   accepted a push, the app acknowledged, the user read the entry or clicked), opened (an
   `opened` acknowledgement, reading the entry, a click), clicked (`tracked` `click`),
@@ -95,6 +96,8 @@ def table(spark, export: str, only: str = None) -> list:
                 _col(df, "experiment.id").cast("string").alias("experiment"),
                 _col(df, "experiment.variants").cast("string").alias("variants"),
                 _col(df, "experiment.holdout").cast("double").alias("holdout"),
+                _col(df, "experiment.test_share").cast("double").alias("test_share"),
+                _col(df, "experiment.promoted").cast("string").alias("promoted"),
                 _col(df, "opts.type").cast("string").alias("ntype"),
                 _col(df, "opts.level").cast("long").alias("level"),
                 _col(df, "opts.mandatory").cast("boolean").alias("mandatory"),
@@ -105,6 +108,8 @@ def table(spark, export: str, only: str = None) -> list:
     m = messages[0]
     for other in messages[1:]:
         m = m.unionByName(other)
+    # A promotion measures no one (the tested users keep their arms; the rest are not in it).
+    m = m.where(F.col("promoted").isNull())
     if only is not None:
         m = m.where(F.col("experiment") == only)
     if m.limit(1).count() == 0:
@@ -219,12 +224,21 @@ def table(spark, export: str, only: str = None) -> list:
 
     # Arms and first exposures.
     spec_of = {
-        r["mid"]: {"id": r["experiment"], "variants": json.loads(r["variants"]), "holdout": r["holdout"] or 0.0}
-        for r in m.select("mid", "experiment", "variants", "holdout").collect()
+        r["mid"]: {
+            "id": r["experiment"],
+            "variants": json.loads(r["variants"]),
+            "holdout": r["holdout"] or 0.0,
+            "test_share": r["test_share"] or 0.0,
+        }
+        for r in m.select("mid", "experiment", "variants", "holdout", "test_share").collect()
     }
     spec_bc = spark.sparkContext.broadcast(spec_of)
     arm_udf = F.udf(lambda mid, uid: arms.assign(spec_bc.value[mid], uid), T.StringType())
-    reached = recipients.join(m.select("mid", "experiment", "at"), "mid").withColumn("arm", arm_udf("mid", "uid"))
+    reached = (
+        recipients.join(m.select("mid", "experiment", "at"), "mid")
+        .withColumn("arm", arm_udf("mid", "uid"))
+        .where(F.col("arm") != arms.LATER)
+    )
     first = Window.partitionBy("experiment", "uid").orderBy("seq")
     exposed = (
         reached.withColumn("r", F.row_number().over(first))

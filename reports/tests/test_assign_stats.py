@@ -8,6 +8,9 @@ import unittest
 from msgxc_reports import assign, stats
 
 PINNED = ["v0", "v0", "v1", "v0", "v1", "v1", "v1", "v0", "v0", "v1", "v0", "holdout"]
+L = "later"
+PINNED_SHARE = [L, L, L, "v0", L, "v1", L, L, L, L, L, L]
+PINNED_PROMOTED = ["v1", "v1", "v1", L, "v1", L, "v1", "v1", "v1", "v1", "v1", "v1"]
 
 
 class AssignTest(unittest.TestCase):
@@ -20,6 +23,10 @@ class AssignTest(unittest.TestCase):
     def test_arms_are_pinned_across_languages(self):
         self.assertEqual([assign.assign(self.spec, f"u{i}") for i in range(12)], PINNED)
         self.assertEqual(assign.bucket("welcome-1", "u0"), 639)
+        staged = dict(self.spec, test_share=30)
+        self.assertEqual([assign.assign(staged, f"u{i}") for i in range(12)], PINNED_SHARE)
+        promoted = dict(staged, promoted="v1")
+        self.assertEqual([assign.assign(promoted, f"u{i}") for i in range(12)], PINNED_PROMOTED)
 
     def test_shares(self):
         counts = {}

@@ -39,6 +39,7 @@ pub(crate) async fn experiment_of(
     actor: &Actor,
     testing: Testing,
     opts: &mut MessageOpts,
+    broadcast: bool,
 ) -> ApiResult<Option<Experiment>> {
     let id = match opts.extra.remove("experiment") {
         None => None,
@@ -50,8 +51,20 @@ pub(crate) async fn experiment_of(
             ));
         }
     };
+    let test_share = match opts.extra.remove("test_share") {
+        None => None,
+        Some(v) => Some(v.as_f64().ok_or_else(|| {
+            ApiError::field("opts.test_share", "a percent of the audience, such as 20")
+        })?),
+    };
+    if test_share.is_some() && !broadcast {
+        return Err(ApiError::field(
+            "opts.test_share",
+            "only a broadcast holds back part of its audience",
+        ));
+    }
     let Some(variants) = testing.variants else {
-        if id.is_some() || testing.holdout.is_some() {
+        if id.is_some() || testing.holdout.is_some() || test_share.is_some() {
             return Err(ApiError::field(
                 "variants",
                 "an experiment (opts.experiment, holdout) needs its variants",
@@ -64,7 +77,15 @@ pub(crate) async fn experiment_of(
         id: id.clone().unwrap_or_default(),
         variants,
         holdout: testing.holdout.unwrap_or(0.0),
+        test_share: test_share.unwrap_or(0.0),
+        promoted: None,
     };
+    if test_share.is_some_and(|s| s <= 0.0) {
+        return Err(ApiError::field(
+            "opts.test_share",
+            "a percent of the audience, above 0 and below 100",
+        ));
+    }
     let mut probe = experiment.clone();
     if probe.id.is_empty() {
         probe.id = "message".into();
@@ -103,6 +124,7 @@ pub(crate) async fn experiment_of(
             ));
         }
         let same = existing.spec.holdout == experiment.holdout
+            && existing.spec.test_share == experiment.test_share
             && existing.spec.variants.len() == experiment.variants.len()
             && existing
                 .spec
@@ -113,8 +135,8 @@ pub(crate) async fn experiment_of(
         if !same {
             return Err(ApiError::conflict(
                 "experiment_changed",
-                "this experiment was sent with other variants, weights or holdout; users would \
-                 change arms (use a new opts.experiment)",
+                "this experiment was sent with other variants, weights, holdout or test share; \
+                 users would change arms (use a new opts.experiment)",
             ));
         }
     }
@@ -311,6 +333,8 @@ pub async fn report(
         "first_mid": record.first_mid,
         "last_mid": record.last_mid,
         "holdout": spec.holdout,
+        "test_share": spec.test_share,
+        "promoted": record.promoted,
         "metric": metric_name,
         "alpha": alpha,
         "control": names.first().copied().unwrap_or(HOLDOUT),
@@ -387,4 +411,76 @@ pub async fn redirect(
         [(axum::http::header::LOCATION, location)],
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PromoteBody {
+    variant: String,
+}
+
+/// Sends the chosen variant to the part of a broadcast's audience its test share held back
+/// (every user known then who was not in the test). 202 `{"mid"}`; 409 when the experiment
+/// held nothing back or was promoted already.
+pub async fn promote(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PromoteBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let record = state
+        .store
+        .experiment(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such experiment"))?;
+    if !(actor.is_admin() || record.owner == actor.uid) {
+        return Err(ApiError::forbidden(
+            "only the experiment's sender or an admin may promote it",
+        ));
+    }
+    if record.spec.test_share == 0.0 {
+        return Err(ApiError::conflict(
+            "nothing_held_back",
+            "this experiment was sent to its whole audience (no opts.test_share)",
+        ));
+    }
+    if let Some(v) = &record.promoted {
+        return Err(ApiError::conflict(
+            "already_promoted",
+            format!("variant {v} was promoted already"),
+        ));
+    }
+    if !record.spec.variants.iter().any(|v| v.name == body.variant) {
+        return Err(ApiError::field(
+            "variant",
+            "is not one of the experiment's variants",
+        ));
+    }
+    let first = state
+        .store
+        .message(record.first_mid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the experiment's message no longer exists"))?;
+    // The promotion is sent now, whenever the test was.
+    let mut opts = first.opts.clone();
+    opts.extra.remove(exchange::events::DELIVER_AT);
+    opts.extra.remove("delay");
+    let mut experiment = record.spec.clone();
+    experiment.promoted = Some(body.variant);
+    let event = Event::MessageSent(exchange::events::MessageSent {
+        audience: exchange::events::Audience::All,
+        sender: actor.uid.clone(),
+        msg: first.msg.clone(),
+        opts,
+        experiment: Some(experiment),
+    });
+    // Promoting twice before the first is folded stores one promotion (JetStream's duplicate
+    // window), unless the client names its own key.
+    let mut headers = headers;
+    if !headers.contains_key("idempotency-key")
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("promote:{id}"))
+    {
+        headers.insert("idempotency-key", v);
+    }
+    super::messages::accept(&state, &actor, &headers, event).await
 }

@@ -101,7 +101,7 @@ pub async fn publish(
 ) -> ApiResult<Accepted> {
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
     let mut opts = body.opts;
-    let experiment = experiment_of(&state, &actor, body.testing, &mut opts).await?;
+    let experiment = experiment_of(&state, &actor, body.testing, &mut opts, false).await?;
     let opts = classify(&state, &actor, body.class, opts).await?;
     let thread = threads::rules(&state, &body.tid).await?;
     let allowed = actor.is_admin()
@@ -243,7 +243,8 @@ async fn send_to(
     msg: String,
     (class, testing, mut opts): (Classification, Testing, MessageOpts),
 ) -> ApiResult<Accepted> {
-    let experiment = experiment_of(state, actor, testing, &mut opts).await?;
+    let broadcast = audience == Audience::All;
+    let experiment = experiment_of(state, actor, testing, &mut opts, broadcast).await?;
     let opts = classify(state, actor, class, opts).await?;
     let event = Event::MessageSent(MessageSent {
         audience,

@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{mid}/schedule", delete(scheduled::cancel))
         .route("/track", post(experiments::track))
         .route("/experiments/{id}", get(experiments::report))
+        .route("/experiments/{id}/promote", post(experiments::promote))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed)

@@ -1228,6 +1228,8 @@ pub async fn experiments(store: &dyn Store) {
             },
         ],
         holdout: 25.0,
+        test_share: 0.0,
+        promoted: None,
     };
     let arm_of = |uid: &str| spec.arm_name(spec.assign(uid)).to_owned();
     let held: Vec<&String> = uids
@@ -1250,7 +1252,7 @@ pub async fn experiments(store: &dyn Store) {
     for uid in &uids {
         let items = store.inbox(uid, &all(None)).await.unwrap().items;
         match spec.assign(uid) {
-            Arm::Holdout => assert!(items.is_empty(), "{uid} is held out"),
+            Arm::Holdout | Arm::Later => assert!(items.is_empty(), "{uid} is held out"),
             Arm::Variant(i) => {
                 let n = &items[0];
                 assert_eq!(n.variant.as_deref(), Some(["A", "B"][i]), "{uid}");
@@ -1411,6 +1413,93 @@ pub async fn experiments(store: &dyn Store) {
     assert!(store.experiment_arms("nope").await.unwrap().is_empty());
 }
 
+/// A broadcast tested on a share of its audience: only that share gets a variant and is
+/// measured; its promotion gives the chosen variant to everyone else and measures no one.
+pub async fn experiment_test_share_and_promotion(store: &dyn Store) {
+    use exchange::experiment::{Arm, Experiment, Variant};
+    let feed = Feed::new(store);
+    let uids: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
+    feed.apply(
+        uids.iter()
+            .enumerate()
+            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
+            .collect(),
+    )
+    .await;
+    let variant = |name: &str| Variant {
+        name: name.into(),
+        weight: 1.0,
+        msg: Some(format!("text {name}")),
+        title: None,
+        opts: None,
+    };
+    let spec = Experiment {
+        id: "staged".into(),
+        variants: vec![variant("A"), variant("B")],
+        holdout: 0.0,
+        test_share: 40.0,
+        promoted: None,
+    };
+    let broadcast = |spec: Experiment| {
+        Event::MessageSent(MessageSent {
+            audience: Audience::All,
+            sender: "admin".into(),
+            msg: "base".into(),
+            opts: MessageOpts::default(),
+            experiment: Some(spec),
+        })
+    };
+    let test = feed.one("admin", broadcast(spec.clone())).await;
+    // The broadcast reaches every known user (the enlisted ones and the admin).
+    let mut everyone = uids.clone();
+    everyone.push("admin".into());
+    let tested: Vec<&String> = everyone
+        .iter()
+        .filter(|u| spec.assign(u) != Arm::Later)
+        .collect();
+    assert!(!tested.is_empty() && tested.len() < everyone.len());
+    let arms = store.experiment_arms("staged").await.unwrap();
+    assert_eq!(
+        arms.iter().map(|c| c.exposed).sum::<u64>(),
+        tested.len() as u64
+    );
+    let queued: usize = store
+        .outbox(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.recipients().len())
+        .sum();
+    assert_eq!(
+        queued,
+        tested.iter().filter(|u| u.as_str() != "admin").count(),
+        "tasks for the tested users with a device only"
+    );
+    clear_outbox(store).await;
+
+    let mut promotion = spec.clone();
+    promotion.promoted = Some("B".into());
+    let promoted = feed.one("admin", broadcast(promotion)).await;
+    for uid in &everyone {
+        let items = store.inbox(uid, &all(None)).await.unwrap().items;
+        let ids: Vec<Uuid> = items.iter().map(|n| n.id).collect();
+        if tested.contains(&uid) {
+            assert_eq!(ids, vec![test], "{uid} was tested, not promoted to");
+        } else {
+            assert_eq!(ids, vec![promoted], "{uid} waited for the promotion");
+            assert_eq!(items[0].msg, "text B");
+            assert_eq!(items[0].variant.as_deref(), Some("B"));
+        }
+    }
+    let arms2 = store.experiment_arms("staged").await.unwrap();
+    assert_eq!(arms, arms2, "a promotion measures no one");
+    let record = store.experiment("staged").await.unwrap().unwrap();
+    assert_eq!(
+        (record.messages, record.promoted.as_deref()),
+        (2, Some("B"))
+    );
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -1431,6 +1520,7 @@ macro_rules! conformance_cases {
             live_routing_state,
             scheduled_sends,
             experiments,
+            experiment_test_share_and_promotion,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {
