@@ -152,6 +152,12 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ("GET", "/messages/scheduled", "", [401, 200, 200, 200, 200]),
     ("GET", "/experiments/exp-1", "", [401, 403, 403, 200, 200]),
     (
+        "GET",
+        "/presence?uids=member",
+        "",
+        [401, 403, 403, 403, 200],
+    ),
+    (
         "POST",
         "/experiments/exp-1/promote",
         r#"{"variant":"b"}"#,

@@ -557,3 +557,49 @@ async fn a_test_share_then_its_promotion() {
         "{r}"
     );
 }
+
+/// Online time: a WebSocket session, once closed, is folded into the user's online time; an
+/// admin sees who is connected, when each was last seen and their seconds per day.
+#[tokio::test]
+async fn online_time_from_websocket_sessions() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let mut ws = ws_connect(&ex, &token("olga", false)).await;
+    let (s, r) = ex.get("/presence?uids=olga,nobody", &admin).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["results"][0]["online"], true, "{r}");
+    assert_eq!(r["results"][1]["online"], false);
+    assert_eq!(r["results"][1]["sessions"], 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"action":"ping"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let _ = next_json(&mut ws).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, r) = ex.get("/presence?uids=olga", &admin).await;
+        let u = &r["results"][0];
+        if u["sessions"] == 1 {
+            assert!(u["online_seconds"].as_u64().unwrap() >= 1, "{u}");
+            assert!(u["last_seen"].is_string());
+            let today = time::OffsetDateTime::now_utc().date().to_string();
+            let days = u["days"].as_array().unwrap();
+            assert!(
+                days.iter().any(|d| d["day"] == today.as_str()) || days.len() == 2,
+                "{u}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no session: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, r) = ex.get("/presence", &admin).await;
+    assert_eq!((s, r["error"]["field"].as_str()), (400, Some("uids")));
+    let (s, _) = ex.get("/presence?uids=olga", &token("olga", false)).await;
+    assert_eq!(s, 403);
+}

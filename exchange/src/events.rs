@@ -209,6 +209,7 @@ pub enum Event {
     MessageScheduled(MessageScheduled),
     ScheduleCancelled(ScheduleCancelled),
     Tracked(Tracked),
+    SessionEnded(SessionEnded),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -261,11 +262,12 @@ impl Event {
             Event::MessageScheduled(_) => "message_scheduled",
             Event::ScheduleCancelled(_) => "schedule_cancelled",
             Event::Tracked(_) => "tracked",
+            Event::SessionEnded(_) => "session_ended",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 26] = [
+    pub const KINDS: [&'static str; 27] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -292,6 +294,7 @@ impl Event {
         "message_scheduled",
         "schedule_cancelled",
         "tracked",
+        "session_ended",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -310,6 +313,7 @@ impl Event {
             Event::UserBlocked(e) => (Aggregate::User, e.uid.clone()),
             Event::UserUnblocked(e) => (Aggregate::User, e.uid.clone()),
             Event::Tracked(e) => (Aggregate::User, e.uid.clone()),
+            Event::SessionEnded(e) => (Aggregate::User, e.uid.clone()),
             Event::MessageDeleted(e) => (Aggregate::Message, e.mid.to_string()),
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
@@ -764,6 +768,22 @@ pub struct MessageScheduled {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScheduleCancelled {
     pub mid: Uuid,
+}
+
+/// A user's live connection (`GET /connect`) closed: they were online from `started_at` to
+/// `ended_at`, the last time the connection was heard from (a connection silent for three
+/// ping intervals is closed, so a gap longer than that ends a session).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionEnded {
+    pub uid: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub ended_at: OffsetDateTime,
+    /// `websocket`.
+    pub transport: String,
 }
 
 /// The name of a tracked event that is a click on a message's link.

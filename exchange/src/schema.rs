@@ -64,6 +64,7 @@ pub fn event_schemas() -> Vec<(String, Value)> {
             schema_of::<ScheduleCancelled>(),
         ),
         ("tracked.json".into(), schema_of::<Tracked>()),
+        ("session_ended.json".into(), schema_of::<SessionEnded>()),
     ]
 }
 

@@ -16,7 +16,7 @@ use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
-    NotificationType, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage, Step,
+    NotificationType, OnlineRecord, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage, Step,
     StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::StoreResult;
@@ -178,6 +178,13 @@ pub trait FoldTarget {
     fn arm_counts(&mut self, experiment: &str, mid: Uuid, arm: &str) -> StoreResult<ArmCounts>;
     /// Replaces those counts (absolute values, so writing them again changes nothing).
     fn put_arm_counts(&mut self, experiment: &str, mid: Uuid, c: &ArmCounts) -> StoreResult<()>;
+
+    /// A user's online record.
+    fn online(&mut self, uid: &str) -> StoreResult<Option<OnlineRecord>>;
+    /// Seconds a user was online on a UTC day (days since the epoch), 0 when none.
+    fn online_day(&mut self, uid: &str, day: i32) -> StoreResult<u64>;
+    /// Writes a user's online record and those days' totals (absolute), together.
+    fn put_online(&mut self, r: &OnlineRecord, days: &[(i32, u64)]) -> StoreResult<()>;
 }
 
 /// Which per-recipient reads a message's delivery will make (see
@@ -372,6 +379,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             reach(t, experiment.as_deref(), &e.uid, steps, at)
         }
         Event::Tracked(e) => track(t, e, at),
+        Event::SessionEnded(e) => session(t, seq, e),
         Event::PreferencesSet(e) => t.put_preferences(&e.uid, &e.preferences),
         Event::DeliveryRequeued(e) => {
             let id = FailedDelivery::id_of(e.mid, &e.device_id);
@@ -982,6 +990,55 @@ fn reach<T: FoldTarget + ?Sized>(
     let mut c = t.arm_counts(experiment, u.mid, &u.arm)?;
     c.add(&delta);
     t.put_arm_counts(experiment, u.mid, &c)
+}
+
+/// The UTC day (days since the epoch) of an instant.
+pub fn day_of(at: OffsetDateTime) -> i32 {
+    i32::try_from(at.unix_timestamp().div_euclid(86_400)).unwrap_or(0)
+}
+
+/// Counts an ended live session into its user's online time, split at UTC midnights (once: a
+/// session at or below the record's position was counted by an interrupted application).
+fn session<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    seq: u64,
+    e: &exchange::events::SessionEnded,
+) -> StoreResult<()> {
+    let mut r = match t.online(&e.uid)? {
+        Some(r) if r.last_seq >= seq => return Ok(()),
+        Some(r) => r,
+        None => OnlineRecord {
+            uid: e.uid.clone(),
+            last_seen: e.ended_at,
+            sessions: 0,
+            seconds: 0,
+            last_seq: 0,
+        },
+    };
+    let mut days = Vec::new();
+    let mut from = e.started_at;
+    // A session longer than a year is counted for its last year only.
+    if e.ended_at - from > time::Duration::days(366) {
+        from = e.ended_at - time::Duration::days(366);
+    }
+    let mut total = 0u64;
+    while from < e.ended_at {
+        let day = day_of(from);
+        let midnight =
+            OffsetDateTime::from_unix_timestamp(i64::from(day + 1) * 86_400).unwrap_or(e.ended_at);
+        let until = midnight.min(e.ended_at);
+        let secs = u64::try_from((until - from).whole_seconds()).unwrap_or(0);
+        if secs > 0 {
+            days.push((day, t.online_day(&e.uid, day)? + secs));
+            total += secs;
+        }
+        from = until;
+    }
+    r.last_seen = r.last_seen.max(e.ended_at);
+    r.sessions += 1;
+    r.seconds += total;
+    r.last_seq = seq;
+    t.put_online(&r, &days)
 }
 
 /// A tracked event: a click or a conversion of the experiment of the message it names, or,

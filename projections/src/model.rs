@@ -537,3 +537,18 @@ pub fn sum_arms(rows: impl IntoIterator<Item = ArmCounts>) -> Vec<ArmCounts> {
     }
     out
 }
+
+/// A user's time online over live connections (`GET /presence`), from their ended sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineRecord {
+    pub uid: String,
+    /// The end of their latest session.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    pub sessions: u64,
+    /// Seconds online, all days.
+    pub seconds: u64,
+    /// Stream position of the last session counted (a replayed one is not counted twice).
+    #[serde(default)]
+    pub last_seq: u64,
+}

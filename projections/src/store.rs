@@ -14,8 +14,8 @@ use exchange::dispatch::DispatchTask;
 
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
-    InboxStats, Notification, NotificationType, Page, Receipt, ScheduledMessage, StoredMessage,
-    Thread, ThreadMessage,
+    InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt, ScheduledMessage,
+    StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +189,12 @@ pub trait Store: Send + Sync + 'static {
     async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>>;
     /// An experiment's users per arm and step (every arm that has exposed users).
     async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>>;
+
+    /// A user's online time.
+    async fn online(&self, uid: &str) -> StoreResult<Option<OnlineRecord>>;
+    /// A user's seconds online per UTC day (days since the epoch), the newest `limit` days
+    /// with any, newest first.
+    async fn online_days(&self, uid: &str, limit: u32) -> StoreResult<Vec<(i32, u64)>>;
 
     /// A scheduled message's record, whatever its status.
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;

@@ -135,6 +135,16 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
     };
     let click = track("ann", "click", Some(multicast.id));
     let purchase = track("dan", "purchase", None);
+    let now = time::OffsetDateTime::now_utc();
+    let session = by(
+        "dan",
+        Event::SessionEnded(exchange::events::SessionEnded {
+            uid: "dan".into(),
+            started_at: now - time::Duration::hours(30),
+            ended_at: now,
+            transport: "websocket".into(),
+        }),
+    );
     let read = by(
         "ann",
         Event::NotificationsRead(NotificationsRead {
@@ -180,6 +190,7 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
     );
     vec![
         publish, broadcast, multicast, read, archived, deleted, failed, requeued, click, purchase,
+        session,
     ]
 }
 

@@ -15,6 +15,7 @@ pub(crate) mod messages;
 mod messaging;
 mod notifications;
 mod preferences;
+mod presence;
 mod private;
 mod scheduled;
 mod stream;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/scheduled", get(scheduled::list))
         .route("/messages/{mid}/schedule", delete(scheduled::cancel))
         .route("/track", post(experiments::track))
+        .route("/presence", get(presence::presence))
         .route("/experiments/{id}", get(experiments::report))
         .route("/experiments/{id}/promote", post(experiments::promote))
         .route("/deliveries/failed", get(deliveries::failed))

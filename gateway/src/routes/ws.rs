@@ -100,6 +100,7 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
     if let Some(p) = &state.presence {
         Box::pin(p.touch(&actor.uid)).await;
     }
+    let started_at = time::OffsetDateTime::now_utc();
     let ping_every = state.config.ping_interval.max(Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut last_heard = Instant::now();
@@ -163,6 +164,18 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
                 }
             }
         }
+    }
+    // Online time: the session lasted until the connection was last heard from.
+    let ended_at = time::OffsetDateTime::now_utc()
+        - time::Duration::try_from(last_heard.elapsed()).unwrap_or(time::Duration::ZERO);
+    let event = exchange::Event::SessionEnded(exchange::events::SessionEnded {
+        uid: actor.uid.clone(),
+        started_at,
+        ended_at: ended_at.max(started_at),
+        transport: "websocket".into(),
+    });
+    if let Err(e) = Box::pin(state.append(&actor, event, None)).await {
+        tracing::warn!(uid = %actor.uid, error = %e.message, "session end not recorded");
     }
 }
 

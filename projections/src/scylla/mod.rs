@@ -41,8 +41,8 @@ pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, St
 use crate::fold::{Effects, apply_event};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
-    InboxStats, Notification, NotificationType, Page, Receipt, ScheduledMessage, StoredMessage,
-    Thread, ThreadMessage,
+    InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt, ScheduledMessage,
+    StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -55,10 +55,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../../schema/cql/0002_user_threads.cql")),
     (3, include_str!("../../../schema/cql/0003_scheduled.cql")),
     (4, include_str!("../../../schema/cql/0004_experiments.cql")),
+    (5, include_str!("../../../schema/cql/0005_online.cql")),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -981,6 +982,22 @@ impl Store for ScyllaStore {
 
     async fn preferences(&self, uid: &str) -> StoreResult<exchange::events::Preferences> {
         target::preferences_of(self.one(self.q().prefs_get(uid)).await?)
+    }
+
+    async fn online(&self, uid: &str) -> StoreResult<Option<OnlineRecord>> {
+        self.one(self.q().online_get(uid))
+            .await?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    async fn online_days(&self, uid: &str, limit: u32) -> StoreResult<Vec<(i32, u64)>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<(i32, i64)> = self.all(self.q().online_days_of(uid, limit)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, s)| (d, u64::try_from(s).unwrap_or(0)))
+            .collect())
     }
 
     async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>> {

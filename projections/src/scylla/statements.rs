@@ -422,6 +422,18 @@ statements! {
     failed_id_delete(id: &str) -> () =
         "DELETE FROM failed_by_id WHERE id = ?";
 
+    // Online time.
+    online_get(uid: &str) -> (String,) =
+        "SELECT record FROM online WHERE uid = ?";
+    online_put(uid: &str, record: String) -> () =
+        "INSERT INTO online (uid, record) VALUES (?, ?)";
+    online_day_get(uid: &str, day: i32) -> (i64,) =
+        "SELECT seconds FROM online_days WHERE uid = ? AND day = ?";
+    online_day_put(uid: &str, day: i32, seconds: i64) -> () =
+        "INSERT INTO online_days (uid, day, seconds) VALUES (?, ?, ?)";
+    online_days_of(uid: &str, limit: i32) -> (i32, i64) =
+        "SELECT day, seconds FROM online_days WHERE uid = ? LIMIT ?";
+
     // Experiments.
     experiment_get(id: &str) -> (String,) =
         "SELECT record FROM experiments WHERE id = ?";

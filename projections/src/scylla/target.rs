@@ -26,8 +26,8 @@ use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json
 use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
-    NotificationStatus, NotificationType, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
-    StoredMessage, Thread, ThreadMessage,
+    NotificationStatus, NotificationType, OnlineRecord, Receipt, ReceiptStatus, ScheduleStatus,
+    ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -1200,6 +1200,30 @@ impl FoldTarget for ScyllaTx<'_> {
     fn put_preferences(&mut self, uid: &str, preferences: &Preferences) -> StoreResult<()> {
         let w = self.q().prefs_put(uid, to_json(preferences)?);
         self.write(w);
+        Ok(())
+    }
+
+    fn online(&mut self, uid: &str) -> StoreResult<Option<OnlineRecord>> {
+        self.one(self.q().online_get(uid))?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    fn online_day(&mut self, uid: &str, day: i32) -> StoreResult<u64> {
+        Ok(self
+            .one(self.q().online_day_get(uid, day))?
+            .map_or(0, |(s,)| u64::try_from(s).unwrap_or(0)))
+    }
+
+    fn put_online(&mut self, r: &OnlineRecord, days: &[(i32, u64)]) -> StoreResult<()> {
+        let w = self.q().online_put(&r.uid, to_json(r)?);
+        self.write(w);
+        for (day, seconds) in days {
+            let w =
+                self.q()
+                    .online_day_put(&r.uid, *day, i64::try_from(*seconds).unwrap_or(i64::MAX));
+            self.write(w);
+        }
         Ok(())
     }
 

@@ -24,8 +24,8 @@ mod inbox;
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, HistoryQuery, InboxCounts,
-    InboxQuery, InboxStats, Notification, NotificationType, Page, Receipt, ReceiptStatus,
-    ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    InboxQuery, InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -107,12 +107,17 @@ CREATE TABLE IF NOT EXISTS experiment_users (
 CREATE TABLE IF NOT EXISTS experiment_arms (
   experiment TEXT NOT NULL, mid TEXT NOT NULL, arm TEXT NOT NULL, record TEXT NOT NULL,
   PRIMARY KEY (experiment, mid, arm)) WITHOUT ROWID;
+-- GET /presence: each user's online time (JSON) and seconds per UTC day (days since the epoch)
+CREATE TABLE IF NOT EXISTS online (uid TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS online_days (
+  uid TEXT NOT NULL, day INTEGER NOT NULL, seconds INTEGER NOT NULL,
+  PRIMARY KEY (uid, day)) WITHOUT ROWID;
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 23] = [
+pub const DATA_TABLES: [&str; 25] = [
     "users",
     "devices",
     "device_owners",
@@ -136,6 +141,8 @@ pub const DATA_TABLES: [&str; 23] = [
     "experiments",
     "experiment_users",
     "experiment_arms",
+    "online",
+    "online_days",
 ];
 
 const READERS: usize = 4;
@@ -477,7 +484,53 @@ fn experiment_arm_totals(c: &Connection, id: &str) -> StoreResult<Vec<ArmCounts>
     Ok(crate::model::sum_arms(rows))
 }
 
+fn online_of(c: &Connection, uid: &str) -> StoreResult<Option<OnlineRecord>> {
+    Ok(records(c, "SELECT record FROM online WHERE uid = ?1", params![uid])?.pop())
+}
+
+fn online_days_of(c: &Connection, uid: &str, limit: u32) -> StoreResult<Vec<(i32, u64)>> {
+    c.prepare_cached(
+        "SELECT day, seconds FROM online_days WHERE uid = ?1 ORDER BY day DESC LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![uid, limit], |r| {
+            Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect()
+    })
+    .map_err(backend)
+}
+
 impl FoldTarget for SqliteTx<'_> {
+    fn online(&mut self, uid: &str) -> StoreResult<Option<OnlineRecord>> {
+        online_of(self.tx, uid)
+    }
+
+    fn online_day(&mut self, uid: &str, day: i32) -> StoreResult<u64> {
+        self.tx
+            .prepare_cached("SELECT seconds FROM online_days WHERE uid = ?1 AND day = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![uid, day], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(backend)
+    }
+
+    fn put_online(&mut self, r: &OnlineRecord, days: &[(i32, u64)]) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO online (uid, record) VALUES (?1, ?2)",
+            params![r.uid, to_json(r)?],
+        )?;
+        for (day, seconds) in days {
+            self.exec(
+                "INSERT OR REPLACE INTO online_days (uid, day, seconds) VALUES (?1, ?2, ?3)",
+                params![r.uid, day, i64::try_from(*seconds).unwrap_or(i64::MAX)],
+            )?;
+        }
+        Ok(())
+    }
+
     fn experiment(&mut self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
         experiment_by_id(self.tx, id)
     }
@@ -1652,6 +1705,16 @@ impl Store for SqliteStore {
     async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>> {
         let id = id.to_owned();
         self.read(move |c| experiment_by_id(c, &id)).await
+    }
+
+    async fn online(&self, uid: &str) -> StoreResult<Option<OnlineRecord>> {
+        let uid = uid.to_owned();
+        self.read(move |c| online_of(c, &uid)).await
+    }
+
+    async fn online_days(&self, uid: &str, limit: u32) -> StoreResult<Vec<(i32, u64)>> {
+        let uid = uid.to_owned();
+        self.read(move |c| online_days_of(c, &uid, limit)).await
     }
 
     async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>> {

@@ -1500,6 +1500,67 @@ pub async fn experiment_test_share_and_promotion(store: &dyn Store) {
     );
 }
 
+/// Online time: ended sessions add up per user and per UTC day (a session over midnight is
+/// split), the last one seen is kept, and a replayed session is not counted twice.
+pub async fn online_time(store: &dyn Store) {
+    use exchange::events::SessionEnded;
+    let feed = Feed::new(store);
+    let at =
+        |s: &str| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+    let session = |from: &str, to: &str| {
+        Event::SessionEnded(SessionEnded {
+            uid: "ola".into(),
+            started_at: at(from),
+            ended_at: at(to),
+            transport: "websocket".into(),
+        })
+    };
+    feed.one(
+        "ola",
+        session("2026-12-01T23:30:00Z", "2026-12-02T00:15:00Z"),
+    )
+    .await;
+    feed.one(
+        "ola",
+        session("2026-12-02T08:00:00Z", "2026-12-02T08:00:40Z"),
+    )
+    .await;
+    let r = store.online("ola").await.unwrap().unwrap();
+    assert_eq!((r.sessions, r.seconds), (2, 45 * 60 + 40));
+    assert_eq!(r.last_seen, at("2026-12-02T08:00:40Z"));
+    let day = |s: &str| projections::fold::day_of(at(s));
+    assert_eq!(
+        store.online_days("ola", 10).await.unwrap(),
+        vec![
+            (day("2026-12-02T00:00:00Z"), 15 * 60 + 40),
+            (day("2026-12-01T00:00:00Z"), 30 * 60)
+        ]
+    );
+    assert_eq!(store.online_days("ola", 1).await.unwrap().len(), 1);
+    // The same event again (a redelivered batch) changes nothing.
+    let env = by(
+        "ola",
+        session("2026-12-02T09:00:00Z", "2026-12-02T09:01:00Z"),
+    );
+    let seq = store.checkpoint().await.unwrap() + 1;
+    for _ in 0..2 {
+        store
+            .apply(
+                vec![SequencedEvent {
+                    seq,
+                    envelope: env.clone(),
+                }],
+                live(),
+            )
+            .await
+            .unwrap();
+    }
+    let r = store.online("ola").await.unwrap().unwrap();
+    assert_eq!((r.sessions, r.seconds), (3, 46 * 60 + 40));
+    assert!(store.online("nobody").await.unwrap().is_none());
+    assert!(store.online_days("nobody", 7).await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -1521,6 +1582,7 @@ macro_rules! conformance_cases {
             scheduled_sends,
             experiments,
             experiment_test_share_and_promotion,
+            online_time,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {

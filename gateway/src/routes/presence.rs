@@ -1,0 +1,84 @@
+//! Online time (seed 001's WebSocket check-in): `GET /presence?uids=` for admins: who has a
+//! live connection now, when each was last seen, and their seconds online per UTC day, folded
+//! from the `session_ended` events the live connections write when they close.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::validate;
+use crate::state::AppState;
+
+/// Users one request may ask about.
+const MAX_UIDS: usize = 100;
+
+pub async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let uids: Vec<&str> = query
+        .get("uids")
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if uids.is_empty() || uids.len() > MAX_UIDS {
+        return Err(ApiError::field(
+            "uids",
+            format!("1 to {MAX_UIDS} comma-separated user ids"),
+        ));
+    }
+    for (i, uid) in uids.iter().enumerate() {
+        validate::uid(&format!("uids[{i}]"), uid)?;
+    }
+    let days = match query.get("days") {
+        None => 7,
+        Some(d) => d
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=366).contains(d))
+            .ok_or_else(|| ApiError::field("days", "1 to 366"))?,
+    };
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut out = Vec::with_capacity(uids.len());
+    for uid in uids {
+        let online = match &state.presence {
+            Some(p) => p.is_present(uid).await,
+            None => false,
+        };
+        let record = state.store.online(uid).await?;
+        let per_day: Vec<Value> = state
+            .store
+            .online_days(uid, days)
+            .await?
+            .into_iter()
+            .map(|(day, seconds)| {
+                let date = time::OffsetDateTime::from_unix_timestamp(i64::from(day) * 86_400)
+                    .map(|t| t.date().to_string())
+                    .unwrap_or_default();
+                json!({ "day": date, "seconds": seconds })
+            })
+            .collect();
+        out.push(json!({
+            "uid": uid,
+            "online": online,
+            "last_seen": record.as_ref().map(|r| rfc3339(r.last_seen)),
+            "sessions": record.as_ref().map_or(0, |r| r.sessions),
+            "online_seconds": record.as_ref().map_or(0, |r| r.seconds),
+            "days": per_day,
+        }));
+    }
+    Ok(Json(json!({ "results": out })))
+}
