@@ -565,9 +565,17 @@ async fn online_time_from_websocket_sessions() {
     let ex = Exchange::start().await;
     let admin = token("root", true);
     let mut ws = ws_connect(&ex, &token("olga", false)).await;
-    let (s, r) = ex.get("/presence?uids=olga,nobody", &admin).await;
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["results"][0]["online"], true, "{r}");
+    // The connection stamps its presence right after its hello.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let (s, r) = ex.get("/presence?uids=olga,nobody", &admin).await;
+        assert_eq!(s, 200, "{r}");
+        if r["results"][0]["online"] == true {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never online: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(r["results"][1]["online"], false);
     assert_eq!(r["results"][1]["sessions"], 0);
     tokio::time::sleep(Duration::from_millis(1_100)).await;

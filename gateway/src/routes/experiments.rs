@@ -211,6 +211,27 @@ async fn held_out(state: &AppState, uid: &str, mid: Uuid) -> ApiResult<bool> {
         .is_some_and(|e| e.assign(uid) == exchange::experiment::Arm::Holdout))
 }
 
+/// The experiment `id`, when the caller is its sender or an admin (403 otherwise, 404 when
+/// there is none).
+async fn owned(
+    state: &AppState,
+    actor: &Actor,
+    id: &str,
+    what: &str,
+) -> ApiResult<projections::model::ExperimentRecord> {
+    let record = state
+        .store
+        .experiment(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such experiment"))?;
+    if !(actor.is_admin() || record.owner == actor.uid) {
+        return Err(ApiError::forbidden(format!(
+            "only the experiment's sender or an admin may {what}"
+        )));
+    }
+    Ok(record)
+}
+
 const STEPS: [(Step, &str); 5] = [
     (Step::Exposed, "exposed"),
     (Step::Delivered, "delivered"),
@@ -228,16 +249,7 @@ pub async fn report(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let record = state
-        .store
-        .experiment(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such experiment"))?;
-    if !(actor.is_admin() || record.owner == actor.uid) {
-        return Err(ApiError::forbidden(
-            "only the experiment's sender or an admin may read its report",
-        ));
-    }
+    let record = owned(&state, &actor, &id, "read its report").await?;
     let metric = match query.get("metric").map(String::as_str) {
         None => Step::Converted,
         Some(m) => STEPS
@@ -428,16 +440,7 @@ pub async fn promote(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PromoteBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let record = state
-        .store
-        .experiment(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such experiment"))?;
-    if !(actor.is_admin() || record.owner == actor.uid) {
-        return Err(ApiError::forbidden(
-            "only the experiment's sender or an admin may promote it",
-        ));
-    }
+    let record = owned(&state, &actor, &id, "promote it").await?;
     if record.spec.test_share == 0.0 {
         return Err(ApiError::conflict(
             "nothing_held_back",

@@ -157,6 +157,19 @@ pub fn enlist(uid: &str, device_id: &str, token: &str) -> Event {
     })
 }
 
+/// `n` users `<prefix>00`.., each enlisting one APNs device `d<i>`.
+async fn enlisted(feed: &Feed<'_>, prefix: &str, n: usize) -> Vec<String> {
+    let uids: Vec<String> = (0..n).map(|i| format!("{prefix}{i:02}")).collect();
+    feed.apply(
+        uids.iter()
+            .enumerate()
+            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
+            .collect(),
+    )
+    .await;
+    uids
+}
+
 fn all(status: Option<StatusFilter>) -> InboxQuery {
     InboxQuery {
         filter: InboxFilter {
@@ -1201,14 +1214,7 @@ pub async fn scheduled_sends(store: &dyn Store) {
 pub async fn experiments(store: &dyn Store) {
     use exchange::experiment::{Arm, Experiment, Variant};
     let feed = Feed::new(store);
-    let uids: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
-    feed.apply(
-        uids.iter()
-            .enumerate()
-            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
-            .collect(),
-    )
-    .await;
+    let uids = enlisted(&feed, "u", 40).await;
     let spec = Experiment {
         id: "welcome".into(),
         variants: vec![
@@ -1418,14 +1424,7 @@ pub async fn experiments(store: &dyn Store) {
 pub async fn experiment_test_share_and_promotion(store: &dyn Store) {
     use exchange::experiment::{Arm, Experiment, Variant};
     let feed = Feed::new(store);
-    let uids: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
-    feed.apply(
-        uids.iter()
-            .enumerate()
-            .map(|(i, uid)| by(uid, enlist(uid, &format!("d{i}"), &format!("{i:04x}"))))
-            .collect(),
-    )
-    .await;
+    let uids = enlisted(&feed, "t", 60).await;
     let variant = |name: &str| Variant {
         name: name.into(),
         weight: 1.0,
