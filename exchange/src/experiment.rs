@@ -275,25 +275,29 @@ impl Experiment {
         out
     }
 
+    /// The message's options with a variant's `opts` laid over them (top-level keys replace);
+    /// an error when the result is not valid options.
+    pub fn lay_over(v: &Variant, opts: &MessageOpts) -> Result<MessageOpts, serde_json::Error> {
+        let Some(over) = &v.opts else {
+            return Ok(opts.clone());
+        };
+        let mut base = match serde_json::to_value(opts)? {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        base.extend(over.clone());
+        serde_json::from_value(Value::Object(base))
+    }
+
     /// Variant `i`'s text and options: the message's with the variant's fields laid over.
     pub fn content(&self, i: usize, msg: &str, opts: &MessageOpts) -> (String, MessageOpts) {
         let Some(v) = self.variants.get(i) else {
             return (msg.to_owned(), opts.clone());
         };
         let text = v.msg.clone().unwrap_or_else(|| msg.to_owned());
-        let mut merged = opts.clone();
-        if let Some(over) = &v.opts
-            && let Ok(Value::Object(mut base)) = serde_json::to_value(opts)
-        {
-            for (k, val) in over {
-                base.insert(k.clone(), val.clone());
-            }
-            // The gateway checked that the variant's options parse; anything else keeps the
-            // message's own.
-            if let Ok(parsed) = serde_json::from_value(Value::Object(base)) {
-                merged = parsed;
-            }
-        }
+        // The gateway checked that the variant's options parse; anything else keeps the
+        // message's own.
+        let mut merged = Self::lay_over(v, opts).unwrap_or_else(|_| opts.clone());
         if let Some(t) = &v.title {
             merged.title = Some(t.clone());
         }

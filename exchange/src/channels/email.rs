@@ -71,6 +71,8 @@ pub fn build(
     let to: Mailbox = to.parse().map_err(|e| format!("address {to}: {e}"))?;
     let (title, body) = text_of(d);
     let subject = title.unwrap_or("New message");
+    // Links are wrapped only with a public base configured (the common case has none).
+    let links = links.filter(|l| l.wraps());
     let body = match links {
         Some(l) => l.wrap(body, d.task.mid, d.uid),
         None => body.to_owned(),

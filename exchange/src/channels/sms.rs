@@ -52,8 +52,8 @@ impl Channel for SmsChannel {
         let (title, body) = text_of(d);
         // The body's links become tracked links (their index is their place in the body).
         let body = match &self.links {
-            Some(l) => std::borrow::Cow::Owned(l.wrap(body, d.task.mid, d.uid)),
-            None => std::borrow::Cow::Borrowed(body),
+            Some(l) if l.wraps() => std::borrow::Cow::Owned(l.wrap(body, d.task.mid, d.uid)),
+            _ => std::borrow::Cow::Borrowed(body),
         };
         let text = match title {
             Some(t) if !t.is_empty() => format!("{t}: {body}"),

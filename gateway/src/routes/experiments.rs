@@ -102,11 +102,7 @@ pub(crate) async fn experiment_of(
             )?;
         }
         if v.opts.is_some() {
-            let mut base = serde_json::to_value(&*opts).unwrap_or(Value::Null);
-            if let (Some(b), Some(o)) = (base.as_object_mut(), &v.opts) {
-                b.extend(o.clone());
-            }
-            let merged: MessageOpts = serde_json::from_value(base).map_err(|e| {
+            let merged = Experiment::lay_over(v, opts).map_err(|e| {
                 ApiError::field(
                     format!("variants[{i}].opts"),
                     format!("invalid options: {e}"),
