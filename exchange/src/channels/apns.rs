@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::json;
 
 use crate::channels::{
@@ -36,17 +37,40 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(45 * 60);
 
 pub struct ApnsChannel {
     config: ApnsConfig,
+    /// `base_url` parsed once; each request appends `/3/device/{token}` to its path.
+    base: reqwest::Url,
+    topic: HeaderValue,
     key: EncodingKey,
     http: HttpPool,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The `authorization` header (`bearer <provider token>`) and when it was minted.
+    token: Mutex<Option<(HeaderValue, Instant)>>,
 }
+
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 
 impl ApnsChannel {
     pub fn new(config: ApnsConfig) -> Result<Self, String> {
         let key = EncodingKey::from_ec_pem(&config.key_pem)
             .map_err(|e| format!("APNs key is not a P-256 PKCS#8 PEM: {e}"))?;
         let http = HttpPool::new(&config.base_url, true, PUSH_CONNECTIONS)?;
+        let base = reqwest::Url::parse(&config.base_url)
+            .map_err(|e| format!("APNs base URL {:?}: {e}", config.base_url))?;
+        if base.cannot_be_a_base() {
+            return Err(format!(
+                "APNs base URL {:?} cannot take a path",
+                config.base_url
+            ));
+        }
+        let topic = HeaderValue::try_from(config.topic.as_str())
+            .map_err(|e| format!("APNs topic {:?}: {e}", config.topic))?;
         Ok(Self {
+            base,
+            topic,
             config,
             key,
             http,
@@ -55,7 +79,7 @@ impl ApnsChannel {
     }
 
     /// The cached provider token, minted anew when missing or old.
-    fn provider_token(&self) -> Result<String, String> {
+    fn provider_token(&self) -> Result<HeaderValue, String> {
         let mut guard = self
             .token
             .lock()
@@ -70,6 +94,8 @@ impl ApnsChannel {
         let claims =
             json!({ "iss": self.config.team_id, "iat": jsonwebtoken::get_current_timestamp() });
         let t = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
+        let mut t = HeaderValue::try_from(format!("bearer {t}")).map_err(|e| e.to_string())?;
+        t.set_sensitive(true);
         *guard = Some((t.clone(), Instant::now()));
         Ok(t)
     }
@@ -138,52 +164,54 @@ impl Channel for ApnsChannel {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { reason: e },
         };
-        let url = format!(
-            "{}/3/device/{token}",
-            self.config.base_url.trim_end_matches('/')
-        );
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["3", "device", token.as_str()]);
+        }
         let opts = &d.task.opts;
         let expiration = opts
             .ttl
             .map_or(0, |t| jsonwebtoken::get_current_timestamp() + t);
+        let (push_type, apns_priority) = if background(d) {
+            ("background", "5")
+        } else {
+            ("alert", priority(d.task.urgency()))
+        };
         let mut req = self
             .http
             .client()
             .post(url)
-            .header("authorization", format!("bearer {provider_token}"))
-            .header("apns-topic", &self.config.topic)
-            .header(
-                "apns-push-type",
-                if background(d) { "background" } else { "alert" },
-            )
-            .header(
-                "apns-priority",
-                if background(d) {
-                    "5"
-                } else {
-                    priority(d.task.urgency())
-                },
-            )
-            .header("apns-expiration", expiration.to_string())
-            .header("apns-id", d.delivery_uuid().to_string())
-            .header("content-type", "application/json")
+            .header(reqwest::header::AUTHORIZATION, provider_token)
+            .header(APNS_TOPIC, self.topic.clone())
+            .header(APNS_PUSH_TYPE, push_type)
+            .header(APNS_PRIORITY, apns_priority)
+            .header(APNS_EXPIRATION, expiration)
+            .header(APNS_ID, d.delivery_uuid().to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(
                 d.prepared
                     .get_or("apns", || payload(d).to_string().into_bytes()),
             );
         if let Some(c) = &opts.collapse_key {
-            req = req.header("apns-collapse-id", truncate(c, 64));
+            req = req.header(APNS_COLLAPSE_ID, truncate(c, 64));
         }
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return transport_error(&e),
         };
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let apns_id = headers
-            .get("apns-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        if status == 200 {
+            // Apple answers a success with an empty body.
+            let apns_id = resp
+                .headers()
+                .get(APNS_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Outcome::Accepted {
+                provider_id: apns_id,
+            };
+        }
+        let after = retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
         let reason_code = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -191,9 +219,6 @@ impl Channel for ApnsChannel {
             .unwrap_or_default();
         let reason = format!("APNs {status} {reason_code}");
         match (status, reason_code.as_str()) {
-            (200, _) => Outcome::Accepted {
-                provider_id: apns_id,
-            },
             (410, _) | (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
                 Outcome::DeviceGone { reason }
             }
@@ -205,14 +230,8 @@ impl Channel for ApnsChannel {
                     after: None,
                 }
             }
-            (429, _) => Outcome::Throttled {
-                reason,
-                after: retry_after(&headers),
-            },
-            (500 | 503, _) => Outcome::Retry {
-                reason,
-                after: retry_after(&headers),
-            },
+            (429, _) => Outcome::Throttled { reason, after },
+            (500 | 503, _) => Outcome::Retry { reason, after },
             _ => Outcome::Rejected { reason },
         }
     }

@@ -32,8 +32,8 @@ pub struct FcmConfig {
 
 pub struct FcmChannel {
     auth: Arc<CustomServiceAccount>,
-    project: String,
-    base_url: String,
+    /// `{base}/v1/projects/{project}/messages:send`, parsed once.
+    send_url: reqwest::Url,
     http: HttpPool,
 }
 
@@ -46,10 +46,15 @@ impl FcmChannel {
             .clone()
             .or_else(|| auth.project_id().map(str::to_owned))
             .ok_or("FCM: no project id in the key; set MSGXC_FCM_PROJECT_ID")?;
+        let send_url = format!(
+            "{}/v1/projects/{project}/messages:send",
+            config.base_url.trim_end_matches('/')
+        );
+        let send_url = reqwest::Url::parse(&send_url)
+            .map_err(|e| format!("FCM base URL {:?}: {e}", config.base_url))?;
         Ok(Self {
             auth: Arc::new(auth),
-            project,
-            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            send_url,
             // FCM's v1 API speaks HTTP/2 (ALPN over TLS; prior knowledge on a plain-http test URL).
             http: HttpPool::new(&config.base_url, true, PUSH_CONNECTIONS)?,
         })
@@ -157,16 +162,12 @@ impl Channel for FcmChannel {
                 };
             }
         };
-        let url = format!(
-            "{}/v1/projects/{}/messages:send",
-            self.base_url, self.project
-        );
         let resp = self
             .http
             .client()
-            .post(url)
+            .post(self.send_url.clone())
             .bearer_auth(access.as_str())
-            .header("content-type", "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body_for(d, token))
             .send()
             .await;
@@ -175,12 +176,17 @@ impl Channel for FcmChannel {
             Err(e) => return transport_error(&e),
         };
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        let after = retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
-            let name = serde_json::from_str::<Value>(&body)
+            /// The part of a send's answer kept: the message's name.
+            #[derive(serde::Deserialize)]
+            struct Sent {
+                name: Option<String>,
+            }
+            let name = serde_json::from_str::<Sent>(&body)
                 .ok()
-                .and_then(|v| v["name"].as_str().map(str::to_owned));
+                .and_then(|s| s.name);
             return Outcome::Accepted { provider_id: name };
         }
         let (err_status, code) = error_codes(&body);
@@ -192,14 +198,10 @@ impl Channel for FcmChannel {
             (400, "INVALID_ARGUMENT") if body.contains("registration token") => {
                 Outcome::DeviceGone { reason }
             }
-            (429, _) | (_, "QUOTA_EXCEEDED") => Outcome::Throttled {
-                reason,
-                after: retry_after(&headers),
-            },
-            (500 | 502 | 503 | 504, _) | (_, "UNAVAILABLE" | "INTERNAL") => Outcome::Retry {
-                reason,
-                after: retry_after(&headers),
-            },
+            (429, _) | (_, "QUOTA_EXCEEDED") => Outcome::Throttled { reason, after },
+            (500 | 502 | 503 | 504, _) | (_, "UNAVAILABLE" | "INTERNAL") => {
+                Outcome::Retry { reason, after }
+            }
             // An expired or revoked access token: gcp_auth fetches a new one when it expires.
             (401, _) => Outcome::Retry {
                 reason,

@@ -41,19 +41,27 @@ pub struct WebPushConfig {
 
 /// Whether `endpoint` is an http(s) URL whose host is on the allow-list.
 pub fn host_allowed(endpoint: &str, allowed: &[String]) -> bool {
-    let Ok(url) = reqwest::Url::parse(endpoint) else {
-        return false;
-    };
+    reqwest::Url::parse(endpoint).is_ok_and(|url| url_allowed(&url, allowed))
+}
+
+/// [`host_allowed`] for an endpoint already parsed.
+fn url_allowed(url: &reqwest::Url, allowed: &[String]) -> bool {
     if !matches!(url.scheme(), "https" | "http") {
         return false;
     }
+    // The URL parser lowercases hosts.
     let Some(host) = url.host_str() else {
         return false;
     };
-    let host = host.to_ascii_lowercase();
     allowed.iter().any(|a| {
-        let a = a.trim().to_ascii_lowercase();
-        !a.is_empty() && (host == a || host.ends_with(&format!(".{a}")))
+        let a = a.trim();
+        if a.is_empty() || host.len() < a.len() {
+            return false;
+        }
+        let (head, tail) = host
+            .split_at_checked(host.len() - a.len())
+            .unwrap_or((host, ""));
+        tail.eq_ignore_ascii_case(a) && (head.is_empty() || head.ends_with('.'))
     })
 }
 
@@ -85,9 +93,9 @@ pub struct WebPushChannel {
     config: WebPushConfig,
     vapid: PartialVapidSignatureBuilder,
     http: reqwest::Client,
-    /// Signed VAPID headers by origin (`aud`), with when they were signed.
+    /// Signed VAPID `Authorization` headers by origin (`aud`), with when they were signed.
     signatures: std::sync::Mutex<
-        std::collections::HashMap<String, (web_push::VapidSignature, std::time::Instant)>,
+        std::collections::HashMap<String, (reqwest::header::HeaderValue, std::time::Instant)>,
     >,
 }
 
@@ -108,30 +116,46 @@ impl WebPushChannel {
         })
     }
 
-    /// The VAPID signature for a push service origin, signed anew when missing or old.
-    fn signature(
+    /// The VAPID `Authorization` header for a push service origin, signed anew when missing
+    /// or old.
+    fn authorization(
         &self,
-        info: &SubscriptionInfo,
+        endpoint: &str,
         origin: &str,
-    ) -> Result<web_push::VapidSignature, String> {
+        d: &Delivery<'_>,
+    ) -> Result<reqwest::header::HeaderValue, String> {
         if let Ok(cache) = self.signatures.lock()
-            && let Some((sig, at)) = cache.get(origin)
+            && let Some((header, at)) = cache.get(origin)
             && at.elapsed() < VAPID_REUSE
         {
-            return Ok(sig.clone());
+            return Ok(header.clone());
         }
-        let mut builder = self.vapid.clone().add_sub_info(info);
+        let DeviceAddress::Webpush { p256dh, auth, .. } = d.address else {
+            return Err("not a Web Push subscription".into());
+        };
+        let info = SubscriptionInfo::new(endpoint, p256dh.as_str(), auth.as_str());
+        let mut builder = self.vapid.clone().add_sub_info(&info);
         builder.add_claim("sub", self.config.subject.as_str());
         builder.add_claim("aud", origin);
         let sig = builder.build().map_err(|e| format!("VAPID: {e}"))?;
+        let mut header = reqwest::header::HeaderValue::try_from(format!(
+            "vapid t={}, k={}",
+            sig.auth_t,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sig.auth_k)
+        ))
+        .map_err(|e| format!("VAPID header: {e}"))?;
+        header.set_sensitive(true);
         if let Ok(mut cache) = self.signatures.lock() {
             // Push services are few; an unbounded map of origins would mean abuse, so start over.
             if cache.len() > 1024 {
                 cache.clear();
             }
-            cache.insert(origin.to_owned(), (sig.clone(), std::time::Instant::now()));
+            cache.insert(
+                origin.to_owned(),
+                (header.clone(), std::time::Instant::now()),
+            );
         }
-        Ok(sig)
+        Ok(header)
     }
 }
 
@@ -149,6 +173,10 @@ pub fn payload(d: &Delivery<'_>) -> serde_json::Value {
         "sender": t.sender,
     })
 }
+
+const TTL: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("ttl");
+const URGENCY: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("urgency");
+const TOPIC: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("topic");
 
 /// RFC 8030 `Urgency`.
 fn urgency(u: Urgency) -> &'static str {
@@ -287,19 +315,20 @@ impl Channel for WebPushChannel {
                 reason: "not a Web Push subscription".into(),
             };
         };
-        if !host_allowed(endpoint, &self.config.allowed_hosts) {
-            return Outcome::Rejected {
-                reason: "endpoint host is not on MSGXC_WEBPUSH_ALLOWED_HOSTS".into(),
-            };
-        }
-        let info = SubscriptionInfo::new(endpoint.as_str(), p256dh.as_str(), auth.as_str());
+        // Parsed once: the allow-list, the VAPID audience and the request all use it.
+        let url = match reqwest::Url::parse(endpoint) {
+            Ok(u) if url_allowed(&u, &self.config.allowed_hosts) => u,
+            _ => {
+                return Outcome::Rejected {
+                    reason: "endpoint host is not on MSGXC_WEBPUSH_ALLOWED_HOSTS".into(),
+                };
+            }
+        };
         // RFC 8292: `aud` is the push resource's origin, port included (web-push would drop
         // a non-default port).
-        let origin = reqwest::Url::parse(endpoint)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default();
-        let signature = match self.signature(&info, &origin) {
-            Ok(s) => s,
+        let origin = url.origin().ascii_serialization();
+        let authorization = match self.authorization(endpoint, &origin, d) {
+            Ok(h) => h,
             Err(reason) => return Outcome::Rejected { reason },
         };
         let content = d
@@ -333,23 +362,18 @@ impl Channel for WebPushChannel {
             .opts
             .ttl
             .map_or(86_400, |t| t.min(u64::from(u32::MAX)) as u32);
-        let vapid = format!(
-            "vapid t={}, k={}",
-            signature.auth_t,
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&signature.auth_k)
-        );
         let mut req = self
             .http
-            .post(endpoint.as_str())
-            .header("TTL", ttl.to_string())
-            .header("Urgency", urgency(d.task.urgency()))
+            .post(url)
+            .header(TTL, ttl)
+            .header(URGENCY, urgency(d.task.urgency()))
             .header(reqwest::header::CONTENT_ENCODING, "aes128gcm")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(reqwest::header::AUTHORIZATION, vapid);
+            .header(reqwest::header::AUTHORIZATION, authorization);
         if let Some(k) = &d.task.opts.collapse_key {
             let t = topic(k);
             if !t.is_empty() {
-                req = req.header("Topic", t);
+                req = req.header(TOPIC, t);
             }
         }
         let resp = match req.body(body).send().await {
@@ -357,17 +381,18 @@ impl Channel for WebPushChannel {
             Err(e) => return transport_error(&e),
         };
         let status = resp.status();
-        let headers = resp.headers().clone();
-        let location = headers
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp.text().await.unwrap_or_default();
         if status.is_success() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             return Outcome::Accepted {
                 provider_id: location,
             };
         }
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
         if let Some(o) = common_http_outcome(status, &headers, &body) {
             return o;
         }
