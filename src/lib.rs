@@ -146,24 +146,19 @@ pub async fn open_store(location: &StoreLocation) -> anyhow::Result<OpenedStore>
     })
 }
 
-/// Serves `app` until `stop` fires, then lets in-flight requests finish.
+/// Serves `app` until `stop` fires, then lets in-flight requests finish. Each request carries
+/// the client's address (what the per-address write limit counts).
 fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    timeouts: gateway::serve::HttpTimeouts,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let shutdown = async {
             let _ = stop.await;
         };
-        // The client's address is what the per-address write limit counts.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        gateway::serve::serve(listener, app, timeouts, shutdown).await;
     })
 }
 
@@ -297,7 +292,10 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
             .with_context(|| format!("binding {}", opts.listen))?;
         let bound = listener.local_addr()?;
         addr = Some(bound);
-        server = Some(serve_http(listener, gateway::router(state), rx));
+        let timeouts = gateway::serve::HttpTimeouts {
+            header: state.config.header_timeout,
+        };
+        server = Some(serve_http(listener, gateway::router(state), timeouts, rx));
         tracing::info!(%bound, "gateway listening");
     } else if let Some(listen) = opts.health_listen {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -343,7 +341,10 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                     }
                 }),
             );
-        server = Some(serve_http(listener, app, rx));
+        let timeouts = gateway::serve::HttpTimeouts {
+            header: opts.gateway.header_timeout,
+        };
+        server = Some(serve_http(listener, app, timeouts, rx));
         tracing::info!(%bound, "health endpoint listening");
     }
     Ok(Running {

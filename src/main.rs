@@ -215,6 +215,13 @@ struct ServeArgs {
     /// How long a structural write waits for its projection so the caller reads its own write.
     #[arg(long, env = "MSGXC_READ_YOUR_WRITES", default_value = "5s", value_parser = parse_duration)]
     read_your_writes: Duration,
+    /// Longest wait for a request head: a new connection's first bytes, a request's headers,
+    /// and an idle kept-alive connection's next request (then the connection is closed).
+    #[arg(long, env = "MSGXC_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    http_header_timeout: Duration,
+    /// Longest a request body may take to arrive after its headers (408 after that).
+    #[arg(long, env = "MSGXC_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    http_body_timeout: Duration,
     /// Live frames buffered per WebSocket before a slow client is disconnected.
     #[arg(long, env = "MSGXC_SOCKET_BUFFER", default_value_t = 256)]
     socket_buffer: usize,
@@ -431,6 +438,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             socket_frame_rate: a.socket_frame_rate.0,
             attribution_window: a.attribution_window,
             links: None,
+            header_timeout: a.http_header_timeout.max(Duration::from_millis(100)),
+            body_timeout: a.http_body_timeout.max(Duration::from_millis(100)),
             cors_origins: a
                 .cors_origins
                 .iter()

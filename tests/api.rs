@@ -893,3 +893,96 @@ async fn a_websocket_client_over_its_frame_rate_is_closed_with_1008() {
     assert_eq!(u16::from(close.code), 1008);
     assert!(close.reason.as_str().contains("too many frames"));
 }
+
+/// Reads what the server sends until it closes the connection; None if it is still open after
+/// `within` (the timeouts under test are far shorter).
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+use std::time::Duration;
+
+/// `MSGXC_HTTP_HEADER_TIMEOUT` and `MSGXC_HTTP_BODY_TIMEOUT`: a connection that sends nothing,
+/// half a request line, or nothing after its last request is closed; a body that stalls gets
+/// the JSON 408; an upgraded WebSocket is not subject to either.
+#[tokio::test]
+async fn silent_and_stalled_clients_are_cut_off_by_the_http_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let ex = Exchange::start_with(|o| {
+        o.gateway.header_timeout = Duration::from_millis(400);
+        o.gateway.body_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let addr = ex.running().addr.unwrap();
+    let open = Duration::from_secs(15);
+
+    // Connects and sends nothing.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let said = until_closed(&mut silent, open).await;
+    assert_eq!(said.as_deref(), Some(""), "closed without an answer");
+
+    // Half a request line, then nothing (slowloris).
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /api/v1/ping HTT").await.unwrap();
+    assert!(until_closed(&mut half, open).await.is_some(), "still open");
+
+    // A whole request on a kept-alive connection, then silence: answered, then closed.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let said = until_closed(&mut idle, open)
+        .await
+        .expect("closed when idle");
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    assert!(said.contains("\"ok\":true"), "{said}");
+
+    // A body that stops halfway: 408 in the JSON error shape.
+    let alice = token("alice", false);
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/threads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let said = until_closed(&mut stalled, open).await.expect("answered");
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    assert!(said.contains("\"code\":\"request_timeout\""), "{said}");
+
+    // Requests that arrive in time are served as before.
+    let (s, b) = ex.post("/threads", &alice, json!({"name": "t"})).await;
+    assert_eq!(s, 201, "{b}");
+
+    // A WebSocket outlives both timeouts: after them it still answers a ping.
+    let mut ws = common::ws_connect(&ex, &alice).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Ping(b"still there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(open, async {
+        while let Some(m) = ws.next().await {
+            if let Message::Pong(p) = m.expect("valid frame") {
+                return p;
+            }
+        }
+        panic!("socket closed");
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], b"still there");
+}

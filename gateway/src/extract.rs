@@ -19,8 +19,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.body_limit;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let wait = state.config.body_timeout;
+        let bytes = tokio::time::timeout(wait, axum::body::to_bytes(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the request body did not arrive within {wait:?}"),
+                )
+            })?
             .map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,6 +10,7 @@
 //! - `queue`: a connection's bounded frame queue
 //! - `rate`: per-sender rate limits
 //! - `routes`: the HTTP, WebSocket and SSE handlers
+//! - `serve`: the accept loop, with header, idle and HTTP/2 ping timeouts
 //! - `state`: configuration and the state every handler shares
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod queue;
 pub mod rate;
 pub mod routes;
+pub mod serve;
 pub mod state;
 
 pub use routes::router;

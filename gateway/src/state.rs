@@ -65,6 +65,11 @@ pub struct GatewayConfig {
     pub attribution_window: Duration,
     /// Verifies the tokens of tracked links (`GET /r/{token}`); `None`: that route answers 404.
     pub links: Option<exchange::links::LinkSigner>,
+    /// Longest wait for a request head (first bytes, headers, an idle kept-alive connection's
+    /// next request); see `serve`.
+    pub header_timeout: Duration,
+    /// Longest a request body may take to arrive once its headers have (408 after that).
+    pub body_timeout: Duration,
 }
 
 /// Default write limits and live connections per user (README states them).
@@ -73,6 +78,7 @@ pub const DEFAULT_USER_WRITE_BURST: u32 = 500;
 pub const DEFAULT_IP_WRITES_PER_SECOND: u32 = 1000;
 pub const DEFAULT_IP_WRITE_BURST: u32 = 5000;
 pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -105,6 +111,8 @@ impl Default for GatewayConfig {
             cors_origins: Vec::new(),
             attribution_window: Duration::from_secs(3 * 86_400),
             links: None,
+            header_timeout: crate::serve::DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             socket_frame_rate: Some(crate::rate::Rate {
                 per_second: 50,
                 burst: 200,
