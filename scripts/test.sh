@@ -10,19 +10,27 @@ cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
 export MSGXC_TOOLS_DIR="$PWD/.tools"
 
-# The Cassandra node boots (10-60 s) while the code compiles.
-node_dir="$(mktemp -d "${TMPDIR:-/tmp}/msgxc-cassandra-XXXXXX")"
-cql_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-MSGXC_CASSANDRA_TEST=1 scripts/cassandra-node.sh "$node_dir" "$cql_port" \
-  > "$node_dir/node.out" 2>&1 < /dev/null &
-node_pid=$!
+# The Cassandra node boots (10-60 s) while the code compiles. Its ports are picked free here
+# but bound only late in its boot, so another process may take one meanwhile: then the node
+# is started again on other ports (see the wait below).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+start_node() {
+  node_dir="$(mktemp -d "${TMPDIR:-/tmp}/msgxc-cassandra-XXXXXX")"
+  cql_port="$(free_port)"
+  MSGXC_CASSANDRA_TEST=1 scripts/cassandra-node.sh "$node_dir" "$cql_port" \
+    > "$node_dir/node.out" 2>&1 < /dev/null &
+  node_pid=$!
+  export MSGXC_TEST_CASSANDRA="127.0.0.1:$cql_port"
+}
 stop_node() {
   kill -9 "$node_pid" 2>/dev/null || true
   wait "$node_pid" 2>/dev/null || true
   rm -rf "$node_dir"
 }
+start_node
 trap stop_node EXIT
-export MSGXC_TEST_CASSANDRA="127.0.0.1:$cql_port"
 
 if rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
   cargo fmt --all -- --check
@@ -31,7 +39,18 @@ if rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 cargo test --workspace --locked --no-run
-scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"
+for attempt in 1 2 3; do
+  if scripts/cassandra-node.sh --wait "$node_dir" "$cql_port" "$node_pid"; then
+    break
+  fi
+  if [ "$attempt" -lt 3 ] && grep -q "Failed to bind port" "$node_dir/node.out"; then
+    echo "test: a port of the Cassandra node was taken meanwhile; starting it on other ports" >&2
+    stop_node
+    start_node
+  else
+    exit 1
+  fi
+done
 cargo test --workspace --locked
 # The analysts' Python library (the PySpark job itself runs in tests/reports.rs).
 (cd reports && "$MSGXC_TOOLS_DIR/venv/bin/python" -m unittest discover -s tests)
