@@ -4,7 +4,8 @@
 # and runs every test. Each integration test starts its own nats-server on a free port with a
 # temporary store; one Cassandra node serves the whole run (one keyspace per test), started
 # here on free ports in a temp dir and removed at the end. The HTTP API, inbox, delivery,
-# rebuild and two-projector tests then run a second time with their projections on Cassandra.
+# rebuild and two-projector tests then run a second time with their projections on Cassandra,
+# and the fuzz targets get a short run (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
@@ -57,3 +58,5 @@ cargo test --workspace --locked
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
   --test experiments
+# Fuzz targets, a short run over the committed corpus (scripts/fuzz.sh --long for more).
+scripts/fuzz.sh --short

@@ -40,7 +40,7 @@ struct NativeDevice {
     email: Option<String>,
 }
 
-fn address(body: Value, allowed_hosts: &[String]) -> Result<DeviceAddress, ApiError> {
+pub(crate) fn address(body: Value, allowed_hosts: &[String]) -> Result<DeviceAddress, ApiError> {
     // Decide the shape first so errors name the fields of the shape the client meant.
     // The body is `{"os": "ios"|"android"|"sms"|"email", ...}` or a Push API subscription.
     let parsed = if body.get("endpoint").is_some() {

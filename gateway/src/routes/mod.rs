@@ -11,6 +11,7 @@ use crate::state::AppState;
 mod deliveries;
 mod devices;
 pub(crate) mod experiments;
+pub mod fuzzing;
 pub(crate) mod messages;
 mod messaging;
 mod notifications;
