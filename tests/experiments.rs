@@ -611,3 +611,277 @@ async fn online_time_from_websocket_sessions() {
     let (s, _) = ex.get("/presence?uids=olga", &token("olga", false)).await;
     assert_eq!(s, 403);
 }
+
+/// Polls the funnel report at `query` until `done` says so.
+async fn funnel_until(
+    ex: &Exchange,
+    admin: &str,
+    query: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, b) = ex.get(&format!("/reports/funnel?{query}"), admin).await;
+        if s == 200 && done(&b) {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "funnel never got there: {s} {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn funnel_row<'a>(report: &'a Value, key: &[(&str, Value)]) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| key.iter().all(|(k, v)| &r[*k] == v)))
+        .unwrap_or_else(|| panic!("no row {key:?} in {report}"))
+}
+
+/// The funnel of a multicast with variants (B at another urgency), over SMS devices (one
+/// number dead) and the inbox: sent, provider-accepted, delivered, opened, clicked and
+/// converted per channel and variant, a conversion without a mid attributed to the newest
+/// message within the window, time to open, who may read which report, bad queries, and a
+/// rebuild that gives the same report.
+#[tokio::test]
+async fn the_funnel_counts_each_step_by_channel_and_variant_and_rebuilds_the_same() {
+    let sms = sms_sink("AC0123", "sms-token").await;
+    sms.script(
+        "+14155550199",
+        vec![testkit::providers::Reply::status(
+            400,
+            r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#,
+        )],
+    );
+    let base = sms.base_url.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.gateway.max_recipients = 100;
+        o.channels = ChannelSettings {
+            sms: Some(SmsConfig {
+                account_sid: "AC0123".into(),
+                auth_token: "sms-token".into(),
+                from: "+15550001111".into(),
+                base_url: base,
+            }),
+            ..Default::default()
+        };
+    })
+    .await;
+    let admin = token("root", true);
+    let spec = Experiment {
+        id: "fun".into(),
+        holdout: 0.0,
+        ..spec()
+    };
+    let uids: Vec<String> = (0..12).map(|i| format!("f{i:02}")).collect();
+    let a: Vec<&String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) == Arm::Variant(0))
+        .collect();
+    let b: Vec<&String> = uids
+        .iter()
+        .filter(|u| spec.assign(u) == Arm::Variant(1))
+        .collect();
+    assert!(a.len() >= 3 && b.len() >= 3, "{a:?} {b:?}");
+    // Two A users and one B user have phones; the second A number is dead.
+    for (uid, phone) in [
+        (a[0], "+14155550101"),
+        (a[1], "+14155550199"),
+        (b[0], "+14155550102"),
+    ] {
+        let (s, r) = ex
+            .post(
+                "/enlist",
+                &token(uid, false),
+                json!({"os": "sms", "phone": phone}),
+            )
+            .await;
+        assert_eq!(s, 201, "{r}");
+    }
+    let (s, r) = ex
+        .post(
+            "/multicast",
+            &admin,
+            json!({"uids": uids, "msg": "hello",
+                   "variants": [{"name": "A", "weight": 1},
+                                {"name": "B", "weight": 1, "msg": "B text", "opts": {"urgency": 4}}],
+                   "opts": {"experiment": "fun"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid: Uuid = r["mid"].as_str().unwrap().parse().unwrap();
+    for u in [a[0], b[0], b[1], b[2]] {
+        ex.inbox_until(&token(u, false), 1).await;
+    }
+    // A[0]: the SMS, then a click. B[0]: the SMS, an opened ack. B[1]: reads the entry.
+    // B[2]: a delivered ack, then a purchase without a mid (the newest message it has).
+    let steps = [
+        ("/track", a[0], json!({"event": "click", "mid": mid})),
+        ("/ack", b[0], json!({"mid": mid, "status": "opened"})),
+        ("/ack", b[2], json!({"mid": mid, "status": "delivered"})),
+        ("/track", b[2], json!({"event": "purchase"})),
+    ];
+    for (path, uid, body) in steps {
+        let (s, r) = ex.post(path, &token(uid, false), body).await;
+        assert_eq!(s, 202, "{path} {r}");
+    }
+    let (s, r) = ex
+        .patch(
+            &format!("/notifications/{mid}"),
+            &token(b[1], false),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+
+    let q = format!("mid={mid}&by=channel,variant");
+    let report = funnel_until(&ex, &admin, &q, |r| {
+        r["total"]["accepted"] == 2 && r["total"]["converted"] == 1 && r["total"]["opened"] == 3
+    })
+    .await;
+    assert_eq!(report["messages"], 1);
+    assert_eq!(report["by"], json!(["channel", "variant"]));
+    let total = &report["total"];
+    assert_eq!(total["sent"], 12, "{report}");
+    assert_eq!(
+        total["delivered"], 4,
+        "click, opened ack, read, delivered ack"
+    );
+    assert_eq!(total["clicked"], 1);
+    assert_eq!(total["rates"]["opened"], json!(3.0 / 12.0));
+    assert_eq!(total["time_to_open"]["n"], 3);
+    assert!(total["time_to_open"]["p90"].as_f64().unwrap() >= 0.0);
+    let row =
+        |ch: &str, v: &str| funnel_row(&report, &[("channel", json!(ch)), ("variant", json!(v))]);
+    assert_eq!(row("sms", "A")["sent"], 2, "two A users tried on SMS");
+    assert_eq!(row("sms", "A")["accepted"], 1, "one number is dead");
+    assert_eq!(row("sms", "A")["clicked"], 1);
+    assert_eq!(row("sms", "B")["sent"], 1);
+    assert_eq!(row("sms", "B")["opened"], 1);
+    assert_eq!(row("inbox", "A")["sent"], a.len() - 2);
+    assert_eq!(row("inbox", "A")["accepted"], 0);
+    assert_eq!(row("inbox", "B")["sent"], b.len() - 1);
+    assert_eq!(row("inbox", "B")["opened"], 1, "the read");
+    assert_eq!(row("inbox", "B")["converted"], 1);
+    // By urgency: B's copy is high (4), A's normal (3).
+    let (s, by_urgency) = ex
+        .get(&format!("/reports/funnel?mid={mid}&by=urgency"), &admin)
+        .await;
+    assert_eq!(s, 200, "{by_urgency}");
+    assert_eq!(
+        funnel_row(&by_urgency, &[("urgency", json!(4))])["sent"],
+        b.len()
+    );
+    assert_eq!(
+        funnel_row(&by_urgency, &[("urgency", json!(3))])["sent"],
+        a.len()
+    );
+
+    // A second message to B[2]; a conversion without a mid now counts for it, once.
+    let (s, r) = ex
+        .post("/send", &admin, json!({"uid": b[2], "msg": "second"}))
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid2: Uuid = r["mid"].as_str().unwrap().parse().unwrap();
+    ex.inbox_until(&token(b[2], false), 2).await;
+    for _ in 0..2 {
+        let (s, r) = ex
+            .post("/track", &token(b[2], false), json!({"event": "signup"}))
+            .await;
+        assert_eq!(s, 202, "{r}");
+    }
+    let second = funnel_until(&ex, &admin, &format!("mid={mid2}"), |r| {
+        r["total"]["converted"] == 1
+    })
+    .await;
+    assert_eq!(second["total"]["sent"], 1);
+    ex.caught_up().await;
+    let (_, first) = ex.get(&format!("/reports/funnel?mid={mid}"), &admin).await;
+    assert_eq!(first["total"]["converted"], 1, "still one: {first}");
+
+    // The experiment's and the time range's reports hold the message; the range also the
+    // second one.
+    let (s, r) = ex
+        .get("/reports/funnel?experiment=fun&by=variant", &admin)
+        .await;
+    assert_eq!((s, r["messages"].as_u64()), (200, Some(1)), "{r}");
+    assert_eq!(funnel_row(&r, &[("variant", json!("B"))])["sent"], b.len());
+    let (s, r) = ex.get("/reports/funnel", &admin).await;
+    assert_eq!((s, r["messages"].as_u64()), (200, Some(2)), "{r}");
+    assert_eq!(r["total"]["sent"], 13);
+    let (s, r) = ex
+        .get("/reports/funnel?since=2000-01-01&until=2000-01-02", &admin)
+        .await;
+    assert_eq!((s, r["messages"].as_u64()), (200, Some(0)), "{r}");
+
+    // Who may read which report, and bad queries.
+    let user = token(a[0], false);
+    assert_eq!(
+        ex.get(&format!("/reports/funnel?mid={mid}"), &user).await.0,
+        403
+    );
+    assert_eq!(ex.get("/reports/funnel?experiment=fun", &user).await.0, 403);
+    assert_eq!(ex.get("/reports/funnel", &user).await.0, 403);
+    let unknown = Uuid::now_v7();
+    assert_eq!(
+        ex.get(&format!("/reports/funnel?mid={unknown}"), &admin)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        ex.get("/reports/funnel?experiment=nope", &admin).await.0,
+        404
+    );
+    for bad in [
+        "by=country",
+        "mid=x",
+        "since=yesterday",
+        "since=2026-01-01&until=2025-01-01",
+        "since=2020-01-01&until=2026-01-01",
+    ] {
+        let (s, r) = ex.get(&format!("/reports/funnel?{bad}"), &admin).await;
+        assert_eq!(
+            (s, r["error"]["code"].as_str()),
+            (400, Some("invalid_field")),
+            "{bad}: {r}"
+        );
+    }
+    let (s, r) = ex
+        .get(&format!("/reports/funnel?mid={mid}&experiment=fun"), &admin)
+        .await;
+    assert_eq!(s, 400, "{r}");
+
+    // A rebuild gives the same report and sends nothing.
+    ex.caught_up().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rebuilt = SqliteStore::open(&dir.path().join("rebuilt.sqlite3")).unwrap();
+    projections::rebuild(&ex.running().log, &rebuilt, 2)
+        .await
+        .unwrap();
+    assert!(
+        projections::Store::outbox(&rebuilt, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    use projections::funnel::Dim;
+    let dims = [Dim::Channel, Dim::Urgency, Dim::Type, Dim::Variant];
+    for m in [mid, mid2] {
+        let live = ex.running().store.funnel_message(m).await.unwrap();
+        let again = projections::Store::funnel_message(&rebuilt, m)
+            .await
+            .unwrap();
+        assert_eq!(live, again);
+        let live =
+            projections::funnel::report(ex.running().store.as_ref(), &[live.unwrap()], &dims)
+                .await
+                .unwrap();
+        let again = projections::funnel::report(&rebuilt, &[again.unwrap()], &dims)
+            .await
+            .unwrap();
+        assert_eq!(live, again);
+    }
+}

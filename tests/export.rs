@@ -99,6 +99,7 @@ async fn parquet_and_ndjson_exports_hold_every_event_once_across_runs() {
         format,
         out: out.to_path_buf(),
         from_seq: None,
+        since: None,
         subject: None,
         progress: false,
     };
@@ -138,6 +139,8 @@ async fn parquet_and_ndjson_exports_hold_every_event_once_across_runs() {
     // Nothing new: nothing written. More events: only those, in new files.
     let again = export(log, &opts(Format::Parquet, &p)).await.unwrap();
     assert_eq!((again.events, again.files), (0, 0));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = time::OffsetDateTime::now_utc();
     let (s, b) = ex
         .post(
             "/multicast",
@@ -201,4 +204,29 @@ async fn parquet_and_ndjson_exports_hold_every_event_once_across_runs() {
     o.subject = Some("msgxc.ev.message.>".into());
     let s4 = export(log, &o).await.unwrap();
     assert_eq!((s4.events, s4.last_seq), (1, last), "the multicast alone");
+
+    // From a time: the events stored since, once across runs.
+    let t = dir.path().join("since");
+    let mut o = opts(Format::Ndjson, &t);
+    o.since = Some(between);
+    let s5 = export(log, &o).await.unwrap();
+    assert_eq!((s5.events, s5.last_seq), (last - first_last, last));
+    let again = export(log, &o).await.unwrap();
+    assert_eq!(again.events, 0, "nothing twice");
+    let mut seqs: Vec<u64> = files(&t, "ndjson")
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["event_seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (first_last + 1..=last).collect::<Vec<_>>());
 }

@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Exchange, token};
+use exchange::channels::{ChannelSettings, sms::SmsConfig};
 use msgxc::export::{ExportOptions, Format, export};
 use serde_json::{Value, json};
+use testkit::providers::sms_sink;
 
 fn close(a: &Value, b: &Value, what: &str) {
     match (a.as_f64(), b.as_f64()) {
@@ -21,12 +23,83 @@ fn close(a: &Value, b: &Value, what: &str) {
     }
 }
 
+/// Runs a report job of `reports/` on an export (Spark in local mode); its JSON lines.
+async fn spark_job(module: &str, export: &std::path::Path, args: &[String]) -> Vec<Value> {
+    let mut all = vec!["--master".to_owned(), "local[2]".to_owned()];
+    all.extend_from_slice(args);
+    report_job(module, export, &all).await
+}
+
+async fn report_job(module: &str, export: &std::path::Path, args: &[String]) -> Vec<Value> {
+    let reports = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reports");
+    let python = testkit::providers::tools_python();
+    // Spark 4 needs Java 17: the one the set-up script found for Cassandra, when it did.
+    let java_home = python
+        .ancestors()
+        .nth(3)
+        .map(|tools| tools.join("cassandra/java_home"))
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|s| s.trim().to_owned());
+    let (module, export, args) = (module.to_owned(), export.to_owned(), args.to_vec());
+    let run = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", &module, "--export"])
+            .arg(&export)
+            .args(&args)
+            .env("PYTHONPATH", &reports);
+        if let Some(j) = java_home {
+            cmd.env("JAVA_HOME", j);
+        }
+        cmd.output().expect("python runs")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the Spark job ends within 5 minutes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[tokio::test]
-async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
-    let ex = Exchange::start_with(|o| o.gateway.max_recipients = 200).await;
+async fn the_pyspark_jobs_on_an_export_equal_the_online_experiment_and_funnel_reports() {
+    let sms = sms_sink("AC0123", "sms-token").await;
+    let base = sms.base_url.clone();
+    let ex = Exchange::start_with(move |o| {
+        o.gateway.max_recipients = 200;
+        o.channels = ChannelSettings {
+            sms: Some(SmsConfig {
+                account_sid: "AC0123".into(),
+                auth_token: "sms-token".into(),
+                from: "+15550001111".into(),
+                base_url: base,
+            }),
+            ..Default::default()
+        };
+    })
+    .await;
     let admin = token("root", true);
     let uids: Vec<String> = (0..120).map(|i| format!("r{i:03}")).collect();
     let user = |u: &str| token(u, false);
+    // Some users have phones: their messages go out as SMS too (the funnel's channels).
+    let phones: Vec<&String> = uids.iter().step_by(9).collect();
+    for (i, u) in phones.iter().enumerate() {
+        let (s, b) = ex
+            .post(
+                "/enlist",
+                &user(u),
+                json!({"os": "sms", "phone": format!("+1415555{i:04}")}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
 
     // A thread with 40 subscribers; a registered type one user turns off.
     let owner = user("owner");
@@ -159,6 +232,29 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
         }
     }
     ex.caught_up().await;
+    // Every SMS settled: one per entry of a user with a phone, each accepted.
+    let mut entries = 0;
+    for u in &phones {
+        let (_, inbox) = ex
+            .get("/notifications?limit=100&status=all", &user(u))
+            .await;
+        entries += inbox["count"].as_u64().unwrap();
+    }
+    assert!(entries > 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, b) = ex.get("/reports/funnel", &admin).await;
+        assert_eq!(s, 200, "{b}");
+        if b["total"]["accepted"].as_u64() == Some(entries) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{entries} SMS never settled: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ex.caught_up().await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
@@ -168,6 +264,7 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
             format: Format::Parquet,
             out: out.clone(),
             from_seq: None,
+            since: None,
             subject: None,
             progress: false,
         },
@@ -175,40 +272,7 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
     .await
     .unwrap();
 
-    let reports = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reports");
-    let python = testkit::providers::tools_python();
-    // Spark 4 needs Java 17: the one the set-up script found for Cassandra, when it did.
-    let java_home = python
-        .ancestors()
-        .nth(3)
-        .map(|tools| tools.join("cassandra/java_home"))
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .map(|s| s.trim().to_owned());
-    let run = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(python);
-        cmd.args(["-m", "msgxc_reports.experiments", "--export"])
-            .arg(&out)
-            .args(["--master", "local[2]"])
-            .env("PYTHONPATH", &reports);
-        if let Some(j) = java_home {
-            cmd.env("JAVA_HOME", j);
-        }
-        cmd.output().expect("python runs")
-    });
-    let output = tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .expect("the Spark job ends within 5 minutes")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let offline: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let offline = spark_job("msgxc_reports.experiments", &out, &[]).await;
     let ids: Vec<&str> = offline.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["all", "promo", "staged", "thread"]);
 
@@ -253,4 +317,91 @@ async fn the_pyspark_job_on_an_export_equals_the_online_experiment_reports() {
     for step in ["exposed", "delivered", "opened", "clicked", "converted"] {
         assert!(total(step) > 0, "no {step} in {offline:?}");
     }
+
+    // The funnel job gives the funnel reports: a time range, each message, each experiment,
+    // grouped in several ways.
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let range = format!(
+        "since={}&until={}",
+        rfc(now - time::Duration::days(1)),
+        rfc(now + time::Duration::days(1))
+    );
+    let queries: Vec<String> = vec![
+        range.clone(),
+        format!("{range}&by=channel,urgency,type,variant"),
+        format!("mid={promo_mid}&by=channel,variant"),
+        format!("mid={thread_mid}&by=type,channel"),
+        format!("mid={all_mid}&by=variant"),
+        "experiment=staged&by=variant,channel".to_owned(),
+        "experiment=thread&by=urgency".to_owned(),
+    ];
+    let args: Vec<String> = queries
+        .iter()
+        .flat_map(|q| ["--report".to_owned(), q.clone()])
+        .collect();
+    let offline = spark_job("msgxc_reports.funnel", &out, &args).await;
+    assert_eq!(offline.len(), queries.len());
+    for (q, off) in queries.iter().zip(&offline) {
+        let encoded = q.replace('+', "%2B");
+        let (s, on) = ex.get(&format!("/reports/funnel?{encoded}"), &admin).await;
+        assert_eq!(s, 200, "{q}: {on}");
+        for k in ["by", "messages", "steps", "total"] {
+            assert_eq!(
+                on[k], off[k],
+                "{q}: {k}\nonline  {}\noffline {}",
+                on[k], off[k]
+            );
+        }
+        assert_eq!(
+            on["rows"], off["rows"],
+            "{q}: rows\nonline  {}\noffline {}",
+            on["rows"], off["rows"]
+        );
+    }
+    // The DuckDB path reads the same export: every message and every tracked purchase.
+    let rows = report_job(
+        "msgxc_reports.quick",
+        &out,
+        &["SELECT event_type, count(*) AS n FROM messages GROUP BY 1 ORDER BY 1".to_owned()],
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"event_type": "message_published", "n": 1}),
+            json!({"event_type": "message_sent", "n": 5})
+        ]
+    );
+    let rows = report_job(
+        "msgxc_reports.quick",
+        &out,
+        &["SELECT count(*) AS n FROM tracked WHERE event = 'purchase'".to_owned()],
+    )
+    .await;
+    assert_eq!(rows, vec![json!({"n": 50})]);
+    // Every step happened somewhere, and opens were timed.
+    let all = &offline[1];
+    for step in [
+        "sent",
+        "accepted",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+    ] {
+        assert!(all["total"][step].as_u64().unwrap() > 0, "no {step}: {all}");
+    }
+    assert!(all["total"]["time_to_open"]["p90"].is_number(), "{all}");
+    assert!(
+        all["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["channel"] == "sms" && r["accepted"].as_u64() > Some(0)),
+        "{all}"
+    );
 }

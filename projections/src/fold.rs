@@ -15,9 +15,9 @@ use exchange::dispatch::DispatchTask;
 use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
-    NotificationType, OnlineRecord, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage, Step,
-    StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelCopy, FunnelEntry,
+    FunnelMessage, FunnelStep, Notification, NotificationType, OnlineRecord, Receipt,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, Step, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::StoreResult;
 use exchange::experiment::Arm;
@@ -185,6 +185,28 @@ pub trait FoldTarget {
     fn online_day(&mut self, uid: &str, day: i32) -> StoreResult<u64>;
     /// Writes a user's online record and those days' totals (absolute), together.
     fn put_online(&mut self, r: &OnlineRecord, days: &[(i32, u64)]) -> StoreResult<()>;
+
+    /// Inserts or replaces a message's funnel record, listed under its UTC day and its
+    /// experiment.
+    fn put_funnel_message(&mut self, m: &FunnelMessage) -> StoreResult<()>;
+    /// Records that a provider was asked to reach `uid` on `channel` for message `mid` (and,
+    /// when `accepted`, that it accepted): an insert only, repeated outcomes change nothing.
+    fn put_funnel_channel(
+        &mut self,
+        mid: Uuid,
+        uid: &str,
+        variant: Option<&str>,
+        channel: &str,
+        accepted: bool,
+    ) -> StoreResult<()>;
+    /// A recipient's funnel steps for a message (without its channels).
+    fn funnel_entry(&mut self, mid: Uuid, uid: &str) -> StoreResult<Option<FunnelEntry>>;
+    /// Inserts or replaces a recipient's funnel steps.
+    fn put_funnel_entry(&mut self, e: &FunnelEntry) -> StoreResult<()>;
+    /// A user's inbox entry of message `id`, whatever its state.
+    fn inbox_entry(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>>;
+    /// A user's newest inbox entry (the highest stream position), whatever its state.
+    fn newest_entry(&mut self, uid: &str) -> StoreResult<Option<Notification>>;
 }
 
 /// Which per-recipient reads a message's delivery will make (see
@@ -310,7 +332,9 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 reason: None,
                 updated_at: at,
             })?;
-            let experiment = experiment_of(t, e.mid)?;
+            let m = t.message(e.mid)?;
+            funnel_dispatched(t, m.as_ref(), &e.uid, &e.channel, true)?;
+            let experiment = m.and_then(|m| m.experiment).map(|x| x.id);
             reach(t, experiment.as_deref(), &e.uid, &[Step::Delivered], at)
         }
         Event::DeliveryFailed(e) => {
@@ -328,6 +352,8 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 reason: Some(e.reason.clone()),
                 updated_at: at,
             })?;
+            let m = t.message(e.mid)?;
+            funnel_dispatched(t, m.as_ref(), &e.uid, &e.channel, false)?;
             if e.dead {
                 t.put_failed_delivery(&FailedDelivery {
                     id: FailedDelivery::id_of(e.mid, &e.device_id),
@@ -347,11 +373,23 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         Event::DeliveriesSettled(e) => {
             // One group per device: its receipt, dead letter and disabling, as the single
             // events did (and the experiment step its user reached).
-            let experiment = experiment_of(t, e.mid)?;
+            let m = t.message(e.mid)?;
+            let experiment = m
+                .as_ref()
+                .and_then(|m| m.experiment.as_ref())
+                .map(|x| &x.id);
             for d in &e.deliveries {
                 settle(t, e.mid, d, at)?;
-                if d.status != SettledStatus::Failed {
-                    reach(t, experiment.as_deref(), &d.uid, &[Step::Delivered], at)?;
+                let accepted = d.status != SettledStatus::Failed;
+                funnel_dispatched(t, m.as_ref(), &d.uid, &d.channel, accepted)?;
+                if accepted {
+                    reach(
+                        t,
+                        experiment.map(String::as_str),
+                        &d.uid,
+                        &[Step::Delivered],
+                        at,
+                    )?;
                 }
                 t.group_done()?;
             }
@@ -371,6 +409,11 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 reason: None,
                 updated_at: at,
             })?;
+            let steps: &[FunnelStep] = match e.status {
+                AckStatus::Delivered => &[FunnelStep::Delivered],
+                AckStatus::Opened => &[FunnelStep::Delivered, FunnelStep::Opened],
+            };
+            funnel_reach(t, e.mid, &e.uid, steps, at, Recipient::Check)?;
             let experiment = experiment_of(t, e.mid)?;
             let steps: &[Step] = match e.status {
                 AckStatus::Delivered => &[Step::Delivered],
@@ -402,6 +445,9 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                     changes.record(t, "read", &n)?;
                     let steps = [Step::Delivered, Step::Opened];
                     reach(t, n.experiment.as_deref(), &e.uid, &steps, at)?;
+                    let steps = [FunnelStep::Delivered, FunnelStep::Opened];
+                    let known = Recipient::Known(n.variant.clone());
+                    funnel_reach(t, n.id, &e.uid, &steps, at, known)?;
                 }
                 t.group_done()?;
             }
@@ -824,6 +870,10 @@ fn deliver<T: FoldTarget + ?Sized>(
     // Users this message exposed to its experiment, per arm (those of an interrupted earlier
     // application of this event included: their rows name this message).
     let mut exposed: std::collections::BTreeMap<String, u64> = Default::default();
+    // Recipients of each copy (entries written now or by an interrupted application) and
+    // users held out: the message's funnel record.
+    let mut sent = vec![0u64; arms.slots()];
+    let mut held_out = 0u64;
     for uid in recipients {
         // Each recipient is one group, also one skipped below: a backend that numbers its
         // writes by group numbers them the same when a crashed event is applied again.
@@ -840,8 +890,12 @@ fn deliver<T: FoldTarget + ?Sized>(
         }
         let Some(slot) = arms.slot_of(&uid) else {
             // Held out: measured, sent nothing.
+            if m.arm_of(&uid) == Some(Arm::Holdout) {
+                held_out += 1;
+            }
             continue;
         };
+        sent[slot] += 1;
         let copy = arms.message(slot);
         let n = Notification::new(copy, uid, seq);
         // An entry that exists already was written by an earlier, interrupted application of
@@ -873,8 +927,100 @@ fn deliver<T: FoldTarget + ?Sized>(
         }
         t.group_done()?;
     }
+    t.put_funnel_message(&FunnelMessage {
+        mid: m.mid,
+        sender: m.sender.clone(),
+        sent_at: m.created_at,
+        experiment: m.experiment.as_ref().map(|e| e.id.clone()),
+        copies: (0..arms.slots())
+            .filter(|&slot| sent[slot] > 0)
+            .map(|slot| {
+                let copy = arms.message(slot);
+                FunnelCopy {
+                    variant: copy.arm_names().1,
+                    urgency: copy
+                        .opts
+                        .urgency
+                        .unwrap_or(exchange::events::Urgency::Normal)
+                        as u8,
+                    ntype: copy.opts.ntype.clone(),
+                    sent: sent[slot],
+                }
+            })
+            .collect(),
+        held_out,
+    })?;
+    t.group_done()?;
     if delivered > 0 {
         t.add_recipients(m.mid, delivered)?;
+    }
+    Ok(())
+}
+
+/// The variant of the copy `uid` gets of message `m` (`Ok(None)` without an experiment);
+/// `Err(())` when they get none (held out, or not in this send).
+fn variant_of(m: &StoredMessage, uid: &str) -> Result<Option<String>, ()> {
+    match (&m.experiment, m.arm_of(uid)) {
+        (Some(e), Some(arm @ Arm::Variant(_))) => Ok(Some(e.arm_name(arm).to_owned())),
+        (_, Some(Arm::Holdout | Arm::Later)) => Err(()),
+        _ => Ok(None),
+    }
+}
+
+/// A dispatch outcome of message `m` for `uid` on `channel`, into its funnel.
+fn funnel_dispatched<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    m: Option<&StoredMessage>,
+    uid: &str,
+    channel: &str,
+    accepted: bool,
+) -> StoreResult<()> {
+    let Some(m) = m else {
+        return Ok(());
+    };
+    let Ok(variant) = variant_of(m, uid) else {
+        return Ok(());
+    };
+    t.put_funnel_channel(m.mid, uid, variant.as_deref(), channel, accepted)
+}
+
+/// How [`funnel_reach`] knows that a user is a recipient of the message.
+enum Recipient {
+    /// They are, and got this variant (their entry says so).
+    Known(Option<String>),
+    /// Only if they have an entry of it (asked when their funnel row is new).
+    Check,
+}
+
+/// `uid` reached `steps` of message `mid`'s funnel (those not reached before); nothing when
+/// they are not a recipient.
+fn funnel_reach<T: FoldTarget + ?Sized>(
+    t: &mut T,
+    mid: Uuid,
+    uid: &str,
+    steps: &[FunnelStep],
+    at: OffsetDateTime,
+    recipient: Recipient,
+) -> StoreResult<()> {
+    let mut entry = match t.funnel_entry(mid, uid)? {
+        Some(e) => e,
+        None => {
+            let variant = match recipient {
+                Recipient::Known(v) => v,
+                Recipient::Check => match t.inbox_entry(uid, mid)? {
+                    Some(n) => n.variant,
+                    None => return Ok(()),
+                },
+            };
+            FunnelEntry::new(mid, uid, variant)
+        }
+    };
+    let mut changed = false;
+    for step in steps {
+        changed |= entry.reach(*step, at);
+    }
+    if changed {
+        t.put_funnel_entry(&entry)?;
     }
     Ok(())
 }
@@ -1073,7 +1219,29 @@ fn track<T: FoldTarget + ?Sized>(
         reach(t, Some(&experiment), &e.uid, steps, at)?;
         t.group_done()?;
     }
-    Ok(())
+    // The message's funnel: the one named, or the newest the user had within the window.
+    let (mid, recipient) = match e.mid {
+        Some(mid) => (mid, Recipient::Check),
+        None => {
+            let window = time::Duration::seconds(e.window.min(i64::MAX as u64) as i64);
+            match t.newest_entry(&e.uid)? {
+                Some(n) if n.created_at <= at && at - n.created_at <= window => {
+                    (n.id, Recipient::Known(n.variant))
+                }
+                _ => return Ok(()),
+            }
+        }
+    };
+    let steps: &[FunnelStep] = match step {
+        Step::Clicked => &[
+            FunnelStep::Delivered,
+            FunnelStep::Opened,
+            FunnelStep::Clicked,
+        ],
+        _ => &[FunnelStep::Converted],
+    };
+    funnel_reach(t, mid, &e.uid, steps, at, recipient)?;
+    t.group_done()
 }
 
 /// The action of a change that creates an entry.

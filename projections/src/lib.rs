@@ -2,6 +2,7 @@
 //! that fold the JetStream event log into read models (threads, subscriptions, devices, inboxes).
 //!
 //! - `fold`: the deterministic fold over the `FoldTarget` operations every backend provides
+//! - `funnel`: the funnel report (steps per channel, urgency, type, variant; time to open)
 //! - `live`: who a message reaches and its `new` frame, from the event alone (the live hub's)
 //! - `model`: the read models
 //! - `projector`: the projector worker (durable consumer, lease, outbox relay) and `rebuild`
@@ -11,6 +12,7 @@
 //! - `store`: the `Store` trait
 
 pub mod fold;
+pub mod funnel;
 pub mod live;
 pub mod model;
 pub mod projector;

@@ -552,3 +552,148 @@ pub struct OnlineRecord {
     #[serde(default)]
     pub last_seq: u64,
 }
+
+/// One message as the funnel report (`GET /reports/funnel`) counts it: when it was sent and how
+/// many recipients each of its copies reached. Written once per message by its fold (absolute
+/// counts, so an event applied again writes the same record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunnelMessage {
+    pub mid: Uuid,
+    pub sender: String,
+    /// When the exchange folded it (its event's time): the start of every time-to-open.
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// One copy without an experiment, one per variant with one (those that reached anyone).
+    pub copies: Vec<FunnelCopy>,
+    /// Users an experiment's holdout kept from it (they get nothing; experiments count them).
+    #[serde(default)]
+    pub held_out: u64,
+}
+
+/// The recipients of one copy of a message and the copy's urgency and type (a variant's
+/// options may change them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelCopy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    pub urgency: u8,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ntype: Option<String>,
+    /// Users who got an inbox entry of this copy.
+    pub sent: u64,
+}
+
+impl FunnelMessage {
+    /// The copy a recipient of variant `variant` got.
+    pub fn copy(&self, variant: Option<&str>) -> Option<&FunnelCopy> {
+        self.copies.iter().find(|c| c.variant.as_deref() == variant)
+    }
+}
+
+/// A step of the funnel after `sent` (see [`FunnelEntry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FunnelStep {
+    Delivered,
+    Opened,
+    Clicked,
+    Converted,
+}
+
+/// One recipient's way through one message's funnel: written the first time anything happens
+/// to it after the send (a dispatch outcome, an acknowledgement, a read, a click, a conversion);
+/// each time is the first one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunnelEntry {
+    pub mid: Uuid,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Channels a provider was asked to reach them on (any outcome), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Channels whose provider accepted the message for one of their devices, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<String>,
+    /// A client confirmed it: an acknowledgement, reading the entry, a click.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+    /// An `opened` acknowledgement, reading the entry, a click.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub opened_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub clicked_at: Option<OffsetDateTime>,
+    /// A tracked conversion naming it, or the newest message they had within the event's
+    /// attribution window.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub converted_at: Option<OffsetDateTime>,
+}
+
+impl FunnelEntry {
+    pub fn new(mid: Uuid, uid: &str, variant: Option<String>) -> Self {
+        Self {
+            mid,
+            uid: uid.to_owned(),
+            variant,
+            channels: Vec::new(),
+            accepted: Vec::new(),
+            delivered_at: None,
+            opened_at: None,
+            clicked_at: None,
+            converted_at: None,
+        }
+    }
+
+    pub fn at(&self, step: FunnelStep) -> Option<OffsetDateTime> {
+        match step {
+            FunnelStep::Delivered => self.delivered_at,
+            FunnelStep::Opened => self.opened_at,
+            FunnelStep::Clicked => self.clicked_at,
+            FunnelStep::Converted => self.converted_at,
+        }
+    }
+
+    /// Records the first time the recipient reached `step`; false when they had already.
+    pub fn reach(&mut self, step: FunnelStep, at: OffsetDateTime) -> bool {
+        let slot = match step {
+            FunnelStep::Delivered => &mut self.delivered_at,
+            FunnelStep::Opened => &mut self.opened_at,
+            FunnelStep::Clicked => &mut self.clicked_at,
+            FunnelStep::Converted => &mut self.converted_at,
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(at);
+        true
+    }
+
+    /// Records a dispatch outcome on `channel`; false when it changes nothing.
+    pub fn dispatched(&mut self, channel: &str, accepted: bool) -> bool {
+        let mut changed = insert_sorted(&mut self.channels, channel);
+        if accepted {
+            changed |= insert_sorted(&mut self.accepted, channel);
+        }
+        changed
+    }
+}
+
+fn insert_sorted(v: &mut Vec<String>, s: &str) -> bool {
+    match v.binary_search_by(|x| x.as_str().cmp(s)) {
+        Ok(_) => false,
+        Err(i) => {
+            v.insert(i, s.to_owned());
+            true
+        }
+    }
+}
+
+/// Which messages a funnel report covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunnelScope {
+    /// The messages of an experiment, its promotion included.
+    Experiment(String),
+    /// Messages sent on these UTC days (days since the epoch), inclusive.
+    Days { first: i32, last: i32 },
+}

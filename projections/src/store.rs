@@ -13,9 +13,9 @@ use uuid::Uuid;
 use exchange::dispatch::DispatchTask;
 
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
-    InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt, ScheduledMessage,
-    StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, FailedDelivery, FunnelEntry, FunnelMessage, FunnelScope,
+    HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
+    OnlineRecord, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +189,13 @@ pub trait Store: Send + Sync + 'static {
     async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>>;
     /// An experiment's users per arm and step (every arm that has exposed users).
     async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>>;
+
+    /// A message's funnel record.
+    async fn funnel_message(&self, mid: Uuid) -> StoreResult<Option<FunnelMessage>>;
+    /// The funnel records of the messages in a scope, in id order within each day.
+    async fn funnel_messages(&self, scope: &FunnelScope) -> StoreResult<Vec<FunnelMessage>>;
+    /// Every recipient of a message that went past `sent` (steps and channels), by uid.
+    async fn funnel_entries(&self, mid: Uuid) -> StoreResult<Vec<FunnelEntry>>;
 
     /// A user's online time.
     async fn online(&self, uid: &str) -> StoreResult<Option<OnlineRecord>>;

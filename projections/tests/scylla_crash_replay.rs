@@ -238,7 +238,18 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
         out.push(format!("{:?}", store.message(*mid).await.unwrap()));
         out.push(format!("{:?}", store.receipts(*mid, 100, 0).await.unwrap()));
         out.push(format!("{:?}", store.receipt_counts(*mid).await.unwrap()));
+        out.push(format!("{:?}", store.funnel_message(*mid).await.unwrap()));
+        out.push(format!("{:?}", store.funnel_entries(*mid).await.unwrap()));
     }
+    out.push(format!(
+        "{:?}",
+        store
+            .funnel_messages(&projections::model::FunnelScope::Experiment(
+                "crash-exp".into()
+            ))
+            .await
+            .unwrap()
+    ));
     out.push(format!(
         "{:?}",
         store.failed_deliveries(100, 0).await.unwrap()

@@ -209,7 +209,7 @@ async fn held_out(state: &AppState, uid: &str, mid: Uuid) -> ApiResult<bool> {
 
 /// The experiment `id`, when the caller is its sender or an admin (403 otherwise, 404 when
 /// there is none).
-async fn owned(
+pub(crate) async fn owned(
     state: &AppState,
     actor: &Actor,
     id: &str,

@@ -18,6 +18,7 @@ mod notifications;
 mod preferences;
 mod presence;
 mod private;
+mod reports;
 mod scheduled;
 mod stream;
 mod threads;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/presence", get(presence::presence))
         .route("/experiments/{id}", get(experiments::report))
         .route("/experiments/{id}/promote", post(experiments::promote))
+        .route("/reports/funnel", get(reports::funnel))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
         .method_not_allowed_fallback(method_not_allowed)

@@ -40,9 +40,9 @@ pub use statements::{MIGRATION_GET, MIGRATION_PUT, STATEMENTS, StatementSpec, St
 
 use crate::fold::{Effects, apply_event};
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, FailedDelivery, HistoryQuery, InboxCounts, InboxQuery,
-    InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt, ScheduledMessage,
-    StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, FailedDelivery, FunnelEntry, FunnelMessage, FunnelScope,
+    HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
+    OnlineRecord, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -56,10 +56,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../../schema/cql/0003_scheduled.cql")),
     (4, include_str!("../../../schema/cql/0004_experiments.cql")),
     (5, include_str!("../../../schema/cql/0005_online.cql")),
+    (6, include_str!("../../../schema/cql/0006_funnel.cql")),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -1014,6 +1015,57 @@ impl Store for ScyllaStore {
             .map(|(r,)| parse_json(r))
             .collect::<StoreResult<Vec<ArmCounts>>>()?;
         Ok(crate::model::sum_arms(rows))
+    }
+
+    async fn funnel_message(&self, mid: Uuid) -> StoreResult<Option<FunnelMessage>> {
+        self.one(self.q().funnel_message_get(mid))
+            .await?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    async fn funnel_messages(&self, scope: &FunnelScope) -> StoreResult<Vec<FunnelMessage>> {
+        let mids: Vec<Uuid> = match scope {
+            FunnelScope::Experiment(id) => self
+                .all(self.q().funnel_experiment_of(id))
+                .await?
+                .into_iter()
+                .map(|(m,)| m)
+                .collect(),
+            FunnelScope::Days { first, last } => {
+                let mut out = Vec::new();
+                for day in *first..=*last {
+                    let rows: Vec<(Uuid,)> = self.all(self.q().funnel_day_of(day)).await?;
+                    out.extend(rows.into_iter().map(|(m,)| m));
+                }
+                out
+            }
+        };
+        let mut out = Vec::with_capacity(mids.len());
+        for mid in mids {
+            if let Some(m) = self.funnel_message(mid).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn funnel_entries(&self, mid: Uuid) -> StoreResult<Vec<FunnelEntry>> {
+        let steps: Vec<(String,)> = self.all(self.q().funnel_entries_of(mid)).await?;
+        let mut by_uid = std::collections::BTreeMap::new();
+        for (r,) in &steps {
+            let e: FunnelEntry = parse_json(r)?;
+            by_uid.insert(e.uid.clone(), e);
+        }
+        let channels: Vec<(String, String, bool, Option<String>)> =
+            self.all(self.q().funnel_channels_of(mid)).await?;
+        for (uid, channel, accepted, variant) in channels {
+            by_uid
+                .entry(uid.clone())
+                .or_insert_with(|| FunnelEntry::new(mid, &uid, variant))
+                .dispatched(&channel, accepted);
+        }
+        Ok(by_uid.into_values().collect())
     }
 
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {

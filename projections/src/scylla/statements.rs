@@ -452,6 +452,30 @@ statements! {
     experiment_arm_put(experiment: &str, mid: Uuid, arm: &str, record: String) -> () =
         "INSERT INTO experiment_arms (experiment, mid, arm, record) VALUES (?, ?, ?, ?)";
 
+    // The funnel report.
+    funnel_message_get(mid: Uuid) -> (String,) =
+        "SELECT record FROM funnel_messages WHERE mid = ?";
+    funnel_message_put(mid: Uuid, record: String) -> () =
+        "INSERT INTO funnel_messages (mid, record) VALUES (?, ?)";
+    funnel_day_put(day: i32, mid: Uuid) -> () =
+        "INSERT INTO funnel_days (day, mid) VALUES (?, ?)";
+    funnel_day_of(day: i32) -> (Uuid,) =
+        "SELECT mid FROM funnel_days WHERE day = ?";
+    funnel_experiment_put(experiment: &str, mid: Uuid) -> () =
+        "INSERT INTO funnel_by_experiment (experiment, mid) VALUES (?, ?)";
+    funnel_experiment_of(experiment: &str) -> (Uuid,) =
+        "SELECT mid FROM funnel_by_experiment WHERE experiment = ?";
+    funnel_entry_get(mid: Uuid, uid: &str) -> (String,) =
+        "SELECT record FROM funnel_entries WHERE mid = ? AND uid = ?";
+    funnel_entry_put(mid: Uuid, uid: &str, record: String) -> () =
+        "INSERT INTO funnel_entries (mid, uid, record) VALUES (?, ?, ?)";
+    funnel_entries_of(mid: Uuid) -> (String,) =
+        "SELECT record FROM funnel_entries WHERE mid = ?";
+    funnel_channel_put(mid: Uuid, uid: &str, channel: &str, accepted: bool, variant: Option<&str>) -> () =
+        "INSERT INTO funnel_channels (mid, uid, channel, accepted, variant) VALUES (?, ?, ?, ?, ?)";
+    funnel_channels_of(mid: Uuid) -> (String, String, bool, Option<String>) =
+        "SELECT uid, channel, accepted, variant FROM funnel_channels WHERE mid = ?";
+
     // Scheduled sends.
     scheduled_get(mid: Uuid) -> (String, i64) =
         "SELECT record, schedule_seq FROM scheduled WHERE mid = ?";

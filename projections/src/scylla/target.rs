@@ -25,9 +25,9 @@ use super::statements::{Bound, InboxRow};
 use super::{ScyllaStore, count, from_ns, month, ns, parse_json, seq_i64, to_json};
 use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, Notification,
-    NotificationStatus, NotificationType, OnlineRecord, Receipt, ReceiptStatus, ScheduleStatus,
-    ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelEntry,
+    FunnelMessage, Notification, NotificationStatus, NotificationType, OnlineRecord, Receipt,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -140,6 +140,8 @@ pub(crate) struct ScyllaTx<'a> {
     experiments: HashMap<String, ExperimentRecord>,
     experiment_users: HashMap<(String, String), ExperimentUser>,
     arm_counts: HashMap<(String, Uuid, String), ArmCounts>,
+    /// Funnel rows as this batch has left them (a click moves one row three times).
+    funnel_entries: HashMap<(Uuid, String), FunnelEntry>,
 }
 
 impl<'a> ScyllaTx<'a> {
@@ -169,6 +171,7 @@ impl<'a> ScyllaTx<'a> {
             experiments: HashMap::new(),
             experiment_users: HashMap::new(),
             arm_counts: HashMap::new(),
+            funnel_entries: HashMap::new(),
         }
     }
 
@@ -1312,6 +1315,67 @@ impl FoldTarget for ScyllaTx<'_> {
             .experiment_arm_put(experiment, mid, &c.arm, to_json(c)?);
         self.write(w);
         Ok(())
+    }
+
+    fn put_funnel_message(&mut self, m: &FunnelMessage) -> StoreResult<()> {
+        let q = self.q();
+        self.write(q.funnel_message_put(m.mid, to_json(m)?));
+        self.write(q.funnel_day_put(crate::fold::day_of(m.sent_at), m.mid));
+        if let Some(e) = &m.experiment {
+            self.write(q.funnel_experiment_put(e, m.mid));
+        }
+        Ok(())
+    }
+
+    fn put_funnel_channel(
+        &mut self,
+        mid: Uuid,
+        uid: &str,
+        variant: Option<&str>,
+        channel: &str,
+        accepted: bool,
+    ) -> StoreResult<()> {
+        let q = self.q();
+        self.write(q.funnel_channel_put(mid, uid, channel, false, variant));
+        if accepted {
+            self.write(q.funnel_channel_put(mid, uid, channel, true, variant));
+        }
+        Ok(())
+    }
+
+    fn funnel_entry(&mut self, mid: Uuid, uid: &str) -> StoreResult<Option<FunnelEntry>> {
+        if let Some(e) = self.funnel_entries.get(&(mid, uid.to_owned())) {
+            return Ok(Some(e.clone()));
+        }
+        // A row this batch has not written (the cache holds every one it has).
+        self.one_unwritten(self.q().funnel_entry_get(mid, uid))?
+            .map(|(r,)| parse_json(&r))
+            .transpose()
+    }
+
+    fn put_funnel_entry(&mut self, e: &FunnelEntry) -> StoreResult<()> {
+        self.funnel_entries
+            .insert((e.mid, e.uid.clone()), e.clone());
+        let w = self.q().funnel_entry_put(e.mid, &e.uid, to_json(e)?);
+        self.write(w);
+        Ok(())
+    }
+
+    fn inbox_entry(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        Ok(self.entry(uid, id)?.map(|(_, _, n)| n))
+    }
+
+    fn newest_entry(&mut self, uid: &str) -> StoreResult<Option<Notification>> {
+        let months = self.all(self.q().inbox_months_of(uid))?;
+        for (month,) in months {
+            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, month))? {
+                let row = self.one(self.q().inbox_get(uid, month, seq))?;
+                if let Some(row) = row {
+                    return notification_from(uid, seq, row).map(Some);
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {

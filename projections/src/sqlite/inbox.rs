@@ -336,6 +336,17 @@ pub(super) fn get(c: &Connection, uid: &str, id: Uuid) -> StoreResult<Option<Not
     row.map(parse).transpose()
 }
 
+/// A user's newest entry (the highest stream position), whatever its state.
+pub(super) fn newest(c: &Connection, uid: &str) -> StoreResult<Option<Notification>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {COLS} FROM {FROM} WHERE i.uid = ?1 ORDER BY i.seq DESC LIMIT 1"
+        ))
+        .and_then(|mut s| s.query_row(params![uid], raw).optional())
+        .map_err(backend)?;
+    row.map(parse).transpose()
+}
+
 pub(super) fn by_ids(c: &Connection, uid: &str, ids: &[Uuid]) -> StoreResult<Vec<Notification>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {

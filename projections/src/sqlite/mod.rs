@@ -23,9 +23,10 @@ mod inbox;
 
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, HistoryQuery, InboxCounts,
-    InboxQuery, InboxStats, Notification, NotificationType, OnlineRecord, Page, Receipt,
-    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelEntry,
+    FunnelMessage, FunnelScope, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
+    NotificationType, OnlineRecord, Page, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
+    StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -112,12 +113,27 @@ CREATE TABLE IF NOT EXISTS online (uid TEXT PRIMARY KEY, record TEXT NOT NULL) W
 CREATE TABLE IF NOT EXISTS online_days (
   uid TEXT NOT NULL, day INTEGER NOT NULL, seconds INTEGER NOT NULL,
   PRIMARY KEY (uid, day)) WITHOUT ROWID;
+-- GET /reports/funnel: each message's recipients per copy (JSON), listed by UTC day (days since
+-- the epoch) and by experiment
+CREATE TABLE IF NOT EXISTS funnel_messages (
+  mid TEXT PRIMARY KEY, day INTEGER NOT NULL, experiment TEXT, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS funnel_messages_by_day ON funnel_messages (day, mid);
+CREATE INDEX IF NOT EXISTS funnel_messages_by_experiment ON funnel_messages (experiment, mid);
+-- each recipient's steps (JSON), once anything happened after the send: partition mid
+CREATE TABLE IF NOT EXISTS funnel_entries (
+  mid TEXT NOT NULL, uid TEXT NOT NULL, record TEXT NOT NULL,
+  PRIMARY KEY (mid, uid)) WITHOUT ROWID;
+-- the channels a provider was asked to reach a recipient on (accepted 0) and those it accepted
+-- (accepted 1): inserts only
+CREATE TABLE IF NOT EXISTS funnel_channels (
+  mid TEXT NOT NULL, uid TEXT NOT NULL, channel TEXT NOT NULL, accepted INTEGER NOT NULL,
+  variant TEXT, PRIMARY KEY (mid, uid, channel, accepted)) WITHOUT ROWID;
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 25] = [
+pub const DATA_TABLES: [&str; 28] = [
     "users",
     "devices",
     "device_owners",
@@ -143,6 +159,9 @@ pub const DATA_TABLES: [&str; 25] = [
     "experiment_arms",
     "online",
     "online_days",
+    "funnel_messages",
+    "funnel_entries",
+    "funnel_channels",
 ];
 
 const READERS: usize = 4;
@@ -484,6 +503,62 @@ fn experiment_arm_totals(c: &Connection, id: &str) -> StoreResult<Vec<ArmCounts>
     Ok(crate::model::sum_arms(rows))
 }
 
+fn funnel_message_of(c: &Connection, mid: Uuid) -> StoreResult<Option<FunnelMessage>> {
+    Ok(records(
+        c,
+        "SELECT record FROM funnel_messages WHERE mid = ?1",
+        params![mid.to_string()],
+    )?
+    .pop())
+}
+
+fn funnel_messages_in(c: &Connection, scope: &FunnelScope) -> StoreResult<Vec<FunnelMessage>> {
+    match scope {
+        FunnelScope::Experiment(id) => records(
+            c,
+            "SELECT record FROM funnel_messages WHERE experiment = ?1 ORDER BY mid",
+            params![id],
+        ),
+        FunnelScope::Days { first, last } => records(
+            c,
+            "SELECT record FROM funnel_messages WHERE day BETWEEN ?1 AND ?2 ORDER BY day, mid",
+            params![first, last],
+        ),
+    }
+}
+
+/// A message's funnel rows: each recipient's steps with the channels of their dispatch.
+fn funnel_entries_of(c: &Connection, mid: Uuid) -> StoreResult<Vec<FunnelEntry>> {
+    let mid_s = mid.to_string();
+    let mut by_uid: std::collections::BTreeMap<String, FunnelEntry> = records::<FunnelEntry>(
+        c,
+        "SELECT record FROM funnel_entries WHERE mid = ?1",
+        params![mid_s],
+    )?
+    .into_iter()
+    .map(|e| (e.uid.clone(), e))
+    .collect();
+    let rows: Vec<(String, String, bool, Option<String>)> = c
+        .prepare_cached(
+            "SELECT uid, channel, accepted, variant FROM funnel_channels WHERE mid = ?1
+             ORDER BY uid, channel",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![mid_s], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .map_err(backend)?;
+    for (uid, channel, accepted, variant) in rows {
+        by_uid
+            .entry(uid.clone())
+            .or_insert_with(|| FunnelEntry::new(mid, &uid, variant))
+            .dispatched(&channel, accepted);
+    }
+    Ok(by_uid.into_values().collect())
+}
+
 fn online_of(c: &Connection, uid: &str) -> StoreResult<Option<OnlineRecord>> {
     Ok(records(c, "SELECT record FROM online WHERE uid = ?1", params![uid])?.pop())
 }
@@ -502,6 +577,68 @@ fn online_days_of(c: &Connection, uid: &str, limit: u32) -> StoreResult<Vec<(i32
 }
 
 impl FoldTarget for SqliteTx<'_> {
+    fn put_funnel_message(&mut self, m: &FunnelMessage) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO funnel_messages (mid, day, experiment, record)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                m.mid.to_string(),
+                crate::fold::day_of(m.sent_at),
+                m.experiment,
+                to_json(m)?
+            ],
+        )
+        .map(drop)
+    }
+
+    fn put_funnel_channel(
+        &mut self,
+        mid: Uuid,
+        uid: &str,
+        variant: Option<&str>,
+        channel: &str,
+        accepted: bool,
+    ) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR IGNORE INTO funnel_channels (mid, uid, channel, accepted, variant)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![mid.to_string(), uid, channel, false, variant],
+        )?;
+        if accepted {
+            self.exec(
+                "INSERT OR IGNORE INTO funnel_channels (mid, uid, channel, accepted, variant)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mid.to_string(), uid, channel, true, variant],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn funnel_entry(&mut self, mid: Uuid, uid: &str) -> StoreResult<Option<FunnelEntry>> {
+        Ok(records(
+            self.tx,
+            "SELECT record FROM funnel_entries WHERE mid = ?1 AND uid = ?2",
+            params![mid.to_string(), uid],
+        )?
+        .pop())
+    }
+
+    fn put_funnel_entry(&mut self, e: &FunnelEntry) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO funnel_entries (mid, uid, record) VALUES (?1, ?2, ?3)",
+            params![e.mid.to_string(), e.uid, to_json(e)?],
+        )
+        .map(drop)
+    }
+
+    fn inbox_entry(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        inbox::get(self.tx, uid, id)
+    }
+
+    fn newest_entry(&mut self, uid: &str) -> StoreResult<Option<Notification>> {
+        inbox::newest(self.tx, uid)
+    }
+
     fn online(&mut self, uid: &str) -> StoreResult<Option<OnlineRecord>> {
         online_of(self.tx, uid)
     }
@@ -1720,6 +1857,19 @@ impl Store for SqliteStore {
     async fn experiment_arms(&self, id: &str) -> StoreResult<Vec<ArmCounts>> {
         let id = id.to_owned();
         self.read(move |c| experiment_arm_totals(c, &id)).await
+    }
+
+    async fn funnel_message(&self, mid: Uuid) -> StoreResult<Option<FunnelMessage>> {
+        self.read(move |c| funnel_message_of(c, mid)).await
+    }
+
+    async fn funnel_messages(&self, scope: &FunnelScope) -> StoreResult<Vec<FunnelMessage>> {
+        let scope = scope.clone();
+        self.read(move |c| funnel_messages_in(c, &scope)).await
+    }
+
+    async fn funnel_entries(&self, mid: Uuid) -> StoreResult<Vec<FunnelEntry>> {
+        self.read(move |c| funnel_entries_of(c, mid)).await
     }
 
     async fn scheduled_messages(

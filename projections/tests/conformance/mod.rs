@@ -1560,6 +1560,155 @@ pub async fn online_time(store: &dyn Store) {
     assert!(store.online_days("nobody", 7).await.unwrap().is_empty());
 }
 
+/// The funnel's read models: a message's recipients per copy, listed by day; each recipient's
+/// dispatch channels (tried, accepted) and first steps; a conversion without a mid counted for
+/// the newest message the user has within the window; nothing for a non-recipient; the same
+/// outcomes again change nothing.
+pub async fn funnel(store: &dyn Store) {
+    use exchange::events::Tracked;
+    use projections::model::FunnelScope;
+    let feed = Feed::new(store);
+    let to = |uids: &[&str]| Audience::Users {
+        uids: uids.iter().map(|u| u.to_string()).collect(),
+    };
+    let mid = feed
+        .one(
+            "admin",
+            send(to(&["fa", "fb", "fc"]), "x", MessageOpts::default()),
+        )
+        .await;
+    let m = store
+        .funnel_message(mid)
+        .await
+        .unwrap()
+        .expect("its record");
+    assert_eq!(m.copies.len(), 1);
+    assert_eq!((m.copies[0].sent, m.copies[0].urgency), (3, 3));
+    assert_eq!(m.copies[0].variant, None);
+    let day = projections::fold::day_of(m.sent_at);
+    let listed = store
+        .funnel_messages(&FunnelScope::Days {
+            first: day - 1,
+            last: day,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|m| m.mid).collect::<Vec<_>>(), vec![mid]);
+    assert!(
+        store
+            .funnel_messages(&FunnelScope::Days {
+                first: day + 1,
+                last: day + 2
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .funnel_messages(&FunnelScope::Experiment("none".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.funnel_entries(mid).await.unwrap().is_empty());
+
+    let outcome = |uid: &str, device: &str, channel: &str, status: SettledStatus| SettledDelivery {
+        uid: uid.into(),
+        device_id: device.into(),
+        channel: channel.into(),
+        attempt: 1,
+        status,
+        provider_id: None,
+        reason: (status == SettledStatus::Failed).then(|| "503".to_owned()),
+        permanent: false,
+        dead: false,
+        disabled: false,
+    };
+    let settled = by(
+        "msgxc",
+        Event::DeliveriesSettled(DeliveriesSettled {
+            mid,
+            deliveries: vec![
+                outcome("fa", "a1", "apns", SettledStatus::Sent),
+                outcome("fb", "b1", "apns", SettledStatus::Failed),
+                outcome("fb", "b2", "email", SettledStatus::Sent),
+            ],
+        }),
+    );
+    feed.apply(vec![settled.clone()]).await;
+    let track = |uid: &str, event: &str, mid: Option<Uuid>| {
+        Event::Tracked(Tracked {
+            uid: uid.into(),
+            event: event.into(),
+            mid,
+            props: None,
+            window: 3 * 86_400,
+        })
+    };
+    feed.apply(vec![
+        by(
+            "fc",
+            Event::DeliveryAcked(DeliveryAcked {
+                mid,
+                uid: "fc".into(),
+                device_id: None,
+                channel: "websocket".into(),
+                status: AckStatus::Opened,
+            }),
+        ),
+        by("fa", track("fa", "click", Some(mid))),
+        by("fb", track("fb", "purchase", None)),
+        // Not a recipient: counted nowhere.
+        by("zz", track("zz", "purchase", Some(mid))),
+        by(
+            "fc",
+            Event::NotificationsRead(NotificationsRead {
+                uid: "fc".into(),
+                ids: vec![mid],
+            }),
+        ),
+    ])
+    .await;
+    // The same outcomes again (a redelivered event) change nothing.
+    feed.apply(vec![settled]).await;
+    let entries = store.funnel_entries(mid).await.unwrap();
+    let uids: Vec<&str> = entries.iter().map(|e| e.uid.as_str()).collect();
+    assert_eq!(uids, vec!["fa", "fb", "fc"]);
+    let (fa, fb, fc) = (&entries[0], &entries[1], &entries[2]);
+    assert_eq!(
+        (fa.channels.clone(), fa.accepted.clone()),
+        (vec!["apns".to_owned()], vec!["apns".to_owned()])
+    );
+    assert!(fa.clicked_at.is_some() && fa.opened_at.is_some() && fa.delivered_at.is_some());
+    assert_eq!(fb.channels, vec!["apns".to_owned(), "email".to_owned()]);
+    assert_eq!(fb.accepted, vec!["email".to_owned()]);
+    assert!(fb.converted_at.is_some() && fb.opened_at.is_none());
+    assert!(fc.channels.is_empty());
+    let opened = fc.opened_at.expect("opened by the ack");
+    assert!(fc.delivered_at.is_some() && fc.converted_at.is_none());
+
+    // A newer message to fb takes the next conversion; the first keeps its one.
+    let mid2 = feed
+        .one("admin", send(to(&["fb"]), "y", MessageOpts::default()))
+        .await;
+    feed.one("fb", track("fb", "signup", None)).await;
+    let second = store.funnel_entries(mid2).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(second[0].converted_at.is_some());
+    let first = store.funnel_entries(mid).await.unwrap();
+    assert_eq!(first[2].opened_at, Some(opened), "the first open stays");
+    assert_eq!(first[1].converted_at, fb.converted_at);
+    let listed = store
+        .funnel_messages(&FunnelScope::Days {
+            first: day,
+            last: day + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
 #[macro_export]
 macro_rules! conformance_cases {
     ($fresh:path) => {
@@ -1582,6 +1731,7 @@ macro_rules! conformance_cases {
             experiments,
             experiment_test_share_and_promotion,
             online_time,
+            funnel,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {
