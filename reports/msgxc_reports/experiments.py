@@ -20,10 +20,8 @@ The job folds the stream as the exchange's projection does, from the events alon
   converted (any other `tracked` event). A tracked event with a `mid` counts for that
   message's experiment; without one for each experiment the user was exposed to within the
   event's `window` (seconds) before it. Reading an entry counts only for users who have it
-  (not the holdout), at its first read.
-
-Not modelled (the exchange counts no open then, this job does): an explicit read of an entry
-that `read-all` marked read, or that was archived or deleted, before it.
+  (not the holdout), when the read is what took it out of unread (not after a `read-all`
+  that matched it, an archive or a delete: `msgxc_reports.stream.opening_reads`).
 """
 
 import argparse
@@ -80,7 +78,12 @@ def table(spark, export: str, only: str = None) -> list:
     )
     mid_exp = m.select(F.col("mid").alias("emid"), F.col("experiment").alias("eexp"))
     # Who has an entry of each message (reading it can open it).
-    entries = reached.where(F.col("arm") != arms.HOLDOUT).select(F.col("mid").alias("rmid"), F.col("uid").alias("ruid"))
+    entries = stream.with_entry_keys(
+        reached.where(F.col("arm") != arms.HOLDOUT).select(
+            "mid", "uid", F.col("seq").alias("rseq"), F.col("arm").alias("variant")
+        ),
+        m,
+    )
 
     # Steps: (uid, seq, mid or null, step) and, for tracked events without a mid, their window.
     steps = []
@@ -114,16 +117,10 @@ def table(spark, export: str, only: str = None) -> list:
     if acked is not None:
         add(acked, stream.col(acked, "mid"), "delivered")
         add(acked, stream.col(acked, "mid"), "opened", where=stream.col(acked, "status") == "opened")
-    read = load("notifications_read")
-    if read is not None and "ids" in read.columns:
-        ids = read.select(
-            "event_seq", "occurred_at", stream.col(read, "uid").alias("uid"),
-            F.explode(F.from_json(stream.col(read, "ids"), T.ArrayType(T.StringType()))).alias("mid"),
-        )
-        # Only a user's own entries, and only the first read of each (later ones change nothing).
-        ids = ids.join(entries, (ids.mid == entries.rmid) & (ids.uid == entries.ruid))
-        w = Window.partitionBy("uid", "mid").orderBy("event_seq")
-        ids = ids.withColumn("r", F.row_number().over(w)).where(F.col("r") == 1)
+    # Only a user's own entries, read while unread (later reads change nothing).
+    ids = stream.opening_reads(spark, export, entries)
+    if ids is not None:
+        ids = ids.withColumnRenamed("sseq", "event_seq").withColumnRenamed("sat", "occurred_at")
         for s in ("delivered", "opened"):
             add(ids, F.col("mid"), s)
     tracked = load("tracked")

@@ -17,16 +17,14 @@ The job folds the stream as the exchange's projection does, from the events alon
 - dispatch outcomes (`deliveries_settled`, `delivery_sent`, `delivery_failed`) of a message
   folded before them: the channels a provider was asked to reach a user on, and those it
   accepted;
-- steps, each the first time: an acknowledgement (delivered; `opened` also opens), the first
-  explicit read of an entry (delivered, opened), a tracked click naming the message
+- steps, each the first time: an acknowledgement (delivered; `opened` also opens), the
+  explicit read that took an entry out of unread (delivered, opened; see
+  `msgxc_reports.stream.opening_reads`), a tracked click naming the message
   (delivered, opened, clicked), a tracked conversion naming it, or without a mid for the
   newest entry the user had if it is within the event's `window` (converted). An
   acknowledgement or a tracked event naming a message counts for a user who had its entry
   then (not deleted before), or whose funnel row an earlier step had started;
 - time to open: from the message's event to the first open, in whole microseconds.
-
-Not modelled (the exchange counts no open then, this job does): an explicit read of an entry
-that `read-all` marked read or that was archived before it.
 """
 
 import argparse
@@ -175,16 +173,9 @@ class Funnel:
             )
             add(cand.where(F.col("event") != "click"), ["converted"], False)
             add(cand.where(F.col("event") == "click"), ["delivered", "opened", "clicked"], False)
-        read = load("notifications_read")
-        if read is not None and "ids" in read.columns:
-            r = read.select(
-                col(read, "uid").alias("uid"),
-                F.explode(F.from_json(col(read, "ids"), T.ArrayType(T.StringType()))).alias("mid"),
-                F.col("event_seq").alias("sseq"), F.col("occurred_at").alias("sat"),
-            )
-            r = r.join(entries.select("uid", "mid", "rseq", "dseq"), ["uid", "mid"]).where(alive(F.col("sseq")))
-            first = Window.partitionBy("uid", "mid").orderBy("sseq")
-            r = r.withColumn("n", F.row_number().over(first)).where(F.col("n") == 1)
+        # The explicit read that took an entry out of unread.
+        r = stream.opening_reads(spark, export, stream.with_entry_keys(got, m))
+        if r is not None:
             add(r, ["delivered", "opened"], False)
 
         steps = None

@@ -9,6 +9,7 @@ it holds and who received each, folded from the events alone as the exchange's p
   whose preferences turn the message's type off (unless it is mandatory at level 50).
 """
 
+import json
 import os
 import sys
 
@@ -211,3 +212,72 @@ def recipients(spark, export: str, m):
             )
             out = out.join(off, ["mid", "uid"], "left_anti")
     return out.select("seq", "mid", "uid").distinct()
+
+
+def copy_type(ntype, variants_json, variant):
+    """The notification type of the copy of a message that `variant` gets: the message's, or
+    the variant's `opts.type` laid over it."""
+    if variant and variants_json:
+        for v in json.loads(variants_json):
+            if v.get("name") == variant and isinstance(v.get("opts"), dict) and "type" in v["opts"]:
+                return v["opts"]["type"]
+    return ntype
+
+
+def with_entry_keys(entries, m):
+    """`entries` (mid, uid, ..., variant) with each entry's type (`etype`: its copy's) and
+    thread (`etid`), what `read-all` filters on."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    typ = F.udf(copy_type, T.StringType())
+    keys = m.select("mid", F.col("ntype").alias("_nt"), F.col("variants").alias("_vs"), F.col("tid").alias("etid"))
+    return entries.join(keys, "mid").withColumn("etype", typ("_nt", "_vs", "variant")).drop("_nt", "_vs")
+
+
+def opening_reads(spark, export: str, entries):
+    """(uid, mid, sseq, sat): the explicit reads that opened an entry. `entries` holds
+    (uid, mid, rseq, etype, etid): who had which entry from which position. A read opens the
+    entry when it is the first event to take it out of unread: an explicit read, an archive,
+    a `read-all` whose type and thread filters match it, or a delete."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.window import Window
+
+    outs = []
+    for kind, what in (("notifications_read", "read"), ("notifications_archived", "archive"),
+                       ("notifications_deleted", "delete")):
+        df = load(spark, export, kind)
+        if df is None or "ids" not in df.columns:
+            continue
+        outs.append(df.select(
+            col(df, "uid").alias("uid"),
+            F.explode(F.from_json(col(df, "ids"), T.ArrayType(T.StringType()))).alias("mid"),
+            F.col("event_seq").alias("sseq"), F.col("occurred_at").alias("sat"), F.lit(what).alias("what"),
+        ))
+    if not outs or outs[0] is None:
+        return None
+    mine = entries.select("uid", "mid", "rseq", "etype", "etid")
+    events = outs[0]
+    for o in outs[1:]:
+        events = events.unionByName(o)
+    events = events.join(mine, ["uid", "mid"])
+    every = load(spark, export, "inbox_read_all")
+    if every is not None:
+        ra = every.select(
+            col(every, "uid").alias("uid"), col(every, "type").cast("string").alias("ftype"),
+            col(every, "tid").cast("string").alias("ftid"),
+            F.col("event_seq").alias("sseq"), F.col("occurred_at").alias("sat"),
+        )
+        matched = ra.join(mine, "uid").where(
+            (F.col("ftype").isNull() | (F.col("ftype") == F.col("etype")))
+            & (F.col("ftid").isNull() | (F.col("ftid") == F.col("etid")))
+        ).select("uid", "mid", "sseq", "sat", F.lit("all").alias("what"), "rseq", "etype", "etid")
+        events = events.unionByName(matched)
+    events = events.where(F.col("sseq") > F.col("rseq"))
+    first = Window.partitionBy("uid", "mid").orderBy("sseq")
+    return (
+        events.withColumn("n", F.row_number().over(first))
+        .where((F.col("n") == 1) & (F.col("what") == "read"))
+        .select("uid", "mid", "sseq", "sat")
+    )
