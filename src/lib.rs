@@ -326,11 +326,8 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
                 axum::routing::get(move || {
                     let (metrics, log, store) = (metrics.clone(), m_log.clone(), m_store.clone());
                     async move {
-                        let text = metrics.render(
-                            log.last_seq().await.ok(),
-                            store.checkpoint().await.ok(),
-                            0,
-                        );
+                        let scraped = gateway::metrics::scrape(&log, store.as_ref(), 0).await;
+                        let text = metrics.render(&scraped);
                         (
                             [(
                                 axum::http::header::CONTENT_TYPE,

@@ -1258,40 +1258,82 @@ async fn a_429_pauses_the_provider_and_the_batch_drains_at_its_pace() {
 }
 
 #[tokio::test]
-async fn metrics_count_provider_calls_by_channel_and_outcome() {
+async fn metrics_count_provider_calls_by_channel_lane_and_outcome_and_the_queue() {
     let p = providers().await;
     let ex = exchange_with(&p, 3).await;
     enlist(&ex, "mia", json!({"os": "sms", "phone": "+14155550142"})).await;
+    // A number the provider refuses for good: a dead letter.
+    p.sms.script(
+        "+14155550143",
+        vec![Reply::status(
+            400,
+            r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#,
+        )],
+    );
+    enlist(&ex, "max", json!({"os": "sms", "phone": "+14155550143"})).await;
+    // A slow provider: the task stays in flight on its lane while the call waits.
+    p.sms.set_delay(Duration::from_millis(1500));
     let (s, _) = ex
         .post(
             "/send",
             &token("root", true),
-            json!({"msg": "counted", "uid": "mia"}),
+            json!({"msg": "counted", "uid": "mia", "opts": {"urgency": "high"}}),
         )
         .await;
     assert_eq!(s, 202);
-    p.sms.wait_for(1).await;
+    let (s, _) = ex
+        .post(
+            "/send",
+            &token("root", true),
+            json!({"msg": "refused", "uid": "max"}),
+        )
+        .await;
+    assert_eq!(s, 202);
     let root = ex.base.trim_end_matches("/api/v1").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = ex
-            .http
+    let scrape = || async {
+        ex.http
             .get(format!("{root}/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        let accepted = r#"msgxc_dispatch_sends_total{channel="sms",outcome="accepted"} 1"#;
-        if text.lines().any(|l| l == accepted) {
-            assert!(
-                text.contains(r#"msgxc_dispatch_send_seconds_count{channel="sms"} 1"#),
-                "{text}"
-            );
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape().await;
+        if text
+            .lines()
+            .any(|l| l == r#"msgxc_dispatch_queue_in_flight{lane="high"} 1"#)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in flight: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.sms.set_delay(Duration::ZERO);
+    p.sms.wait_for(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let want = [
+        r#"msgxc_dispatch_sends_total{channel="sms",lane="high",outcome="accepted"} 1"#,
+        r#"msgxc_dispatch_sends_total{channel="sms",lane="normal",outcome="device_gone"} 1"#,
+        r#"msgxc_dispatch_send_seconds_count{channel="sms",lane="high"} 1"#,
+        r#"msgxc_dispatch_dead_letters_total{channel="sms"} 1"#,
+        r#"msgxc_dispatch_queue_pending{lane="high"} 0"#,
+        r#"msgxc_dispatch_queue_in_flight{lane="high"} 0"#,
+        r#"msgxc_dispatch_queue_pending{lane="normal"} 0"#,
+        "msgxc_projector_lag_seconds 0.0",
+    ];
+    loop {
+        let text = scrape().await;
+        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{want:?} in {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -232,6 +232,23 @@ impl EventLog {
     }
 
     /// The last stored sequence (0 for an empty stream).
+    /// When the first event at or after `seq` was stored (`None`: there is none): the age of
+    /// the oldest event a reader at `seq - 1` has not applied. Schedules waiting in the stream
+    /// are not events and are skipped.
+    pub async fn stored_at_or_after(&self, seq: u64) -> Result<Option<OffsetDateTime>, LogError> {
+        let stream = self.stream().await?;
+        match stream
+            .direct_get_next_for_subject(EVENTS_WILDCARD, Some(seq.max(1)))
+            .await
+        {
+            Ok(m) => Ok(Some(m.time)),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LogError::Unavailable(format!(
+                "reading after seq {seq}: {e}"
+            ))),
+        }
+    }
+
     pub async fn last_seq(&self) -> Result<u64, LogError> {
         let mut stream = self.stream().await?;
         let info = stream

@@ -1,7 +1,9 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): HTTP requests by route, method and
-//! status with latency histograms, JetStream append latency, projector lag, open live
-//! connections, and the dispatcher's provider calls when it runs in the same process. Counters live here and are updated as requests pass; lag and connections are
-//! read when scraped.
+//! status with latency histograms, JetStream append latency, projector lag (events and
+//! seconds), open live connections, the dispatch queue's depth per lane, and the dispatcher's
+//! provider calls and dead letters when it runs in the same process. Counters live here and
+//! are updated as requests pass; lag, depths and connections are read when scraped
+//! ([`scrape`]).
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -24,6 +26,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
     method: &'static str,
@@ -41,7 +48,53 @@ pub struct Metrics {
     appends: Histogram,
     lag_events: Gauge,
     checkpoint: Gauge<u64, AtomicU64>,
+    lag_seconds: Gauge<f64, AtomicU64>,
     sockets: Gauge,
+    queue_pending: Family<LaneLabels, Gauge>,
+    queue_in_flight: Family<LaneLabels, Gauge>,
+}
+
+/// What is read when `/metrics` is scraped (each part `None` when its source did not answer).
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub last_seq: Option<u64>,
+    pub checkpoint: Option<u64>,
+    /// Age of the oldest event the projection has not applied (0 when it has applied all).
+    pub lag_seconds: Option<f64>,
+    pub sockets: usize,
+    pub lanes: Option<Vec<exchange::dispatch::LaneDepth>>,
+}
+
+/// Reads the stream's end, the projection's checkpoint, the age of the first event after it
+/// and the dispatch lanes' depths.
+pub async fn scrape(
+    log: &exchange::EventLog,
+    store: &dyn projections::Store,
+    sockets: usize,
+) -> Scrape {
+    let last_seq = log.last_seq().await.ok();
+    let checkpoint = store.checkpoint().await.ok();
+    let lag_seconds = match (last_seq, checkpoint) {
+        (Some(last), Some(cp)) if cp >= last => Some(0.0),
+        (Some(_), Some(cp)) => match log.stored_at_or_after(cp + 1).await {
+            Ok(Some(at)) => Some(
+                (time::OffsetDateTime::now_utc() - at)
+                    .as_seconds_f64()
+                    .max(0.0),
+            ),
+            Ok(None) => Some(0.0),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let lanes = exchange::dispatch::depths(log.jetstream()).await.ok();
+    Scrape {
+        last_seq,
+        checkpoint,
+        lag_seconds,
+        sockets,
+        lanes,
+    }
 }
 
 impl Default for Metrics {
@@ -93,11 +146,29 @@ impl Metrics {
             "The last stream sequence the projection has applied",
             checkpoint.clone(),
         );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "projector_lag_seconds",
+            "Age of the oldest event the projection this process reads has not applied",
+            lag_seconds.clone(),
+        );
         let sockets = Gauge::default();
         registry.register(
             "open_sockets",
             "Live connections (WebSocket and SSE) open on this gateway",
             sockets.clone(),
+        );
+        let queue_pending = Family::<LaneLabels, Gauge>::default();
+        registry.register(
+            "dispatch_queue_pending",
+            "Delivery tasks waiting in each urgency lane",
+            queue_pending.clone(),
+        );
+        let queue_in_flight = Family::<LaneLabels, Gauge>::default();
+        registry.register(
+            "dispatch_queue_in_flight",
+            "Delivery tasks a dispatcher has pulled from each lane and not finished",
+            queue_in_flight.clone(),
         );
         Self {
             registry,
@@ -106,7 +177,10 @@ impl Metrics {
             appends,
             lag_events,
             checkpoint,
+            lag_seconds,
             sockets,
+            queue_pending,
+            queue_in_flight,
         }
     }
 
@@ -133,15 +207,29 @@ impl Metrics {
     }
 
     /// The text exposition, with the values read at scrape time.
-    pub fn render(&self, last_seq: Option<u64>, checkpoint: Option<u64>, sockets: usize) -> String {
-        if let Some(cp) = checkpoint {
+    pub fn render(&self, s: &Scrape) -> String {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(cp) = s.checkpoint {
             self.checkpoint.set(cp);
-            if let Some(last) = last_seq {
-                self.lag_events
-                    .set(i64::try_from(last.saturating_sub(cp)).unwrap_or(i64::MAX));
+            if let Some(last) = s.last_seq {
+                self.lag_events.set(gauge(last.saturating_sub(cp)));
             }
         }
-        self.sockets.set(i64::try_from(sockets).unwrap_or(i64::MAX));
+        if let Some(secs) = s.lag_seconds {
+            self.lag_seconds.set(secs);
+        }
+        self.sockets.set(gauge(s.sockets as u64));
+        for d in s.lanes.iter().flatten() {
+            let lane = LaneLabels {
+                lane: d.lane.name(),
+            };
+            self.queue_pending
+                .get_or_create(&lane)
+                .set(gauge(d.pending));
+            self.queue_in_flight
+                .get_or_create(&lane)
+                .set(gauge(d.in_flight));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

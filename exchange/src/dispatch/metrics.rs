@@ -1,5 +1,6 @@
-//! What the dispatcher counts for `GET /metrics`: provider calls by channel and outcome, with
-//! their latency. Registered into the process's registry by whoever serves the metrics.
+//! What the dispatcher counts for `GET /metrics`: provider calls by channel, lane and outcome,
+//! with their latency, and dead letters by channel. Registered into the process's registry by
+//! whoever serves the metrics.
 
 use std::time::Duration;
 
@@ -14,12 +15,19 @@ use super::Outcome;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SendLabels {
     channel: &'static str,
+    lane: &'static str,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelLabels {
     channel: &'static str,
+    lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLabels {
+    channel: String,
 }
 
 fn send_histogram() -> Histogram {
@@ -31,6 +39,7 @@ fn send_histogram() -> Histogram {
 pub struct DispatchMetrics {
     sends: Family<SendLabels, Counter>,
     latency: Family<ChannelLabels, Histogram, fn() -> Histogram>,
+    dead: Family<DeadLabels, Counter>,
 }
 
 impl Default for DispatchMetrics {
@@ -38,6 +47,7 @@ impl Default for DispatchMetrics {
         Self {
             sends: Family::default(),
             latency: Family::new_with_constructor(send_histogram),
+            dead: Family::default(),
         }
     }
 }
@@ -47,18 +57,29 @@ impl DispatchMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "dispatch_sends",
-            "Provider calls by channel and outcome (accepted, retry, throttled, device_gone, rejected)",
+            "Provider calls by channel, urgency lane and outcome (accepted, retry, throttled, device_gone, rejected)",
             self.sends.clone(),
         );
         registry.register(
             "dispatch_send_seconds",
-            "Time of one provider call, by channel",
+            "Time of one provider call, by channel and urgency lane",
             self.latency.clone(),
+        );
+        registry.register(
+            "dispatch_dead_letters",
+            "Deliveries this dispatcher gave up on (no retry follows), by channel",
+            self.dead.clone(),
         );
     }
 
     /// Labels are static strings: counting a send allocates nothing.
-    pub(crate) fn send(&self, channel: &'static str, outcome: &Outcome, took: Duration) {
+    pub(crate) fn send(
+        &self,
+        channel: &'static str,
+        lane: &'static str,
+        outcome: &Outcome,
+        took: Duration,
+    ) {
         let outcome = match outcome {
             Outcome::Accepted { .. } => "accepted",
             Outcome::Retry { .. } => "retry",
@@ -67,10 +88,23 @@ impl DispatchMetrics {
             Outcome::Rejected { .. } => "rejected",
         };
         self.sends
-            .get_or_create(&SendLabels { channel, outcome })
+            .get_or_create(&SendLabels {
+                channel,
+                lane,
+                outcome,
+            })
             .inc();
         self.latency
-            .get_or_create(&ChannelLabels { channel })
+            .get_or_create(&ChannelLabels { channel, lane })
             .observe(took.as_secs_f64());
+    }
+
+    /// One delivery dead-lettered.
+    pub(crate) fn dead_letter(&self, channel: &str) {
+        self.dead
+            .get_or_create(&DeadLabels {
+                channel: channel.to_owned(),
+            })
+            .inc();
     }
 }

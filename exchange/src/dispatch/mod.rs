@@ -11,7 +11,7 @@ mod queue;
 pub mod throttle;
 mod worker;
 
-pub use queue::{DISPATCH_STREAM, Lane, TaskQueue};
+pub use queue::{DISPATCH_STREAM, Lane, LaneDepth, TaskQueue, depths};
 pub use throttle::Limits;
 pub use worker::{DispatchSettings, Dispatcher};
 

@@ -68,6 +68,49 @@ impl Lane {
     pub fn subject(self) -> String {
         format!("{SUBJECT_PREFIX}.{}", self.name())
     }
+
+    /// The durable pull consumer dispatchers share on this lane.
+    pub fn consumer(self) -> String {
+        format!("dispatch-{}", self.name())
+    }
+}
+
+/// Tasks of one lane: waiting to be pulled, and pulled but not yet acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneDepth {
+    pub lane: Lane,
+    pub pending: u64,
+    pub in_flight: u64,
+}
+
+/// The depth of every lane whose consumer exists (none before a dispatcher first ran), read
+/// from JetStream (`GET /metrics`).
+pub async fn depths(js: &jetstream::Context) -> Result<Vec<LaneDepth>, LogError> {
+    let stream = match js.get_stream(DISPATCH_STREAM).await {
+        Ok(s) => s,
+        // No such stream yet: no dispatcher ever ran.
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(LogError::Unavailable(format!("{DISPATCH_STREAM}: {e}"))),
+    };
+    let mut out = Vec::with_capacity(Lane::ALL.len());
+    for lane in Lane::ALL {
+        // A lane no dispatcher has opened yet has no consumer: nothing to report.
+        if let Ok(info) = stream.consumer_info(lane.consumer()).await {
+            out.push(LaneDepth {
+                lane,
+                pending: info.num_pending,
+                in_flight: info.num_ack_pending as u64,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Enqueues tasks. Cheap to clone.

@@ -112,6 +112,11 @@ impl Default for DispatchSettings {
 }
 
 /// The system actor recorded on dispatcher events.
+/// The lane a task was pulled from, as the metrics name it.
+fn lane_of(task: &DispatchTask) -> &'static str {
+    super::Lane::of_task(task).name()
+}
+
 pub fn system_actor() -> Actor {
     Actor {
         uid: "msgxc".into(),
@@ -237,7 +242,7 @@ impl Dispatcher {
             .get_stream(super::DISPATCH_STREAM)
             .await
             .map_err(|e| e.to_string())?;
-        let name = format!("dispatch-{}", lane.name());
+        let name = lane.consumer();
         let consumer: jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(
                 &name,
@@ -608,7 +613,7 @@ impl Dispatcher {
             };
             drop(permit);
             if let Some(m) = &self.metrics {
-                m.send(target.channel, &outcome, started.elapsed());
+                m.send(target.channel, lane_of(task), &outcome, started.elapsed());
             }
             match outcome {
                 Outcome::Throttled { reason, after } => {
@@ -715,6 +720,11 @@ impl Dispatcher {
             return Err(format!("recording delivery progress: {e}"));
         }
         for (d, _) in &part {
+            if d.dead
+                && let Some(m) = &self.metrics
+            {
+                m.dead_letter(&d.channel);
+            }
             if d.status == SettledStatus::Failed {
                 tracing::info!(mid = %task.mid, device = %d.device_id, channel = %d.channel, attempt, permanent = d.permanent, dead = d.dead, reason = d.reason.as_deref().unwrap_or(""), "delivery failed");
             }

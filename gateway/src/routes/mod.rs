@@ -236,11 +236,9 @@ async fn count_requests(
 /// `GET /metrics`: Prometheus (OpenMetrics) text. No user data: routes are templates.
 async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let last = state.log.last_seq().await.ok();
-    let checkpoint = state.store.checkpoint().await.ok();
-    let text = state
-        .metrics
-        .render(last, checkpoint, state.sockets.total());
+    let scraped =
+        crate::metrics::scrape(&state.log, state.store.as_ref(), state.sockets.total()).await;
+    let text = state.metrics.render(&scraped);
     (
         [(
             axum::http::header::CONTENT_TYPE,
