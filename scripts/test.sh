@@ -5,7 +5,8 @@
 # temporary store; one Cassandra node serves the whole run (one keyspace per test), started
 # here on free ports in a temp dir and removed at the end. The HTTP API, inbox, delivery,
 # rebuild and two-projector tests then run a second time with their projections on Cassandra,
-# and the fuzz targets get a short run (scripts/fuzz.sh).
+# then the fault suite (`msgxc fault`) runs once and the fuzz targets get a short run
+# (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
@@ -58,5 +59,8 @@ cargo test --workspace --locked
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
   --test experiments
+# Our fault suite, one round (kill -9 of a gateway, a projector, a dispatcher and nats-server
+# under load); `msgxc fault --long` runs three.
+cargo run --locked --quiet -- fault
 # Fuzz targets, a short run over the committed corpus (scripts/fuzz.sh --long for more).
 scripts/fuzz.sh --short

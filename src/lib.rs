@@ -4,11 +4,13 @@
 //! - `bench`: `msgxc bench`, every scenario beside its baseline measured in the same run
 //! - `config`: flags and environment, store locations, generated secrets
 //! - `export`: `msgxc export`, the event log as Hive-partitioned Parquet or NDJSON
+//! - `fault`: `msgxc fault`, the fault suite (roles as processes killed -9 under load)
 //! - `nats`: the NATS connection of a command (a managed nats-server or a given URL)
 
 pub mod bench;
 pub mod config;
 pub mod export;
+pub mod fault;
 pub mod nats;
 
 use std::net::SocketAddr;

@@ -77,6 +77,10 @@ enum Command {
     /// Measure msgxc beside raw JetStream and a bare HTTP handler, in the same run; prints a
     /// Markdown table. Starts its own nats-server; loopback only.
     Bench(BenchArgs),
+    /// Our fault suite: the roles as separate processes, killed -9 in turn (gateway, projector,
+    /// dispatcher, nats-server) under load; prints what was lost or duplicated. Loopback only;
+    /// exits 1 when a guarantee does not hold.
+    Fault(FaultArgs),
     /// The live benchmark's baseline server (bare axum WebSocket broadcast); used by `bench`.
     #[command(hide = true)]
     BenchWsBaseline(BenchWsBaselineArgs),
@@ -110,6 +114,19 @@ struct MigrateArgs {
     /// nodes, at most 3), or sqlite://PATH.
     #[arg(long, env = "MSGXC_STORE")]
     store: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// Three rounds of faults with longer gaps (the default is one round, about 30 s).
+    #[arg(long)]
+    long: bool,
+    /// Users, each with an SMS device.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// nats-server binary (default: MSGXC_NATS_SERVER_BIN, .tools/, then PATH).
+    #[arg(long, env = "MSGXC_NATS_SERVER_BIN")]
+    nats_server_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -385,6 +402,18 @@ fn main() -> std::process::ExitCode {
                     store: a.store,
                 })
                 .await
+            }
+            Command::Fault(a) => {
+                let counts = msgxc::fault::run(msgxc::fault::FaultOptions {
+                    long: a.long,
+                    users: a.users.max(1),
+                    nats_server_bin: a.nats_server_bin,
+                })
+                .await?;
+                if !counts.holds() {
+                    anyhow::bail!("a guarantee did not hold (see the table)");
+                }
+                Ok(())
             }
             Command::BenchWsBaseline(a) => msgxc::bench::serve_ws_baseline(a.listen).await,
         }

@@ -292,6 +292,15 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server (SIGKILL: nothing is flushed; what JetStream had not written to disk
+    /// is lost as in a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the same binary again on the same port and store (after [`stop`](Self::stop)).
     pub fn restart(&mut self) -> Result<(), NatsdError> {
         self.stop();
