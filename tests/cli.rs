@@ -199,6 +199,8 @@ fn every_command_has_help() {
         vec!["rebuild", "--help"],
         vec!["migrate", "--help"],
         vec!["health", "--help"],
+        vec!["export", "--help"],
+        vec!["fault", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
