@@ -139,6 +139,8 @@ pub(crate) struct ScyllaTx<'a> {
     /// user's row several times, e.g. a click also opens and delivers).
     experiments: HashMap<String, ExperimentRecord>,
     experiment_users: HashMap<(String, String), ExperimentUser>,
+    /// (uid, experiment) rows the current event read ahead and found absent.
+    experiment_absent: std::collections::HashSet<(String, String)>,
     arm_counts: HashMap<(String, Uuid, String), ArmCounts>,
     /// Funnel rows as this batch has left them (a click moves one row three times).
     funnel_entries: HashMap<(Uuid, String), FunnelEntry>,
@@ -170,6 +172,7 @@ impl<'a> ScyllaTx<'a> {
             receipt_counts: HashMap::new(),
             experiments: HashMap::new(),
             experiment_users: HashMap::new(),
+            experiment_absent: Default::default(),
             arm_counts: HashMap::new(),
             funnel_entries: HashMap::new(),
         }
@@ -191,6 +194,7 @@ impl<'a> ScyllaTx<'a> {
         self.flush()?;
         self.independent = false;
         self.entry_exists.clear();
+        self.experiment_absent.clear();
         self.preferences.clear();
         self.has_device.clear();
         self.new_users.clear();
@@ -592,6 +596,35 @@ impl FoldTarget for ScyllaTx<'_> {
                 .cloned()
                 .zip(devices.into_iter().map(|d| d.is_some()))
                 .collect();
+        }
+        // Each recipient's row of the message's experiment (their arm, if an earlier message
+        // exposed them), read ahead in one concurrent round instead of one read per recipient.
+        if let Some(e) = &m.experiment {
+            let unknown: Vec<&String> = uids
+                .iter()
+                .filter(|u| {
+                    !self
+                        .experiment_users
+                        .contains_key(&((*u).clone(), e.id.clone()))
+                })
+                .collect();
+            let rows = self.many(
+                unknown
+                    .iter()
+                    .map(|u| q.experiment_user_get(u, &e.id))
+                    .collect(),
+            )?;
+            for (u, row) in unknown.into_iter().zip(rows) {
+                let key = (u.clone(), e.id.clone());
+                match row {
+                    Some((r,)) => {
+                        self.experiment_users.insert(key, parse_json(&r)?);
+                    }
+                    None => {
+                        self.experiment_absent.insert(key);
+                    }
+                }
+            }
         }
         if needs.users {
             let known = self.many(uids.iter().map(|u| q.user_get(user_bucket(u), u)).collect())?;
@@ -1254,6 +1287,9 @@ impl FoldTarget for ScyllaTx<'_> {
         let key = (uid.to_owned(), experiment.to_owned());
         if let Some(u) = self.experiment_users.get(&key) {
             return Ok(Some(u.clone()));
+        }
+        if self.experiment_absent.contains(&key) {
+            return Ok(None);
         }
         // A row this batch has not written (the cache holds every one it has).
         self.one_unwritten(self.q().experiment_user_get(uid, experiment))?
