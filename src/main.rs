@@ -90,6 +90,10 @@ enum Command {
 #[derive(Debug, Clone, Copy)]
 struct RateArg(Option<gateway::rate::Rate>);
 
+fn parse_compat(s: &str) -> Result<gateway::compat::Compat, String> {
+    gateway::compat::Compat::parse(s)
+}
+
 fn parse_rate(s: &str) -> Result<RateArg, String> {
     gateway::rate::Rate::parse(s).map(RateArg)
 }
@@ -239,6 +243,10 @@ struct ServeArgs {
     /// Longest a request body may take to arrive after its headers (408 after that).
     #[arg(long, env = "MSGXC_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     http_body_timeout: Duration,
+    /// Answer shapes of the seed systems, a comma list: `msgxc` (seed 001's literal `true`,
+    /// `Msgxc-Id` and `{"code","msg"}` errors on its routes). Off by default.
+    #[arg(long, env = "MSGXC_COMPAT", default_value = "", value_parser = parse_compat)]
+    compat: gateway::compat::Compat,
     /// Live frames buffered per WebSocket before a slow client is disconnected.
     #[arg(long, env = "MSGXC_SOCKET_BUFFER", default_value_t = 256)]
     socket_buffer: usize,
@@ -473,6 +481,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             links: None,
             header_timeout: a.http_header_timeout.max(Duration::from_millis(100)),
             body_timeout: a.http_body_timeout.max(Duration::from_millis(100)),
+            compat: a.compat,
             cors_origins: a
                 .cors_origins
                 .iter()

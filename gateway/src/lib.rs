@@ -2,6 +2,7 @@
 //! log and answers reads from the projections; it never writes a read model itself.
 //!
 //! - `auth`: JWT verification and the caller's identity and roles
+//! - `compat`: the seed systems' answer shapes (`MSGXC_COMPAT`)
 //! - `error`: the `{"error":{"code","message"}}` answers
 //! - `extract`: request extractors (JSON bodies within the size limit, callers)
 //! - `jwks`: verification keys from an issuer's JSON Web Key Set, read again as they rotate
@@ -14,6 +15,7 @@
 //! - `state`: configuration and the state every handler shares
 
 pub mod auth;
+pub mod compat;
 pub mod error;
 pub mod extract;
 pub mod hub;

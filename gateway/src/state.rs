@@ -70,6 +70,8 @@ pub struct GatewayConfig {
     pub header_timeout: Duration,
     /// Longest a request body may take to arrive once its headers have (408 after that).
     pub body_timeout: Duration,
+    /// Answer shapes of the seed systems (`MSGXC_COMPAT`; see `compat`).
+    pub compat: crate::compat::Compat,
 }
 
 /// Default write limits and live connections per user (README states them).
@@ -113,6 +115,7 @@ impl Default for GatewayConfig {
             links: None,
             header_timeout: crate::serve::DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            compat: Default::default(),
             socket_frame_rate: Some(crate::rate::Rate {
                 per_second: 50,
                 burst: 200,

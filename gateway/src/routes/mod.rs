@@ -96,12 +96,16 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_writes));
     let cors = cors_layer(&state.config.cors_origins);
-    let app = Router::new()
+    let seed_001 = state.config.compat.msgxc;
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/r/{token}", get(experiments::redirect))
         .nest("/api/v1", api)
         .fallback(not_found)
         .with_state(state);
+    if seed_001 {
+        app = app.layer(axum::middleware::from_fn(crate::compat::seed_001));
+    }
     match cors {
         Some(layer) => app.layer(layer),
         None => app,
@@ -137,8 +141,9 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static("idempotency-key"),
                 HeaderName::from_static("last-event-id"),
+                crate::compat::API_HEADER,
             ])
-            .expose_headers([header::RETRY_AFTER])
+            .expose_headers([header::RETRY_AFTER, crate::compat::ID_HEADER])
             .max_age(std::time::Duration::from_secs(600)),
     )
 }
