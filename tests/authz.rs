@@ -134,6 +134,12 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
         [401, 403, 201, 201, 201],
     ),
     ("GET", "/messaging/{mid}", "", [401, 403, 200, 200, 200]),
+    (
+        "GET",
+        "/stats/messaging?target_type=team&target_id=1&group_by=day",
+        "",
+        [401, 403, 200, 200, 200],
+    ),
     ("GET", "/blocks", "", [401, 200, 200, 200, 200]),
     ("PUT", "/blocks/zed", "", [401, 204, 204, 204, 204]),
     ("DELETE", "/blocks/zed", "", [401, 204, 204, 204, 204]),

@@ -983,3 +983,180 @@ async fn the_seed_004_filter_endpoint_maps_onto_type_preferences() {
     let inbox = ex.inbox_until(&kay, 1).await;
     assert_eq!(inbox["results"][0]["msg"], "headline");
 }
+
+/// Ona's verbs, filters, page/page_size, group_by counts and `/stats/messaging`, with the
+/// shapes of Ona's documentation.
+#[tokio::test]
+async fn ona_verbs_timestamp_filters_grouped_counts_and_stats() {
+    let ex = Exchange::start().await;
+    let (ona, bob) = (token("ona", false), token("bob", false));
+    let (s, t) = ex
+        .post(
+            "/threads",
+            &ona,
+            json!({"name": "Form 1", "alias": "xform:1", "open_subscribe": true, "open_publish": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    let (s, _) = ex.post("/subscribe", &bob, json!({"tid": t["tid"]})).await;
+    assert_eq!(s, 200);
+    let post = |who: &str, verb: Option<&str>, msg: &str| {
+        let mut body = json!({"target_type": "xform", "target_id": "1", "message": msg});
+        if let Some(v) = verb {
+            body["verb"] = json!(v);
+        }
+        (who.to_owned(), body)
+    };
+    let mut times = Vec::new();
+    for (who, body) in [
+        post("ona", None, "Hey there"),
+        post("bob", Some("submission_created"), r#"{"id": [71472574]}"#),
+        post("bob", Some("submission_created"), r#"{"id": [71472575]}"#),
+        post("ona", Some("submission_edited"), r#"{"id": [71472574]}"#),
+    ] {
+        let (s, m) = ex.post("/messaging", &token(&who, false), body).await;
+        assert_eq!(s, 201, "{m}");
+        times.push(m["timestamp"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        ex.post(
+            "/messaging",
+            &ona,
+            json!({"target_type": "xform", "target_id": "1", "message": "x", "verb": "Not A Verb"})
+        )
+        .await
+        .0,
+        400
+    );
+    let list = |q: &str| {
+        let q = q.to_owned();
+        let ex = &ex;
+        let ona = ona.clone();
+        async move {
+            let (s, b) = ex
+                .get(
+                    &format!("/messaging?target_type=xform&target_id=1{q}"),
+                    &ona,
+                )
+                .await;
+            assert_eq!(s, 200, "{q}: {b}");
+            b
+        }
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while list("").await["count"] != 4 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let all = list("").await;
+    assert_eq!(all["results"][0]["verb"], "submission_edited", "{all}");
+    assert_eq!(all["results"][3]["verb"], "message");
+    // verb=, and the timestamp lookups (gt excludes, gte includes).
+    let created = list("&verb=submission_created").await;
+    assert_eq!(created["count"], 2, "{created}");
+    assert!(
+        created["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["verb"] == "submission_created" && r["user"] == "bob")
+    );
+    let enc = |t: &str| t.replace('+', "%2B");
+    assert_eq!(
+        list(&format!("&timestamp__gte={}", enc(&times[1]))).await["count"],
+        3
+    );
+    assert_eq!(
+        list(&format!("&timestamp__gt={}", enc(&times[1]))).await["count"],
+        2
+    );
+    assert_eq!(
+        list(&format!("&timestamp__lte={}", enc(&times[1]))).await["count"],
+        2
+    );
+    assert_eq!(
+        list(&format!("&timestamp__lt={}", enc(&times[1]))).await["count"],
+        1
+    );
+    assert_eq!(list("&timestamp__lte=2024-06-20T00:00").await["count"], 0);
+    // page / page_size.
+    let page = list("&verb=submission_created&page=2&page_size=1").await;
+    assert_eq!(
+        (
+            page["count"].as_u64(),
+            page["results"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(1))
+    );
+    // group_by, repeated: (day, user, verb) counts with their first and last times.
+    let groups = list("&group_by=day&group_by=user&group_by=verb").await;
+    assert_eq!(groups["count"], 3, "{groups}");
+    let rows = groups["results"].as_array().unwrap();
+    let bobs = rows.iter().find(|r| r["user"] == "bob").expect("bob's row");
+    assert_eq!(bobs["verb"], "submission_created");
+    assert_eq!(bobs["count"], 2);
+    assert!(
+        bobs["period_start"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"),
+        "{bobs}"
+    );
+    assert!(
+        bobs["earliest_timestamp"].as_str().unwrap() <= bobs["latest_timestamp"].as_str().unwrap()
+    );
+    assert_eq!(
+        rows[0]["verb"], "submission_edited",
+        "most recent activity first"
+    );
+    let by_verb = list("&group_by=verb").await;
+    assert_eq!(by_verb["count"], 3);
+    assert!(by_verb["results"][0].get("user").is_none());
+    assert!(by_verb["results"][0].get("period_start").is_none());
+    for bad in ["&group_by=country", "&group_by=day&group_by=month"] {
+        let (s, b) = ex
+            .get(
+                &format!("/messaging?target_type=xform&target_id=1{bad}"),
+                &ona,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (400, Some("group_by")),
+            "{bad}: {b}"
+        );
+    }
+    // /stats/messaging: counts per verb in each period, newest first.
+    let (s, stats) = ex
+        .get(
+            "/stats/messaging?target_type=xform&target_id=1&group_by=year",
+            &ona,
+        )
+        .await;
+    assert_eq!(s, 200, "{stats}");
+    let year = &stats[0];
+    assert_eq!(year["submission_created"], 2, "{stats}");
+    assert_eq!(year["submission_edited"], 1);
+    assert_eq!(year["message"], 1);
+    assert_eq!(year["group"].as_str().map(str::len), Some(4));
+    let (s, b) = ex
+        .get(
+            "/stats/messaging?target_type=xform&target_id=1&group_by=hour",
+            &ona,
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("group_by")),
+        "{b}"
+    );
+    assert_eq!(
+        ex.get(
+            "/stats/messaging?target_type=xform&target_id=1&group_by=day",
+            &token("outsider", false)
+        )
+        .await
+        .0,
+        403
+    );
+}

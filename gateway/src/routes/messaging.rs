@@ -4,11 +4,15 @@
 //! Rules: only members of a target (its subscribers, owner, admins) may post to or read it; a
 //! user target is readable only by that user and obeys the private-message rules (blocks,
 //! rate); only the author or an admin may delete a message.
+//!
+//! Ona's `verb` (default `message`) rides in the message's options; its filters (`verb`,
+//! `timestamp__gt|gte|lt|lte`), `page`/`page_size`, `group_by` counts and
+//! `GET /stats/messaging` read the target's messages and group them here.
 
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use exchange::Actor;
 use exchange::events::{Audience, Event, MessageDeleted, MessagePublished, MessageSent};
@@ -31,17 +35,35 @@ pub struct PostBody {
     target_type: String,
     target_id: String,
     message: String,
+    /// Ona's action name (`message`, `submission_created`, ...); default `message`.
+    #[serde(default)]
+    verb: Option<String>,
+}
+
+/// The option key a messaging post keeps its verb under.
+const VERB: &str = "verb";
+/// Ona's default verb.
+const MESSAGE: &str = "message";
+
+/// A message's verb (`message` unless its post named another).
+fn verb_of(opts: &exchange::events::MessageOpts) -> &str {
+    opts.extra
+        .get(VERB)
+        .and_then(Value::as_str)
+        .unwrap_or(MESSAGE)
 }
 
 fn item(
     mid: uuid::Uuid,
     message: &str,
     user: &str,
+    verb: &str,
     target: (&str, &str),
     at: OffsetDateTime,
 ) -> Value {
     json!({
         "id": mid,
+        "verb": verb,
         "message": message,
         "user": user,
         "target_type": target.0,
@@ -85,6 +107,23 @@ pub async fn post(
     validate::text("message", &body.message, state.config.max_message_chars)?;
     validate::text("target_type", &body.target_type, 64)?;
     validate::text("target_id", &body.target_id, 256)?;
+    let verb = body.verb.clone().unwrap_or_else(|| MESSAGE.to_owned());
+    if verb.is_empty()
+        || verb.len() > 64
+        || !verb
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ApiError::field(
+            "verb",
+            "1-64 lowercase letters, digits or _ (such as message or submission_created)",
+        ));
+    }
+    let mut opts = exchange::events::MessageOpts::default();
+    if verb != MESSAGE {
+        opts.extra
+            .insert(VERB.to_owned(), Value::from(verb.clone()));
+    }
     let key = idempotency_key(&headers)?;
     let event = if body.target_type == "user" {
         validate::uid("target_id", &body.target_id)?;
@@ -109,7 +148,7 @@ pub async fn post(
             },
             sender: actor.uid.clone(),
             msg: body.message.clone(),
-            opts: Default::default(),
+            opts: opts.clone(),
             experiment: None,
         })
     } else {
@@ -118,7 +157,7 @@ pub async fn post(
             tid: thread.tid,
             sender: actor.uid.clone(),
             msg: body.message.clone(),
-            opts: Default::default(),
+            opts,
             experiment: None,
         })
     };
@@ -130,6 +169,7 @@ pub async fn post(
             env.id,
             &body.message,
             &actor.uid,
+            &verb,
             (&body.target_type, &body.target_id),
             env.occurred_at,
         )),
@@ -147,24 +187,180 @@ fn required<'a>(q: &'a HashMap<String, String>, key: &str) -> Result<&'a str, Ap
         })
 }
 
-/// `GET /messaging?target_type&target_id[&user][&since][&before][&limit][&offset]`.
-pub async fn list(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let paging = Paging::from_query(&q)?;
-    // As in the seed: without a target the list is empty.
-    if !q.contains_key("target_type") && !q.contains_key("target_id") {
-        return Ok(Json(
-            json!({ "count": 0, "next": null, "previous": null, "results": [] }),
-        ));
+/// One message of a target as the Ona views see it.
+struct Row {
+    mid: uuid::Uuid,
+    msg: String,
+    user: String,
+    verb: String,
+    at: OffsetDateTime,
+}
+
+/// A `group_by` row's key: (period start, user, verb), each when asked for.
+type GroupKey = (Option<OffsetDateTime>, Option<String>, Option<String>);
+/// A `group_by` row's count and its earliest and latest times.
+type GroupCount = (u64, OffsetDateTime, OffsetDateTime);
+
+/// The most messages a filtered or grouped view reads from one target (newest first).
+pub const MAX_SCAN: u64 = 10_000;
+
+/// Ona's time buckets of `group_by`, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl Bucket {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "hour" => Bucket::Hour,
+            "day" => Bucket::Day,
+            "week" => Bucket::Week,
+            "month" => Bucket::Month,
+            "year" => Bucket::Year,
+            _ => return None,
+        })
     }
-    let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
-    let sender = q.get("user").cloned();
-    let (since, before) = (time_param(&q, "since")?, time_param(&q, "before")?);
-    let path = format!("/api/v1/messaging?target_type={kind}&target_id={id}");
-    let (total, results) = if kind == "user" {
+
+    /// The bucket's start (weeks start on Monday, as Django's `TruncWeek`).
+    fn start(self, at: OffsetDateTime) -> OffsetDateTime {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let day = at.date();
+        let date = match self {
+            Bucket::Hour | Bucket::Day => day,
+            Bucket::Week => {
+                day - time::Duration::days(i64::from(day.weekday().number_days_from_monday()))
+            }
+            Bucket::Month => day.replace_day(1).unwrap_or(day),
+            Bucket::Year => day
+                .replace_month(time::Month::January)
+                .and_then(|d| d.replace_day(1))
+                .unwrap_or(day),
+        };
+        let hour = if self == Bucket::Hour { at.hour() } else { 0 };
+        date.with_hms(hour, 0, 0)
+            .map(|t| t.assume_utc())
+            .unwrap_or(at)
+    }
+
+    /// `GET /stats/messaging`'s group label.
+    fn label(self, at: OffsetDateTime) -> String {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        match self {
+            Bucket::Year => format!("{}", at.year()),
+            Bucket::Month => format!("{}-{:02}", at.year(), u8::from(at.month())),
+            _ => format!("{}-{:02}-{:02}", at.year(), u8::from(at.month()), at.day()),
+        }
+    }
+}
+
+/// A `timestamp__*` filter value: RFC 3339, a date-time without a zone (UTC), or a date.
+fn instant(key: &str, v: &str) -> Result<OffsetDateTime, ApiError> {
+    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
+        return Ok(t);
+    }
+    let formats = [
+        "[year]-[month]-[day]T[hour]:[minute]:[second]",
+        "[year]-[month]-[day]T[hour]:[minute]",
+        "[year]-[month]-[day] [hour]:[minute]:[second]",
+    ];
+    for f in formats {
+        if let Ok(f) = time::format_description::parse(f)
+            && let Ok(t) = time::PrimitiveDateTime::parse(v, &f)
+        {
+            return Ok(t.assume_utc());
+        }
+    }
+    if let Ok(f) = time::format_description::parse("[year]-[month]-[day]")
+        && let Ok(d) = time::Date::parse(v, &f)
+    {
+        return Ok(d.midnight().assume_utc());
+    }
+    Err(ApiError::field(
+        key,
+        "an RFC 3339 time, a date-time such as 2024-06-20T00:00 (UTC) or a date",
+    ))
+}
+
+/// The query's filters on a target's messages.
+struct Filters {
+    sender: Option<String>,
+    verb: Option<String>,
+    /// (instant, inclusive) bounds.
+    after: Option<(OffsetDateTime, bool)>,
+    until: Option<(OffsetDateTime, bool)>,
+}
+
+impl Filters {
+    fn of(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let mut f = Filters {
+            sender: q.get("user").cloned(),
+            verb: q.get("verb").filter(|v| !v.is_empty()).cloned(),
+            after: time_param(q, "since")?.map(|t| (t, true)),
+            until: time_param(q, "before")?.map(|t| (t, false)),
+        };
+        for (key, lower, inclusive) in [
+            ("timestamp__gt", true, false),
+            ("timestamp__gte", true, true),
+            ("timestamp__lt", false, false),
+            ("timestamp__lte", false, true),
+        ] {
+            if let Some(v) = q.get(key) {
+                let t = instant(key, v)?;
+                if lower {
+                    f.after = Some((t, inclusive));
+                } else {
+                    f.until = Some((t, inclusive));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether the store's paging answers the query (no filter but the sender).
+    fn store_only(&self) -> bool {
+        self.verb.is_none() && self.after.is_none() && self.until.is_none()
+    }
+
+    fn keeps(&self, r: &Row) -> bool {
+        self.verb.as_ref().is_none_or(|v| *v == r.verb)
+            && self
+                .after
+                .is_none_or(|(t, inc)| if inc { r.at >= t } else { r.at > t })
+            && self
+                .until
+                .is_none_or(|(t, inc)| if inc { r.at <= t } else { r.at < t })
+    }
+
+    /// Coarse bounds for the store, a whole second wider than the filters on each side
+    /// ([`Filters::keeps`] is exact): the SQLite store compares times as RFC 3339 text, whose
+    /// fraction has as many digits as it needs, so `57.5` and `57.500000001` only order right
+    /// where their whole seconds differ.
+    fn bounds(&self) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+        let second = time::Duration::seconds(1);
+        let floor = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+        (
+            self.after.map(|(t, _)| floor(t) - second),
+            self.until.map(|(t, _)| floor(t) + second + second),
+        )
+    }
+}
+
+/// One page of a target's messages, newest first, and their total (the store's paging).
+async fn page_of(
+    state: &AppState,
+    actor: &Actor,
+    (kind, id): (&str, &str),
+    f: &Filters,
+    limit: u32,
+    offset: u64,
+) -> ApiResult<(u64, Vec<Row>)> {
+    let (since, before) = f.bounds();
+    if kind == "user" {
         if id != actor.uid && !actor.is_admin() {
             return Err(ApiError::forbidden(
                 "a user's messages are readable only by that user",
@@ -177,45 +373,225 @@ pub async fn list(
                 &InboxQuery {
                     filter: InboxFilter {
                         status: Some(StatusFilter::All),
-                        sender,
+                        sender: f.sender.clone(),
                         since,
                         before,
                         direct: true,
                         ..Default::default()
                     },
-                    limit: paging.limit,
-                    offset: paging.offset,
+                    limit,
+                    offset,
                     after: None,
                 },
             )
             .await?;
-        let items = page
+        let rows = page
             .items
-            .iter()
-            .map(|n| item(n.id, &n.msg, &n.sender, ("user", id), n.created_at))
+            .into_iter()
+            .map(|n| Row {
+                mid: n.id,
+                verb: verb_of(&n.opts).to_owned(),
+                msg: n.msg,
+                user: n.sender,
+                at: n.created_at,
+            })
+            .collect();
+        return Ok((page.total, rows));
+    }
+    let thread = member_target(state, actor, kind, id).await?;
+    let page = state
+        .store
+        .thread_messages(
+            thread.tid,
+            &HistoryQuery {
+                limit,
+                offset,
+                sender: f.sender.clone(),
+                since,
+                before,
+            },
+        )
+        .await?;
+    let rows = page
+        .items
+        .into_iter()
+        .map(|m| Row {
+            mid: m.mid,
+            verb: verb_of(&m.opts).to_owned(),
+            msg: m.msg,
+            user: m.sender,
+            at: m.created_at,
+        })
+        .collect();
+    Ok((page.total, rows))
+}
+
+/// Every message of a target the filters keep, newest first (at most [`MAX_SCAN`] read).
+async fn all_of(
+    state: &AppState,
+    actor: &Actor,
+    target: (&str, &str),
+    f: &Filters,
+) -> ApiResult<Vec<Row>> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let (total, rows) =
+            page_of(state, actor, target, f, crate::extract::MAX_LIMIT, offset).await?;
+        if total > MAX_SCAN {
+            return Err(ApiError::bad_request(
+                "too_many_messages",
+                format!(
+                    "{total} messages in range, at most {MAX_SCAN} are filtered or grouped: \
+                     narrow it with timestamp__gte / timestamp__lt"
+                ),
+            ));
+        }
+        let n = rows.len() as u64;
+        out.extend(rows.into_iter().filter(|r| f.keeps(r)));
+        offset += n;
+        if n == 0 || offset >= total {
+            return Ok(out);
+        }
+    }
+}
+
+/// The query pairs, repeated keys kept (Ona repeats `group_by`).
+fn pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(raw.unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid"))
+}
+
+/// `group_by` dimensions: `user`, `verb` and at most one time bucket (repeated or
+/// comma-separated).
+fn group_dims(pairs: &[(String, String)]) -> Result<(bool, bool, Option<Bucket>), ApiError> {
+    let (mut user, mut verb, mut bucket) = (false, false, None);
+    for v in pairs
+        .iter()
+        .filter(|(k, _)| k == "group_by")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        match v {
+            "user" => user = true,
+            "verb" => verb = true,
+            other => match Bucket::parse(other) {
+                Some(b) if bucket.is_none_or(|x| x == b) => bucket = Some(b),
+                Some(_) => {
+                    return Err(ApiError::field(
+                        "group_by",
+                        "at most one of hour, day, week, month, year",
+                    ));
+                }
+                None => {
+                    return Err(ApiError::field(
+                        "group_by",
+                        "user, verb, hour, day, week, month or year",
+                    ));
+                }
+            },
+        }
+    }
+    Ok((user, verb, bucket))
+}
+
+fn rfc(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `GET /messaging?target_type&target_id` with Ona's filters (`user`, `verb`,
+/// `timestamp__gt|gte|lt|lte`, also `since`/`before`), paging (`limit`/`offset` or
+/// `page`/`page_size`) and `group_by` counts.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let pairs = pairs(raw.as_deref())?;
+    let mut q: HashMap<String, String> = pairs.iter().cloned().collect();
+    if let Some(size) = q.remove("page_size") {
+        q.insert("size".into(), size);
+    }
+    let paging = Paging::from_query(&q)?;
+    // As in the seed: without a target the list is empty.
+    if !q.contains_key("target_type") && !q.contains_key("target_id") {
+        return Ok(Json(
+            json!({ "count": 0, "next": null, "previous": null, "results": [] }),
+        ));
+    }
+    let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
+    let filters = Filters::of(&q)?;
+    let (by_user, by_verb, bucket) = group_dims(&pairs)?;
+    let grouped = by_user || by_verb || bucket.is_some();
+    let path = format!("/api/v1/messaging?target_type={kind}&target_id={id}");
+    let (total, results) = if grouped {
+        let rows = all_of(&state, &actor, (kind, id), &filters).await?;
+        let mut groups: HashMap<GroupKey, GroupCount> = HashMap::new();
+        for r in &rows {
+            let key = (
+                bucket.map(|b| b.start(r.at)),
+                by_user.then(|| r.user.clone()),
+                by_verb.then(|| r.verb.clone()),
+            );
+            let g = groups.entry(key).or_insert((0, r.at, r.at));
+            g.0 += 1;
+            g.1 = g.1.min(r.at);
+            g.2 = g.2.max(r.at);
+        }
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        // Most recent activity first (ties: the key, for a stable order).
+        groups.sort_by(|a, b| b.1.2.cmp(&a.1.2).then_with(|| a.0.cmp(&b.0)));
+        let total = groups.len() as u64;
+        let results = groups
+            .into_iter()
+            .skip(usize::try_from(paging.offset).unwrap_or(usize::MAX))
+            .take(paging.limit as usize)
+            .map(|((period, user, verb), (count, earliest, latest))| {
+                let mut row = serde_json::Map::new();
+                if let Some(p) = period {
+                    row.insert("period_start".into(), rfc(p).into());
+                }
+                if let Some(u) = user {
+                    row.insert("user".into(), u.into());
+                }
+                if let Some(v) = verb {
+                    row.insert("verb".into(), v.into());
+                }
+                row.insert("count".into(), count.into());
+                row.insert("earliest_timestamp".into(), rfc(earliest).into());
+                row.insert("latest_timestamp".into(), rfc(latest).into());
+                Value::Object(row)
+            })
             .collect::<Vec<_>>();
-        (page.total, items)
+        (total, results)
+    } else if filters.store_only() {
+        let (total, rows) = page_of(
+            &state,
+            &actor,
+            (kind, id),
+            &filters,
+            paging.limit,
+            paging.offset,
+        )
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at))
+            .collect::<Vec<_>>();
+        (total, items)
     } else {
-        let thread = member_target(&state, &actor, kind, id).await?;
-        let page = state
-            .store
-            .thread_messages(
-                thread.tid,
-                &HistoryQuery {
-                    limit: paging.limit,
-                    offset: paging.offset,
-                    sender,
-                    since,
-                    before,
-                },
-            )
-            .await?;
-        let items = page
-            .items
+        let rows = all_of(&state, &actor, (kind, id), &filters).await?;
+        let total = rows.len() as u64;
+        let items = rows
             .iter()
-            .map(|m| item(m.mid, &m.msg, &m.sender, (kind, id), m.created_at))
+            .skip(usize::try_from(paging.offset).unwrap_or(usize::MAX))
+            .take(paging.limit as usize)
+            .map(|r| item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at))
             .collect::<Vec<_>>();
-        (page.total, items)
+        (total, items)
     };
     let next_offset = paging.offset + u64::from(paging.limit);
     let next = (next_offset < total)
@@ -230,6 +606,47 @@ pub async fn list(
     Ok(Json(
         json!({ "count": total, "next": next, "previous": previous, "results": results }),
     ))
+}
+
+/// `GET /stats/messaging?target_type&target_id&group_by=day|month|year[&verb][&timestamp__*]`:
+/// Ona's counts per verb in each period, newest first, as a bare list of
+/// `{"group": "2023", "<verb>": n, ...}`.
+pub async fn stats(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let pairs = pairs(raw.as_deref())?;
+    let q: HashMap<String, String> = pairs.iter().cloned().collect();
+    let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
+    let bucket = match required(&q, "group_by")? {
+        "day" => Bucket::Day,
+        "month" => Bucket::Month,
+        "year" => Bucket::Year,
+        _ => return Err(ApiError::field("group_by", "day, month or year")),
+    };
+    let filters = Filters::of(&q)?;
+    let rows = all_of(&state, &actor, (kind, id), &filters).await?;
+    let mut groups: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        Default::default();
+    for r in &rows {
+        *groups
+            .entry(bucket.label(r.at))
+            .or_default()
+            .entry(r.verb.clone())
+            .or_default() += 1;
+    }
+    let out: Vec<Value> = groups
+        .into_iter()
+        .rev()
+        .map(|(group, verbs)| {
+            let mut row: serde_json::Map<String, Value> =
+                verbs.into_iter().map(|(v, n)| (v, n.into())).collect();
+            row.insert("group".into(), group.into());
+            Value::Object(row)
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
 }
 
 /// The message and its target, if the caller may see it.
@@ -287,6 +704,7 @@ pub async fn get(
         m.mid,
         &m.msg,
         &m.sender,
+        verb_of(&m.opts),
         (&target.0, &target.1),
         m.created_at,
     )))

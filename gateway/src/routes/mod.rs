@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/types", get(types::list).post(types::register))
         .route("/messages", post(private::send))
         .route("/messaging", get(messaging::list).post(messaging::post))
+        .route("/stats/messaging", get(messaging::stats))
         .route(
             "/messaging/{id}",
             get(messaging::get).delete(messaging::delete),
