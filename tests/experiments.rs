@@ -44,25 +44,30 @@ fn body(uids: &[String], msg: &str) -> Value {
     })
 }
 
-/// Polls the report until `done` says so (the projection is asynchronous).
+/// Polls a report at `path` until `done` says so (the projection is asynchronous).
+async fn get_until(ex: &Exchange, admin: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, b) = ex.get(path, admin).await;
+        if s == 200 && done(&b) {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never got there: {s} {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the experiment's report until `done` says so.
 async fn report_until(
     ex: &Exchange,
     admin: &str,
     id: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (s, b) = ex.get(&format!("/experiments/{id}"), admin).await;
-        if s == 200 && done(&b) {
-            return b;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "report never got there: {s} {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    get_until(ex, admin, &format!("/experiments/{id}"), done).await
 }
 
 fn arm<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -619,18 +624,7 @@ async fn funnel_until(
     query: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (s, b) = ex.get(&format!("/reports/funnel?{query}"), admin).await;
-        if s == 200 && done(&b) {
-            return b;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "funnel never got there: {s} {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    get_until(ex, admin, &format!("/reports/funnel?{query}"), done).await
 }
 
 fn funnel_row<'a>(report: &'a Value, key: &[(&str, Value)]) -> &'a Value {

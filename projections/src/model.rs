@@ -462,12 +462,17 @@ impl ExperimentUser {
             Step::Clicked => &mut self.clicked_at,
             Step::Converted => &mut self.converted_at,
         };
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some(at);
-        true
+        first_time(slot, at)
     }
+}
+
+/// Sets a step's time unless it is set already; whether it was set now.
+fn first_time(slot: &mut Option<OffsetDateTime>, at: OffsetDateTime) -> bool {
+    if slot.is_some() {
+        return false;
+    }
+    *slot = Some(at);
+    true
 }
 
 /// Users of one arm at each step, kept on write.
@@ -662,11 +667,7 @@ impl FunnelEntry {
             FunnelStep::Clicked => &mut self.clicked_at,
             FunnelStep::Converted => &mut self.converted_at,
         };
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some(at);
-        true
+        first_time(slot, at)
     }
 
     /// Records a dispatch outcome on `channel`; false when it changes nothing.

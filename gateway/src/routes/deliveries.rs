@@ -76,6 +76,27 @@ pub async fn record_ack(
 }
 
 /// Receipts of one message: counts per channel and status, and per-recipient rows.
+/// Message `mid`, when the caller sent it or is an admin (403 otherwise, 404 when there is
+/// none).
+pub(crate) async fn sent_by_caller(
+    state: &AppState,
+    actor: &exchange::Actor,
+    mid: uuid::Uuid,
+    what: &str,
+) -> ApiResult<projections::model::StoredMessage> {
+    let message = state
+        .store
+        .message(mid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    if !(actor.is_admin() || message.sender == actor.uid) {
+        return Err(ApiError::forbidden(format!(
+            "only the sender or an admin may {what}"
+        )));
+    }
+    Ok(message)
+}
+
 pub async fn receipts(
     State(state): State<AppState>,
     Caller(actor): Caller,
@@ -84,16 +105,7 @@ pub async fn receipts(
 ) -> ApiResult<Json<Value>> {
     let paging = Paging::from_query(&query)?;
     let mid = parse_id("mid", &mid)?;
-    let message = state
-        .store
-        .message(mid)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such message"))?;
-    if !(actor.is_admin() || message.sender == actor.uid) {
-        return Err(ApiError::forbidden(
-            "only the sender or an admin may read receipts",
-        ));
-    }
+    let message = sent_by_caller(&state, &actor, mid, "read receipts").await?;
     let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for (channel, status, n) in state.store.receipt_counts(mid).await? {
         counts.entry(channel).or_default().insert(status, n);

@@ -8,7 +8,7 @@ use axum::routing::{delete, get, patch, post, put};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-mod deliveries;
+pub(crate) mod deliveries;
 mod devices;
 pub(crate) mod experiments;
 pub mod fuzzing;

@@ -14,6 +14,7 @@ use time::{Duration, OffsetDateTime};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_id;
+use crate::routes::deliveries::sent_by_caller;
 use crate::routes::experiments::owned;
 use crate::state::AppState;
 
@@ -84,16 +85,7 @@ pub async fn funnel(
     }
 
     let messages: Vec<FunnelMessage> = if let Some(mid) = mid {
-        let message = state
-            .store
-            .message(mid)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such message"))?;
-        if !(actor.is_admin() || message.sender == actor.uid) {
-            return Err(ApiError::forbidden(
-                "only the sender or an admin may read a message's funnel",
-            ));
-        }
+        sent_by_caller(&state, &actor, mid, "read a message's funnel").await?;
         state.store.funnel_message(mid).await?.into_iter().collect()
     } else if let Some(id) = experiment {
         owned(&state, &actor, id, "read its funnel").await?;
