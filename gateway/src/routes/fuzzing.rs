@@ -13,7 +13,7 @@ use super::{
 use crate::extract::{Paging, parse_id, parse_json, time_param};
 
 /// Request body kinds, picked by the first input byte of the `request_bodies` target.
-pub const BODY_KINDS: u8 = 17;
+pub const BODY_KINDS: u8 = 18;
 
 /// Parses `data` as the JSON body of one route (`kind` picks which) with the route's own
 /// extractor, and runs the checks that need nothing but the body.
@@ -40,7 +40,7 @@ pub fn request_body(kind: u8, data: &[u8]) {
                 let _ = validate::opts(&o);
             }
         }
-        _ => {
+        16 => {
             if let Ok(e) = parse_json::<exchange::experiment::Experiment>(data)
                 && e.validate().is_ok()
             {
@@ -56,6 +56,7 @@ pub fn request_body(kind: u8, data: &[u8]) {
                 }
             }
         }
+        _ => drop(parse_json::<notifications::ReadAll>(data)),
     }
 }
 
