@@ -318,8 +318,17 @@ impl SqliteStore {
     }
 }
 
+/// A time as stored: RFC 3339 in UTC with all nine fraction digits, so that SQL compares and
+/// orders the text as it would the times (a shortest-form fraction does not: `57.5` sorts
+/// after `57.500000001`). Rows written by builds before this one keep their shortest form
+/// until `msgxc rebuild`; they read back the same.
 fn ts(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    const FIXED: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FIXED)
+        .unwrap_or_default()
 }
 
 fn parse_ts(s: &str) -> StoreResult<OffsetDateTime> {
@@ -1962,5 +1971,29 @@ impl Directory for SqliteStore {
 
     async fn is_read(&self, mid: Uuid, uid: &str) -> Result<bool, String> {
         crate::store::directory::is_read(self, mid, uid).await
+    }
+}
+
+#[cfg(test)]
+mod ts_tests {
+    use super::*;
+
+    #[test]
+    fn stored_times_sort_as_text_as_they_do_as_times() {
+        let base = time::macros::datetime!(2026-12-01 10:00:57.5 UTC);
+        let times = [
+            base - time::Duration::seconds(1),
+            base,
+            base + time::Duration::nanoseconds(1),
+            base + time::Duration::milliseconds(1),
+            time::macros::datetime!(2026-12-01 12:00:58 +02:00),
+        ];
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        let mut texts: Vec<String> = times.iter().map(|t| ts(*t)).collect();
+        texts.sort();
+        let back: Vec<OffsetDateTime> = texts.iter().map(|t| parse_ts(t).unwrap()).collect();
+        assert_eq!(back, sorted);
+        assert_eq!(ts(base), "2026-12-01T10:00:57.500000000Z");
     }
 }
