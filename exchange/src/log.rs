@@ -231,7 +231,6 @@ impl EventLog {
         })
     }
 
-    /// The last stored sequence (0 for an empty stream).
     /// When the first event at or after `seq` was stored (`None`: there is none): the age of
     /// the oldest event a reader at `seq - 1` has not applied. Schedules waiting in the stream
     /// are not events and are skipped.
@@ -249,6 +248,7 @@ impl EventLog {
         }
     }
 
+    /// The last stored sequence (0 for an empty stream).
     pub async fn last_seq(&self) -> Result<u64, LogError> {
         let mut stream = self.stream().await?;
         let info = stream

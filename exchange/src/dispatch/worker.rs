@@ -111,12 +111,12 @@ impl Default for DispatchSettings {
     }
 }
 
-/// The system actor recorded on dispatcher events.
 /// The lane a task was pulled from, as the metrics name it.
 fn lane_of(task: &DispatchTask) -> &'static str {
     super::Lane::of_task(task).name()
 }
 
+/// The system actor recorded on dispatcher events.
 pub fn system_actor() -> Actor {
     Actor {
         uid: "msgxc".into(),

@@ -321,32 +321,33 @@ impl Filters {
         Ok(f)
     }
 
-    /// Whether the store's paging answers the query (no filter but the sender).
+    /// Whether the store's paging answers the query (no filter it cannot apply: a verb).
     fn store_only(&self) -> bool {
-        self.verb.is_none() && self.after.is_none() && self.until.is_none()
+        self.verb.is_none()
     }
 
+    /// What the store does not filter (times and the sender it does).
     fn keeps(&self, r: &Row) -> bool {
         self.verb.as_ref().is_none_or(|v| *v == r.verb)
-            && self
-                .after
-                .is_none_or(|(t, inc)| if inc { r.at >= t } else { r.at > t })
-            && self
-                .until
-                .is_none_or(|(t, inc)| if inc { r.at <= t } else { r.at < t })
     }
 
-    /// Coarse bounds for the store, a whole second wider than the filters on each side
-    /// ([`Filters::keeps`] is exact): the SQLite store compares times as RFC 3339 text, whose
-    /// fraction has as many digits as it needs, so `57.5` and `57.500000001` only order right
-    /// where their whole seconds differ.
+    /// The bounds as the store takes them (inclusive `since`, exclusive `before`).
     fn bounds(&self) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
-        let second = time::Duration::seconds(1);
-        let floor = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
-        (
-            self.after.map(|(t, _)| floor(t) - second),
-            self.until.map(|(t, _)| floor(t) + second + second),
-        )
+        let after = self.after.map(|(t, inc)| {
+            if inc {
+                t
+            } else {
+                t + time::Duration::nanoseconds(1)
+            }
+        });
+        let until = self.until.map(|(t, inc)| {
+            if inc {
+                t + time::Duration::nanoseconds(1)
+            } else {
+                t
+            }
+        });
+        (after, until)
     }
 }
 
