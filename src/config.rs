@@ -431,6 +431,33 @@ pub struct ChannelArgs {
     /// Requests in flight per provider at most.
     #[arg(long, env = "MSGXC_PROVIDER_IN_FLIGHT", default_value_t = 256)]
     pub provider_in_flight: usize,
+    /// Frequency cap per user over the push channels together (APNs, FCM, Web Push):
+    /// `N/DURATION`, at most N messages in any rolling DURATION, e.g. `5/1h`. Critical
+    /// messages (`opts.critical`, admins only) are not counted or capped.
+    #[arg(long, env = "MSGXC_CAP_PUSH", value_parser = parse_cap)]
+    pub cap_push: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on APNs alone (wins over `--cap-push`).
+    #[arg(long, env = "MSGXC_CAP_APNS", value_parser = parse_cap)]
+    pub cap_apns: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on FCM alone (wins over `--cap-push`).
+    #[arg(long, env = "MSGXC_CAP_FCM", value_parser = parse_cap)]
+    pub cap_fcm: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on Web Push alone (wins over `--cap-push`).
+    #[arg(long, env = "MSGXC_CAP_WEBPUSH", value_parser = parse_cap)]
+    pub cap_webpush: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on SMS, e.g. `3/24h`.
+    #[arg(long, env = "MSGXC_CAP_SMS", value_parser = parse_cap)]
+    pub cap_sms: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on e-mail.
+    #[arg(long, env = "MSGXC_CAP_EMAIL", value_parser = parse_cap)]
+    pub cap_email: Option<exchange::dispatch::Cap>,
+    /// Frequency cap per user on their MQTT topic.
+    #[arg(long, env = "MSGXC_CAP_MQTT", value_parser = parse_cap)]
+    pub cap_mqtt: Option<exchange::dispatch::Cap>,
+}
+
+fn parse_cap(s: &str) -> Result<exchange::dispatch::Cap, String> {
+    exchange::dispatch::Cap::parse(s)
 }
 
 /// One `channel=rate[/burst]` of `--rate-limits`.
@@ -666,6 +693,20 @@ impl ChannelArgs {
                     ((*name).to_owned(), limits)
                 })
                 .collect(),
+            caps: exchange::dispatch::CapSettings {
+                by: [
+                    (exchange::dispatch::caps::PUSH, self.cap_push),
+                    ("apns", self.cap_apns),
+                    ("fcm", self.cap_fcm),
+                    ("webpush", self.cap_webpush),
+                    ("sms", self.cap_sms),
+                    ("email", self.cap_email),
+                    ("mqtt", self.cap_mqtt),
+                ]
+                .into_iter()
+                .filter_map(|(k, c)| Some((k.to_owned(), c?)))
+                .collect(),
+            },
             ..Default::default()
         }
     }

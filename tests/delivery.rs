@@ -51,6 +51,14 @@ async fn exchange_paced(
     max_attempts: u32,
     limits: std::collections::HashMap<String, exchange::dispatch::Limits>,
 ) -> Exchange {
+    exchange_tuned(p, max_attempts, |d| d.limits = limits).await
+}
+
+async fn exchange_tuned(
+    p: &Providers,
+    max_attempts: u32,
+    tune: impl FnOnce(&mut DispatchSettings) + Send + 'static,
+) -> Exchange {
     let (sms, apns, smtp) = (
         p.sms.base_url.clone(),
         p.apns.base_url.clone(),
@@ -84,9 +92,9 @@ async fn exchange_paced(
             max_attempts,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
-            limits,
             ..Default::default()
         };
+        tune(&mut o.dispatch);
         o.gateway.max_recipients = 100;
         o.gateway.body_limit = 16 * 1024;
     })
@@ -454,6 +462,8 @@ async fn a_redelivered_task_does_not_notify_the_device_twice() {
         requeue: None,
         thread_topic: false,
         fallback_due: None,
+        hold_until: None,
+        released_from: None,
         only_channels: None,
     };
     js.publish(
@@ -1336,4 +1346,194 @@ async fn metrics_count_provider_calls_by_channel_lane_and_outcome_and_the_queue(
         assert!(tokio::time::Instant::now() < deadline, "{want:?} in {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `HH:MM:SS` in `zone`, `offset` seconds from now.
+fn local_clock(zone: &str, offset: i64) -> String {
+    let tz = jiff::tz::TimeZone::get(zone).unwrap();
+    let at = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(offset))
+        .unwrap();
+    at.to_zoned_datetime(tz).strftime("%H:%M:%S").to_string()
+}
+
+fn sms_bodies(p: &Providers) -> Vec<String> {
+    p.sms
+        .received()
+        .iter()
+        .map(|r| form_value(&String::from_utf8_lossy(&r.body), "Body").unwrap_or_default())
+        .collect()
+}
+
+/// A user's quiet hours (in their zone) hold a normal push until the window ends: the inbox
+/// entry is there at once, the receipt says held and why, and the SMS goes out once when the
+/// window is over. High-urgency and critical messages go at once; only admins send critical.
+#[tokio::test]
+async fn quiet_hours_hold_pushes_until_they_end_but_not_urgent_or_critical_ones() {
+    let p = providers().await;
+    let ex = exchange_with(&p, 3).await;
+    let admin = token("root", true);
+    let quinn = token("quinn", false);
+    enlist(&ex, "quinn", json!({"os": "sms", "phone": "+14155550170"})).await;
+    let put = |body: Value| {
+        ex.call(
+            reqwest::Method::PUT,
+            "/preferences",
+            Some(&quinn),
+            Some(body),
+        )
+    };
+    for (bad, field) in [
+        (json!({"timezone": "Mars/Olympus"}), "timezone"),
+        (
+            json!({"quiet_hours": {"from": "22:00", "to": "7am"}}),
+            "quiet_hours",
+        ),
+        (
+            json!({"quiet_hours": {"from": "22:00", "to": "22:00"}}),
+            "quiet_hours",
+        ),
+    ] {
+        let (s, b) = put(bad).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field),
+            "{b}"
+        );
+    }
+    // Quiet from 20 s ago until 6 s from now, New York time.
+    let zone = "America/New_York";
+    let window = json!({"from": local_clock(zone, -20), "to": local_clock(zone, 6)});
+    let (s, b) = put(json!({"timezone": zone, "quiet_hours": window})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["timezone"], zone);
+    assert_eq!(b["quiet_hours"], window);
+    let (s, b) = ex
+        .post(
+            "/send",
+            &quinn,
+            json!({"msg": "x", "uid": "quinn", "opts": {"critical": true}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"msg": "x", "uid": "quinn", "opts": {"critical": "yes"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let send = |msg: &'static str, opts: Value| {
+        let admin = admin.clone();
+        let ex = &ex;
+        async move {
+            let (s, b) = ex
+                .post(
+                    "/send",
+                    &admin,
+                    json!({"msg": msg, "uid": "quinn", "opts": opts}),
+                )
+                .await;
+            assert_eq!(s, 202, "{b}");
+            b["mid"].as_str().unwrap().to_owned()
+        }
+    };
+    let sent_at = std::time::Instant::now();
+    let quiet = send("goodnight digest", json!({})).await;
+    let urgent = send("your code is 1234", json!({"urgency": 4})).await;
+    let critical = send("storm warning", json!({"critical": true})).await;
+    let held = receipts_until(&ex, &quiet, |b| b["counts"]["sms"]["held"] == 1).await;
+    let reason = held["results"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("quiet hours until "), "{held}");
+    for mid in [&urgent, &critical] {
+        receipts_until(&ex, mid, |b| b["counts"]["sms"]["sent"] == 1).await;
+    }
+    // Not held: the inbox entry.
+    let inbox = ex.inbox_until(&quinn, 3).await;
+    assert!(inbox.to_string().contains("goodnight digest"), "{inbox}");
+    let early = sms_bodies(&p);
+    if sent_at.elapsed() < Duration::from_secs(5) {
+        assert!(
+            !early.iter().any(|b| b.contains("goodnight")),
+            "sent during quiet hours: {early:?}"
+        );
+    }
+    // Released when the window ends, once.
+    let r = receipts_until(&ex, &quiet, |b| b["counts"]["sms"]["sent"] == 1).await;
+    assert_eq!(r["results"][0]["reason"], Value::Null, "{r}");
+    assert!(
+        sent_at.elapsed() >= Duration::from_secs(4),
+        "released early"
+    );
+    ex.caught_up().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies = sms_bodies(&p);
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert_eq!(
+        bodies.iter().filter(|b| b.contains("goodnight")).count(),
+        1,
+        "{bodies:?}"
+    );
+}
+
+/// A frequency cap per user and channel: what is over it is suppressed (a receipt with the
+/// reason, no SMS), a critical message is not counted or capped, and another user has their
+/// own count.
+#[tokio::test]
+async fn frequency_caps_suppress_what_is_over_the_cap_but_not_critical_messages() {
+    let p = providers().await;
+    let ex = exchange_tuned(&p, 3, |d| {
+        d.caps.by.insert(
+            "sms".into(),
+            exchange::dispatch::Cap::parse("2/1h").unwrap(),
+        );
+    })
+    .await;
+    let admin = token("root", true);
+    enlist(&ex, "cara", json!({"os": "sms", "phone": "+14155550181"})).await;
+    enlist(&ex, "cato", json!({"os": "sms", "phone": "+14155550182"})).await;
+    let mut mids = Vec::new();
+    for (i, opts) in [json!({}), json!({}), json!({}), json!({"critical": true})]
+        .into_iter()
+        .enumerate()
+    {
+        let (s, b) = ex
+            .post(
+                "/send",
+                &admin,
+                json!({"msg": format!("note {i}"), "uid": "cara", "opts": opts}),
+            )
+            .await;
+        assert_eq!(s, 202, "{b}");
+        let mid = b["mid"].as_str().unwrap().to_owned();
+        // One at a time, so which one is over the cap is known.
+        receipts_until(&ex, &mid, |b| {
+            b["count"] == 1 && b["results"][0]["status"] != "held"
+        })
+        .await;
+        mids.push(mid);
+    }
+    let status = |b: &Value| b["results"][0]["status"].as_str().unwrap().to_owned();
+    let mut got = Vec::new();
+    for mid in &mids {
+        let (_, b) = ex.get(&format!("/messages/{mid}/receipts"), &admin).await;
+        got.push(status(&b));
+        if status(&b) == "suppressed" {
+            assert_eq!(b["results"][0]["reason"], "frequency cap: sms 2/1h", "{b}");
+            assert_eq!(b["counts"]["sms"]["suppressed"], 1, "{b}");
+        }
+    }
+    assert_eq!(got, ["sent", "sent", "suppressed", "sent"]);
+    let (s, b) = ex
+        .post("/send", &admin, json!({"msg": "hello cato", "uid": "cato"}))
+        .await;
+    assert_eq!(s, 202);
+    receipts_until(&ex, b["mid"].as_str().unwrap(), |b| {
+        b["counts"]["sms"]["sent"] == 1
+    })
+    .await;
+    let bodies = sms_bodies(&p);
+    assert_eq!(bodies.len(), 4, "{bodies:?}");
+    assert!(!bodies.iter().any(|b| b == "note 2"), "{bodies:?}");
 }

@@ -524,7 +524,19 @@ pub struct MessageOpts {
 /// The option key a scheduled message carries in its fired event: when it was due (RFC 3339).
 pub const DELIVER_AT: &str = "deliver_at";
 
+/// The option key of an admin's critical message: `true` bypasses the recipients' quiet hours
+/// and frequency caps. Kept among the extra keys (clients could send any value there before).
+pub const CRITICAL: &str = "critical";
+
 impl MessageOpts {
+    /// Whether the message is critical (`opts.critical: true`, admins only).
+    pub fn critical(&self) -> bool {
+        self.extra
+            .get(CRITICAL)
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    }
+
     /// When a scheduled message was due, read from `opts.deliver_at` (kept as the client's
     /// extra data before scheduled sends existed, so any value may be there: only an RFC 3339
     /// time counts).
@@ -668,6 +680,13 @@ pub struct Preferences {
     /// `tid -> {channel -> enabled}`.
     #[serde(default)]
     pub threads: std::collections::BTreeMap<Uuid, std::collections::BTreeMap<String, bool>>,
+    /// The user's IANA time zone (`Europe/Berlin`); their quiet hours are in it. UTC when
+    /// not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Hours in which pushes that are not urgent wait (see [`Preferences::quiet_until`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<crate::local::QuietHours>,
 }
 
 impl Preferences {
@@ -679,6 +698,17 @@ impl Preferences {
                 .ntype
                 .as_ref()
                 .is_none_or(|t| self.types.get(t).copied().unwrap_or(true))
+    }
+
+    /// When `now` is inside the user's quiet hours, the instant they end.
+    pub fn quiet_until(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let window = self.quiet_hours.as_ref()?;
+        let zone = self
+            .timezone
+            .as_deref()
+            .and_then(|z| crate::local::zone(z).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        window.ends_after(&zone, now)
     }
 
     /// Whether `channel` may carry a message of thread `tid` (or a direct message).
@@ -885,6 +915,14 @@ pub struct SettledDelivery {
     /// The provider reported the device's address invalid: the device is disabled (failed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Held: when the hold ends. On an outcome after a hold (its release): when it ended.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub held_until: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -892,6 +930,11 @@ pub struct SettledDelivery {
 pub enum SettledStatus {
     Sent,
     Failed,
+    /// Not sent yet: the recipient is in their quiet hours (`reason`); it goes out at
+    /// `held_until`.
+    Held,
+    /// Not sent: a frequency cap or another rule stopped it (`reason`). Final.
+    Suppressed,
 }
 
 /// A device's token was reported invalid by its provider; it is never used again.

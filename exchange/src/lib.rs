@@ -6,6 +6,7 @@
 //! - `experiment`: variants, holdout and the deterministic assignment of recipients to them
 //! - `log`: the event stream `MSGXC_EVENTS` (append with dedup ids, schedules, ordered reads), `subject`: its subjects
 //! - `links`: tracked links in e-mail and SMS bodies (signed tokens for the gateway's redirect)
+//! - `local`: IANA time zones and quiet-hours windows (users' local time)
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
 //! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
@@ -17,6 +18,7 @@ pub mod events;
 pub mod experiment;
 pub mod links;
 pub mod live;
+pub mod local;
 pub mod log;
 pub mod natsd;
 pub mod presence;

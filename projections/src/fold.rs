@@ -380,7 +380,15 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .map(|x| &x.id);
             for d in &e.deliveries {
                 settle(t, e.mid, d, at)?;
-                let accepted = d.status != SettledStatus::Failed;
+                // Held and suppressed deliveries did not reach a provider (yet).
+                let accepted = match d.status {
+                    SettledStatus::Sent => true,
+                    SettledStatus::Failed => false,
+                    SettledStatus::Held | SettledStatus::Suppressed => {
+                        t.group_done()?;
+                        continue;
+                    }
+                };
                 funnel_dispatched(t, m.as_ref(), &d.uid, &d.channel, accepted)?;
                 if accepted {
                     reach(
@@ -557,18 +565,30 @@ fn settle<T: FoldTarget + ?Sized>(
     at: OffsetDateTime,
 ) -> StoreResult<()> {
     let failed = d.status == SettledStatus::Failed;
+    let reason = match (d.status, d.held_until) {
+        (SettledStatus::Held, Some(until)) => Some(format!(
+            "{} until {}",
+            d.reason.as_deref().unwrap_or("held"),
+            until
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        )),
+        _ => d.reason.clone(),
+    };
     t.advance_receipt(&Receipt {
         mid,
         uid: d.uid.clone(),
         device_id: d.device_id.clone(),
         channel: d.channel.clone(),
-        status: match (failed, d.dead) {
-            (false, _) => ReceiptStatus::Sent,
-            (true, true) => ReceiptStatus::Failed,
-            (true, false) => ReceiptStatus::Retrying,
+        status: match (d.status, d.dead) {
+            (SettledStatus::Sent, _) => ReceiptStatus::Sent,
+            (SettledStatus::Held, _) => ReceiptStatus::Held,
+            (SettledStatus::Suppressed, _) => ReceiptStatus::Suppressed,
+            (SettledStatus::Failed, true) => ReceiptStatus::Failed,
+            (SettledStatus::Failed, false) => ReceiptStatus::Retrying,
         },
         attempts: d.attempt,
-        reason: d.reason.clone(),
+        reason,
         updated_at: at,
     })?;
     if failed && d.disabled {
@@ -830,6 +850,8 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
         requeue: None,
         thread_topic: false,
         fallback_due: None,
+        hold_until: None,
+        released_from: None,
         only_channels: None,
     }
 }

@@ -280,6 +280,10 @@ impl StoredMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
+    /// Waiting for the recipient's quiet hours to end (any later outcome replaces it).
+    Held,
+    /// Not sent: a frequency cap stopped it.
+    Suppressed,
     Retrying,
     Failed,
     Sent,
@@ -290,6 +294,8 @@ pub enum ReceiptStatus {
 impl ReceiptStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            ReceiptStatus::Held => "held",
+            ReceiptStatus::Suppressed => "suppressed",
             ReceiptStatus::Retrying => "retrying",
             ReceiptStatus::Failed => "failed",
             ReceiptStatus::Sent => "sent",
@@ -300,6 +306,8 @@ impl ReceiptStatus {
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "held" => ReceiptStatus::Held,
+            "suppressed" => ReceiptStatus::Suppressed,
             "retrying" => ReceiptStatus::Retrying,
             "failed" => ReceiptStatus::Failed,
             "sent" => ReceiptStatus::Sent,

@@ -107,7 +107,7 @@ def table(spark, export: str, only: str = None) -> list:
         ex = settled.select(
             "event_seq", "occurred_at", stream.col(settled, "mid").alias("mid"),
             F.explode(F.from_json(stream.col(settled, "deliveries"), item)).alias("d"),
-        ).where(F.col("d.status") != "failed").select("event_seq", "occurred_at", "mid", F.col("d.uid").alias("uid"))
+        ).where(F.col("d.status") == "sent").select("event_seq", "occurred_at", "mid", F.col("d.uid").alias("uid"))
         add(ex, F.col("mid"), "delivered")
     for kind in ("delivery_sent",):
         df = load(kind)

@@ -209,8 +209,9 @@ class Funnel:
                 settled.select(
                     col(settled, "mid").cast("string").alias("mid"), F.col("event_seq").alias("oseq"),
                     F.explode(F.from_json(col(settled, "deliveries"), item)).alias("d"),
-                ).select("mid", "oseq", F.col("d.uid").alias("uid"), F.col("d.channel").alias("channel"),
-                         (F.col("d.status") != "failed").alias("accepted"))
+                ).where(F.col("d.status").isin("sent", "failed"))  # held/suppressed: no provider asked
+                .select("mid", "oseq", F.col("d.uid").alias("uid"), F.col("d.channel").alias("channel"),
+                        (F.col("d.status") == "sent").alias("accepted"))
             )
         for kind, accepted in (("delivery_sent", True), ("delivery_failed", False)):
             df = load(kind)

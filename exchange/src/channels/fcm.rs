@@ -234,6 +234,8 @@ mod tests {
             requeue: None,
             thread_topic: false,
             fallback_due: None,
+            hold_until: None,
+            released_from: None,
             only_channels: None,
         };
         let prepared = Prepared::default();

@@ -6,11 +6,13 @@
 //! inboxes; the dispatcher resolves the recipients' devices in bulk through the [`Directory`]
 //! the store implements, so the core depends on no store.
 
+pub mod caps;
 pub mod metrics;
 mod queue;
 pub mod throttle;
 mod worker;
 
+pub use caps::{Cap, CapSettings};
 pub use queue::{DISPATCH_STREAM, Lane, LaneDepth, TaskQueue, depths};
 pub use throttle::Limits;
 pub use worker::{DispatchSettings, Dispatcher};
@@ -66,6 +68,21 @@ pub struct DispatchTask {
     /// Restricts the task to these channels (a due fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only_channels: Option<Vec<String>>,
+    /// Held for its recipients' quiet hours: waits in the waiting lane until this instant.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub hold_until: Option<OffsetDateTime>,
+    /// Released from a hold that ended at this instant: sent without looking at quiet hours
+    /// again.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub released_from: Option<OffsetDateTime>,
 }
 
 impl DispatchTask {
@@ -80,6 +97,16 @@ impl DispatchTask {
         } else {
             &self.uids
         }
+    }
+
+    /// Whether quiet hours may hold this task: not for high urgency, critical messages, an
+    /// admin's requeue, or a task already released from a hold.
+    pub fn may_be_held(&self) -> bool {
+        self.urgency() < Urgency::High
+            && !self.opts.critical()
+            && self.requeue.is_none()
+            && self.released_from.is_none()
+            && !self.thread_topic
     }
 
     /// The same task for some of its recipients (a due fallback for those who did not read).
@@ -102,6 +129,10 @@ impl DispatchTask {
         };
         if let Some(r) = self.requeue {
             format!("requeue.{r}")
+        } else if let Some(until) = self.hold_until {
+            format!("held.{}.{uid}.{}", self.mid, until.unix_timestamp())
+        } else if let Some(until) = self.released_from {
+            format!("released.{}.{uid}.{}", self.mid, until.unix_timestamp())
         } else if self.thread_topic {
             format!("thread.{}", self.mid)
         } else if self.fallback_due.is_some() {
@@ -346,6 +377,8 @@ mod tests {
             thread_topic: false,
             fallback_due: None,
             only_channels: None,
+            hold_until: None,
+            released_from: None,
         }
     }
 

@@ -24,7 +24,8 @@ pub enum Lane {
     Normal,
     Low,
     VeryLow,
-    /// Fallbacks waiting for their time; they re-enter an urgency lane when due.
+    /// Tasks waiting for their time, fallbacks and quiet-hours holds; they re-enter an
+    /// urgency lane when due.
     Fallback,
 }
 
@@ -39,7 +40,7 @@ impl Lane {
 
     /// The lane a task goes to.
     pub fn of_task(t: &DispatchTask) -> Self {
-        if t.fallback_due.is_some() {
+        if t.fallback_due.is_some() || t.hold_until.is_some() {
             Lane::Fallback
         } else {
             Lane::of(t.urgency())

@@ -27,6 +27,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
+use crate::dispatch::caps::{CapSettings, Caps};
 use crate::dispatch::throttle::{Limits, Throttle};
 use crate::dispatch::{
     Channel, Channels, Delivery, Directory, DispatchTask, Lane, Outcome, Prepared, Recipient,
@@ -80,6 +81,8 @@ pub struct DispatchSettings {
     /// not listed gets [`Limits::default`] (no rate, 256 in flight) except FCM, whose default
     /// rate is its default project quota.
     pub limits: HashMap<String, Limits>,
+    /// Frequency caps per user and channel (none by default).
+    pub caps: CapSettings,
 }
 
 impl DispatchSettings {
@@ -107,6 +110,7 @@ impl Default for DispatchSettings {
             skip_if_seen: Duration::from_secs(3),
             replicas: 1,
             limits: HashMap::new(),
+            caps: CapSettings::default(),
         }
     }
 }
@@ -152,6 +156,8 @@ pub struct Dispatcher {
     /// Each configured channel with its throttle, by name.
     paced: Arc<HashMap<&'static str, Paced>>,
     mqtt_throttle: Arc<Throttle>,
+    /// Frequency caps, when any is configured.
+    caps: Option<Caps>,
     settings: Arc<DispatchSettings>,
     metrics: Option<super::metrics::DispatchMetrics>,
 }
@@ -181,6 +187,7 @@ impl Dispatcher {
                 .await
                 .map_err(|e| LogError::Unavailable(format!("creating {DELIVERIES_BUCKET}: {e}")))?,
         };
+        let caps = Caps::open(&js, settings.caps.clone(), settings.replicas).await?;
         let paced = channels
             .all()
             .map(|c| {
@@ -197,6 +204,7 @@ impl Dispatcher {
             channels,
             directory,
             markers,
+            caps,
             presence: presence.as_ref().map(Presence::follow),
             settings: Arc::new(settings),
             metrics: None,
@@ -319,6 +327,10 @@ impl Dispatcher {
             self.fallback(m, task, due).await;
             return;
         }
+        if let Some(until) = task.hold_until {
+            self.release(m, task, until).await;
+            return;
+        }
         let present = if attempt == 1 {
             self.waiting_for_live_ack(&task)
         } else {
@@ -397,6 +409,8 @@ impl Dispatcher {
         let channels = task.opts.fallback.as_ref().map(|f| f.channels.clone());
         let send = DispatchTask {
             fallback_due: None,
+            hold_until: None,
+            released_from: None,
             only_channels: Some(channels.unwrap_or_default()),
             ..task.for_recipients(unread)
         };
@@ -406,6 +420,38 @@ impl Dispatcher {
             }
             Err(e) => {
                 tracing::warn!(mid = %send.mid, error = %e, "fallback not queued; retrying");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+
+    /// A held task: not due yet -> wait more; due -> it becomes an ordinary task in its
+    /// urgency lane, marked released so quiet hours do not hold it again.
+    async fn release(
+        &self,
+        m: jetstream::Message,
+        task: DispatchTask,
+        until: time::OffsetDateTime,
+    ) {
+        let wait = Duration::try_from(until - time::OffsetDateTime::now_utc()).unwrap_or_default();
+        if !wait.is_zero() {
+            let _ = m
+                .ack_with(AckKind::Nak(Some(wait.min(Duration::from_secs(3600)))))
+                .await;
+            return;
+        }
+        let send = DispatchTask {
+            hold_until: None,
+            released_from: Some(until),
+            ..task
+        };
+        match self.queue.enqueue(std::slice::from_ref(&send)).await {
+            Ok(()) => {
+                tracing::debug!(mid = %send.mid, recipients = send.recipients().len(), "quiet hours over; released");
+                let _ = m.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(mid = %send.mid, error = %e, "held task not released; retrying");
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
         }
@@ -486,6 +532,11 @@ impl Dispatcher {
         if targets.is_empty() {
             return Ok(None);
         }
+        let (targets, stopped) = self.rules(task, attempt, &recipients, targets).await?;
+        for part in stopped.chunks(PART) {
+            self.record_part(task, attempt, &mut progress, part.to_vec())
+                .await?;
+        }
         let prepared = Prepared::default();
         let mut retry = RetryAfter::default();
         let mut part = Vec::new();
@@ -500,7 +551,9 @@ impl Dispatcher {
             let Some((target, outcome)) = sends.next().await else {
                 break;
             };
-            part.push(self.settlement(attempt, target, outcome, &mut retry));
+            let mut settled = self.settlement(attempt, target, outcome, &mut retry);
+            settled.0.held_until = task.released_from;
+            part.push(settled);
             if part.len() >= PART {
                 self.record_part(task, attempt, &mut progress, std::mem::take(&mut part))
                     .await?;
@@ -511,6 +564,103 @@ impl Dispatcher {
             self.record_part(task, attempt, &mut progress, part).await?;
         }
         Ok(retry.0.map(|after| backoff(&self.settings, attempt, after)))
+    }
+
+    /// The recipients' rules: quiet hours hold targets (queued again for when the window
+    /// ends), frequency caps suppress them. Returns the targets to send now and the
+    /// settlements of the others, which are final for this task.
+    async fn rules<'r>(
+        &self,
+        task: &DispatchTask,
+        attempt: u32,
+        recipients: &'r [Recipient],
+        mut targets: Vec<Target<'r>>,
+    ) -> Result<(Vec<Target<'r>>, Vec<(SettledDelivery, bool)>), String> {
+        let mut stopped = Vec::new();
+        let now = time::OffsetDateTime::now_utc();
+        if task.may_be_held() {
+            let holds: HashMap<&str, time::OffsetDateTime> = recipients
+                .iter()
+                .filter_map(|r| r.preferences.quiet_until(now).map(|u| (r.uid.as_str(), u)))
+                .collect();
+            if !holds.is_empty() {
+                let (held, rest): (Vec<_>, Vec<_>) =
+                    targets.into_iter().partition(|t| holds.contains_key(t.uid));
+                targets = rest;
+                // One waiting task per end of window, for the held recipients.
+                let mut by_end: std::collections::BTreeMap<time::OffsetDateTime, Vec<String>> =
+                    Default::default();
+                for t in &held {
+                    let uids = by_end.entry(holds[t.uid]).or_default();
+                    if uids.last().map(String::as_str) != Some(t.uid) {
+                        uids.push(t.uid.to_owned());
+                    }
+                }
+                let waiting: Vec<DispatchTask> = by_end
+                    .into_iter()
+                    .map(|(until, uids)| DispatchTask {
+                        hold_until: Some(until),
+                        ..task.for_recipients(uids)
+                    })
+                    .collect();
+                // Queued before the holds are recorded: a crash between the two queues the
+                // same tasks again (the same message ids, so stored once in the window).
+                self.queue
+                    .enqueue(&waiting)
+                    .await
+                    .map_err(|e| format!("queueing held deliveries: {e}"))?;
+                for t in held {
+                    let mut d = self.outcome_of(attempt, &t, SettledStatus::Held);
+                    d.reason = Some("quiet hours".into());
+                    d.held_until = Some(holds[t.uid]);
+                    stopped.push((d, true));
+                }
+            }
+        }
+        if let Some(caps) = &self.caps
+            && !task.opts.critical()
+            && task.requeue.is_none()
+        {
+            // One check per (recipient, counter), however many devices share it.
+            let mut checks: HashMap<(&str, &str), Option<bool>> = HashMap::new();
+            for t in &targets {
+                if let Some((counter, _)) = caps.settings().of(t.channel) {
+                    checks.insert((t.uid, counter), None);
+                }
+            }
+            let mut pending: Vec<(&str, &str)> = checks.keys().copied().collect();
+            let mut running = futures::stream::FuturesUnordered::new();
+            loop {
+                while running.len() < 32
+                    && let Some((uid, counter)) = pending.pop()
+                {
+                    let cap = caps.settings().by[counter];
+                    running.push(async move {
+                        let ok = caps.admit(uid, counter, cap, task.mid, now).await;
+                        ((uid, counter), ok)
+                    });
+                }
+                let Some((key, ok)) = running.next().await else {
+                    break;
+                };
+                checks.insert(key, Some(ok?));
+            }
+            drop(running);
+            let (capped, rest): (Vec<_>, Vec<_>) = targets.into_iter().partition(|t| {
+                caps.settings()
+                    .of(t.channel)
+                    .is_some_and(|(c, _)| checks.get(&(t.uid, c)) == Some(&Some(false)))
+            });
+            targets = rest;
+            for t in capped {
+                let mut d = self.outcome_of(attempt, &t, SettledStatus::Suppressed);
+                if let Some((counter, cap)) = caps.settings().of(t.channel) {
+                    d.reason = Some(format!("frequency cap: {counter} {cap}"));
+                }
+                stopped.push((d, true));
+            }
+        }
+        Ok((targets, stopped))
     }
 
     /// The devices of `recipients` this task goes to, minus those done.
@@ -751,18 +901,7 @@ impl Dispatcher {
         outcome: Outcome,
         retry: &mut RetryAfter,
     ) -> (SettledDelivery, bool) {
-        let mut d = SettledDelivery {
-            uid: target.uid.to_owned(),
-            device_id: target.device_id.to_owned(),
-            channel: target.channel.to_owned(),
-            attempt,
-            status: SettledStatus::Failed,
-            provider_id: None,
-            reason: None,
-            permanent: false,
-            dead: false,
-            disabled: false,
-        };
+        let mut d = self.outcome_of(attempt, target, SettledStatus::Failed);
         match outcome {
             Outcome::Accepted { provider_id } => {
                 d.status = SettledStatus::Sent;
@@ -791,6 +930,28 @@ impl Dispatcher {
                 d.dead = true;
                 (d, true)
             }
+        }
+    }
+
+    /// A target's settlement with `status` and nothing else said yet.
+    fn outcome_of(
+        &self,
+        attempt: u32,
+        target: &Target<'_>,
+        status: SettledStatus,
+    ) -> SettledDelivery {
+        SettledDelivery {
+            uid: target.uid.to_owned(),
+            device_id: target.device_id.to_owned(),
+            channel: target.channel.to_owned(),
+            attempt,
+            status,
+            provider_id: None,
+            reason: None,
+            permanent: false,
+            dead: false,
+            disabled: false,
+            held_until: None,
         }
     }
 

@@ -75,6 +75,18 @@ pub(crate) async fn classify(
             "only admins may send mandatory messages, and only at level 50",
         ));
     }
+    match opts.extra.get(exchange::events::CRITICAL) {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) if actor.is_admin() => {}
+        Some(Value::Bool(true)) => {
+            return Err(ApiError::forbidden(
+                "only admins may send critical messages (opts.critical)",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::field("opts.critical", "must be true or false"));
+        }
+    }
     if let Some(t) = &opts.ntype {
         super::types::require_registered(state, "type", [t]).await?;
     }

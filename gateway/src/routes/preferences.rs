@@ -30,6 +30,18 @@ fn check_channels(
     }
 }
 
+/// The time zone must be an IANA name, the quiet hours two times of day.
+fn check_local_time(prefs: &Preferences) -> Result<(), ApiError> {
+    if let Some(z) = &prefs.timezone {
+        exchange::local::zone(z).map_err(|e| ApiError::field("timezone", e.to_string()))?;
+    }
+    if let Some(q) = &prefs.quiet_hours {
+        q.check()
+            .map_err(|e| ApiError::field("quiet_hours", e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Replaces the caller's preferences.
 pub async fn put(
     State(state): State<AppState>,
@@ -44,6 +56,7 @@ pub async fn put(
         check_channels(&format!("threads.{tid}"), m)?;
     }
     super::types::require_registered(&state, "types", prefs.types.keys()).await?;
+    check_local_time(&prefs)?;
     let stored = store(&state, &actor, prefs).await?;
     Ok(Json(json!(stored)))
 }

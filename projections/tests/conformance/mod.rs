@@ -1031,6 +1031,7 @@ pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
         permanent: false,
         dead: false,
         disabled: false,
+        held_until: None,
     };
     let dead = SettledDelivery {
         dead: true,
@@ -1069,6 +1070,75 @@ pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
     assert_eq!(devices, ["d2", "d3"]);
     assert!(store.devices("u003").await.unwrap().is_empty(), "disabled");
     assert_eq!(store.devices("u002").await.unwrap().len(), 1);
+
+    // Quiet hours hold a delivery (its receipt says until when), a cap suppresses one; the
+    // held one's release then replaces its receipt, and the counts follow.
+    let until = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let held = SettledDelivery {
+        reason: Some("quiet hours".into()),
+        held_until: Some(until),
+        ..outcome("u004", "d4", SettledStatus::Held)
+    };
+    let capped = SettledDelivery {
+        reason: Some("frequency cap: push 3/1h".into()),
+        ..outcome("u005", "d5", SettledStatus::Suppressed)
+    };
+    feed.one(
+        "msgxc",
+        Event::DeliveriesSettled(DeliveriesSettled {
+            mid,
+            deliveries: vec![held, capped],
+        }),
+    )
+    .await;
+    let receipts = store.receipts(mid, 10, 0).await.unwrap();
+    let item = |device: &str| {
+        receipts
+            .items
+            .iter()
+            .find(|r| r.device_id == device)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(item("d4").status, ReceiptStatus::Held);
+    assert_eq!(
+        item("d4").reason.as_deref(),
+        Some("quiet hours until 2027-01-15T08:00:00Z")
+    );
+    assert_eq!(item("d5").status, ReceiptStatus::Suppressed);
+    assert_eq!(
+        item("d5").reason.as_deref(),
+        Some("frequency cap: push 3/1h")
+    );
+    let count = |counts: &[(String, String, u64)], status: &str| {
+        counts
+            .iter()
+            .find(|(c, s, _)| c == "apns" && s == status)
+            .map_or(0, |c| c.2)
+    };
+    let counts = store.receipt_counts(mid).await.unwrap();
+    assert_eq!(count(&counts, "held"), 1);
+    assert_eq!(count(&counts, "suppressed"), 1);
+    feed.one(
+        "msgxc",
+        Event::DeliveriesSettled(DeliveriesSettled {
+            mid,
+            deliveries: vec![SettledDelivery {
+                held_until: Some(until),
+                ..outcome("u004", "d4", SettledStatus::Sent)
+            }],
+        }),
+    )
+    .await;
+    let receipts = store.receipts(mid, 10, 0).await.unwrap();
+    let d4 = receipts.items.iter().find(|r| r.device_id == "d4").unwrap();
+    assert_eq!(
+        (d4.status, d4.reason.as_deref()),
+        (ReceiptStatus::Sent, None)
+    );
+    let counts = store.receipt_counts(mid).await.unwrap();
+    assert_eq!(count(&counts, "held"), 0);
+    assert_eq!(count(&counts, "sent"), 2);
 }
 
 /// One `#[tokio::test]` per case. `$fresh` is an async fn returning `Some((guard, store))`: a
@@ -1360,6 +1430,7 @@ pub async fn experiments(store: &dyn Store) {
                 permanent: false,
                 dead: false,
                 disabled: false,
+                held_until: None,
             }],
         }),
     )
@@ -1624,6 +1695,7 @@ pub async fn funnel(store: &dyn Store) {
         permanent: false,
         dead: false,
         disabled: false,
+        held_until: None,
     };
     let settled = by(
         "msgxc",
