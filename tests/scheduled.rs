@@ -339,3 +339,173 @@ async fn a_message_due_while_the_exchange_is_down_is_delivered_once_after_restar
         .unwrap();
     assert_eq!(inbox["count"], 1, "{inbox}");
 }
+
+/// `opts.deliver_at_local`: the same wall-clock time in each recipient's zone. One wave per
+/// distinct instant: Berlin's fires seconds from now and reaches only the Berlin user; Tokyo's
+/// has passed, so it goes at once; New York's and UTC's (users without a zone) wait and are
+/// cancelled with the group's id. A rebuild equals the live store.
+#[tokio::test]
+async fn a_local_time_send_reaches_each_zone_at_its_own_wall_clock_time() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let users = [
+        ("lena", Some("europe/berlin")),
+        ("kenji", Some("Asia/Tokyo")),
+        ("nora", Some("America/New_York")),
+        ("uma", None),
+    ];
+    for (uid, zone) in users {
+        let prefs = match zone {
+            Some(z) => json!({"timezone": z}),
+            None => json!({}),
+        };
+        let (s, b) = ex
+            .call(
+                reqwest::Method::PUT,
+                "/preferences",
+                Some(&token(uid, false)),
+                Some(prefs),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        if uid == "lena" {
+            assert_eq!(
+                b["timezone"], "Europe/Berlin",
+                "stored as the database spells it"
+            );
+        }
+    }
+    let uids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
+    for (bad, why) in [
+        (
+            json!({"deliver_at_local": "2027-01-15 09:00"}),
+            "local date",
+        ),
+        (
+            json!({"deliver_at_local": "2027-01-15T09:00+01:00"}),
+            "local date",
+        ),
+        (
+            json!({"deliver_at_local": "2027-01-15T09:00", "delay": "1h"}),
+            "one of",
+        ),
+    ] {
+        let (s, b) = ex
+            .post(
+                "/multicast",
+                &admin,
+                json!({"uids": uids, "msg": "x", "opts": bad}),
+            )
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(why), "{b}");
+    }
+    // Live frames follow the zones as the inbox does.
+    let mut lena_ws = ws_connect(&ex, &token("lena", false)).await;
+    let mut nora_ws = ws_connect(&ex, &token("nora", false)).await;
+    // Berlin's wall clock 3 s from now.
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    let wall = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3))
+        .unwrap()
+        .to_zoned_datetime(berlin)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let (s, b) = ex
+        .post(
+            "/multicast",
+            &admin,
+            json!({"uids": uids, "msg": "good morning", "opts": {"deliver_at_local": wall}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let waves = b["waves"].as_array().unwrap().clone();
+    let wave_of = |zone: &str| {
+        waves
+            .iter()
+            .find(|w| w["zones"].as_array().unwrap().iter().any(|z| z == zone))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(wave_of("Asia/Tokyo")["sent"], true, "{b}");
+    let group = b["mid"].as_str().unwrap().to_owned();
+    assert_eq!(wave_of("Europe/Berlin")["mid"], group.as_str(), "{b}");
+    let due = time_of(&wave_of("Europe/Berlin")["deliver_at"]);
+    assert!(due > OffsetDateTime::now_utc(), "{b}");
+    assert_eq!(
+        time_of(&wave_of("UTC")["deliver_at"]) - due,
+        time::Duration::hours(1),
+        "{b}"
+    );
+    assert_eq!(
+        time_of(&wave_of("America/New_York")["deliver_at"]) - due,
+        time::Duration::hours(6),
+        "{b}"
+    );
+    // Tokyo's wave went at once; Berlin's is listed and waits.
+    ex.inbox_until(&token("kenji", false), 1).await;
+    let listed = scheduled(&ex, &admin).await;
+    assert!(listed.len() >= 3, "{listed:?}");
+    assert!(
+        listed.iter().any(|w| w["mid"] == group.as_str()
+            && w["local"]["at"] == wall.as_str()
+            && w["local"]["waves"].as_array().unwrap().len() == listed.len()),
+        "{listed:?}"
+    );
+    assert_eq!(
+        ex.get("/notifications", &token("lena", false)).await.1["count"],
+        0
+    );
+    let inbox = ex.inbox_until(&token("lena", false), 1).await;
+    assert!(OffsetDateTime::now_utc() >= due, "arrived before its time");
+    assert_eq!(inbox["results"][0]["msg"], "good morning");
+    let frame = next_json(&mut lena_ws).await;
+    assert_eq!(frame["notification"]["msg"], "good morning", "{frame}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), next_json(&mut nora_ws))
+            .await
+            .is_err(),
+        "New York got Berlin's wave live"
+    );
+    // The group's id cancels the waves still waiting (New York's, UTC's, ...).
+    let (s, b) = ex
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/messages/{group}/schedule"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["waves_sent"], 1, "{b}");
+    assert_eq!(b["waves_cancelled"], listed.len() - 1, "{b}");
+    assert!(scheduled(&ex, &admin).await.is_empty());
+    ex.caught_up().await;
+    for (uid, n) in [("lena", 1), ("kenji", 1), ("nora", 0), ("uma", 0)] {
+        let inbox = ex.get("/notifications", &token(uid, false)).await.1;
+        assert_eq!(inbox["count"], n, "{uid}: {inbox}");
+    }
+    let (s, _) = ex
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/messages/{group}/schedule"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    let dir = tempfile::tempdir().unwrap();
+    let rebuilt = SqliteStore::open(&dir.path().join("rebuilt.sqlite3")).unwrap();
+    projections::rebuild(&ex.running().log, &rebuilt, 2)
+        .await
+        .unwrap();
+    let mids: Vec<Uuid> = waves
+        .iter()
+        .map(|w| w["mid"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        read_models(ex.running().store.as_ref(), &uids, &[], &mids).await,
+        read_models(&rebuilt, &uids, &[], &mids).await
+    );
+}

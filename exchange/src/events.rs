@@ -528,7 +528,20 @@ pub const DELIVER_AT: &str = "deliver_at";
 /// and frequency caps. Kept among the extra keys (clients could send any value there before).
 pub const CRITICAL: &str = "critical";
 
+/// The option keys of one wave of a send at a local time: the wall-clock time asked for
+/// (`2027-01-15T09:00`), the zones this wave reaches (those where that time is this wave's
+/// instant), and the first wave's mid (the group's id).
+pub const DELIVER_AT_LOCAL: &str = "deliver_at_local";
+pub const LOCAL_ZONES: &str = "local_zones";
+pub const LOCAL_GROUP: &str = "local_group";
+
 impl MessageOpts {
+    /// A local-time wave's zones (`None` for any other message: it reaches every zone).
+    pub fn local_zones(&self) -> Option<impl Iterator<Item = &str>> {
+        let zones = self.extra.get(LOCAL_ZONES)?.as_array()?;
+        Some(zones.iter().filter_map(serde_json::Value::as_str))
+    }
+
     /// Whether the message is critical (`opts.critical: true`, admins only).
     pub fn critical(&self) -> bool {
         self.extra
@@ -692,6 +705,13 @@ pub struct Preferences {
 impl Preferences {
     /// Whether a message of this classification reaches the user.
     pub fn accepts(&self, opts: &MessageOpts) -> bool {
+        if let Some(mut zones) = opts.local_zones() {
+            // A wave of a local-time send reaches the users of its zones (UTC without one).
+            let mine = self.timezone.as_deref().unwrap_or("UTC");
+            if !zones.any(|z| z.eq_ignore_ascii_case(mine)) {
+                return false;
+            }
+        }
         let mandatory = opts.mandatory == Some(true) && opts.level.unwrap_or(0) >= 50;
         mandatory
             || opts
@@ -791,6 +811,24 @@ pub struct MessageScheduled {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<Audience>,
     pub msg: String,
+    /// A wave of a send at a local time (`opts.deliver_at_local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalWave>,
+}
+
+/// One wave of a send at a local time: the message scheduled for one of the distinct UTC
+/// instants at which that wall-clock time comes in some zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalWave {
+    /// The wall-clock time asked for, `2027-01-15T09:00`.
+    pub at: String,
+    /// The first wave's mid, the group's id: cancelling it cancels every wave.
+    pub group: Uuid,
+    /// The zones this wave reaches (users without a zone are in `UTC`'s).
+    pub zones: Vec<String>,
+    /// On the first wave only: every wave's mid, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Uuid>,
 }
 
 /// A scheduled message was cancelled before it fired: its schedule was removed in the same

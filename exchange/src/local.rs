@@ -21,11 +21,59 @@ pub enum LocalError {
     BadTime(String),
     #[error("quiet hours must not start and end at the same time")]
     EmptyWindow,
+    #[error("{0:?} is not a local date and time (YYYY-MM-DDTHH:MM, no offset)")]
+    BadWallClock(String),
 }
 
 /// The zone named `name`, as users give it in their preferences.
 pub fn zone(name: &str) -> Result<TimeZone, LocalError> {
     TimeZone::get(name).map_err(|_| LocalError::UnknownZone(name.to_owned()))
+}
+
+/// The database's spelling of zone `name` (`europe/berlin` is `Europe/Berlin`): what
+/// preferences store, so zone lists compare by name.
+pub fn canonical(name: &str) -> Result<String, LocalError> {
+    let tz = zone(name)?;
+    Ok(tz.iana_name().unwrap_or(name).to_owned())
+}
+
+/// A wall-clock time without a zone, `YYYY-MM-DDTHH:MM` or `YYYY-MM-DDTHH:MM:SS`.
+pub fn parse_wall_clock(s: &str) -> Result<jiff::civil::DateTime, LocalError> {
+    let bad = || LocalError::BadWallClock(s.to_owned());
+    let shape_ok = (s.len() == 16 || s.len() == 19)
+        && s.as_bytes().get(10) == Some(&b'T')
+        && s.bytes().all(|b| b.is_ascii_digit() || b"-T:".contains(&b));
+    if !shape_ok {
+        return Err(bad());
+    }
+    s.parse::<jiff::civil::DateTime>().map_err(|_| bad())
+}
+
+/// When the wall-clock time `at` comes in each zone of the database: one entry per distinct
+/// instant with the zones (by name, aliases included) that reach it then, soonest first.
+/// `UTC` is among them (users without a zone are in it).
+pub fn waves(at: jiff::civil::DateTime) -> Vec<(OffsetDateTime, Vec<String>)> {
+    let mut by_instant: std::collections::BTreeMap<OffsetDateTime, Vec<String>> =
+        Default::default();
+    let mut names: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    if !names.iter().any(|n| n == "UTC") {
+        names.push("UTC".into());
+    }
+    for name in names {
+        let Ok(tz) = zone(&name) else { continue };
+        let Some(instant) = at
+            .to_zoned_datetime(tz)
+            .ok()
+            .and_then(|z| from_jiff(z.timestamp()))
+        else {
+            continue;
+        };
+        by_instant.entry(instant).or_default().push(name);
+    }
+    by_instant.into_iter().collect()
 }
 
 /// `{"from": "22:00", "to": "07:00"}` in the user's zone: pushes that are not urgent wait
@@ -148,6 +196,50 @@ mod tests {
         assert!(zone("Europe/Berlin").is_ok());
         assert!(zone("UTC").is_ok());
         assert!(zone("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn a_wall_clock_time_comes_once_per_zone_grouped_by_instant() {
+        assert_eq!(canonical("europe/berlin").unwrap(), "Europe/Berlin");
+        for bad in [
+            "2027-01-15 09:00",
+            "2027-01-15T09:00Z",
+            "2027-01-15T9:00",
+            "2027-02-30T09:00",
+        ] {
+            assert!(parse_wall_clock(bad).is_err(), "{bad}");
+        }
+        let at = parse_wall_clock("2027-01-15T09:00").unwrap();
+        let waves = waves(at);
+        let wave_of = |zone: &str| {
+            waves
+                .iter()
+                .find(|(_, zones)| zones.iter().any(|z| z == zone))
+                .map(|(at, _)| *at)
+        };
+        assert_eq!(wave_of("UTC"), Some(datetime!(2027-01-15 09:00 UTC)));
+        assert_eq!(
+            wave_of("Europe/Berlin"),
+            Some(datetime!(2027-01-15 08:00 UTC))
+        );
+        assert_eq!(wave_of("Europe/Paris"), wave_of("Europe/Berlin"));
+        assert_eq!(
+            wave_of("America/New_York"),
+            Some(datetime!(2027-01-15 14:00 UTC))
+        );
+        assert_eq!(
+            wave_of("Asia/Kolkata"),
+            Some(datetime!(2027-01-15 03:30 UTC))
+        );
+        // Soonest first, each zone once, and far fewer waves than zones.
+        assert!(waves.windows(2).all(|w| w[0].0 < w[1].0));
+        let zones: usize = waves.iter().map(|(_, z)| z.len()).sum();
+        assert!(
+            zones > 300 && waves.len() < 60,
+            "{} zones in {} waves",
+            zones,
+            waves.len()
+        );
     }
 
     #[test]

@@ -512,6 +512,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 },
                 settled_at: sent.then_some(e.deliver_at),
                 schedule_seq: e.schedule_seq,
+                local: e.local.clone(),
             })
         }
         Event::ScheduleCancelled(e) => match t.scheduled(e.mid)? {
@@ -633,7 +634,13 @@ fn enlist<T: FoldTarget + ?Sized>(
 /// Whether the recipient takes the message: a type the user turned off creates nothing for
 /// them (mandatory admin messages excepted); an untyped message is always taken.
 fn accepts<T: FoldTarget + ?Sized>(t: &mut T, m: &StoredMessage, uid: &str) -> StoreResult<bool> {
-    Ok(m.opts.ntype.is_none() || t.preferences(uid)?.accepts(&m.opts))
+    Ok(!needs_preferences(m) || t.preferences(uid)?.accepts(&m.opts))
+}
+
+/// Whether who gets message `m` depends on the recipients' preferences: a notification type
+/// they may have turned off, or a local-time wave for some zones only.
+fn needs_preferences(m: &StoredMessage) -> bool {
+    m.opts.ntype.is_some() || m.opts.local_zones().is_some()
 }
 
 /// Whether a recipient who gets an entry has something to push to. A recipient with no
@@ -873,7 +880,7 @@ fn deliver<T: FoldTarget + ?Sized>(
         m,
         &recipients,
         Needs {
-            preferences: m.opts.ntype.is_some(),
+            preferences: needs_preferences(m),
             devices: effects.dispatch && !effects.topic_tasks,
             users: m.tid.is_none(),
         },

@@ -394,6 +394,9 @@ pub struct ScheduledMessage {
     /// Stream position of the waiting schedule (what a cancel must find).
     #[serde(skip)]
     pub schedule_seq: u64,
+    /// A wave of a send at a local time: its wall-clock time, group and zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<exchange::events::LocalWave>,
 }
 
 /// An experiment as its first message defined it (`GET /experiments/{id}`).

@@ -278,6 +278,11 @@ pub(crate) async fn accept(
     mut event: Event,
 ) -> ApiResult<Accepted> {
     let key = idempotency_key(headers)?;
+    if let Some(plan) = super::scheduled::local_plan_of(&mut event)? {
+        let answer =
+            super::scheduled::schedule_local(state, actor, event, plan, key.as_deref()).await?;
+        return Ok((StatusCode::ACCEPTED, Json(answer)));
+    }
     if let Some(due) = super::scheduled::due_of_event(&mut event)? {
         let recorded = super::scheduled::schedule(state, actor, event, due, key.as_deref()).await?;
         let at = recorded

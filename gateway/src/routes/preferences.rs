@@ -30,10 +30,12 @@ fn check_channels(
     }
 }
 
-/// The time zone must be an IANA name, the quiet hours two times of day.
-fn check_local_time(prefs: &Preferences) -> Result<(), ApiError> {
-    if let Some(z) = &prefs.timezone {
-        exchange::local::zone(z).map_err(|e| ApiError::field("timezone", e.to_string()))?;
+/// The time zone must be an IANA name (stored as the database spells it), the quiet hours
+/// two times of day.
+fn check_local_time(prefs: &mut Preferences) -> Result<(), ApiError> {
+    if let Some(z) = &mut prefs.timezone {
+        *z = exchange::local::canonical(z)
+            .map_err(|e| ApiError::field("timezone", e.to_string()))?;
     }
     if let Some(q) = &prefs.quiet_hours {
         q.check()
@@ -56,7 +58,8 @@ pub async fn put(
         check_channels(&format!("threads.{tid}"), m)?;
     }
     super::types::require_registered(&state, "types", prefs.types.keys()).await?;
-    check_local_time(&prefs)?;
+    let mut prefs = prefs;
+    check_local_time(&mut prefs)?;
     let stored = store(&state, &actor, prefs).await?;
     Ok(Json(json!(stored)))
 }

@@ -12,7 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use exchange::Actor;
 use exchange::events::{
-    DELIVER_AT, Envelope, Event, MessageOpts, MessageScheduled, ScheduleCancelled,
+    DELIVER_AT, DELIVER_AT_LOCAL, Envelope, Event, LOCAL_GROUP, LOCAL_ZONES, LocalWave,
+    MessageOpts, MessageScheduled, ScheduleCancelled,
 };
 use exchange::log::LogError;
 use projections::model::{ScheduleStatus, ScheduledMessage};
@@ -119,13 +120,27 @@ pub(crate) async fn schedule(
     due: OffsetDateTime,
     key: Option<&str>,
 ) -> ApiResult<Recorded> {
-    let mut envelope = Envelope::new(actor.clone(), event);
-    envelope.occurred_at = due;
+    let envelope = Envelope::new(actor.clone(), event);
     let msg_id = key.map(|k| crate::state::message_id(&actor.uid, k));
-    let appended = state
-        .log
-        .schedule(&envelope, due, msg_id.as_deref())
-        .await?;
+    let (recorded, record_seq) =
+        schedule_envelope(state, actor, envelope, due, msg_id.as_deref(), None).await?;
+    // Listed (and cancellable) when the answer comes, as other structural writes.
+    state.wait_projected(record_seq).await;
+    Ok(recorded)
+}
+
+/// [`schedule`] of a built envelope (its id is the mid), without waiting for the record to be
+/// projected: the schedule and the record's stream position.
+async fn schedule_envelope(
+    state: &AppState,
+    actor: &Actor,
+    mut envelope: Envelope,
+    due: OffsetDateTime,
+    msg_id: Option<&str>,
+    local: Option<LocalWave>,
+) -> ApiResult<(Recorded, u64)> {
+    envelope.occurred_at = due;
+    let appended = state.log.schedule(&envelope, due, msg_id).await?;
     if appended.duplicate {
         let original = match state.log.get(appended.seq).await {
             Ok(stored) => stored.envelope,
@@ -166,13 +181,157 @@ pub(crate) async fn schedule(
             tid,
             audience,
             msg,
+            local,
         }),
     );
     let record_id = format!("scheduled-{}", envelope.id);
     let recorded = state.log.append(&record, Some(&record_id)).await?;
-    // Listed (and cancellable) when the answer comes, as other structural writes.
-    state.wait_projected(recorded.seq).await;
-    Ok(Recorded { envelope, appended })
+    Ok((Recorded { envelope, appended }, recorded.seq))
+}
+
+/// A send at a local time: the wall-clock time, the zones where it has passed (sent at once)
+/// and the waves to schedule, soonest first.
+pub(crate) struct LocalPlan {
+    at: String,
+    now: Vec<String>,
+    waves: Vec<(OffsetDateTime, Vec<String>)>,
+}
+
+/// The plan of a message with `opts.deliver_at_local` (`None` without one). Zones where that
+/// time has passed (or is within a second) get the message at once: late rather than never.
+pub(crate) fn local_plan_of(event: &mut Event) -> ApiResult<Option<LocalPlan>> {
+    let (opts, experiment) = match event {
+        Event::MessagePublished(e) => (&mut e.opts, e.experiment.is_some()),
+        Event::MessageSent(e) => (&mut e.opts, e.experiment.is_some()),
+        _ => return Ok(None),
+    };
+    let Some(at) = opts.extra.remove(DELIVER_AT_LOCAL) else {
+        return Ok(None);
+    };
+    if opts.extra.contains_key(DELIVER_AT) || opts.extra.contains_key("delay") {
+        return Err(ApiError::field(
+            "opts.deliver_at_local",
+            "give one of opts.deliver_at, opts.delay and opts.deliver_at_local",
+        ));
+    }
+    if experiment {
+        return Err(ApiError::field(
+            "opts.deliver_at_local",
+            "an experiment's message cannot be sent at a local time",
+        ));
+    }
+    for reserved in [LOCAL_ZONES, LOCAL_GROUP] {
+        opts.extra.remove(reserved);
+    }
+    let at = at.as_str().unwrap_or_default().to_owned();
+    let wall = exchange::local::parse_wall_clock(&at)
+        .map_err(|e| ApiError::field("opts.deliver_at_local", e.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    let mut plan = LocalPlan {
+        at,
+        now: Vec::new(),
+        waves: Vec::new(),
+    };
+    for (instant, zones) in exchange::local::waves(wall) {
+        if instant > now + HORIZON {
+            return Err(ApiError::field(
+                "opts.deliver_at_local",
+                "may be at most two years ahead",
+            ));
+        }
+        if instant <= now + AT_ONCE {
+            plan.now.extend(zones);
+        } else {
+            plan.waves.push((instant, zones));
+        }
+    }
+    Ok(Some(plan))
+}
+
+/// Schedules a send at a local time: one message per wave (each a schedule and a record,
+/// the first wave's mid the group's id), plus one at once for the zones where the time has
+/// passed. 202 `{"mid": group, "deliver_at_local", "waves": [{"mid", "deliver_at", "zones"}]}`.
+pub(crate) async fn schedule_local(
+    state: &AppState,
+    actor: &Actor,
+    event: Event,
+    plan: LocalPlan,
+    key: Option<&str>,
+) -> ApiResult<Value> {
+    let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+    let mids: Vec<uuid::Uuid> = plan.waves.iter().map(|_| uuid::Uuid::now_v7()).collect();
+    let group = mids.first().copied();
+    let wave_event = |zones: &[String], due: Option<OffsetDateTime>| {
+        let mut e = event.clone();
+        if let Some(opts) = opts_mut(&mut e) {
+            opts.extra
+                .insert(DELIVER_AT_LOCAL.into(), Value::String(plan.at.clone()));
+            opts.extra.insert(LOCAL_ZONES.into(), json!(zones));
+            if let Some(g) = group {
+                opts.extra.insert(LOCAL_GROUP.into(), json!(g));
+            }
+            if let Some(due) = due {
+                opts.extra
+                    .insert(DELIVER_AT.into(), Value::String(fmt(due)));
+            }
+        }
+        e
+    };
+    let mut answer = Vec::new();
+    let mut last_record = 0;
+    for (i, ((due, zones), mid)) in plan.waves.iter().zip(&mids).enumerate() {
+        let mut envelope = Envelope::new(actor.clone(), wave_event(zones, Some(*due)));
+        envelope.id = *mid;
+        let msg_id = key.map(|k| crate::state::message_id(&actor.uid, &format!("{k}.wave{i}")));
+        let local = LocalWave {
+            at: plan.at.clone(),
+            group: group.unwrap_or(*mid),
+            zones: zones.clone(),
+            waves: if i == 0 { mids.clone() } else { Vec::new() },
+        };
+        let (recorded, seq) =
+            schedule_envelope(state, actor, envelope, *due, msg_id.as_deref(), Some(local)).await?;
+        last_record = last_record.max(seq);
+        answer.push(json!({
+            "mid": recorded.envelope.id,
+            "deliver_at": fmt(recorded.envelope.occurred_at),
+            "zones": zones,
+        }));
+    }
+    let mut group = group;
+    if !plan.now.is_empty() {
+        // Where the time has passed: at once (for everyone when it has passed everywhere).
+        let e = if plan.waves.is_empty() {
+            event.clone()
+        } else {
+            wave_event(&plan.now, None)
+        };
+        let now_key = key.map(|k| format!("{k}.now"));
+        let recorded = state.append(actor, e, now_key.as_deref()).await?;
+        group.get_or_insert(recorded.envelope.id);
+        answer.insert(
+            0,
+            json!({
+                "mid": recorded.envelope.id,
+                "deliver_at": fmt(recorded.envelope.occurred_at),
+                "zones": plan.now,
+                "sent": true,
+            }),
+        );
+    }
+    // The first scheduled wave's mid, as the original request stored it.
+    let group = answer
+        .iter()
+        .find(|w| w.get("sent").is_none())
+        .map(|w| w["mid"].clone())
+        .or_else(|| group.map(|g| json!(g)))
+        .unwrap_or(Value::Null);
+    state.wait_projected(last_record).await;
+    Ok(json!({
+        "mid": group,
+        "deliver_at_local": plan.at,
+        "waves": answer,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -219,7 +378,8 @@ pub async fn list(
 }
 
 /// `DELETE /messages/{mid}/schedule`: cancels a message that has not been sent; 409 once it
-/// has been (or was cancelled already). Its sender or an admin.
+/// has been (or was cancelled already). Its sender or an admin. The group id of a send at a
+/// local time (its first wave's mid) cancels every wave still waiting (409 when none is).
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(actor): Caller,
@@ -232,6 +392,56 @@ pub async fn cancel(
         .await?
         .filter(|s| actor.is_admin() || s.sender == actor.uid)
         .ok_or_else(|| ApiError::not_found(format!("no scheduled message {mid}")))?;
+    let waves = match &found.local {
+        Some(l) if l.group == mid && l.waves.len() > 1 => l.waves.clone(),
+        _ => {
+            let seq = cancel_one(&state, &actor, &found).await?;
+            state.wait_projected(seq).await;
+            return Ok((
+                StatusCode::OK,
+                Json(json!({ "mid": mid, "status": "cancelled" })),
+            ));
+        }
+    };
+    let (mut cancelled, mut sent, mut last) = (0, 0, 0);
+    for wave in waves {
+        let Some(record) = state.store.scheduled_message(wave).await? else {
+            continue;
+        };
+        match cancel_one(&state, &actor, &record).await {
+            Ok(seq) => {
+                cancelled += 1;
+                last = last.max(seq);
+            }
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                if record.status != ScheduleStatus::Cancelled {
+                    sent += 1;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if cancelled == 0 {
+        return Err(ApiError::conflict(
+            "already_sent",
+            "every wave of this message has been sent or cancelled",
+        ));
+    }
+    state.wait_projected(last).await;
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "mid": mid,
+            "status": "cancelled",
+            "waves_cancelled": cancelled,
+            "waves_sent": sent,
+        })),
+    ))
+}
+
+/// Cancels one waiting schedule: the cancel's stream position, or 409 when it was sent or
+/// cancelled already.
+async fn cancel_one(state: &AppState, actor: &Actor, found: &ScheduledMessage) -> ApiResult<u64> {
     match found.status {
         ScheduleStatus::Pending => {}
         ScheduleStatus::Sent => {
@@ -249,26 +459,19 @@ pub async fn cancel(
     }
     let env = Envelope::new(
         actor.clone(),
-        Event::ScheduleCancelled(ScheduleCancelled { mid }),
+        Event::ScheduleCancelled(ScheduleCancelled { mid: found.mid }),
     );
-    let appended = match state
+    match state
         .log
-        .cancel_schedule(&env, mid, found.schedule_seq)
+        .cancel_schedule(&env, found.mid, found.schedule_seq)
         .await
     {
-        Ok(a) => a,
+        Ok(a) => Ok(a.seq),
         // The schedule is not where it waited: it fired (or another cancel won) meanwhile.
-        Err(LogError::Conflict(_)) => {
-            return Err(ApiError::conflict(
-                "already_sent",
-                "the message has been sent (or cancelled) meanwhile",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    state.wait_projected(appended.seq).await;
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "mid": mid, "status": "cancelled" })),
-    ))
+        Err(LogError::Conflict(_)) => Err(ApiError::conflict(
+            "already_sent",
+            "the message has been sent (or cancelled) meanwhile",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }

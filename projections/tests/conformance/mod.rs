@@ -1203,6 +1203,7 @@ pub async fn scheduled_sends(store: &dyn Store) {
                 tid: None,
                 audience: Some(Audience::User { uid: "ann".into() }),
                 msg: format!("m-{mid}"),
+                local: None,
             }),
         )
     };
