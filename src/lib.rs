@@ -59,6 +59,8 @@ pub struct ExchangeOptions {
     pub projector: ProjectorSettings,
     pub channels: ChannelSettings,
     pub dispatch: DispatchSettings,
+    /// The stage scheduler (seed 002's schedules), run with the dispatcher.
+    pub stage: exchange::stage::SchedulerSettings,
 }
 
 /// A started exchange. Dropping it (or calling [`Running::shutdown`]) stops its tasks.
@@ -121,6 +123,24 @@ impl Drop for Running {
         if let Some(s) = &self.server {
             s.abort();
         }
+    }
+}
+
+/// The schedules of stage-based messaging, as the scheduler reads them from the store.
+struct StageSchedules(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl exchange::stage::ScheduleSource for StageSchedules {
+    async fn stage_schedules(&self) -> Result<Vec<exchange::stage::ScheduleRecord>, String> {
+        let (_, docs) = self
+            .0
+            .stage_docs("schedule", u32::MAX, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| serde_json::from_str(&d.body).ok())
+            .collect())
     }
 }
 
@@ -226,6 +246,14 @@ pub async fn start(opts: ExchangeOptions) -> anyhow::Result<Running> {
         .with_metrics(dispatch_metrics.clone());
         tracing::info!(channels = ?channels.names(), "dispatcher starting");
         tasks.push(tokio::spawn(dispatcher.run()));
+        let scheduler = exchange::stage::Scheduler::new(
+            log.clone(),
+            Arc::new(StageSchedules(dyn_store.clone())),
+            opts.stage.clone(),
+            opts.log.replicas,
+        )
+        .await?;
+        tasks.push(tokio::spawn(scheduler.run()));
     }
 
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -509,6 +509,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         channels: a.channels.settings(&data_dir)?,
         dispatch: a.channels.dispatch(),
+        stage: Default::default(),
     };
     let store_display = opts.store.to_string();
     let mut running = msgxc::start(opts).await?;

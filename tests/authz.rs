@@ -238,6 +238,117 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     ),
     ("DELETE", "/messaging/{mid2}", "", [401, 403, 403, 204, 404]),
     ("DELETE", "/devices/{device}", "", [401, 404, 404, 204, 404]),
+    // Seed 002 (stage-based messaging): `{schedule}`, `{set}` (with `{message}`) made by the
+    // admin, `{subscription}` member's subscription to it; `...2` ones to delete.
+    ("GET", "/schedule", "", [401, 403, 403, 403, 200]),
+    (
+        "POST",
+        "/schedule",
+        r#"{"minute":"0","hour":"9"}"#,
+        [401, 403, 403, 403, 201],
+    ),
+    ("GET", "/schedule/{schedule}", "", [401, 403, 403, 403, 200]),
+    (
+        "PUT",
+        "/schedule/{schedule}",
+        r#"{"minute":"0","hour":"8"}"#,
+        [401, 403, 403, 403, 200],
+    ),
+    ("GET", "/messageset", "", [401, 403, 403, 403, 200]),
+    (
+        "POST",
+        "/messageset",
+        r#"{"short_name":"authz-new","default_schedule":{schedule}}"#,
+        [401, 403, 403, 403, 201],
+    ),
+    ("GET", "/messageset/{set}", "", [401, 403, 403, 403, 200]),
+    (
+        "PUT",
+        "/messageset/{set}",
+        r#"{"short_name":"authz-set","default_schedule":{schedule},"notes":"n"}"#,
+        [401, 403, 403, 403, 200],
+    ),
+    (
+        "GET",
+        "/messageset/{set}/messages",
+        "",
+        [401, 403, 200, 403, 200],
+    ),
+    ("GET", "/message", "", [401, 403, 403, 403, 200]),
+    (
+        "POST",
+        "/message",
+        r#"{"messageset":{set},"sequence_number":9,"lang":"eng","text_content":"x"}"#,
+        [401, 403, 403, 403, 201],
+    ),
+    ("GET", "/message/{message}", "", [401, 403, 200, 403, 200]),
+    (
+        "GET",
+        "/message/{message}/content",
+        "",
+        [401, 403, 200, 403, 200],
+    ),
+    (
+        "PUT",
+        "/message/{message}",
+        r#"{"messageset":{set},"sequence_number":1,"lang":"eng","text_content":"y"}"#,
+        [401, 403, 403, 403, 200],
+    ),
+    ("GET", "/subscriptions", "", [401, 200, 200, 200, 200]),
+    (
+        "POST",
+        "/subscriptions",
+        r#"{"identity":"other","messageset":{set},"lang":"eng"}"#,
+        [401, 201, 403, 403, 201],
+    ),
+    (
+        "POST",
+        "/subscriptions/request",
+        r#"{"data":{"identity":"owner","messageset":{set},"lang":"eng"}}"#,
+        [401, 403, 403, 403, 201],
+    ),
+    (
+        "GET",
+        "/subscriptions/{subscription}",
+        "",
+        [401, 404, 200, 404, 200],
+    ),
+    (
+        "PUT",
+        "/subscriptions/{subscription}",
+        r#"{"identity":"member","messageset":{set},"lang":"eng"}"#,
+        [401, 403, 403, 403, 200],
+    ),
+    (
+        "POST",
+        "/subscriptions/{subscription}/send",
+        "",
+        [401, 403, 403, 403, 201],
+    ),
+    (
+        "DELETE",
+        "/subscriptions/{subscription2}",
+        "",
+        [401, 403, 403, 403, 204],
+    ),
+    (
+        "DELETE",
+        "/message/{message2}",
+        "",
+        [401, 403, 403, 403, 204],
+    ),
+    (
+        "DELETE",
+        "/messageset/{set2}",
+        "",
+        [401, 403, 403, 403, 204],
+    ),
+    (
+        "DELETE",
+        "/schedule/{schedule2}",
+        "",
+        [401, 403, 403, 403, 204],
+    ),
 ];
 
 /// `(method, path)` of every route `gateway/src/routes/mod.rs` registers, path parameters as
@@ -298,6 +409,11 @@ fn route_of(path: &str) -> String {
                 ("r", _) => "{token}".into(),
                 ("blocks", _) => "{uid}".into(),
                 ("deliveries", "x") => "{id}".into(),
+                ("schedule" | "messageset" | "message" | "subscriptions", s)
+                    if s.starts_with('{') =>
+                {
+                    "{id}".into()
+                }
                 _ => seg.to_owned(),
             }
         })
@@ -392,9 +508,55 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
     assert_eq!(s, 202, "{b}");
     let sched = b["mid"].as_str().unwrap().to_owned();
     ex.inbox_until(&member, 3).await;
+    // Seed 002's records.
+    let created = |path: &'static str, body: Value, who: String| {
+        let ex = &ex;
+        async move {
+            let (s, b) = ex.post(path, &who, body).await;
+            assert_eq!(s, 201, "{path}: {b}");
+            match &b["id"] {
+                Value::String(id) => id.clone(),
+                id => id.to_string(),
+            }
+        }
+    };
+    let schedule = created(
+        "/schedule/",
+        json!({"minute": "0", "hour": "9"}),
+        admin.clone(),
+    )
+    .await;
+    let schedule2 = created("/schedule/", json!({"minute": "0"}), admin.clone()).await;
+    let set_body = |name: &str| json!({"short_name": name, "default_schedule": schedule.parse::<u64>().unwrap()});
+    let set = created("/messageset/", set_body("authz-set"), admin.clone()).await;
+    let set2 = created("/messageset/", set_body("authz-gone"), admin.clone()).await;
+    let set_id: u64 = set.parse().unwrap();
+    let message = created(
+        "/message/",
+        json!({"messageset": set_id, "sequence_number": 1, "lang": "eng", "text_content": "hello"}),
+        admin.clone(),
+    )
+    .await;
+    let message2 = created(
+        "/message/",
+        json!({"messageset": set_id, "sequence_number": 2, "lang": "eng", "text_content": "bye"}),
+        admin.clone(),
+    )
+    .await;
+    let sub_body = json!({"identity": "member", "messageset": set_id, "lang": "eng"});
+    let subscription = created("/subscriptions/", sub_body.clone(), member.clone()).await;
+    let subscription2 = created("/subscriptions/", sub_body, admin.clone()).await;
 
     let fill = |s: &str| {
-        s.replace("{tid}", &tid)
+        s.replace("{schedule2}", &schedule2)
+            .replace("{schedule}", &schedule)
+            .replace("{set2}", &set2)
+            .replace("{set}", &set)
+            .replace("{message2}", &message2)
+            .replace("{message}", &message)
+            .replace("{subscription2}", &subscription2)
+            .replace("{subscription}", &subscription)
+            .replace("{tid}", &tid)
             .replace("{closed}", &closed)
             .replace("{mid2}", &mid2)
             .replace("{mid}", &mid)

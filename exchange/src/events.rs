@@ -210,6 +210,10 @@ pub enum Event {
     ScheduleCancelled(ScheduleCancelled),
     Tracked(Tracked),
     SessionEnded(SessionEnded),
+    StageRecordSaved(StageRecordSaved),
+    StageRecordDeleted(StageRecordDeleted),
+    StageTick(StageTick),
+    StageSendRequested(StageSendRequested),
 }
 
 /// The aggregate an event belongs to; the second subject token.
@@ -219,6 +223,8 @@ pub enum Aggregate {
     Thread,
     Message,
     Type,
+    /// Stage-based messaging (seed 002): schedules, message sets, messages, subscriptions.
+    Stage,
 }
 
 impl Aggregate {
@@ -228,6 +234,7 @@ impl Aggregate {
             Aggregate::Thread => "thread",
             Aggregate::Message => "message",
             Aggregate::Type => "type",
+            Aggregate::Stage => "stage",
         }
     }
 }
@@ -263,11 +270,15 @@ impl Event {
             Event::ScheduleCancelled(_) => "schedule_cancelled",
             Event::Tracked(_) => "tracked",
             Event::SessionEnded(_) => "session_ended",
+            Event::StageRecordSaved(_) => "stage_record_saved",
+            Event::StageRecordDeleted(_) => "stage_record_deleted",
+            Event::StageTick(_) => "stage_tick",
+            Event::StageSendRequested(_) => "stage_send_requested",
         }
     }
 
     /// Every kind name, in declaration order (used by schema generation and docs).
-    pub const KINDS: [&'static str; 27] = [
+    pub const KINDS: [&'static str; 31] = [
         "device_enlisted",
         "device_removed",
         "thread_created",
@@ -295,6 +306,10 @@ impl Event {
         "schedule_cancelled",
         "tracked",
         "session_ended",
+        "stage_record_saved",
+        "stage_record_deleted",
+        "stage_tick",
+        "stage_send_requested",
     ];
 
     /// Which aggregate the event is filed under and that aggregate's id.
@@ -314,6 +329,16 @@ impl Event {
             Event::UserUnblocked(e) => (Aggregate::User, e.uid.clone()),
             Event::Tracked(e) => (Aggregate::User, e.uid.clone()),
             Event::SessionEnded(e) => (Aggregate::User, e.uid.clone()),
+            Event::StageRecordSaved(e) => {
+                (Aggregate::Stage, format!("{}.{}", e.kind.as_str(), e.id))
+            }
+            Event::StageRecordDeleted(e) => {
+                (Aggregate::Stage, format!("{}.{}", e.kind.as_str(), e.id))
+            }
+            Event::StageTick(e) => (Aggregate::Stage, format!("schedule.{}", e.schedule)),
+            Event::StageSendRequested(e) => {
+                (Aggregate::Stage, format!("subscription.{}", e.subscription))
+            }
             Event::MessageDeleted(e) => (Aggregate::Message, e.mid.to_string()),
             Event::TypeRegistered(e) => (Aggregate::Type, e.name.clone()),
             Event::DeliverySent(e) => (Aggregate::Message, e.mid.to_string()),
@@ -1135,4 +1160,68 @@ mod tests {
         assert!(a.device_id().starts_with("apns-"));
         assert_ne!(a.device_id(), f.device_id());
     }
+}
+
+/// The resources of stage-based messaging (seed 002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Schedule,
+    Messageset,
+    Message,
+    Binarycontent,
+    Subscription,
+}
+
+impl StageKind {
+    pub const ALL: [StageKind; 5] = [
+        StageKind::Schedule,
+        StageKind::Messageset,
+        StageKind::Message,
+        StageKind::Binarycontent,
+        StageKind::Subscription,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Schedule => "schedule",
+            StageKind::Messageset => "messageset",
+            StageKind::Message => "message",
+            StageKind::Binarycontent => "binarycontent",
+            StageKind::Subscription => "subscription",
+        }
+    }
+}
+
+/// A stage-based messaging record was created or replaced. `record` is the resource as the
+/// seed's API shows it (checked by the gateway); `id` its id (an integer's decimal digits: the
+/// stream sequence of its creation; a subscription's UUID).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageRecordSaved {
+    pub kind: StageKind,
+    pub id: String,
+    pub record: serde_json::Value,
+}
+
+/// A stage-based messaging record was deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageRecordDeleted {
+    pub kind: StageKind,
+    pub id: String,
+}
+
+/// Schedule `schedule` came due at `due`: every active subscription on it is sent its next
+/// message. Appended by the stage scheduler once per due time (its message id names both).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageTick {
+    pub schedule: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub due: OffsetDateTime,
+}
+
+/// `POST /subscriptions/{id}/send`: send the subscription's next message now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageSendRequested {
+    pub subscription: Uuid,
 }

@@ -10,6 +10,7 @@
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
 //! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
+//! - `stage`: stage-based messaging (seed 002): its records, cron-like schedules, the scheduler
 //! - `natsd`: finding, starting and supervising a local nats-server
 
 pub mod channels;
@@ -23,6 +24,7 @@ pub mod log;
 pub mod natsd;
 pub mod presence;
 pub mod schema;
+pub mod stage;
 pub mod subject;
 
 pub use events::{Actor, Envelope, Event};

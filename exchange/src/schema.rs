@@ -65,6 +65,19 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         ),
         ("tracked.json".into(), schema_of::<Tracked>()),
         ("session_ended.json".into(), schema_of::<SessionEnded>()),
+        (
+            "stage_record_saved.json".into(),
+            schema_of::<StageRecordSaved>(),
+        ),
+        (
+            "stage_record_deleted.json".into(),
+            schema_of::<StageRecordDeleted>(),
+        ),
+        ("stage_tick.json".into(), schema_of::<StageTick>()),
+        (
+            "stage_send_requested.json".into(),
+            schema_of::<StageSendRequested>(),
+        ),
     ]
 }
 

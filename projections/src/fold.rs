@@ -17,7 +17,8 @@ use exchange::events::{AckStatus, Preferences, SettledDelivery, SettledStatus};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelCopy, FunnelEntry,
     FunnelMessage, FunnelStep, Notification, NotificationType, OnlineRecord, Receipt,
-    ReceiptStatus, ScheduleStatus, ScheduledMessage, Step, StoredMessage, Thread, ThreadMessage,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, StageDoc, Step, StoredMessage, Thread,
+    ThreadMessage,
 };
 use crate::store::StoreResult;
 use exchange::experiment::Arm;
@@ -159,6 +160,12 @@ pub trait FoldTarget {
     fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;
     /// Inserts or replaces a scheduled message's record; only pending ones are listed.
     fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()>;
+    /// A stage-based messaging document (seed 002) by kind and id.
+    fn stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>>;
+    /// Every document of `kind`, by `ord` then id.
+    fn stage_docs_of(&mut self, kind: &str) -> StoreResult<Vec<StageDoc>>;
+    fn put_stage_doc(&mut self, doc: &StageDoc) -> StoreResult<()>;
+    fn delete_stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<()>;
 
     /// An experiment's record.
     fn experiment(&mut self, id: &str) -> StoreResult<Option<ExperimentRecord>>;
@@ -244,6 +251,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
     let mut changes = Changes {
         seq,
         live: effects.live,
+        announce_new: false,
         at: env.occurred_at,
         notices,
     };
@@ -431,6 +439,28 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
         }
         Event::Tracked(e) => track(t, e, at),
         Event::SessionEnded(e) => session(t, seq, e),
+        Event::StageRecordSaved(e) if e.id.is_empty() => {
+            // A created record with an integer id: the event's stream sequence.
+            let mut record = e.record.clone();
+            record["id"] = serde_json::json!(seq);
+            crate::stage::save(t, seq, e.kind, &seq.to_string(), &record)
+        }
+        Event::StageRecordSaved(e) => crate::stage::save(t, seq, e.kind, &e.id, &e.record),
+        Event::StageRecordDeleted(e) => crate::stage::delete(t, seq, e.kind, &e.id),
+        Event::StageTick(e) => {
+            let mut sets = crate::stage::Sets::default();
+            for id in crate::stage::on_schedule(t, &e.schedule)? {
+                // Each subscription is a group of its own (see `FoldTarget::group_done`).
+                t.group_done()?;
+                crate::stage::send(t, seq, &id, at, effects, changes, &mut sets)?;
+            }
+            t.group_done()
+        }
+        Event::StageSendRequested(e) => {
+            let mut sets = crate::stage::Sets::default();
+            let id = e.subscription.to_string();
+            crate::stage::send(t, seq, &id, at, effects, changes, &mut sets)
+        }
         Event::PreferencesSet(e) => t.put_preferences(&e.uid, &e.preferences),
         Event::DeliveryRequeued(e) => {
             let id = FailedDelivery::id_of(e.mid, &e.device_id);
@@ -863,7 +893,7 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
     }
 }
 
-fn deliver<T: FoldTarget + ?Sized>(
+pub(crate) fn deliver<T: FoldTarget + ?Sized>(
     t: &mut T,
     seq: u64,
     m: &StoredMessage,
@@ -1311,6 +1341,9 @@ impl std::fmt::Display for Position {
 pub struct Changes<'a> {
     seq: u64,
     live: bool,
+    /// New entries' frames go out as live notices too: messages the hub cannot route from
+    /// their event (a stage message, derived by the fold).
+    announce_new: bool,
     at: OffsetDateTime,
     notices: &'a mut Vec<LiveNotice>,
 }
@@ -1325,12 +1358,22 @@ impl Changes<'_> {
         template: &dyn Fn() -> &'m crate::live::FrameTemplate,
     ) -> StoreResult<()> {
         let position = self.position(n);
+        if self.live && self.announce_new {
+            self.notices.push(LiveNotice {
+                uid: n.uid.clone(),
+                frame: template().for_uid(&n.uid),
+            });
+        }
         t.put_new_change(
             &n.uid,
             position,
             &|| template().for_uid(&n.uid).to_vec(),
             self.at,
         )
+    }
+
+    pub(crate) fn announce_new(&mut self, on: bool) {
+        self.announce_new = on;
     }
 
     /// Where a change of entry `n` made by this event sits in its user's feed.

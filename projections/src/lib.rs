@@ -8,6 +8,7 @@
 //! - `projector`: the projector worker (durable consumer, lease, outbox relay) and `rebuild`
 //! - `scylla`: the Scylla/Cassandra backend
 //! - `sqlite`: the SQLite backend
+//! - `stage`: the fold of stage-based messaging (seed 002): records, index rows, due sends
 //! - `stats`: the statistics of experiment reports (z-test, mSPRT, sample-ratio check)
 //! - `store`: the `Store` trait
 
@@ -18,6 +19,7 @@ pub mod model;
 pub mod projector;
 pub mod scylla;
 pub mod sqlite;
+pub mod stage;
 pub mod stats;
 pub mod store;
 

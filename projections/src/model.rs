@@ -399,6 +399,18 @@ pub struct ScheduledMessage {
     pub local: Option<exchange::events::LocalWave>,
 }
 
+/// A stage-based messaging document (seed 002): a record as its API shows it (`kind` one of
+/// `schedule`, `messageset`, `message`, `binarycontent`, `subscription`), or an index row the
+/// fold keeps beside them (`messages_of.<set>`, `subscriptions_on.<schedule>`, ...). Lists are
+/// ordered by `ord`, then `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageDoc {
+    pub kind: String,
+    pub id: String,
+    pub ord: i64,
+    pub body: String,
+}
+
 /// An experiment as its first message defined it (`GET /experiments/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentRecord {

@@ -15,7 +15,7 @@ use exchange::dispatch::DispatchTask;
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, FailedDelivery, FunnelEntry, FunnelMessage, FunnelScope,
     HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
-    OnlineRecord, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    OnlineRecord, Page, Receipt, ScheduledMessage, StageDoc, StoredMessage, Thread, ThreadMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// A scheduled message's record, whatever its status.
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>>;
+    /// A stage-based messaging document (seed 002) by kind and id.
+    async fn stage_doc(&self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>>;
+    /// A page of the documents of `kind` (by `ord`, then id) and how many there are.
+    async fn stage_docs(
+        &self,
+        kind: &str,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(u64, Vec<StageDoc>)>;
     /// Messages waiting to be sent, soonest first (then by mid): of one sender, or all.
     async fn scheduled_messages(
         &self,

@@ -114,6 +114,7 @@ pub(super) async fn in_process(
         projector: Default::default(),
         channels: Default::default(),
         dispatch: Default::default(),
+        stage: Default::default(),
     })
     .await
 }

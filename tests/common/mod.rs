@@ -60,6 +60,7 @@ pub fn options(nats_url: String, store_path: PathBuf) -> ExchangeOptions {
             ..Default::default()
         },
         dispatch: Default::default(),
+        stage: Default::default(),
     }
 }
 

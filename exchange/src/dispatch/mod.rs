@@ -15,7 +15,7 @@ mod worker;
 pub use caps::{Cap, CapSettings};
 pub use queue::{DISPATCH_STREAM, Lane, LaneDepth, TaskQueue, depths};
 pub use throttle::Limits;
-pub use worker::{DispatchSettings, Dispatcher};
+pub use worker::{DispatchSettings, Dispatcher, system_actor as worker_actor};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -20,11 +20,59 @@ mod presence;
 mod private;
 mod reports;
 mod scheduled;
+mod stage;
 mod stream;
 mod threads;
 mod types;
 mod validate;
 mod ws;
+
+/// Seed 002's stage-based messaging (its paths end in a slash: every path is served with and
+/// without one, see [`router`]).
+fn stage_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/schedule",
+            get(stage::schedules).post(stage::create_schedule),
+        )
+        .route(
+            "/schedule/{id}",
+            get(stage::schedule)
+                .put(stage::update_schedule)
+                .delete(stage::delete_schedule),
+        )
+        .route(
+            "/messageset",
+            get(stage::messagesets).post(stage::create_messageset),
+        )
+        .route(
+            "/messageset/{id}",
+            get(stage::messageset)
+                .put(stage::update_messageset)
+                .delete(stage::delete_messageset),
+        )
+        .route("/messageset/{id}/messages", get(stage::messageset_messages))
+        .route("/message", get(stage::messages).post(stage::create_message))
+        .route(
+            "/message/{id}",
+            get(stage::message)
+                .put(stage::update_message)
+                .delete(stage::delete_message),
+        )
+        .route("/message/{id}/content", get(stage::message_content))
+        .route(
+            "/subscriptions",
+            get(stage::subscriptions).post(stage::create_subscription),
+        )
+        .route("/subscriptions/request", post(stage::request_subscription))
+        .route(
+            "/subscriptions/{id}",
+            get(stage::subscription)
+                .put(stage::update_subscription)
+                .delete(stage::delete_subscription),
+        )
+        .route("/subscriptions/{id}/send", post(stage::send_subscription))
+}
 
 pub fn router(state: AppState) -> Router {
     let limits = state.clone();
@@ -90,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reports/funnel", get(reports::funnel))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
+        .merge(stage_routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             limits.clone(),
@@ -107,10 +156,14 @@ pub fn router(state: AppState) -> Router {
     if seed_001 {
         app = app.layer(axum::middleware::from_fn(crate::compat::seed_001));
     }
-    match cors {
+    let app = match cors {
         Some(layer) => app.layer(layer),
         None => app,
-    }
+    };
+    // Seed 002's paths end in a slash: every route answers with and without one (the slash
+    // is trimmed before routing).
+    Router::new()
+        .fallback_service(tower_http::normalize_path::NormalizePath::trim_trailing_slash(app))
 }
 
 /// CORS for the configured origins (outermost, so refusals such as 401 and 429 carry the

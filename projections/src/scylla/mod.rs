@@ -42,7 +42,7 @@ use crate::fold::{Effects, apply_event};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, FailedDelivery, FunnelEntry, FunnelMessage, FunnelScope,
     HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification, NotificationType,
-    OnlineRecord, Page, Receipt, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    OnlineRecord, Page, Receipt, ScheduledMessage, StageDoc, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -57,10 +57,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../../schema/cql/0004_experiments.cql")),
     (5, include_str!("../../../schema/cql/0005_online.cql")),
     (6, include_str!("../../../schema/cql/0006_funnel.cql")),
+    (7, include_str!("../../../schema/cql/0007_stage.cql")),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -1066,6 +1067,35 @@ impl Store for ScyllaStore {
                 .dispatched(&channel, accepted);
         }
         Ok(by_uid.into_values().collect())
+    }
+
+    async fn stage_doc(&self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>> {
+        Ok(self
+            .one(self.q().stage_doc_get(kind, id))
+            .await?
+            .map(|(ord, body)| StageDoc {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+                ord,
+                body,
+            }))
+    }
+
+    async fn stage_docs(
+        &self,
+        kind: &str,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(u64, Vec<StageDoc>)> {
+        let rows = self.all(self.q().stage_docs_of(kind)).await?;
+        let docs = target::stage_docs_sorted(kind, rows);
+        let total = docs.len() as u64;
+        let page = docs
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit.max(1) as usize)
+            .collect();
+        Ok((total, page))
     }
 
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {

@@ -477,6 +477,14 @@ statements! {
         "SELECT uid, channel, accepted, variant FROM funnel_channels WHERE mid = ?";
 
     // Scheduled sends.
+    stage_doc_get(kind: &str, id: &str) -> (i64, String) =
+        "SELECT ord, body FROM stage_docs WHERE kind = ? AND id = ?";
+    stage_docs_of(kind: &str) -> (String, i64, String) =
+        "SELECT id, ord, body FROM stage_docs WHERE kind = ?";
+    stage_doc_put(kind: &str, id: &str, ord: i64, body: String) -> () =
+        "INSERT INTO stage_docs (kind, id, ord, body) VALUES (?, ?, ?, ?)";
+    stage_doc_delete(kind: &str, id: &str) -> () =
+        "DELETE FROM stage_docs WHERE kind = ? AND id = ?";
     scheduled_get(mid: Uuid) -> (String, i64) =
         "SELECT record, schedule_seq FROM scheduled WHERE mid = ?";
     scheduled_put(mid: Uuid, status: &str, deliver_at: i64, schedule_seq: i64, record: String) -> () =

@@ -27,7 +27,8 @@ use crate::fold::{CHANGE_RETENTION, FoldTarget, Position};
 use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelEntry,
     FunnelMessage, Notification, NotificationStatus, NotificationType, OnlineRecord, Receipt,
-    ReceiptStatus, ScheduleStatus, ScheduledMessage, StoredMessage, Thread, ThreadMessage,
+    ReceiptStatus, ScheduleStatus, ScheduledMessage, StageDoc, StoredMessage, Thread,
+    ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -396,6 +397,21 @@ impl<'a> ScyllaTx<'a> {
 /// A user's preferences from their row (defaults when they never set any).
 pub(crate) fn preferences_of(row: Option<(String,)>) -> StoreResult<Preferences> {
     row.map_or_else(|| Ok(Preferences::default()), |(json,)| parse_json(&json))
+}
+
+/// A kind's documents from their rows, by ord then id.
+pub(crate) fn stage_docs_sorted(kind: &str, rows: Vec<(String, i64, String)>) -> Vec<StageDoc> {
+    let mut docs: Vec<StageDoc> = rows
+        .into_iter()
+        .map(|(id, ord, body)| StageDoc {
+            kind: kind.to_owned(),
+            id,
+            ord,
+            body,
+        })
+        .collect();
+    docs.sort_by(|a, b| (a.ord, &a.id).cmp(&(b.ord, &b.id)));
+    docs
 }
 
 /// A scheduled message from its row: the record, and the schedule's position kept beside it.
@@ -1418,6 +1434,36 @@ impl FoldTarget for ScyllaTx<'_> {
         self.one(self.q().scheduled_get(mid))?
             .map(|(record, seq)| scheduled_of(&record, seq))
             .transpose()
+    }
+
+    fn stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>> {
+        Ok(self
+            .one(self.q().stage_doc_get(kind, id))?
+            .map(|(ord, body)| StageDoc {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+                ord,
+                body,
+            }))
+    }
+
+    fn stage_docs_of(&mut self, kind: &str) -> StoreResult<Vec<StageDoc>> {
+        let rows = self.all(self.q().stage_docs_of(kind))?;
+        Ok(stage_docs_sorted(kind, rows))
+    }
+
+    fn put_stage_doc(&mut self, d: &StageDoc) -> StoreResult<()> {
+        let w = self
+            .q()
+            .stage_doc_put(&d.kind, &d.id, d.ord, d.body.clone());
+        self.write(w);
+        Ok(())
+    }
+
+    fn delete_stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<()> {
+        let w = self.q().stage_doc_delete(kind, id);
+        self.write(w);
+        Ok(())
     }
 
     fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()> {

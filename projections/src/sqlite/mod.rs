@@ -26,7 +26,7 @@ use crate::model::{
     ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelEntry,
     FunnelMessage, FunnelScope, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
     NotificationType, OnlineRecord, Page, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
-    StoredMessage, Thread, ThreadMessage,
+    StageDoc, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{
     Applied, ApplyOptions, ReceiptCounts, SequencedEvent, Store, StoreError, StoreResult,
@@ -128,12 +128,17 @@ CREATE TABLE IF NOT EXISTS funnel_entries (
 CREATE TABLE IF NOT EXISTS funnel_channels (
   mid TEXT NOT NULL, uid TEXT NOT NULL, channel TEXT NOT NULL, accepted INTEGER NOT NULL,
   variant TEXT, PRIMARY KEY (mid, uid, channel, accepted)) WITHOUT ROWID;
+-- stage-based messaging (seed 002): records and the fold's index rows, by kind; lists by ord
+CREATE TABLE IF NOT EXISTS stage_docs (
+  kind TEXT NOT NULL, id TEXT NOT NULL, ord INTEGER NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY (kind, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stage_docs_by_ord ON stage_docs (kind, ord, id);
 -- dispatch tasks committed with their batch, relayed to JetStream after it (not a read model)
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL);
 "#;
 
 /// Every table holding projected data, for dumps and comparisons (not `meta`).
-pub const DATA_TABLES: [&str; 28] = [
+pub const DATA_TABLES: [&str; 29] = [
     "users",
     "devices",
     "device_owners",
@@ -162,6 +167,7 @@ pub const DATA_TABLES: [&str; 28] = [
     "funnel_messages",
     "funnel_entries",
     "funnel_channels",
+    "stage_docs",
 ];
 
 const READERS: usize = 4;
@@ -340,6 +346,47 @@ fn scheduled_of(record: &str, schedule_seq: i64) -> StoreResult<ScheduledMessage
     let mut s: ScheduledMessage = parse_json(record)?;
     s.schedule_seq = u64::try_from(schedule_seq).unwrap_or_default();
     Ok(s)
+}
+
+fn stage_doc_of(c: &Connection, kind: &str, id: &str) -> StoreResult<Option<StageDoc>> {
+    c.prepare_cached("SELECT ord, body FROM stage_docs WHERE kind = ?1 AND id = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![kind, id], |r| {
+                Ok(StageDoc {
+                    kind: kind.to_owned(),
+                    id: id.to_owned(),
+                    ord: r.get(0)?,
+                    body: r.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
+}
+
+/// A page of the documents of `kind` (by ord, then id); `limit` 0 is all of them.
+fn stage_docs_page(
+    c: &Connection,
+    kind: &str,
+    limit: u32,
+    offset: u32,
+) -> StoreResult<Vec<StageDoc>> {
+    let limit = if limit == 0 { -1 } else { i64::from(limit) };
+    c.prepare_cached(
+        "SELECT id, ord, body FROM stage_docs WHERE kind = ?1 ORDER BY ord, id LIMIT ?2 OFFSET ?3",
+    )
+    .and_then(|mut st| {
+        st.query_map(params![kind, limit, i64::from(offset)], |r| {
+            Ok(StageDoc {
+                kind: kind.to_owned(),
+                id: r.get(0)?,
+                ord: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(backend)
 }
 
 fn scheduled_by_mid(c: &Connection, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
@@ -742,6 +789,30 @@ impl FoldTarget for SqliteTx<'_> {
 
     fn scheduled(&mut self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
         scheduled_by_mid(self.tx, mid)
+    }
+
+    fn stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>> {
+        stage_doc_of(self.tx, kind, id)
+    }
+
+    fn stage_docs_of(&mut self, kind: &str) -> StoreResult<Vec<StageDoc>> {
+        stage_docs_page(self.tx, kind, 0, 0)
+    }
+
+    fn put_stage_doc(&mut self, d: &StageDoc) -> StoreResult<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO stage_docs (kind, id, ord, body) VALUES (?1, ?2, ?3, ?4)",
+            params![d.kind, d.id, d.ord, d.body],
+        )
+        .map(drop)
+    }
+
+    fn delete_stage_doc(&mut self, kind: &str, id: &str) -> StoreResult<()> {
+        self.exec(
+            "DELETE FROM stage_docs WHERE kind = ?1 AND id = ?2",
+            params![kind, id],
+        )
+        .map(drop)
     }
 
     fn put_scheduled(&mut self, s: &ScheduledMessage) -> StoreResult<()> {
@@ -1846,6 +1917,29 @@ impl Store for SqliteStore {
 
     async fn scheduled_message(&self, mid: Uuid) -> StoreResult<Option<ScheduledMessage>> {
         self.read(move |c| scheduled_by_mid(c, mid)).await
+    }
+
+    async fn stage_doc(&self, kind: &str, id: &str) -> StoreResult<Option<StageDoc>> {
+        let (kind, id) = (kind.to_owned(), id.to_owned());
+        self.read(move |c| stage_doc_of(c, &kind, &id)).await
+    }
+
+    async fn stage_docs(
+        &self,
+        kind: &str,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(u64, Vec<StageDoc>)> {
+        let kind = kind.to_owned();
+        self.read(move |c| {
+            let total: i64 = c
+                .prepare_cached("SELECT count(*) FROM stage_docs WHERE kind = ?1")
+                .and_then(|mut st| st.query_row(params![kind], |r| r.get(0)))
+                .map_err(backend)?;
+            let page = stage_docs_page(c, &kind, limit.max(1), offset)?;
+            Ok((total.max(0) as u64, page))
+        })
+        .await
     }
 
     async fn experiment(&self, id: &str) -> StoreResult<Option<ExperimentRecord>> {

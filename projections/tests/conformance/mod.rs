@@ -1141,6 +1141,127 @@ pub async fn batched_tasks_and_settled_outcomes(store: &dyn Store) {
     assert_eq!(count(&counts, "sent"), 2);
 }
 
+/// Seed 002's records and index rows, and due sends walking a subscription through its set.
+pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
+    use exchange::events::{
+        StageKind, StageRecordDeleted, StageRecordSaved, StageSendRequested, StageTick,
+    };
+    use serde_json::json;
+    let feed = Feed::new(store);
+    let save = |kind: StageKind, id: &str, record: serde_json::Value| {
+        Event::StageRecordSaved(StageRecordSaved {
+            kind,
+            id: id.into(),
+            record,
+        })
+    };
+    let at = "2027-01-15T08:00:00Z";
+    feed.one("admin", save(StageKind::Schedule, "", json!({"minute": "0"})))
+        .await;
+    let schedule = store.checkpoint().await.unwrap();
+    let set_record = |name: &str| {
+        json!({"id": 0, "short_name": name, "default_schedule": schedule, "content_type": "text",
+               "created_at": at, "updated_at": at})
+    };
+    feed.one("admin", save(StageKind::Messageset, "", set_record("week")))
+        .await;
+    let set = store.checkpoint().await.unwrap();
+    let mut messages = Vec::new();
+    for (n, text) in [(1, "first"), (2, "second")] {
+        feed.one(
+            "admin",
+            save(
+                StageKind::Message,
+                "",
+                json!({"id": 0, "messageset": set, "sequence_number": n, "lang": "eng",
+                       "text_content": text, "created_at": at, "updated_at": at}),
+            ),
+        )
+        .await;
+        messages.push(store.checkpoint().await.unwrap());
+    }
+    let sub = Uuid::now_v7();
+    let sub_record = json!({"id": sub, "identity": "ann", "messageset": set, "lang": "eng",
+                            "schedule": schedule, "created_at": at, "updated_at": at});
+    feed.one("ann", save(StageKind::Subscription, &sub.to_string(), sub_record.clone()))
+        .await;
+    let doc = store.stage_doc("schedule", &schedule.to_string()).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
+    assert_eq!(v["id"], json!(schedule), "a created record's id is its event's sequence");
+    let kinds = |kind: String| async move { store.stage_docs(&kind, 100, 0).await.unwrap() };
+    assert_eq!(kinds(format!("messages_of.{set}")).await.0, 2);
+    assert_eq!(kinds(format!("subscriptions_on.{schedule}")).await.0, 1);
+    assert_eq!(kinds("subscriptions_of.ann".into()).await.0, 1);
+
+    // A tick sends the first message and advances; a send request the second and completes.
+    feed.one(
+        "msgxc",
+        Event::StageTick(StageTick {
+            schedule: schedule.to_string(),
+            due: OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        }),
+    )
+    .await;
+    let inbox = store.inbox("ann", &all(None)).await.unwrap();
+    assert_eq!(inbox.total, 1);
+    assert_eq!(inbox.items[0].msg, "first");
+    assert_eq!(inbox.items[0].opts.ntype.as_deref(), Some("stage_message"));
+    let sub_now = |store: &'a dyn Store| async move {
+        let d = store.stage_doc("subscription", &sub.to_string()).await.unwrap().unwrap();
+        serde_json::from_str::<serde_json::Value>(&d.body).unwrap()
+    };
+    assert_eq!(sub_now(store).await["next_sequence_number"], 2);
+    feed.one(
+        "admin",
+        Event::StageSendRequested(StageSendRequested { subscription: sub }),
+    )
+    .await;
+    let inbox = store.inbox("ann", &all(None)).await.unwrap();
+    assert_eq!(inbox.total, 2);
+    let walked = sub_now(store).await;
+    assert_eq!((walked["completed"].clone(), walked["process_status"].clone()), (json!(true), json!(2)));
+    // Another send of a completed subscription sends nothing.
+    feed.one(
+        "admin",
+        Event::StageSendRequested(StageSendRequested { subscription: sub }),
+    )
+    .await;
+    assert_eq!(store.inbox("ann", &all(None)).await.unwrap().total, 2);
+
+    // Saving a record again keeps its index rows (the same rows rewritten), renaming moves
+    // them; deleting removes them.
+    feed.one("admin", save(StageKind::Subscription, &sub.to_string(), sub_record))
+        .await;
+    assert_eq!(kinds(format!("subscriptions_on.{schedule}")).await.0, 1);
+    assert_eq!(kinds("subscriptions_of.ann".into()).await.0, 1);
+    assert_eq!(sub_now(store).await["_applied"], walked["_applied"], "kept across a save");
+    let mut renamed = set_record("month");
+    renamed["id"] = json!(set);
+    feed.one("admin", save(StageKind::Messageset, &set.to_string(), renamed))
+        .await;
+    assert!(store.stage_doc("messageset_name", "week").await.unwrap().is_none());
+    assert_eq!(
+        store.stage_doc("messageset_name", "month").await.unwrap().unwrap().body,
+        set.to_string()
+    );
+    feed.one(
+        "admin",
+        Event::StageRecordDeleted(StageRecordDeleted {
+            kind: StageKind::Message,
+            id: messages[1].to_string(),
+        }),
+    )
+    .await;
+    assert_eq!(kinds(format!("messages_of.{set}")).await.0, 1);
+    assert!(store.stage_doc("message", &messages[1].to_string()).await.unwrap().is_none());
+    // Pages by ord: messages by id.
+    let (total, page) = store.stage_docs("message", 1, 0).await.unwrap();
+    assert_eq!((total, page[0].id.clone()), (1, messages[0].to_string()));
+    let (total, page) = store.stage_docs("messageset", 1, 1).await.unwrap();
+    assert_eq!((total, page.len()), (1, 0));
+}
+
 /// One `#[tokio::test]` per case. `$fresh` is an async fn returning `Some((guard, store))`: a
 /// new, empty store and whatever must live as long as it (a temp dir, a keyspace to drop), or
 /// `None` when the backend's server is not configured (the case then checks nothing and says so).
@@ -1805,6 +1926,7 @@ macro_rules! conformance_cases {
             experiment_test_share_and_promotion,
             online_time,
             funnel,
+            stage_records_and_sends,
         );
     };
     (@cases $fresh:path; $($case:ident,)*) => {
