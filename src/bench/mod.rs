@@ -47,7 +47,9 @@ pub struct BenchOptions {
     pub store: Option<String>,
 }
 
-pub const SCENARIOS: [&str; 6] = ["ingest", "fanout", "live", "room", "project", "schedule"];
+pub const SCENARIOS: [&str; 7] = [
+    "ingest", "fanout", "live", "room", "project", "schedule", "stage",
+];
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let wanted: Vec<String> = if opts.scenarios.is_empty() {
@@ -72,6 +74,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             "live" => live::live(&opts).await?,
             "room" => live::room(&opts).await?,
             "schedule" => schedule::schedule(&opts).await?,
+            "stage" => schedule::stage(&opts).await?,
             _ => scenarios::project(&opts).await?,
         };
         rows.extend(r);

@@ -1156,8 +1156,11 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
         })
     };
     let at = "2027-01-15T08:00:00Z";
-    feed.one("admin", save(StageKind::Schedule, "", json!({"minute": "0"})))
-        .await;
+    feed.one(
+        "admin",
+        save(StageKind::Schedule, "", json!({"minute": "0"})),
+    )
+    .await;
     let schedule = store.checkpoint().await.unwrap();
     let set_record = |name: &str| {
         json!({"id": 0, "short_name": name, "default_schedule": schedule, "content_type": "text",
@@ -1183,11 +1186,26 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
     let sub = Uuid::now_v7();
     let sub_record = json!({"id": sub, "identity": "ann", "messageset": set, "lang": "eng",
                             "schedule": schedule, "created_at": at, "updated_at": at});
-    feed.one("ann", save(StageKind::Subscription, &sub.to_string(), sub_record.clone()))
-        .await;
-    let doc = store.stage_doc("schedule", &schedule.to_string()).await.unwrap().unwrap();
+    feed.one(
+        "ann",
+        save(
+            StageKind::Subscription,
+            &sub.to_string(),
+            sub_record.clone(),
+        ),
+    )
+    .await;
+    let doc = store
+        .stage_doc("schedule", &schedule.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
-    assert_eq!(v["id"], json!(schedule), "a created record's id is its event's sequence");
+    assert_eq!(
+        v["id"],
+        json!(schedule),
+        "a created record's id is its event's sequence"
+    );
     let kinds = |kind: String| async move { store.stage_docs(&kind, 100, 0).await.unwrap() };
     assert_eq!(kinds(format!("messages_of.{set}")).await.0, 2);
     assert_eq!(kinds(format!("subscriptions_on.{schedule}")).await.0, 1);
@@ -1198,8 +1216,7 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
         "msgxc",
         Event::StageTick(StageTick {
             schedule: schedule.to_string(),
-            due: OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .unwrap(),
+            due: OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap(),
         }),
     )
     .await;
@@ -1208,7 +1225,11 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
     assert_eq!(inbox.items[0].msg, "first");
     assert_eq!(inbox.items[0].opts.ntype.as_deref(), Some("stage_message"));
     let sub_now = |store: &'a dyn Store| async move {
-        let d = store.stage_doc("subscription", &sub.to_string()).await.unwrap().unwrap();
+        let d = store
+            .stage_doc("subscription", &sub.to_string())
+            .await
+            .unwrap()
+            .unwrap();
         serde_json::from_str::<serde_json::Value>(&d.body).unwrap()
     };
     assert_eq!(sub_now(store).await["next_sequence_number"], 2);
@@ -1220,7 +1241,13 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
     let inbox = store.inbox("ann", &all(None)).await.unwrap();
     assert_eq!(inbox.total, 2);
     let walked = sub_now(store).await;
-    assert_eq!((walked["completed"].clone(), walked["process_status"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (
+            walked["completed"].clone(),
+            walked["process_status"].clone()
+        ),
+        (json!(true), json!(2))
+    );
     // Another send of a completed subscription sends nothing.
     feed.one(
         "admin",
@@ -1231,18 +1258,39 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
 
     // Saving a record again keeps its index rows (the same rows rewritten), renaming moves
     // them; deleting removes them.
-    feed.one("admin", save(StageKind::Subscription, &sub.to_string(), sub_record))
-        .await;
+    feed.one(
+        "admin",
+        save(StageKind::Subscription, &sub.to_string(), sub_record),
+    )
+    .await;
     assert_eq!(kinds(format!("subscriptions_on.{schedule}")).await.0, 1);
     assert_eq!(kinds("subscriptions_of.ann".into()).await.0, 1);
-    assert_eq!(sub_now(store).await["_applied"], walked["_applied"], "kept across a save");
+    assert_eq!(
+        sub_now(store).await["_applied"],
+        walked["_applied"],
+        "kept across a save"
+    );
     let mut renamed = set_record("month");
     renamed["id"] = json!(set);
-    feed.one("admin", save(StageKind::Messageset, &set.to_string(), renamed))
-        .await;
-    assert!(store.stage_doc("messageset_name", "week").await.unwrap().is_none());
+    feed.one(
+        "admin",
+        save(StageKind::Messageset, &set.to_string(), renamed),
+    )
+    .await;
+    assert!(
+        store
+            .stage_doc("messageset_name", "week")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
-        store.stage_doc("messageset_name", "month").await.unwrap().unwrap().body,
+        store
+            .stage_doc("messageset_name", "month")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
         set.to_string()
     );
     feed.one(
@@ -1254,7 +1302,13 @@ pub async fn stage_records_and_sends<'a>(store: &'a dyn Store) {
     )
     .await;
     assert_eq!(kinds(format!("messages_of.{set}")).await.0, 1);
-    assert!(store.stage_doc("message", &messages[1].to_string()).await.unwrap().is_none());
+    assert!(
+        store
+            .stage_doc("message", &messages[1].to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Pages by ord: messages by id.
     let (total, page) = store.stage_docs("message", 1, 0).await.unwrap();
     assert_eq!((total, page[0].id.clone()), (1, messages[0].to_string()));
