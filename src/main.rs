@@ -197,6 +197,9 @@ struct ServeArgs {
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "MSGXC_BODY_LIMIT", default_value_t = 64 * 1024)]
     body_limit: usize,
+    /// Largest upload of seed 002's binary content, in bytes (16 MiB).
+    #[arg(long, env = "MSGXC_MAX_CONTENT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_content_bytes: usize,
     /// Most recipients of one multicast (400 above).
     #[arg(long, env = "MSGXC_MAX_RECIPIENTS", default_value_t = 1000)]
     max_recipients: usize,
@@ -464,6 +467,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         log: a.common.log_settings(),
         gateway: GatewayConfig {
             body_limit: a.body_limit,
+            max_content_bytes: a.max_content_bytes,
             max_recipients: a.max_recipients,
             max_message_chars: a.max_message_chars,
             read_your_writes: a.read_your_writes,

@@ -331,6 +331,26 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
         "",
         [401, 403, 403, 403, 204],
     ),
+    ("GET", "/binarycontent", "", [401, 403, 403, 403, 200]),
+    ("POST", "/binarycontent", "abc", [401, 403, 403, 403, 201]),
+    (
+        "GET",
+        "/binarycontent/{content}",
+        "",
+        [401, 403, 403, 403, 200],
+    ),
+    (
+        "PUT",
+        "/binarycontent/{content}",
+        "def",
+        [401, 403, 403, 403, 200],
+    ),
+    (
+        "DELETE",
+        "/binarycontent/{content2}",
+        "",
+        [401, 403, 403, 403, 204],
+    ),
     (
         "DELETE",
         "/message/{message2}",
@@ -393,31 +413,30 @@ fn served_routes() -> BTreeSet<(String, String)> {
 /// A table path in the router's form: known ids and names back to `{param}`.
 fn route_of(path: &str) -> String {
     let path = path.split('?').next().unwrap_or(path);
-    let generic: Vec<String> = path
-        .split('/')
-        .enumerate()
-        .map(|(i, seg)| {
-            let parent = path.split('/').nth(i - usize::from(i > 0)).unwrap_or("");
-            match (parent, seg) {
-                ("threads", s) if s.starts_with('{') => "{tid}".into(),
-                ("by-alias", _) => "{alias}".into(),
-                ("messages", s) if s.starts_with('{') => "{mid}".into(),
-                ("messaging", s) if s.starts_with('{') => "{id}".into(),
-                ("notifications", s) if s.starts_with('{') => "{id}".into(),
-                ("devices", _) => "{id}".into(),
-                ("experiments", _) => "{id}".into(),
-                ("r", _) => "{token}".into(),
-                ("blocks", _) => "{uid}".into(),
-                ("deliveries", "x") => "{id}".into(),
-                ("schedule" | "messageset" | "message" | "subscriptions", s)
-                    if s.starts_with('{') =>
-                {
-                    "{id}".into()
+    let generic: Vec<String> =
+        path.split('/')
+            .enumerate()
+            .map(|(i, seg)| {
+                let parent = path.split('/').nth(i - usize::from(i > 0)).unwrap_or("");
+                match (parent, seg) {
+                    ("threads", s) if s.starts_with('{') => "{tid}".into(),
+                    ("by-alias", _) => "{alias}".into(),
+                    ("messages", s) if s.starts_with('{') => "{mid}".into(),
+                    ("messaging", s) if s.starts_with('{') => "{id}".into(),
+                    ("notifications", s) if s.starts_with('{') => "{id}".into(),
+                    ("devices", _) => "{id}".into(),
+                    ("experiments", _) => "{id}".into(),
+                    ("r", _) => "{token}".into(),
+                    ("blocks", _) => "{uid}".into(),
+                    ("deliveries", "x") => "{id}".into(),
+                    (
+                        "schedule" | "messageset" | "message" | "subscriptions" | "binarycontent",
+                        s,
+                    ) if s.starts_with('{') => "{id}".into(),
+                    _ => seg.to_owned(),
                 }
-                _ => seg.to_owned(),
-            }
-        })
-        .collect();
+            })
+            .collect();
     generic.join("/")
 }
 
@@ -543,12 +562,32 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
         admin.clone(),
     )
     .await;
+    let upload = |bytes: &'static str| {
+        let (ex, admin) = (&ex, admin.clone());
+        async move {
+            let r = ex
+                .http
+                .post(ex.url("/binarycontent/"))
+                .bearer_auth(&admin)
+                .header("content-type", "audio/ogg")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"].to_string()
+        }
+    };
+    let content = upload("OggS").await;
+    let content2 = upload("OggS2").await;
     let sub_body = json!({"identity": "member", "messageset": set_id, "lang": "eng"});
     let subscription = created("/subscriptions/", sub_body.clone(), member.clone()).await;
     let subscription2 = created("/subscriptions/", sub_body, admin.clone()).await;
 
     let fill = |s: &str| {
-        s.replace("{schedule2}", &schedule2)
+        s.replace("{content2}", &content2)
+            .replace("{content}", &content)
+            .replace("{schedule2}", &schedule2)
             .replace("{schedule}", &schedule)
             .replace("{set2}", &set2)
             .replace("{set}", &set)

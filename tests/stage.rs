@@ -549,3 +549,152 @@ async fn kill_9_during_the_walk_neither_skips_nor_repeats_a_message() {
     }
     drop(proc);
 }
+
+/// Binary content: uploaded raw or as a multipart form, kept in the JetStream Object Store
+/// (not in the event), served by `message/{id}/content/` with its content type; replaced by
+/// `PUT`, gone after `DELETE`.
+#[tokio::test]
+async fn binary_content_is_stored_apart_and_served_with_its_type() {
+    let ex = exchange(1).await;
+    let admin = token("root", true);
+    let audio: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let r = ex
+        .http
+        .post(ex.url("/binarycontent/"))
+        .bearer_auth(&admin)
+        .header("content-type", "audio/ogg")
+        .body(audio.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let raw: Value = r.json().await.unwrap();
+    assert_eq!(
+        (raw["content_type"].clone(), raw["size"].clone()),
+        (json!("audio/ogg"), json!(100_000))
+    );
+    // Multipart, the way Django REST clients post a FileField.
+    let boundary = "XyZ123";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"w1.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(b"ID3-mp3-bytes");
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = ex
+        .http
+        .post(ex.url("/binarycontent"))
+        .bearer_auth(&admin)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mp3: Value = r.json().await.unwrap();
+    assert_eq!(mp3["content_type"], "audio/mpeg");
+    assert_eq!(mp3["size"], 13);
+    let r = ex
+        .http
+        .post(ex.url("/binarycontent/"))
+        .bearer_auth(&admin)
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Not in the event: the stream holds the record only.
+    let stored = ex
+        .running()
+        .log
+        .get(raw["id"].as_u64().unwrap())
+        .await
+        .unwrap();
+    assert!(serde_json::to_vec(&stored.envelope).unwrap().len() < 2_000);
+
+    let schedule = create(&ex, "/schedule/", json!({"minute": "0"})).await;
+    let set = create(
+        &ex,
+        "/messageset/",
+        json!({"short_name": "audio", "default_schedule": schedule["id"], "content_type": "audio"}),
+    )
+    .await;
+    let m = create(
+        &ex,
+        "/message/",
+        json!({"messageset": set["id"], "sequence_number": 1, "lang": "xho", "binary_content": raw["id"]}),
+    )
+    .await;
+    let (s, b) = ex
+        .post(
+            "/message/",
+            &admin,
+            json!({"messageset": set["id"], "sequence_number": 2, "lang": "xho", "binary_content": 999_999}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["field"]),
+        (400, &json!("binary_content")),
+        "{b}"
+    );
+    let content = |n: u64| {
+        let (ex, admin) = (&ex, admin.clone());
+        async move {
+            ex.http
+                .get(ex.url(&format!("/message/{n}/content/")))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = content(id(&m)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/ogg");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), audio);
+    // Replaced, then deleted.
+    let r = ex
+        .http
+        .put(ex.url(&format!("/binarycontent/{}/", id(&raw))))
+        .bearer_auth(&admin)
+        .header("content-type", "audio/wav")
+        .body("RIFF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let replaced: Value = r.json().await.unwrap();
+    assert_eq!(replaced["created_at"], raw["created_at"]);
+    let r = content(id(&m)).await;
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    assert_eq!(r.text().await.unwrap(), "RIFF");
+    let (s, _) = ex
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/binarycontent/{}/", id(&mp3)),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, list) = ex.get("/binarycontent/", &admin).await;
+    assert_eq!(list["count"], 1, "{list}");
+    let store = ex
+        .running()
+        .log
+        .jetstream()
+        .get_object_store("MSGXC_CONTENT")
+        .await
+        .unwrap();
+    assert!(
+        store.get(mp3["content"].as_str().unwrap()).await.is_err(),
+        "its bytes are gone"
+    );
+    assert!(
+        store.get(raw["content"].as_str().unwrap()).await.is_err(),
+        "replaced bytes are gone"
+    );
+}

@@ -17,6 +17,8 @@ use crate::hub::Hub;
 pub struct GatewayConfig {
     /// Largest accepted request body in bytes (413 above).
     pub body_limit: usize,
+    /// Largest upload of seed 002's binary content (bytes).
+    pub max_content_bytes: usize,
     /// Most recipients of one multicast (400 above).
     pub max_recipients: usize,
     /// Longest message text in characters.
@@ -86,6 +88,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             body_limit: 64 * 1024,
+            max_content_bytes: 16 * 1024 * 1024,
             max_recipients: 1000,
             max_message_chars: 16 * 1024,
             read_your_writes: Duration::from_secs(5),

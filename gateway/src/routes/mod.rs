@@ -61,6 +61,16 @@ fn stage_routes() -> Router<AppState> {
         )
         .route("/message/{id}/content", get(stage::message_content))
         .route(
+            "/binarycontent",
+            get(stage::binarycontents).post(stage::create_binarycontent),
+        )
+        .route(
+            "/binarycontent/{id}",
+            get(stage::binarycontent)
+                .put(stage::update_binarycontent)
+                .delete(stage::delete_binarycontent),
+        )
+        .route(
             "/subscriptions",
             get(stage::subscriptions).post(stage::create_subscription),
         )

@@ -611,15 +611,235 @@ pub async fn message_content(
             "only admins and the set's subscribers may read its messages",
         ));
     }
+    if let Some(b) = m["binary_content"].as_u64() {
+        let content = found(&state, StageKind::Binarycontent, &b.to_string()).await?;
+        let name = content["content"].as_str().unwrap_or_default();
+        let kind = content["content_type"]
+            .as_str()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let bytes = read_object(&state, name).await?;
+        return Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response());
+    }
     match m["text_content"].as_str() {
         Some(t) => Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             t.to_owned(),
         )
             .into_response()),
-        None => Err(ApiError::not_found(
-            "this message has binary content only, which is not served yet",
-        )),
+        None => Err(ApiError::not_found("this message has no content")),
+    }
+}
+
+// ---- binary content (bytes in the JetStream Object Store, not in events) ----
+
+/// The Object Store bucket of seed 002's binary content.
+pub const CONTENT_BUCKET: &str = "MSGXC_CONTENT";
+
+async fn content_store(
+    state: &AppState,
+) -> ApiResult<async_nats::jetstream::object_store::ObjectStore> {
+    let js = state.log.jetstream();
+    if let Ok(s) = js.get_object_store(CONTENT_BUCKET).await {
+        return Ok(s);
+    }
+    // As many replicas as the event stream.
+    let replicas = match js.get_stream(state.log.stream_name()).await {
+        Ok(mut s) => s.info().await.map_or(1, |i| i.config.num_replicas),
+        Err(_) => 1,
+    };
+    js.create_object_store(async_nats::jetstream::object_store::Config {
+        bucket: CONTENT_BUCKET.into(),
+        description: Some("msgxc: seed 002 binary content".into()),
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("the content store is unavailable: {e}")))
+}
+
+async fn read_object(state: &AppState, name: &str) -> ApiResult<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let store = content_store(state).await?;
+    let mut object = store
+        .get(name)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading content {name}: {e}")))?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading content {name}: {e}")))?;
+    Ok(bytes)
+}
+
+/// The uploaded bytes and their content type: a multipart form's `content` file, or the raw
+/// body with its `Content-Type`.
+async fn upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(bytes::Bytes, String)> {
+    let limit = state.config.max_content_bytes;
+    let wait = state.config.body_timeout;
+    let raw = tokio::time::timeout(wait, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the upload did not arrive within {wait:?}"),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the upload is larger than {limit} bytes (MSGXC_MAX_CONTENT_BYTES)"),
+            )
+        })?;
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let (bytes, kind) = if kind.starts_with("multipart/form-data") {
+        let boundary = multer::parse_boundary(&kind)
+            .map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(raw) });
+        let mut form = multer::Multipart::new(stream, boundary);
+        let bad = |e: multer::Error| ApiError::bad_request("invalid_multipart", e.to_string());
+        let mut file = None;
+        while let Some(field) = form.next_field().await.map_err(bad)? {
+            if field.name() == Some("content") {
+                let kind = field
+                    .content_type()
+                    .map_or("application/octet-stream".to_owned(), |m| m.to_string());
+                file = Some((field.bytes().await.map_err(bad)?, kind));
+                break;
+            }
+        }
+        file.ok_or_else(|| ApiError::field("content", "the form has no content file"))?
+    } else {
+        (raw, kind)
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::field("content", "the upload is empty"));
+    }
+    if kind.len() > 200 || kind.chars().any(char::is_control) {
+        return Err(ApiError::field("content_type", "is not a media type"));
+    }
+    Ok((bytes, kind))
+}
+
+/// Stores the bytes under a new object name; the record to save.
+async fn content_record(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    id: u64,
+    created_at: Option<String>,
+) -> ApiResult<Value> {
+    let (bytes, kind) = upload(state, headers, body).await?;
+    let name = Uuid::now_v7().to_string();
+    let store = content_store(state).await?;
+    store
+        .put(name.as_str(), &mut bytes.as_ref())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("storing the content: {e}")))?;
+    let now = now();
+    Ok(json!({
+        "id": id,
+        "content": name,
+        "content_type": kind,
+        "size": bytes.len(),
+        "created_at": created_at.unwrap_or_else(|| now.clone()),
+        "updated_at": now,
+    }))
+}
+
+pub async fn binarycontents(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    page(
+        &state,
+        &headers,
+        "binarycontent/",
+        "binarycontent",
+        &q,
+        None,
+    )
+    .await
+}
+
+/// `POST binarycontent/`: a multipart form with a `content` file, or the raw bytes.
+pub async fn create_binarycontent(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Answer> {
+    caller.require_admin()?;
+    let r = content_record(&state, &headers, body, 0, None).await?;
+    let stored = save(&state, &caller.0, StageKind::Binarycontent, None, r).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+pub async fn binarycontent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    int_id("id", &id)?;
+    Ok(Json(found(&state, StageKind::Binarycontent, &id).await?))
+}
+
+/// `PUT binarycontent/{id}/`: new bytes for the same record (the old object is removed).
+pub async fn update_binarycontent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let n = int_id("id", &id)?;
+    let old = found(&state, StageKind::Binarycontent, &id).await?;
+    let created = old["created_at"].as_str().map(str::to_owned);
+    let r = content_record(&state, &headers, body, n, created).await?;
+    let stored = save(&state, &caller.0, StageKind::Binarycontent, Some(id), r).await?;
+    forget_object(&state, &old).await;
+    Ok(Json(stored))
+}
+
+pub async fn delete_binarycontent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    int_id("id", &id)?;
+    let old = found(&state, StageKind::Binarycontent, &id).await?;
+    let answer = remove(&state, &caller.0, StageKind::Binarycontent, &id).await?;
+    forget_object(&state, &old).await;
+    Ok(answer)
+}
+
+/// Removes a replaced or deleted record's bytes (after its event: a crash in between leaves
+/// an unreferenced object, never a record without its bytes).
+async fn forget_object(state: &AppState, record: &Value) {
+    let Some(name) = record["content"].as_str() else {
+        return;
+    };
+    if let Ok(store) = content_store(state).await
+        && let Err(e) = store.delete(name).await
+    {
+        tracing::warn!(object = name, error = %e, "old content not removed");
     }
 }
 
