@@ -113,6 +113,10 @@ pub struct SubscriptionRecord {
     pub updated_by: Option<String>,
     #[serde(default, rename = "_applied", skip_serializing_if = "is_zero")]
     pub applied: u64,
+    /// The sequence number that event sent (stored as `_sent`, not shown): what an
+    /// interrupted application of it sends again.
+    #[serde(default, rename = "_sent", skip_serializing_if = "is_zero_u32")]
+    pub sent: u32,
 }
 
 fn one() -> i64 {
@@ -125,6 +129,9 @@ fn yes() -> bool {
     true
 }
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 

@@ -109,11 +109,14 @@ pub(crate) fn save<T: FoldTarget + ?Sized>(
     if let Some(old) = &old {
         ord = old.ord;
         let old_record: Value = serde_json::from_str(&old.body).map_err(corrupt)?;
-        if kind == StageKind::Subscription
-            && let Some(applied) = old_record.get("_applied")
-            && record.get("_applied").is_none()
-        {
-            record["_applied"] = applied.clone();
+        if kind == StageKind::Subscription {
+            for key in ["_applied", "_sent"] {
+                if let Some(v) = old_record.get(key)
+                    && record.get(key).is_none()
+                {
+                    record[key] = v.clone();
+                }
+            }
         }
     }
     let mut fresh = indexes(kind, &record, seq);
@@ -225,7 +228,9 @@ fn stamp(at: OffsetDateTime) -> String {
 }
 
 /// Sends subscription `id` its next message (the event at `seq`): nothing for an inactive,
-/// completed or unknown one, or one this event already sent from.
+/// completed or unknown one. A subscription this very event already advanced (an application
+/// interrupted after its record was written, on a backend that writes in parts) gets the same
+/// message again, which finds its inbox entry and rewrites only what is missing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn send<T: FoldTarget + ?Sized>(
     t: &mut T,
@@ -240,14 +245,17 @@ pub(crate) fn send<T: FoldTarget + ?Sized>(
         return Ok(());
     };
     let mut sub: SubscriptionRecord = serde_json::from_str(&doc.body).map_err(corrupt)?;
-    if !sub.active || sub.completed || sub.applied >= seq {
+    let again = sub.applied == seq;
+    if sub.applied > seq || (!again && (!sub.active || sub.completed)) {
         return Ok(());
     }
-    sub.applied = seq;
-    sub.updated_at = stamp(at);
     let set = sets.set(t, sub.messageset)?;
     let messages = sets.messages(t, sub.messageset)?.to_vec();
-    let n = sub.next_sequence_number;
+    let n = if again {
+        sub.sent
+    } else {
+        sub.next_sequence_number
+    };
     // The subscription's language, else the set's first language (its first message's).
     let first_lang = messages.first().map(|(_, l, _)| l.clone());
     let pick = messages
@@ -258,14 +266,21 @@ pub(crate) fn send<T: FoldTarget + ?Sized>(
                 .iter()
                 .find(|(s, l, _)| *s == n && Some(l) == first_lang.as_ref())
         });
-    let (Some(set), Some((_, lang, message_id))) = (set, pick) else {
-        // Nothing to send at this number: an error the subscription shows.
-        sub.process_status = STATUS_ERROR;
-        return put_subscription(t, &sub, doc.ord);
+    let found = match (set, pick) {
+        (Some(set), Some((_, lang, message_id))) => t
+            .stage_doc("message", &message_id.to_string())?
+            .map(|m| (set, lang, m)),
+        _ => None,
     };
-    let Some(m) = t.stage_doc("message", &message_id.to_string())? else {
-        sub.process_status = STATUS_ERROR;
-        return put_subscription(t, &sub, doc.ord);
+    let Some((set, lang, m)) = found else {
+        if !again {
+            // Nothing to send at this number: an error the subscription shows.
+            sub.process_status = STATUS_ERROR;
+            sub.applied = seq;
+            sub.updated_at = stamp(at);
+            put_subscription(t, &sub, doc.ord)?;
+        }
+        return Ok(());
     };
     let m: MessageRecord = serde_json::from_str(&m.body).map_err(corrupt)?;
     let mut data = serde_json::Map::new();
@@ -316,6 +331,13 @@ pub(crate) fn send<T: FoldTarget + ?Sized>(
         changes.announce_new(false);
         sent?;
     }
+    if again {
+        // Advanced (and any next subscription created) by the interrupted application.
+        return Ok(());
+    }
+    sub.applied = seq;
+    sub.sent = n;
+    sub.updated_at = stamp(at);
     sub.process_status = exchange::stage::STATUS_READY;
     let last = messages.iter().map(|(s, _, _)| *s).max().unwrap_or(0);
     if n >= last {
@@ -342,6 +364,7 @@ pub(crate) fn send<T: FoldTarget + ?Sized>(
                 created_by: Some(STAGE_SENDER.into()),
                 updated_by: Some(STAGE_SENDER.into()),
                 applied: 0,
+                sent: 0,
             };
             let record = serde_json::to_value(&follow).map_err(corrupt)?;
             save(

@@ -76,6 +76,48 @@ fn setup(tid: Uuid) -> Vec<Envelope> {
             ));
         }
     }
+    // Seed 002: a schedule, a set of two messages, and ann's and bob's subscriptions to it.
+    let at = "2027-01-15T08:00:00Z";
+    let save = |kind: exchange::events::StageKind, id: &str, record: serde_json::Value| {
+        by(
+            "admin",
+            Event::StageRecordSaved(exchange::events::StageRecordSaved {
+                kind,
+                id: id.into(),
+                record,
+            }),
+        )
+    };
+    use exchange::events::StageKind;
+    out.push(save(
+        StageKind::Schedule,
+        "9001",
+        serde_json::json!({"id": 9001, "minute": "0"}),
+    ));
+    out.push(save(
+        StageKind::Messageset,
+        "9002",
+        serde_json::json!({"id": 9002, "short_name": "week", "default_schedule": 9001,
+                           "content_type": "text", "created_at": at, "updated_at": at}),
+    ));
+    for n in 1..=2u64 {
+        out.push(save(
+            StageKind::Message,
+            &(9002 + n).to_string(),
+            serde_json::json!({"id": 9002 + n, "messageset": 9002, "sequence_number": n,
+                               "lang": "eng", "text_content": format!("stage {n}"),
+                               "created_at": at, "updated_at": at}),
+        ));
+    }
+    for uid in ["ann", "bob"] {
+        let id = Uuid::now_v7();
+        out.push(save(
+            StageKind::Subscription,
+            &id.to_string(),
+            serde_json::json!({"id": id, "identity": uid, "messageset": 9002, "lang": "eng",
+                               "schedule": 9001, "created_at": at, "updated_at": at}),
+        ));
+    }
     out
 }
 
@@ -188,9 +230,17 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
             device_id: "phone-cat".into(),
         }),
     );
+    // A tick of the stage schedule: a message to each of its two subscriptions in one event.
+    let tick = by(
+        "msgxc",
+        Event::StageTick(exchange::events::StageTick {
+            schedule: "9001".into(),
+            due: OffsetDateTime::now_utc(),
+        }),
+    );
     vec![
         publish, broadcast, multicast, read, archived, deleted, failed, requeued, click, purchase,
-        session,
+        session, tick,
     ]
 }
 
@@ -225,6 +275,25 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
                 .unwrap()
         ));
     }
+    // Every message an entry names (the stage tick's included), and the subscriptions.
+    for uid in USERS {
+        let all = InboxQuery {
+            filter: InboxFilter {
+                status: Some(StatusFilter::All),
+                ..Default::default()
+            },
+            limit: 100,
+            ..Default::default()
+        };
+        let (page, _) = store.inbox_snapshot(uid, &all).await.unwrap();
+        for n in page.items {
+            out.push(format!("{:?}", store.message(n.id).await.unwrap()));
+        }
+    }
+    out.push(format!(
+        "{:?}",
+        store.stage_docs("subscription", 100, 0).await.unwrap()
+    ));
     out.push(format!("{:?}", store.thread(tid).await.unwrap()));
     let history = HistoryQuery {
         limit: 100,
@@ -303,6 +372,14 @@ async fn a_batch_failing_after_any_write_and_applied_again_equals_one_that_never
     assert!(
         waits.len() == 1 && waits[0].contains("\"uids\":[\"ann\",\"cat\"]"),
         "one fallback timer, for ann and cat (one batch): {expected:#?}"
+    );
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|l| l.starts_with("Some(StoredMessage") && l.contains("msg: \"stage 1\""))
+            .count(),
+        2,
+        "the stage tick's two messages, each with its row: {expected:#?}"
     );
     assert!(
         expected.iter().any(|l| l.contains("\"requeue\":\"")),

@@ -127,12 +127,23 @@ impl DispatchTask {
             Some(k) => format!("b{k}"),
             None => crate::subject::token(&self.uid),
         };
+        // A hold, and its release, are named after the task they came from (a fallback's and
+        // its message's own task may be held until the same instant).
+        if self.hold_until.is_some() || self.released_from.is_some() {
+            let (kind, until) = match (self.hold_until, self.released_from) {
+                (Some(u), _) => ("held", u),
+                (None, Some(u)) => ("released", u),
+                (None, None) => ("held", self.created_at),
+            };
+            let from = DispatchTask {
+                hold_until: None,
+                released_from: None,
+                ..self.clone()
+            };
+            return format!("{kind}.{}.{}", until.unix_timestamp(), from.message_id());
+        }
         if let Some(r) = self.requeue {
             format!("requeue.{r}")
-        } else if let Some(until) = self.hold_until {
-            format!("held.{}.{uid}.{}", self.mid, until.unix_timestamp())
-        } else if let Some(until) = self.released_from {
-            format!("released.{}.{uid}.{}", self.mid, until.unix_timestamp())
         } else if self.thread_topic {
             format!("thread.{}", self.mid)
         } else if self.fallback_due.is_some() {
@@ -401,5 +412,22 @@ mod tests {
         assert_ne!(d("x").delivery_uuid(), d("y").delivery_uuid());
         assert_eq!(t.urgency(), Urgency::Normal);
         assert!(t.message_id().contains("~"), "uids are token-encoded");
+        // Holds of a task and of its fallback until the same instant are told apart.
+        let until = OffsetDateTime::now_utc();
+        let held = |t: &DispatchTask| DispatchTask {
+            hold_until: Some(until),
+            ..t.clone()
+        };
+        let fallback = DispatchTask {
+            only_channels: Some(vec!["sms".into()]),
+            ..t.clone()
+        };
+        assert_ne!(held(&t).message_id(), held(&fallback).message_id());
+        assert_ne!(held(&t).message_id(), t.message_id());
+        let released = DispatchTask {
+            released_from: Some(until),
+            ..t.clone()
+        };
+        assert_ne!(released.message_id(), held(&t).message_id());
     }
 }

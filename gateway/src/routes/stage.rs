@@ -923,6 +923,7 @@ async fn subscription_record(
             .or_else(|| Some(actor.uid.clone())),
         updated_by: Some(actor.uid.clone()),
         applied: 0,
+        sent: 0,
     };
     serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
 }

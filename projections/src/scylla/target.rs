@@ -120,7 +120,9 @@ pub(crate) struct ScyllaTx<'a> {
     new_users: std::collections::HashSet<String>,
     /// `inbox_months` keys this transaction wrote (see `Inner::known_months`).
     months_written: Vec<String>,
-    message: Option<PendingMessage>,
+    /// Messages the current event created (a stage tick creates one per subscription), written
+    /// by `end_event` after everything derived from them.
+    messages: Vec<PendingMessage>,
     /// Groups the current event has started, and tasks queued in the current group: a task's
     /// index in the outbox key is `group * TASKS_PER_GROUP + task`, the same when the event is
     /// applied again (a replay must overwrite, never collide with, the tasks written before).
@@ -163,7 +165,7 @@ impl<'a> ScyllaTx<'a> {
             has_device: HashMap::new(),
             new_users: Default::default(),
             months_written: Vec::new(),
-            message: None,
+            messages: Vec::new(),
             groups: 0,
             tasks: 0,
             feed_days: HashMap::new(),
@@ -199,7 +201,11 @@ impl<'a> ScyllaTx<'a> {
         self.preferences.clear();
         self.has_device.clear();
         self.new_users.clear();
-        if let Some(p) = self.message.take() {
+        let messages = std::mem::take(&mut self.messages);
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for p in messages {
             let m = p.message;
             let write = self.q().message_put(
                 m.mid,
@@ -212,9 +218,8 @@ impl<'a> ScyllaTx<'a> {
                 p.seq,
             );
             self.write(write);
-            self.flush()?;
         }
-        Ok(())
+        self.flush()
     }
 
     /// The `inbox_months` keys written by this transaction, to remember once it succeeded.
@@ -386,7 +391,7 @@ impl<'a> ScyllaTx<'a> {
     }
 
     fn stored_message(&mut self, mid: Uuid) -> StoreResult<Option<(StoredMessage, Option<i64>)>> {
-        if let Some(p) = self.message.as_ref().filter(|p| p.message.mid == mid) {
+        if let Some(p) = self.messages.iter().find(|p| p.message.mid == mid) {
             return Ok(Some((p.message.clone(), Some(p.seq))));
         }
         let row = self.one(self.q().message_get(mid))?;
@@ -841,7 +846,7 @@ impl FoldTarget for ScyllaTx<'_> {
         if exists {
             // Within the message's own event this entry can only come from an attempt that
             // failed before the message row (written last) landed: it is still a recipient.
-            if let Some(p) = self.message.as_mut().filter(|p| p.message.mid == n.id) {
+            if let Some(p) = self.messages.iter_mut().find(|p| p.message.mid == n.id) {
                 p.message.recipients += 1;
             }
             return Ok(false);
@@ -1117,7 +1122,7 @@ impl FoldTarget for ScyllaTx<'_> {
             return Ok(false);
         }
         // Written by end_event, after everything the event derives from it.
-        self.message = Some(PendingMessage {
+        self.messages.push(PendingMessage {
             message: m.clone(),
             seq: seq_i64(self.seq),
         });
@@ -1129,7 +1134,7 @@ impl FoldTarget for ScyllaTx<'_> {
     }
 
     fn add_recipients(&mut self, mid: Uuid, n: u64) -> StoreResult<()> {
-        if let Some(p) = self.message.as_mut().filter(|p| p.message.mid == mid) {
+        if let Some(p) = self.messages.iter_mut().find(|p| p.message.mid == mid) {
             p.message.recipients += n;
             return Ok(());
         }
