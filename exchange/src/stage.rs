@@ -370,15 +370,23 @@ impl Scheduler {
         let now = (self.settings.clock)();
         let earliest = now - self.settings.catch_up;
         let mut checked = self.checked().await.unwrap_or(now).max(earliest);
+        let mut kept = std::time::Instant::now();
         loop {
             tokio::time::sleep(self.settings.every).await;
             let now = (self.settings.clock)();
             match self.tick(checked, now).await {
-                Ok(()) => {
+                Ok(appended) => {
                     checked = now;
-                    let ns = now.unix_timestamp_nanos().to_string();
-                    if let Err(e) = self.kv.put(CHECKED, ns.into()).await {
-                        tracing::debug!(error = %e, "stage scheduler position not kept");
+                    // Kept after every tick, and every few seconds otherwise: a restart then
+                    // looks back from there (ticks appended twice are stored once).
+                    if appended > 0 || kept.elapsed() >= Duration::from_secs(5) {
+                        let ns = now.unix_timestamp_nanos().to_string();
+                        match self.kv.put(CHECKED, ns.into()).await {
+                            Ok(_) => kept = std::time::Instant::now(),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "stage scheduler position not kept")
+                            }
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "stage scheduler: will look again"),
@@ -386,11 +394,12 @@ impl Scheduler {
         }
     }
 
-    /// Appends the ticks of every schedule due in `(after, until]`.
-    async fn tick(&self, after: OffsetDateTime, until: OffsetDateTime) -> Result<(), String> {
+    /// Appends the ticks of every schedule due in `(after, until]`; how many.
+    async fn tick(&self, after: OffsetDateTime, until: OffsetDateTime) -> Result<usize, String> {
         if until <= after {
-            return Ok(());
+            return Ok(0);
         }
+        let mut appended = 0;
         for s in self.source.stage_schedules().await? {
             let Ok(cron) = Cron::parse(&s) else {
                 continue; // checked when saved; an older record may not parse
@@ -411,9 +420,10 @@ impl Scheduler {
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::debug!(schedule = %id, %due, "stage schedule due");
+                appended += 1;
             }
         }
-        Ok(())
+        Ok(appended)
     }
 }
 

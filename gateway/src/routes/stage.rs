@@ -106,6 +106,48 @@ async fn page(
     })))
 }
 
+/// A page of the records of `kind` an index lists (`messages_of.<set>`, ...), in its order,
+/// filtered by `keep`.
+async fn indexed_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    kind: StageKind,
+    index: &str,
+    query: &HashMap<String, String>,
+    keep: &(dyn Fn(&Value) -> bool + Send + Sync),
+) -> ApiResult<Json<Value>> {
+    let paging = Paging::from_query(query)?;
+    let (_, rows) = state.store.stage_docs(index, u32::MAX, 0).await?;
+    let mut all = Vec::with_capacity(rows.len());
+    for row in rows {
+        // An index row names the record by id in its body, or is keyed by it.
+        let id = if row.body.is_empty() {
+            row.id
+        } else {
+            row.body
+        };
+        if let Some(r) = record(state, kind, &id).await?
+            && keep(&r)
+        {
+            all.push(r);
+        }
+    }
+    let total = all.len() as u64;
+    let results: Vec<Value> = all
+        .into_iter()
+        .skip(paging.offset as usize)
+        .take(paging.limit as usize)
+        .collect();
+    let (next, previous) = paging.links(&format!("{}/api/v1/{path}", base_url(headers)), total);
+    Ok(Json(json!({
+        "count": total,
+        "next": next,
+        "previous": previous,
+        "results": results,
+    })))
+}
+
 async fn record(state: &AppState, kind: StageKind, id: &str) -> ApiResult<Option<Value>> {
     Ok(state
         .store
@@ -429,14 +471,15 @@ pub async fn messageset_messages(
             "only admins and the set's subscribers may read its messages",
         ));
     }
-    let keep = move |v: &Value| v["messageset"] == json!(set);
-    page(
+    // By sequence number, then language.
+    indexed_page(
         &state,
         &headers,
         &format!("messageset/{set}/messages/"),
-        "message",
+        StageKind::Message,
+        &format!("messages_of.{set}"),
         &q,
-        Some(&keep),
+        &|_| true,
     )
     .await
 }
@@ -966,20 +1009,36 @@ pub async fn subscriptions(
     };
     let (active, completed) = (flag("active")?, flag("completed")?);
     let keep = move |v: &Value| {
-        identity.as_ref().is_none_or(|i| v["identity"] == json!(i))
-            && set.is_none_or(|s| v["messageset"] == json!(s))
+        set.is_none_or(|s| v["messageset"] == json!(s))
             && active.is_none_or(|a| v["active"] == json!(a))
             && completed.is_none_or(|c| v["completed"] == json!(c))
     };
-    page(
-        &state,
-        &headers,
-        "subscriptions/",
-        "subscription",
-        &q,
-        Some(&keep),
-    )
-    .await
+    match identity {
+        // One user's: through their index, not every subscription.
+        Some(uid) => {
+            indexed_page(
+                &state,
+                &headers,
+                "subscriptions/",
+                StageKind::Subscription,
+                &format!("subscriptions_of.{uid}"),
+                &q,
+                &keep,
+            )
+            .await
+        }
+        None => {
+            page(
+                &state,
+                &headers,
+                "subscriptions/",
+                "subscription",
+                &q,
+                Some(&keep),
+            )
+            .await
+        }
+    }
 }
 
 pub async fn create_subscription(
