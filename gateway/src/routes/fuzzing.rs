@@ -8,12 +8,12 @@ use serde_json::Value;
 
 use super::{
     deliveries, devices, experiments, messages, messaging, notifications, preferences, private,
-    threads, types, validate,
+    stage, threads, types, validate,
 };
 use crate::extract::{Paging, parse_id, parse_json, time_param};
 
 /// Request body kinds, picked by the first input byte of the `request_bodies` target.
-pub const BODY_KINDS: u8 = 18;
+pub const BODY_KINDS: u8 = 20;
 
 /// Parses `data` as the JSON body of one route (`kind` picks which) with the route's own
 /// extractor, and runs the checks that need nothing but the body.
@@ -54,6 +54,27 @@ pub fn request_body(kind: u8, data: &[u8]) {
                     let _ = exchange::experiment::Experiment::lay_over(v, &opts);
                     let _ = e.content(i, "m", &opts);
                 }
+            }
+        }
+        // Seed 002's schedule: the fields, the zone, and when it fires over a day.
+        18 => {
+            if let Ok(b) = parse_json::<stage::ScheduleBody>(data)
+                && let Ok(r) = stage::schedule_record(b, 1)
+                && let Ok(r) = serde_json::from_value::<exchange::stage::ScheduleRecord>(r)
+                && let Ok(c) = exchange::stage::Cron::parse(&r)
+            {
+                let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+                let _ = c.fires(t, t + time::Duration::days(1));
+            }
+        }
+        // Local time: quiet hours and a wall-clock time, checked and evaluated.
+        19 => {
+            if let Ok(q) = parse_json::<exchange::local::QuietHours>(data)
+                && q.check().is_ok()
+            {
+                let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+                let _ = q.ends_after(&jiff::tz::TimeZone::UTC, t);
+                let _ = exchange::local::parse_wall_clock(&q.from);
             }
         }
         _ => drop(parse_json::<notifications::ReadAll>(data)),

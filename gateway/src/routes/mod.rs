@@ -20,7 +20,7 @@ mod presence;
 mod private;
 mod reports;
 mod scheduled;
-mod stage;
+pub(crate) mod stage;
 mod stream;
 mod threads;
 mod types;

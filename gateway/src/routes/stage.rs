@@ -234,7 +234,7 @@ fn star() -> String {
     "*".into()
 }
 
-fn schedule_record(body: ScheduleBody, id: u64) -> ApiResult<Value> {
+pub(crate) fn schedule_record(body: ScheduleBody, id: u64) -> ApiResult<Value> {
     let timezone = match body.timezone {
         Some(z) => exchange::local::canonical(&z)
             .map_err(|e| ApiError::field("timezone", e.to_string()))?,
