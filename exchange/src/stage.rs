@@ -301,7 +301,8 @@ pub trait ScheduleSource: Send + Sync {
 #[derive(Clone)]
 pub struct SchedulerSettings {
     pub clock: Clock,
-    /// How often the clock is looked at.
+    /// The longest wait between two looks at the clock (the scheduler also wakes just after
+    /// each whole second, when schedules fire).
     pub every: Duration,
     /// Due times missed while no scheduler ran are caught up to this far back.
     pub catch_up: Duration,
@@ -372,7 +373,12 @@ impl Scheduler {
         let mut checked = self.checked().await.unwrap_or(now).max(earliest);
         let mut kept = std::time::Instant::now();
         loop {
-            tokio::time::sleep(self.settings.every).await;
+            // Schedules fire on whole seconds: wake just after the next one (or after
+            // `every`, if sooner).
+            let subsec = (self.settings.clock)().nanosecond();
+            let to_next = Duration::from_nanos(u64::from(1_000_000_000 - subsec.min(999_999_999)))
+                + Duration::from_millis(2);
+            tokio::time::sleep(to_next.min(self.settings.every)).await;
             let now = (self.settings.clock)();
             match self.tick(checked, now).await {
                 Ok(appended) => {
