@@ -231,6 +231,12 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
         [401, 200, 200, 200, 200],
     ),
     (
+        "POST",
+        "/cancel",
+        r#"{"mid":"{sched2}"}"#,
+        [401, 404, 404, 404, 200],
+    ),
+    (
         "DELETE",
         "/messages/{sched}/schedule",
         "",
@@ -526,6 +532,15 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
         .await;
     assert_eq!(s, 202, "{b}");
     let sched = b["mid"].as_str().unwrap().to_owned();
+    let (s, b) = ex
+        .post(
+            "/send",
+            &admin,
+            json!({"uid": "zed", "msg": "later too", "opts": {"delay": "1h"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let sched2 = b["mid"].as_str().unwrap().to_owned();
     ex.inbox_until(&member, 3).await;
     // Seed 002's records.
     let created = |path: &'static str, body: Value, who: String| {
@@ -600,6 +615,7 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
             .replace("{mid2}", &mid2)
             .replace("{mid}", &mid)
             .replace("{device}", &device)
+            .replace("{sched2}", &sched2)
             .replace("{sched}", &sched)
     };
     let mut wrong = Vec::new();

@@ -160,3 +160,50 @@ async fn seed_001_clients_get_the_seed_s_answers_and_their_messages_arrive() {
     assert_eq!(s, 200);
     assert!(body["results"].is_array(), "{body}");
 }
+
+/// The original server's `POST /cancel {tid, mid}` on a scheduled thread message: `true`, then
+/// a `{"code":409}` once it is cancelled; a wrong thread is a 404. Without the face it answers
+/// as `DELETE /messages/{mid}/schedule` does.
+#[tokio::test]
+async fn seed_001_cancel_stops_a_scheduled_message() {
+    let ex = Exchange::start_with(|o| o.gateway.compat.msgxc = true).await;
+    let owner = token("olga", false);
+    let tid = ex.thread(&owner, true, false).await;
+    let schedule = || {
+        let (ex, owner, tid) = (&ex, owner.clone(), tid.clone());
+        async move {
+            let (s, _, b) = seed_post(
+                ex,
+                "/publish",
+                Some(&owner),
+                &json!({"tid": tid, "msg": "later", "opts": {"delay": "1h"}}).to_string(),
+                true,
+            )
+            .await;
+            assert_eq!(s, 202, "{b}");
+            b["mid"].as_str().unwrap().to_owned()
+        }
+    };
+    let mid = schedule().await;
+    let other = uuid::Uuid::now_v7().to_string();
+    let body = |tid: &str| json!({"tid": tid, "mid": mid}).to_string();
+    let (s, _, b) = seed_post(&ex, "/cancel", Some(&owner), &body(&other), false).await;
+    assert_eq!((s, &b["code"]), (404, &json!(404)), "{b}");
+    let (s, _, b) = seed_post(&ex, "/cancel", Some(&owner), &body(&tid), false).await;
+    assert_eq!((s, &b), (200, &json!(true)), "{b}");
+    let (s, _, b) = seed_post(&ex, "/cancel", Some(&owner), &body(&tid), false).await;
+    assert_eq!((s, &b["code"]), (409, &json!(409)), "{b}");
+    // This exchange's own answer, and without a thread.
+    let mid = schedule().await;
+    let (s, _, b) = seed_post(
+        &ex,
+        "/cancel",
+        Some(&owner),
+        &json!({"mid": mid}).to_string(),
+        true,
+    )
+    .await;
+    assert_eq!((s, &b["status"]), (200, &json!("cancelled")), "{b}");
+    let (_, listed) = ex.get("/messages/scheduled", &owner).await;
+    assert_eq!(listed["scheduled"], json!([]), "{listed}");
+}

@@ -3,7 +3,8 @@
 //! handlers, events and read models.
 //!
 //! `msgxc` (seed 001, the original msgxc): on its routes (`enlist`, `publish`, `subscribe`,
-//! `unsubscribe`, `broadcast`, `multicast`, `send`) a success answers 200 with the literal JSON
+//! `unsubscribe`, `broadcast`, `multicast`, `send`, and the original server's `cancel`) a
+//! success answers 200 with the literal JSON
 //! `true`, the id of what was made (message, thread, device) in the `Msgxc-Id` header, and an
 //! error answers `{"code": <HTTP status>, "msg"}` with its status, as the seed's server did. A
 //! request carrying `Msgxc-Api: 2` gets this exchange's own answers.
@@ -50,7 +51,7 @@ pub const ID_HEADER: HeaderName = HeaderName::from_static("msgxc-id");
 pub const API_HEADER: HeaderName = HeaderName::from_static("msgxc-api");
 
 /// Seed 001's write routes (under `/api/v1`).
-const SEED_001_ROUTES: [&str; 7] = [
+const SEED_001_ROUTES: [&str; 8] = [
     "/api/v1/enlist",
     "/api/v1/publish",
     "/api/v1/subscribe",
@@ -58,6 +59,7 @@ const SEED_001_ROUTES: [&str; 7] = [
     "/api/v1/broadcast",
     "/api/v1/multicast",
     "/api/v1/send",
+    "/api/v1/cancel",
 ];
 
 /// Largest answer body rewritten (the routes' answers are a few hundred bytes).

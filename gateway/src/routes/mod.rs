@@ -141,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{mid}/receipts", get(deliveries::receipts))
         .route("/messages/scheduled", get(scheduled::list))
         .route("/messages/{mid}/schedule", delete(scheduled::cancel))
+        .route("/cancel", post(scheduled::cancel_posted))
         .route("/track", post(experiments::track))
         .route("/presence", get(presence::presence))
         .route("/experiments/{id}", get(experiments::report))

@@ -386,11 +386,45 @@ pub async fn cancel(
     Path(mid): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mid = parse_id("mid", &mid)?;
+    cancel_mid(&state, &actor, mid, None).await
+}
+
+#[derive(Deserialize)]
+pub struct CancelBody {
+    mid: String,
+    #[serde(default)]
+    tid: Option<String>,
+}
+
+/// `POST /cancel {"tid"?, "mid"}`: the original msgxc server's cancel (seed 001's
+/// repository), the same as `DELETE /messages/{mid}/schedule`; a `tid` must be the thread
+/// the message was scheduled to.
+pub async fn cancel_posted(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    crate::extract::JsonBody(body): crate::extract::JsonBody<CancelBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mid = parse_id("mid", &body.mid)?;
+    let tid = body
+        .tid
+        .as_deref()
+        .map(|t| parse_id("tid", t))
+        .transpose()?;
+    cancel_mid(&state, &actor, mid, tid).await
+}
+
+async fn cancel_mid(
+    state: &AppState,
+    actor: &Actor,
+    mid: uuid::Uuid,
+    tid: Option<uuid::Uuid>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let found = state
         .store
         .scheduled_message(mid)
         .await?
         .filter(|s| actor.is_admin() || s.sender == actor.uid)
+        .filter(|s| tid.is_none() || s.tid == tid)
         .ok_or_else(|| ApiError::not_found(format!("no scheduled message {mid}")))?;
     let waves = match &found.local {
         Some(l) if l.group == mid && l.waves.len() > 1 => l.waves.clone(),
