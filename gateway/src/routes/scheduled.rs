@@ -429,7 +429,7 @@ async fn cancel_mid(
     let waves = match &found.local {
         Some(l) if l.group == mid && l.waves.len() > 1 => l.waves.clone(),
         _ => {
-            let seq = cancel_one(&state, &actor, &found).await?;
+            let seq = cancel_one(state, actor, &found).await?;
             state.wait_projected(seq).await;
             return Ok((
                 StatusCode::OK,
@@ -442,7 +442,7 @@ async fn cancel_mid(
         let Some(record) = state.store.scheduled_message(wave).await? else {
             continue;
         };
-        match cancel_one(&state, &actor, &record).await {
+        match cancel_one(state, actor, &record).await {
             Ok(seq) => {
                 cancelled += 1;
                 last = last.max(seq);
