@@ -33,31 +33,34 @@ fn stage_routes() -> Router<AppState> {
     Router::new()
         .route(
             "/schedule",
-            get(stage::schedules).post(stage::create_schedule),
+            get(stage::list::<stage::Schedules>).post(stage::create::<stage::Schedules>),
         )
         .route(
             "/schedule/{id}",
-            get(stage::schedule)
-                .put(stage::update_schedule)
-                .delete(stage::delete_schedule),
+            get(stage::one::<stage::Schedules>)
+                .put(stage::update::<stage::Schedules>)
+                .delete(stage::delete::<stage::Schedules>),
         )
         .route(
             "/messageset",
-            get(stage::messagesets).post(stage::create_messageset),
+            get(stage::list::<stage::MessageSets>).post(stage::create::<stage::MessageSets>),
         )
         .route(
             "/messageset/{id}",
-            get(stage::messageset)
-                .put(stage::update_messageset)
-                .delete(stage::delete_messageset),
+            get(stage::one::<stage::MessageSets>)
+                .put(stage::update::<stage::MessageSets>)
+                .delete(stage::delete::<stage::MessageSets>),
         )
         .route("/messageset/{id}/messages", get(stage::messageset_messages))
-        .route("/message", get(stage::messages).post(stage::create_message))
+        .route(
+            "/message",
+            get(stage::list::<stage::Messages>).post(stage::create::<stage::Messages>),
+        )
         .route(
             "/message/{id}",
-            get(stage::message)
-                .put(stage::update_message)
-                .delete(stage::delete_message),
+            get(stage::one::<stage::Messages>)
+                .put(stage::update::<stage::Messages>)
+                .delete(stage::delete::<stage::Messages>),
         )
         .route("/message/{id}/content", get(stage::message_content))
         .route(

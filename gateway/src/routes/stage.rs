@@ -210,6 +210,146 @@ async fn referenced(state: &AppState, field: &str, kind: StageKind, id: u64) -> 
         .ok_or_else(|| ApiError::field(field, format!("no {} {id}", kind.as_str())))
 }
 
+/// One of the resources kept as JSON records (schedules, message sets, messages): the record a
+/// request body makes, and who may read one.
+pub trait Resource: Send + Sync + 'static {
+    const KIND: StageKind;
+    /// Its list's path, for page links.
+    const PATH: &'static str;
+    /// Whether a set's subscribers may read one (else admins only).
+    const SUBSCRIBERS_READ: bool = false;
+    type Body: serde::de::DeserializeOwned + Send;
+    /// The record to save for `body` (id 0 on a create; `old`: the record it replaces).
+    fn record(
+        state: &AppState,
+        body: Self::Body,
+        id: u64,
+        old: Option<&Value>,
+    ) -> impl std::future::Future<Output = ApiResult<Value>> + Send;
+}
+
+pub struct Schedules;
+pub struct MessageSets;
+pub struct Messages;
+
+impl Resource for Schedules {
+    const KIND: StageKind = StageKind::Schedule;
+    const PATH: &'static str = "schedule/";
+    type Body = ScheduleBody;
+    async fn record(
+        _: &AppState,
+        body: ScheduleBody,
+        id: u64,
+        _: Option<&Value>,
+    ) -> ApiResult<Value> {
+        schedule_record(body, id)
+    }
+}
+
+impl Resource for MessageSets {
+    const KIND: StageKind = StageKind::Messageset;
+    const PATH: &'static str = "messageset/";
+    type Body = MessageSetBody;
+    async fn record(
+        state: &AppState,
+        body: MessageSetBody,
+        id: u64,
+        old: Option<&Value>,
+    ) -> ApiResult<Value> {
+        messageset_record(state, body, id, created_at_of(old)).await
+    }
+}
+
+impl Resource for Messages {
+    const KIND: StageKind = StageKind::Message;
+    const PATH: &'static str = "message/";
+    const SUBSCRIBERS_READ: bool = true;
+    type Body = MessageBody;
+    async fn record(
+        state: &AppState,
+        body: MessageBody,
+        id: u64,
+        old: Option<&Value>,
+    ) -> ApiResult<Value> {
+        message_record(state, body, id, created_at_of(old)).await
+    }
+}
+
+fn created_at_of(old: Option<&Value>) -> Option<String> {
+    old.and_then(|o| o["created_at"].as_str())
+        .map(str::to_owned)
+}
+
+/// `GET <resource>/`: admins.
+pub async fn list<R: Resource>(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    page(&state, &headers, R::PATH, R::KIND.as_str(), &q, None).await
+}
+
+/// `POST <resource>/`: admins; 201 with the record.
+pub async fn create<R: Resource>(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<R::Body>,
+) -> ApiResult<Answer> {
+    caller.require_admin()?;
+    let r = R::record(&state, body, 0, None).await?;
+    let stored = save(&state, &caller.0, R::KIND, None, r).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// `GET <resource>/{id}/`: admins, and for messages the set's subscribers.
+pub async fn one<R: Resource>(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !R::SUBSCRIBERS_READ && !actor.is_admin() {
+        return Err(ApiError::forbidden("this call needs the admin role"));
+    }
+    int_id("id", &id)?;
+    let r = found(&state, R::KIND, &id).await?;
+    if R::SUBSCRIBERS_READ {
+        let set = r["messageset"].as_u64().unwrap_or(0);
+        if !may_read_set(&state, &actor, set).await? {
+            return Err(ApiError::forbidden(
+                "only admins and the set's subscribers may read its messages",
+            ));
+        }
+    }
+    Ok(Json(r))
+}
+
+/// `PUT <resource>/{id}/`: admins; the whole record again (its `created_at` kept).
+pub async fn update<R: Resource>(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<R::Body>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let n = int_id("id", &id)?;
+    let old = found(&state, R::KIND, &id).await?;
+    let r = R::record(&state, body, n, Some(&old)).await?;
+    Ok(Json(save(&state, &caller.0, R::KIND, Some(id), r).await?))
+}
+
+/// `DELETE <resource>/{id}/`: admins; 204.
+pub async fn delete<R: Resource>(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    int_id("id", &id)?;
+    remove(&state, &caller.0, R::KIND, &id).await
+}
+
 // ---- schedules ----
 
 #[derive(Deserialize)]
@@ -252,62 +392,6 @@ pub(crate) fn schedule_record(body: ScheduleBody, id: u64) -> ApiResult<Value> {
     };
     Cron::parse(&r).map_err(|(field, message)| ApiError::field(field, message))?;
     serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub async fn schedules(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    page(&state, &headers, "schedule/", "schedule", &q, None).await
-}
-
-pub async fn create_schedule(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(body): JsonBody<ScheduleBody>,
-) -> ApiResult<Answer> {
-    caller.require_admin()?;
-    let r = schedule_record(body, 0)?;
-    let stored = save(&state, &caller.0, StageKind::Schedule, None, r).await?;
-    Ok((StatusCode::CREATED, Json(stored)))
-}
-
-pub async fn schedule(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    int_id("id", &id)?;
-    Ok(Json(found(&state, StageKind::Schedule, &id).await?))
-}
-
-pub async fn update_schedule(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<ScheduleBody>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    let n = int_id("id", &id)?;
-    found(&state, StageKind::Schedule, &id).await?;
-    let r = schedule_record(body, n)?;
-    Ok(Json(
-        save(&state, &caller.0, StageKind::Schedule, Some(id), r).await?,
-    ))
-}
-
-pub async fn delete_schedule(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
-    int_id("id", &id)?;
-    remove(&state, &caller.0, StageKind::Schedule, &id).await
 }
 
 // ---- message sets ----
@@ -379,63 +463,6 @@ async fn messageset_record(
         updated_at: now,
     };
     serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub async fn messagesets(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    page(&state, &headers, "messageset/", "messageset", &q, None).await
-}
-
-pub async fn create_messageset(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(body): JsonBody<MessageSetBody>,
-) -> ApiResult<Answer> {
-    caller.require_admin()?;
-    let r = messageset_record(&state, body, 0, None).await?;
-    let stored = save(&state, &caller.0, StageKind::Messageset, None, r).await?;
-    Ok((StatusCode::CREATED, Json(stored)))
-}
-
-pub async fn messageset(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    int_id("id", &id)?;
-    Ok(Json(found(&state, StageKind::Messageset, &id).await?))
-}
-
-pub async fn update_messageset(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<MessageSetBody>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    let n = int_id("id", &id)?;
-    let old = found(&state, StageKind::Messageset, &id).await?;
-    let created = old["created_at"].as_str().map(str::to_owned);
-    let r = messageset_record(&state, body, n, created).await?;
-    Ok(Json(
-        save(&state, &caller.0, StageKind::Messageset, Some(id), r).await?,
-    ))
-}
-
-pub async fn delete_messageset(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
-    int_id("id", &id)?;
-    remove(&state, &caller.0, StageKind::Messageset, &id).await
 }
 
 /// Whether `actor` may read the messages of set `set`: an admin, or a user subscribed to it.
@@ -575,69 +602,6 @@ async fn message_record(
         updated_at: now,
     };
     serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub async fn messages(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    page(&state, &headers, "message/", "message", &q, None).await
-}
-
-pub async fn create_message(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(body): JsonBody<MessageBody>,
-) -> ApiResult<Answer> {
-    caller.require_admin()?;
-    let r = message_record(&state, body, 0, None).await?;
-    let stored = save(&state, &caller.0, StageKind::Message, None, r).await?;
-    Ok((StatusCode::CREATED, Json(stored)))
-}
-
-pub async fn message(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    int_id("id", &id)?;
-    let m = found(&state, StageKind::Message, &id).await?;
-    let set = m["messageset"].as_u64().unwrap_or(0);
-    if !may_read_set(&state, &actor, set).await? {
-        return Err(ApiError::forbidden(
-            "only admins and the set's subscribers may read its messages",
-        ));
-    }
-    Ok(Json(m))
-}
-
-pub async fn update_message(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<MessageBody>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    let n = int_id("id", &id)?;
-    let old = found(&state, StageKind::Message, &id).await?;
-    let created = old["created_at"].as_str().map(str::to_owned);
-    let r = message_record(&state, body, n, created).await?;
-    Ok(Json(
-        save(&state, &caller.0, StageKind::Message, Some(id), r).await?,
-    ))
-}
-
-pub async fn delete_message(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
-    int_id("id", &id)?;
-    remove(&state, &caller.0, StageKind::Message, &id).await
 }
 
 /// `GET message/{id}/content/`: a text message's text (`text/plain`).
