@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Exchange, Proc, next_json, read_models, token, ws_connect};
+use common::{Exchange, next_json, read_models, token, ws_connect};
 use projections::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use testkit::providers::sms_sink;
@@ -257,40 +256,21 @@ async fn a_message_due_while_the_exchange_is_down_is_delivered_once_after_restar
     let port = exchange::natsd::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let serve = || {
-        Proc(
-            Command::new(env!("CARGO_BIN_EXE_msgxc"))
-                .args(["serve", "--listen", &listen])
-                .env("MSGXC_NATS_URL", nats.url())
-                .env("MSGXC_DATA_DIR", data.path())
-                .env("MSGXC_JWT_SECRET", common::SECRET)
-                .env("MSGXC_SMS_ACCOUNT_SID", SID)
-                .env("MSGXC_SMS_AUTH_TOKEN", "sms-token")
-                .env("MSGXC_SMS_FROM", "+15550001111")
-                .env("MSGXC_SMS_BASE_URL", &sms.base_url)
-                .env("MSGXC_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+        common::serve_process(
+            &nats.url(),
+            data.path(),
+            &listen,
+            &[
+                ("MSGXC_SMS_ACCOUNT_SID", SID),
+                ("MSGXC_SMS_AUTH_TOKEN", "sms-token"),
+                ("MSGXC_SMS_FROM", "+15550001111"),
+                ("MSGXC_SMS_BASE_URL", &sms.base_url),
+            ],
         )
     };
     let base = format!("http://{listen}/api/v1");
     let http = reqwest::Client::new();
-    let up = || async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !http
-            .get(format!("{base}/ping"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "msgxc serve did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let up = || common::wait_until_up(&http, &base);
     let mut first = serve();
     up().await;
     let r = http

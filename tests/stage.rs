@@ -422,43 +422,14 @@ async fn subscriptions_walk_their_sets_on_their_schedule() {
 /// of the set exactly once, in order. Ticks due while it was down are caught up on restart.
 #[tokio::test]
 async fn kill_9_during_the_walk_neither_skips_nor_repeats_a_message() {
-    use common::Proc;
-    use std::process::{Command, Stdio};
     let nats = testkit::TestNats::start();
     let data = tempfile::tempdir().unwrap();
     let port = exchange::natsd::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
-    let serve = || {
-        Proc(
-            Command::new(env!("CARGO_BIN_EXE_msgxc"))
-                .args(["serve", "--listen", &listen])
-                .env("MSGXC_NATS_URL", nats.url())
-                .env("MSGXC_DATA_DIR", data.path())
-                .env("MSGXC_JWT_SECRET", common::SECRET)
-                .env("MSGXC_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let serve = || common::serve_process(&nats.url(), data.path(), &listen, &[]);
     let base = format!("http://{listen}/api/v1");
     let http = reqwest::Client::new();
-    let up = || async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !http
-            .get(format!("{base}/ping"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "msgxc serve did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let up = || common::wait_until_up(&http, &base);
     let admin = token("root", true);
     let post = |path: &'static str, body: Value| {
         let (http, base, admin) = (http.clone(), base.clone(), admin.clone());

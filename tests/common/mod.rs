@@ -280,6 +280,45 @@ impl Drop for Keyspace {
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
+/// A `msgxc serve` process of its own listening on `listen`, with its NATS, data dir and the
+/// tests' JWT secret, and `env` beside them.
+pub fn serve_process(
+    nats_url: &str,
+    data: &std::path::Path,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_msgxc"));
+    cmd.args(["serve", "--listen", listen])
+        .env("MSGXC_NATS_URL", nats_url)
+        .env("MSGXC_DATA_DIR", data)
+        .env("MSGXC_JWT_SECRET", SECRET)
+        .env("MSGXC_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+/// Waits (30 s at most) until the gateway at `base` (`http://host:port/api/v1`) answers.
+pub async fn wait_until_up(http: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{base}/ping"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "msgxc serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Proc(pub std::process::Child);
 
 impl Drop for Proc {
