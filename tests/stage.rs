@@ -85,6 +85,15 @@ async fn the_content_api_has_the_seeds_shapes_ranges_and_rules() {
     }
     let (s, b) = ex.get(&format!("/schedule/{}/", id(&daily)), &admin).await;
     assert_eq!((s, &b["minute"]), (200, &json!("30")));
+    // The seed's `Authorization: Token <token>` scheme (Django REST's) works as Bearer does.
+    let r = ex
+        .http
+        .get(ex.url("/schedule/"))
+        .header("authorization", format!("Token {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // Message sets: a unique short name, a schedule that exists, text or audio.
     let set_body = |name: &str, schedule: u64| json!({"short_name": name, "notes": "week one", "default_schedule": schedule, "content_type": "text"});

@@ -337,13 +337,13 @@ fn bearer(parts: &Parts) -> Option<&str> {
     bearer_of(&parts.headers)
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The token of an `Authorization: Bearer` header, or of `Authorization: Token` (the Django
+/// REST scheme seeds 002 and 003 document; the token is the same JWT).
 pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?;
     let value = value.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
         .then_some(token.trim())
 }
 
