@@ -1051,6 +1051,41 @@ async fn ona_verbs_timestamp_filters_grouped_counts_and_stats() {
     let all = list("").await;
     assert_eq!(all["results"][0]["verb"], "submission_edited", "{all}");
     assert_eq!(all["results"][3]["verb"], "message");
+    // Django's date lookups, in UTC: this year, month and day hold all four; others none.
+    let first =
+        time::OffsetDateTime::parse(&times[0], &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .to_offset(time::UtcOffset::UTC);
+    let (y, m, d) = (first.year(), u8::from(first.month()), first.day());
+    if times.iter().all(|t| t[..10] == times[0][..10]) {
+        for (q, n) in [
+            (format!("&timestamp__year={y}"), 4),
+            (format!("&timestamp__year={}", y - 1), 0),
+            (format!("&timestamp__year={y}&timestamp__month={m}"), 4),
+            (format!("&timestamp__month={}", m % 12 + 1), 0),
+            (
+                format!("&timestamp__year={y}&timestamp__month={m}&timestamp__day={d}"),
+                4,
+            ),
+            (format!("&timestamp__day={d}&verb=submission_created"), 2),
+            (format!("&timestamp__day={}", d % 28 + 1), 0),
+        ] {
+            assert_eq!(list(&q).await["count"], n, "{q}");
+        }
+    }
+    for bad in [
+        "timestamp__month=13",
+        "timestamp__year=x",
+        "timestamp__day=0",
+    ] {
+        let (s, b) = ex
+            .get(
+                &format!("/messaging?target_type=xform&target_id=1&{bad}"),
+                &ona,
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
     // verb=, and the timestamp lookups (gt excludes, gte includes).
     let created = list("&verb=submission_created").await;
     assert_eq!(created["count"], 2, "{created}");

@@ -6,7 +6,7 @@
 //! rate); only the author or an admin may delete a message.
 //!
 //! Ona's `verb` (default `message`) rides in the message's options; its filters (`verb`,
-//! `timestamp__gt|gte|lt|lte`), `page`/`page_size`, `group_by` counts and
+//! `timestamp__gt|gte|lt|lte|year|month|day`), `page`/`page_size`, `group_by` counts and
 //! `GET /stats/messaging` read the target's messages and group them here.
 
 use std::collections::HashMap;
@@ -293,6 +293,24 @@ struct Filters {
     /// (instant, inclusive) bounds.
     after: Option<(OffsetDateTime, bool)>,
     until: Option<(OffsetDateTime, bool)>,
+    /// Django's `timestamp__month` / `__day` (UTC): any year's, unless `__year` narrows it.
+    month: Option<u8>,
+    day: Option<u8>,
+}
+
+/// A `timestamp__year|month|day` value in its range, naming the key otherwise.
+fn part(q: &HashMap<String, String>, key: &str, lo: i32, hi: i32) -> Result<Option<i32>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            v.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field(key, format!("must be an integer from {lo} to {hi}"))
+                })
+        })
+        .transpose()
 }
 
 impl Filters {
@@ -302,7 +320,41 @@ impl Filters {
             verb: q.get("verb").filter(|v| !v.is_empty()).cloned(),
             after: time_param(q, "since")?.map(|t| (t, true)),
             until: time_param(q, "before")?.map(|t| (t, false)),
+            month: part(q, "timestamp__month", 1, 12)?.map(|m| m as u8),
+            day: part(q, "timestamp__day", 1, 31)?.map(|d| d as u8),
         };
+        // `timestamp__year` (with the month and day when given) is a range of UTC time.
+        if let Some(y) = part(q, "timestamp__year", 1, 9999)? {
+            let start = |y: i32, m: u8, d: u8| {
+                time::Month::try_from(m)
+                    .ok()
+                    .and_then(|m| time::Date::from_calendar_date(y, m, d).ok())
+                    .map(|d| d.midnight().assume_utc())
+            };
+            let (lo, hi) = match (f.month, f.day) {
+                (Some(m), Some(d)) => {
+                    let lo = start(y, m, d);
+                    (lo, lo.map(|t| t + time::Duration::days(1)))
+                }
+                (Some(m), None) => (
+                    start(y, m, 1),
+                    if m == 12 {
+                        start(y + 1, 1, 1)
+                    } else {
+                        start(y, m + 1, 1)
+                    },
+                ),
+                _ => (start(y, 1, 1), start(y + 1, 1, 1)),
+            };
+            let (Some(lo), Some(hi)) = (lo, hi) else {
+                return Err(ApiError::field(
+                    "timestamp__day",
+                    "is not a day of that month",
+                ));
+            };
+            f.after = Some(f.after.map_or((lo, true), |a| a.max((lo, true))));
+            f.until = Some(f.until.map_or((hi, false), |u| u.min((hi, false))));
+        }
         for (key, lower, inclusive) in [
             ("timestamp__gt", true, false),
             ("timestamp__gte", true, true),
@@ -323,12 +375,15 @@ impl Filters {
 
     /// Whether the store's paging answers the query (no filter it cannot apply: a verb).
     fn store_only(&self) -> bool {
-        self.verb.is_none()
+        self.verb.is_none() && self.month.is_none() && self.day.is_none()
     }
 
     /// What the store does not filter (times and the sender it does).
     fn keeps(&self, r: &Row) -> bool {
+        let utc = r.at.to_offset(time::UtcOffset::UTC);
         self.verb.as_ref().is_none_or(|v| *v == r.verb)
+            && self.month.is_none_or(|m| u8::from(utc.month()) == m)
+            && self.day.is_none_or(|d| utc.day() == d)
     }
 
     /// The bounds as the store takes them (inclusive `since`, exclusive `before`).
