@@ -1401,9 +1401,9 @@ async fn quiet_hours_hold_pushes_until_they_end_but_not_urgent_or_critical_ones(
             "{b}"
         );
     }
-    // Quiet from 20 s ago until 6 s from now, New York time.
+    // Quiet from 20 s ago until 10 s from now, New York time.
     let zone = "America/New_York";
-    let window = json!({"from": local_clock(zone, -20), "to": local_clock(zone, 6)});
+    let window = json!({"from": local_clock(zone, -20), "to": local_clock(zone, 10)});
     let (s, b) = put(json!({"timezone": zone, "quiet_hours": window})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["timezone"], zone);
@@ -1453,7 +1453,7 @@ async fn quiet_hours_hold_pushes_until_they_end_but_not_urgent_or_critical_ones(
     let inbox = ex.inbox_until(&quinn, 3).await;
     assert!(inbox.to_string().contains("goodnight digest"), "{inbox}");
     let early = sms_bodies(&p);
-    if sent_at.elapsed() < Duration::from_secs(5) {
+    if sent_at.elapsed() < Duration::from_secs(8) {
         assert!(
             !early.iter().any(|b| b.contains("goodnight")),
             "sent during quiet hours: {early:?}"

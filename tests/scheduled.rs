@@ -383,10 +383,10 @@ async fn a_local_time_send_reaches_each_zone_at_its_own_wall_clock_time() {
     // Live frames follow the zones as the inbox does.
     let mut lena_ws = ws_connect(&ex, &token("lena", false)).await;
     let mut nora_ws = ws_connect(&ex, &token("nora", false)).await;
-    // Berlin's wall clock 3 s from now.
+    // Berlin's wall clock 5 s from now.
     let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
     let wall = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(3))
+        .checked_add(jiff::SignedDuration::from_secs(5))
         .unwrap()
         .to_zoned_datetime(berlin)
         .strftime("%Y-%m-%dT%H:%M:%S")
