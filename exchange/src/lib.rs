@@ -8,7 +8,7 @@
 //! - `links`: tracked links in e-mail and SMS bodies (signed tokens for the gateway's redirect)
 //! - `local`: IANA time zones and quiet-hours windows (users' local time)
 //! - `live`: live notices over core NATS, `presence`: who has a live connection (KV, watched)
-//! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), its metrics (`metrics`)
+//! - `dispatch`: the work queue and its lanes (`queue`), the dispatcher (`worker`), provider pacing (`throttle`), frequency caps (`caps`), its metrics (`metrics`)
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
 //! - `stage`: stage-based messaging (seed 002): its records, cron-like schedules, the scheduler
 //! - `natsd`: finding, starting and supervising a local nats-server

@@ -2,8 +2,10 @@
 //!
 //! A task is a batch of recipients. Per task: read what earlier runs settled (progress records
 //! in JetStream KV `MSGXC_DELIVERIES`), resolve the recipients' devices and preferences in one
-//! read, call each device's channel (paced per provider by its [`Throttle`], the payload built
-//! once per channel), and record the outcomes in parts of [`PART`] devices: one
+//! read, apply their rules (quiet hours hold a recipient's deliveries in a waiting task until
+//! the window ends, frequency caps suppress what is over; both settle with their reason), call
+//! each device's channel (paced per provider by its [`Throttle`], the payload built once per
+//! channel), and record the outcomes in parts of [`PART`] devices: one
 //! `deliveries_settled` event, then one progress record, per part. Transient failures are
 //! retried by NAK-with-delay (exponential backoff with jitter, honouring Retry-After) up to
 //! `max_attempts`; the last failure is a dead letter. A 429 pauses the provider's sends and is
