@@ -1536,4 +1536,17 @@ async fn frequency_caps_suppress_what_is_over_the_cap_but_not_critical_messages(
     let bodies = sms_bodies(&p);
     assert_eq!(bodies.len(), 4, "{bodies:?}");
     assert!(!bodies.iter().any(|b| b == "note 2"), "{bodies:?}");
+    let metrics = ex
+        .http
+        .get(ex.url("/metrics").replace("/api/v1", ""))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"msgxc_dispatch_stopped_total{channel="sms",rule="frequency_cap"} 1"#),
+        "{metrics}"
+    );
 }

@@ -1,5 +1,6 @@
 //! What the dispatcher counts for `GET /metrics`: provider calls by channel, lane and outcome,
-//! with their latency, and dead letters by channel. Registered into the process's registry by
+//! with their latency, dead letters by channel, and deliveries the recipients' rules held or
+//! suppressed. Registered into the process's registry by
 //! whoever serves the metrics.
 
 use std::time::Duration;
@@ -30,6 +31,12 @@ struct DeadLabels {
     channel: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    channel: &'static str,
+    rule: &'static str,
+}
+
 fn send_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
 }
@@ -40,6 +47,7 @@ pub struct DispatchMetrics {
     sends: Family<SendLabels, Counter>,
     latency: Family<ChannelLabels, Histogram, fn() -> Histogram>,
     dead: Family<DeadLabels, Counter>,
+    stopped: Family<RuleLabels, Counter>,
 }
 
 impl Default for DispatchMetrics {
@@ -48,6 +56,7 @@ impl Default for DispatchMetrics {
             sends: Family::default(),
             latency: Family::new_with_constructor(send_histogram),
             dead: Family::default(),
+            stopped: Family::default(),
         }
     }
 }
@@ -70,6 +79,18 @@ impl DispatchMetrics {
             "Deliveries this dispatcher gave up on (no retry follows), by channel",
             self.dead.clone(),
         );
+        registry.register(
+            "dispatch_stopped",
+            "Deliveries not sent now by the recipient's rules, by channel and rule (quiet_hours: held until the window ends; frequency_cap: suppressed)",
+            self.stopped.clone(),
+        );
+    }
+
+    /// One delivery held (`quiet_hours`) or suppressed (`frequency_cap`).
+    pub(crate) fn stopped(&self, channel: &'static str, rule: &'static str) {
+        self.stopped
+            .get_or_create(&RuleLabels { channel, rule })
+            .inc();
     }
 
     /// Labels are static strings: counting a send allocates nothing.

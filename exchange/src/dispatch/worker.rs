@@ -612,6 +612,9 @@ impl Dispatcher {
                     .await
                     .map_err(|e| format!("queueing held deliveries: {e}"))?;
                 for t in held {
+                    if let Some(m) = &self.metrics {
+                        m.stopped(t.channel, "quiet_hours");
+                    }
                     let mut d = self.outcome_of(attempt, &t, SettledStatus::Held);
                     d.reason = Some("quiet hours".into());
                     d.held_until = Some(holds[t.uid]);
@@ -655,6 +658,9 @@ impl Dispatcher {
             });
             targets = rest;
             for t in capped {
+                if let Some(m) = &self.metrics {
+                    m.stopped(t.channel, "frequency_cap");
+                }
                 let mut d = self.outcome_of(attempt, &t, SettledStatus::Suppressed);
                 if let Some((counter, cap)) = caps.settings().of(t.channel) {
                     d.reason = Some(format!("frequency cap: {counter} {cap}"));
