@@ -247,6 +247,8 @@ fn batch(tid: Uuid) -> Vec<Envelope> {
 /// Every read the API makes of the data the batch touches, as text.
 async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> {
     let mut out = Vec::new();
+    // The messages the entries name (the stage tick's included), read after the inboxes.
+    let mut named = Vec::new();
     for uid in USERS {
         let all = InboxQuery {
             filter: InboxFilter {
@@ -256,10 +258,9 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
             limit: 100,
             ..Default::default()
         };
-        out.push(format!(
-            "{:?}",
-            store.inbox_snapshot(uid, &all).await.unwrap()
-        ));
+        let snapshot = store.inbox_snapshot(uid, &all).await.unwrap();
+        named.extend(snapshot.0.items.iter().map(|n| n.id));
+        out.push(format!("{snapshot:?}"));
         let default = InboxQuery {
             limit: 100,
             ..Default::default()
@@ -275,20 +276,8 @@ async fn snapshot(store: &ScyllaStore, tid: Uuid, mids: &[Uuid]) -> Vec<String> 
                 .unwrap()
         ));
     }
-    // Every message an entry names (the stage tick's included), and the subscriptions.
-    for uid in USERS {
-        let all = InboxQuery {
-            filter: InboxFilter {
-                status: Some(StatusFilter::All),
-                ..Default::default()
-            },
-            limit: 100,
-            ..Default::default()
-        };
-        let (page, _) = store.inbox_snapshot(uid, &all).await.unwrap();
-        for n in page.items {
-            out.push(format!("{:?}", store.message(n.id).await.unwrap()));
-        }
+    for mid in named {
+        out.push(format!("{:?}", store.message(mid).await.unwrap()));
     }
     out.push(format!(
         "{:?}",
