@@ -305,7 +305,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 .into_iter()
                 .filter(|uid| uid != &e.sender)
                 .collect();
-            deliver(t, seq, &stored, recipients, effects, changes)?;
+            deliver(t, seq, &stored, recipients, false, effects, changes)?;
             if effects.dispatch && effects.topic_tasks {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
                 t.enqueue_task(&topic_task(&stored))?;
@@ -322,12 +322,13 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 return Ok(());
             }
             record_experiment(t, &stored, seq)?;
-            let recipients = match &e.audience {
-                Audience::User { uid } => vec![uid.clone()],
-                Audience::Users { uids } => uids.clone(),
-                Audience::All => t.all_users()?,
+            // A broadcast's audience is the known users: none needs recording.
+            let (recipients, known) = match &e.audience {
+                Audience::User { uid } => (vec![uid.clone()], false),
+                Audience::Users { uids } => (uids.clone(), false),
+                Audience::All => (t.all_users()?, true),
             };
-            deliver(t, seq, &stored, recipients, effects, changes)
+            deliver(t, seq, &stored, recipients, known, effects, changes)
         }
         Event::DeliverySent(e) => {
             t.advance_receipt(&Receipt {
@@ -898,6 +899,7 @@ pub(crate) fn deliver<T: FoldTarget + ?Sized>(
     seq: u64,
     m: &StoredMessage,
     recipients: Vec<String>,
+    known_users: bool,
     effects: Effects,
     changes: &mut Changes<'_>,
 ) -> StoreResult<()> {
@@ -912,7 +914,7 @@ pub(crate) fn deliver<T: FoldTarget + ?Sized>(
         Needs {
             preferences: needs_preferences(m),
             devices: effects.dispatch && !effects.topic_tasks,
-            users: m.tid.is_none(),
+            users: m.tid.is_none() && !known_users,
         },
     )?;
     let mut delivered = 0u64;
@@ -937,8 +939,9 @@ pub(crate) fn deliver<T: FoldTarget + ?Sized>(
         // Each recipient is one group, also one skipped below: a backend that numbers its
         // writes by group numbers them the same when a crashed event is applied again.
         t.group_done()?;
-        // Thread subscribers are known users already (touched when they subscribed).
-        if m.tid.is_none() {
+        // Thread subscribers are known users already (touched when they subscribed), and so
+        // is a broadcast's audience.
+        if m.tid.is_none() && !known_users {
             t.touch_user(&uid, m.created_at)?;
         }
         if !accepts(t, m, &uid)? {

@@ -325,6 +325,7 @@ pub(crate) fn send<T: FoldTarget + ?Sized>(
             seq,
             &stored,
             vec![sub.identity.clone()],
+            false,
             effects,
             changes,
         );
