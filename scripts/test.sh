@@ -58,7 +58,7 @@ cargo test --workspace --locked
 (cd reports && "$MSGXC_TOOLS_DIR/venv/bin/python" -m unittest discover -s tests)
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
-  --test experiments --test stage
+  --test experiments --test stage --test compat
 # Our fault suite, one round (kill -9 of a gateway, a projector, a dispatcher and nats-server
 # under load); `msgxc fault --long` runs three.
 cargo run --locked --quiet -- fault

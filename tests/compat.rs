@@ -2,6 +2,9 @@
 //! where the seed's examples are valid JSON, answered as the seed documents (200 and the
 //! literal `true`, the id in `Msgxc-Id`, errors as `{"code","msg"}`), and the messages really
 //! delivered; `Msgxc-Api: 2` gets the exchange's own answers; other routes are unchanged.
+//! Seed 003's (DataHub) clients against its face at `/compat/datahub/` and, with
+//! `MSGXC_COMPAT=datahub-root`, at the root paths: the seed's documented requests with its
+//! `Authorization: Token` scheme, answered in the seed's shapes.
 
 mod common;
 
@@ -206,4 +209,336 @@ async fn seed_001_cancel_stops_a_scheduled_message() {
     assert_eq!((s, &b["status"]), (200, &json!("cancelled")), "{b}");
     let (_, listed) = ex.get("/messages/scheduled", &owner).await;
     assert_eq!(listed["scheduled"], json!([]), "{listed}");
+}
+
+/// `(status, body)` of a seed-003 request: `Authorization: Token`, as the seed's examples.
+async fn datahub(
+    ex: &Exchange,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let root = ex.base.trim_end_matches("/api/v1");
+    let mut req = ex
+        .http
+        .request(method, format!("{root}{path}"))
+        .header("Accept", "application/json")
+        .header("Authorization", format!("Token {token}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Polls a DataHub listing until it holds `n` entries.
+async fn datahub_until(ex: &Exchange, path: &str, token: &str, n: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, b) = datahub(ex, reqwest::Method::GET, path, token, None).await;
+        assert_eq!(s, 200, "{b}");
+        if b["total"].as_u64() == Some(n)
+            && b["results"].as_array().map(Vec::len) == Some(n as usize)
+        {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never held {n}: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn seed_003_clients_send_list_and_count_as_the_seed_documents() {
+    let ex = Exchange::start_with(|o| o.gateway.compat.datahub_root = true).await;
+    let admin = token("admin@hub.dataio.com", true);
+    let (zhang3, li4) = (
+        token("zhang3@example.com", false),
+        token("li4@example.com", false),
+    );
+    for name in [
+        "admin_message",
+        "site_broadcast",
+        "private_message",
+        "apply_whitelist",
+    ] {
+        let (s, b) = ex
+            .post("/types", &admin, json!({"name": name, "title": name}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    use reqwest::Method;
+
+    // The seed's admin example, verbatim: three receivers, an empty answer.
+    let (s, b) = datahub(
+        &ex,
+        Method::POST,
+        "/notifications",
+        &admin,
+        Some(
+            r#"{
+		"type": "admin_message",
+		"receiver": "zhang3@example.com,li4@example.com,john@example.com",
+		"data": {
+			"content": "bla bla ..."
+		}
+	}"#,
+        ),
+    )
+    .await;
+    assert_eq!((s, &b), (200, &Value::Null));
+    // The seed's request example for a user's type names no receiver: DataHub found the
+    // item's owner itself, which this exchange cannot, so it asks for one.
+    let apply = r#"{
+		"type": "apply_whitelist",
+		"data": {
+			"repname": "repo001",
+			"itemname": "item123"
+		}
+	}"#;
+    let (s, b) = datahub(&ex, Method::POST, "/notifications", &li4, Some(apply)).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("receiver")),
+        "{b}"
+    );
+    // With its receiver (and the level the seed's queue format gives it), for a client.
+    let (s, b) = datahub(
+        &ex,
+        Method::POST,
+        "/notifications",
+        &li4,
+        Some(
+            r#"{"type": "apply_whitelist", "receiver": "zhang3@example.com", "level": 50,
+                "forclient": 1, "data": {"repname": "repo001", "itemname": "item123"}}"#,
+        ),
+    )
+    .await;
+    assert_eq!((s, &b), (200, &Value::Null));
+    let (s, _) = datahub(
+        &ex,
+        Method::POST,
+        "/notifications",
+        &li4,
+        Some(r#"{"type": "private_message", "receiver": "zhang3@example.com", "data": {"content": "hi"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = datahub(
+        &ex,
+        Method::POST,
+        "/notifications",
+        &admin,
+        Some(r#"{"type": "site_broadcast", "data": {"content": "maintenance tonight"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // The seed's listing: browser messages by default, newest first, in its shape.
+    let list = datahub_until(&ex, "/notifications", &zhang3, 3).await;
+    let first = &list["results"][0];
+    assert_eq!(first["type"], "site_broadcast", "{list}");
+    assert_eq!(first["sender"], "admin@hub.dataio.com");
+    assert_eq!(first["data"]["content"], "maintenance tonight");
+    assert_eq!(first["level"], 0);
+    assert!(
+        first["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    let ids: Vec<u64> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["messageid"].as_u64().expect("a numeric messageid"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    let mut keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["data", "level", "messageid", "sender", "time", "type"]
+    );
+    // The client's message is listed for clients only.
+    let client = datahub_until(&ex, "/notifications?forclient=1", &zhang3, 1).await;
+    assert_eq!(client["results"][0]["type"], "apply_whitelist");
+    assert_eq!(client["results"][0]["level"], 50);
+    assert_eq!(client["results"][0]["sender"], "li4@example.com");
+    assert_eq!(client["results"][0]["data"]["itemname"], "item123");
+    // Filters and pages, as the seed's query string spells them.
+    let typed = datahub_until(
+        &ex,
+        "/notifications?type=private_message&sender=li4@example.com",
+        &zhang3,
+        1,
+    )
+    .await;
+    assert_eq!(typed["results"][0]["data"]["content"], "hi");
+    let (_, page) = datahub(
+        &ex,
+        Method::GET,
+        "/notifications?page=2&size=2",
+        &zhang3,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["results"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(1)),
+        "{page}"
+    );
+    assert_eq!(page["results"][0]["type"], "admin_message");
+    let (_, level) = datahub(
+        &ex,
+        Method::GET,
+        "/notifications?forclient=1&level=50&status=0",
+        &zhang3,
+        None,
+    )
+    .await;
+    assert_eq!(level["total"], 1, "{level}");
+
+    // Unread counts per type; the clear empties them, and status 0/1 follow.
+    let (s, stat) = datahub(&ex, Method::GET, "/notification_stat", &zhang3, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        stat,
+        json!({"admin_message": 1, "apply_whitelist": 1, "private_message": 1, "site_broadcast": 1})
+    );
+    let (s, b) = datahub(&ex, Method::DELETE, "/notification_stat", &zhang3, None).await;
+    assert_eq!((s, &b), (200, &Value::Null));
+    let (_, stat) = datahub(&ex, Method::GET, "/notification_stat", &zhang3, None).await;
+    assert_eq!(stat, json!({}));
+    let read = datahub_until(&ex, "/notifications?status=1", &zhang3, 3).await;
+    assert_eq!(read["results"][2]["type"], "admin_message");
+    let (_, unread) = datahub(&ex, Method::GET, "/notifications?status=0", &zhang3, None).await;
+    assert_eq!(unread["total"], 0, "{unread}");
+    // Li4 got the admin message and the broadcast, and not what they sent.
+    datahub_until(&ex, "/compat/datahub/notifications", &li4, 2).await;
+
+    // Bad input and the seed's rules.
+    for (who, body, status, field) in [
+        (
+            &li4,
+            r#"{"type": "admin_message", "receiver": "zhang3@example.com", "data": {}}"#,
+            403,
+            None,
+        ),
+        (&li4, r#"{"type": "site_broadcast", "data": {}}"#, 403, None),
+        (
+            &admin,
+            r#"{"type": "admin_message", "data": {"content": "x"}}"#,
+            400,
+            Some("receiver"),
+        ),
+        (
+            &admin,
+            r#"{"type": "no_such_type", "receiver": "a", "data": {}}"#,
+            400,
+            Some("type"),
+        ),
+        (
+            &admin,
+            r#"{"type": "admin_message", "receiver": "a", "level": 7, "data": {}}"#,
+            400,
+            Some("level"),
+        ),
+        (
+            &admin,
+            r#"{"type": "admin_message", "receiver": "a", "forclient": 2}"#,
+            400,
+            Some("forclient"),
+        ),
+        (&admin, r#"{"receiver": "a"}"#, 400, Some("type")),
+        (&admin, r#"{"type": 1"#, 400, None),
+    ] {
+        let (s, b) = datahub(&ex, Method::POST, "/notifications", who, Some(body)).await;
+        assert_eq!(s, status, "{body}: {b}");
+        assert!(b["error"]["code"].is_string(), "{body}: {b}");
+        if let Some(f) = field {
+            assert_eq!(b["error"]["field"], f, "{body}: {b}");
+        }
+    }
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let body = json!({"type": "admin_message", "receiver": many.join(" "), "data": {}}).to_string();
+    let (s, b) = datahub(&ex, Method::POST, "/notifications", &admin, Some(&body)).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("receiver")),
+        "{b}"
+    );
+    for q in ["status=3", "forclient=x", "level=1", "page=0", "size=1000"] {
+        let (s, b) = datahub(
+            &ex,
+            Method::GET,
+            &format!("/notifications?{q}"),
+            &zhang3,
+            None,
+        )
+        .await;
+        assert_eq!(s, 400, "{q}: {b}");
+    }
+    let root = ex.base.trim_end_matches("/api/v1").to_owned();
+    let resp = ex
+        .http
+        .get(format!("{root}/notifications"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "the face needs a token");
+}
+
+/// Without `datahub-root` the face answers under `/compat/datahub/` only.
+#[tokio::test]
+async fn seed_003_face_stays_under_its_prefix_unless_asked_for_at_the_root() {
+    let ex = Exchange::start().await;
+    let admin = token("root", true);
+    let (s, b) = ex
+        .post(
+            "/types",
+            &admin,
+            json!({"name": "admin_message", "title": "Admin"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let body = r#"{"type": "admin_message", "receiver": "bob", "data": {"content": "hello"}}"#;
+    let (s, b) = datahub(
+        &ex,
+        reqwest::Method::POST,
+        "/notifications",
+        &admin,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = datahub(
+        &ex,
+        reqwest::Method::POST,
+        "/compat/datahub/notifications",
+        &admin,
+        Some(body),
+    )
+    .await;
+    assert_eq!((s, &b), (200, &Value::Null));
+    let bob = token("bob", false);
+    let list = datahub_until(&ex, "/compat/datahub/notifications", &bob, 1).await;
+    assert_eq!(list["results"][0]["data"]["content"], "hello");
+    // The same entry through the exchange's own API.
+    let inbox = ex.inbox_until(&bob, 1).await;
+    assert_eq!(inbox["results"][0]["msg"], "hello");
+    assert_eq!(inbox["results"][0]["type"], "admin_message");
 }

@@ -8,6 +8,9 @@
 //! `true`, the id of what was made (message, thread, device) in the `Msgxc-Id` header, and an
 //! error answers `{"code": <HTTP status>, "msg"}` with its status, as the seed's server did. A
 //! request carrying `Msgxc-Api: 2` gets this exchange's own answers.
+//!
+//! `datahub-root` (seed 003): its routes (`routes::datahub`, always served under
+//! `/compat/datahub/`) also at the root paths, `/notifications` and `/notification_stat`.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -21,18 +24,22 @@ use serde_json::{Value, json};
 pub struct Compat {
     /// Seed 001's answers on its routes.
     pub msgxc: bool,
+    /// Seed 003's routes at the root paths too.
+    pub datahub_root: bool,
 }
 
 /// The names `MSGXC_COMPAT` accepts.
-pub const NAMES: [&str; 1] = ["msgxc"];
+pub const NAMES: [&str; 2] = ["msgxc", "datahub-root"];
 
 impl Compat {
-    /// Parses a comma list (`msgxc`); an unknown name is an error naming the known ones.
+    /// Parses a comma list (`msgxc`, `datahub-root`); an unknown name is an error naming the
+    /// known ones.
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut c = Compat::default();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name.to_ascii_lowercase().as_str() {
                 "msgxc" => c.msgxc = true,
+                "datahub-root" => c.datahub_root = true,
                 other => {
                     return Err(format!(
                         "MSGXC_COMPAT: unknown face {other:?} (known: {})",
@@ -118,7 +125,12 @@ mod tests {
     fn names_parse_and_unknown_ones_are_refused() {
         assert_eq!(Compat::parse("").unwrap(), Compat::default());
         assert!(Compat::parse(" msgxc ,").unwrap().msgxc);
+        let both = Compat::parse("msgxc, DataHub-Root").unwrap();
+        assert!(both.msgxc && both.datahub_root);
         let err = Compat::parse("msgxc,datahub").unwrap_err();
-        assert!(err.contains("datahub") && err.contains("msgxc"), "{err}");
+        assert!(
+            err.contains("\"datahub\"") && err.contains("datahub-root"),
+            "{err}"
+        );
     }
 }

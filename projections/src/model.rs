@@ -154,6 +154,18 @@ pub struct InboxFilter {
     pub before: Option<OffsetDateTime>,
     /// Only direct messages (no thread).
     pub direct: bool,
+    /// `Some(true)`: only messages marked for clients (`opts.forclient` = 1, seed 003);
+    /// `Some(false)`: only the others.
+    pub forclient: Option<bool>,
+}
+
+impl InboxFilter {
+    /// Whether a message's options mark it for clients (seed 003's `forclient`).
+    pub fn is_forclient(opts: &exchange::events::MessageOpts) -> bool {
+        opts.extra
+            .get("forclient")
+            .is_some_and(|v| v.as_i64() == Some(1))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::{
-    deliveries, devices, experiments, messages, messaging, notifications, preferences, private,
-    stage, threads, types, validate,
+    datahub, deliveries, devices, experiments, messages, messaging, notifications, preferences,
+    private, stage, threads, types, validate,
 };
 use crate::extract::{Paging, parse_id, parse_json, time_param};
 
 /// Request body kinds, picked by the first input byte of the `request_bodies` target.
-pub const BODY_KINDS: u8 = 20;
+pub const BODY_KINDS: u8 = 21;
 
 /// Parses `data` as the JSON body of one route (`kind` picks which) with the route's own
 /// extractor, and runs the checks that need nothing but the body.
@@ -75,6 +75,12 @@ pub fn request_body(kind: u8, data: &[u8]) {
                 let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
                 let _ = q.ends_after(&jiff::tz::TimeZone::UTC, t);
                 let _ = exchange::local::parse_wall_clock(&q.from);
+            }
+        }
+        // Seed 003's body and its receiver list.
+        20 => {
+            if let Ok(b) = parse_json::<datahub::PostBody>(data) {
+                let _ = datahub::receivers(b.receiver.as_deref());
             }
         }
         _ => drop(parse_json::<notifications::ReadAll>(data)),

@@ -1,4 +1,4 @@
-//! The HTTP API under `/api/v1`.
+//! The HTTP API under `/api/v1`, and the seed systems' faces beside it (`/compat/datahub/`).
 
 use axum::Router;
 use axum::extract::State;
@@ -8,6 +8,7 @@ use axum::routing::{delete, get, patch, post, put};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+mod datahub;
 pub(crate) mod deliveries;
 mod devices;
 pub(crate) mod experiments;
@@ -152,21 +153,18 @@ pub fn router(state: AppState) -> Router {
         .route("/reports/funnel", get(reports::funnel))
         .route("/deliveries/failed", get(deliveries::failed))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
-        .merge(stage_routes())
-        .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(axum::middleware::from_fn_with_state(
-            limits.clone(),
-            count_requests,
-        ))
-        .layer(axum::middleware::from_fn_with_state(limits, limit_writes));
+        .merge(stage_routes());
     let cors = cors_layer(&state.config.cors_origins);
     let seed_001 = state.config.compat.msgxc;
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/r/{token}", get(experiments::redirect))
-        .nest("/api/v1", api)
-        .fallback(not_found)
-        .with_state(state);
+        .nest("/api/v1", guarded(api, &limits))
+        .nest("/compat/datahub", guarded(datahub::routes(), &limits));
+    if state.config.compat.datahub_root {
+        app = app.merge(guarded(datahub::routes(), &limits));
+    }
+    let mut app = app.fallback(not_found).with_state(state);
     if seed_001 {
         app = app.layer(axum::middleware::from_fn(crate::compat::seed_001));
     }
@@ -178,6 +176,21 @@ pub fn router(state: AppState) -> Router {
     // is trimmed before routing).
     Router::new()
         .fallback_service(tower_http::normalize_path::NormalizePath::trim_trailing_slash(app))
+}
+
+/// The API's request counting and write limits around a group of routes (the API, and each
+/// seed's face).
+fn guarded(routes: Router<AppState>, limits: &AppState) -> Router<AppState> {
+    routes
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            count_requests,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            limit_writes,
+        ))
 }
 
 /// CORS for the configured origins (outermost, so refusals such as 401 and 429 carry the

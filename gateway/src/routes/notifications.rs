@@ -72,6 +72,7 @@ fn filter_from(q: &HashMap<String, String>) -> Result<InboxFilter, ApiError> {
         since: time_param(q, "since")?,
         before: time_param(q, "before")?,
         direct: false,
+        forclient: None,
     })
 }
 

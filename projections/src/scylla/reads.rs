@@ -9,8 +9,8 @@ use exchange::dispatch::DispatchTask;
 use super::target::{OUTBOX_SHARDS, message_from, notification_from, outbox_id};
 use super::{ScyllaStore, count, from_ns, parse_json};
 use crate::model::{
-    Device, FailedDelivery, HistoryQuery, InboxQuery, InboxStats, Notification, Page, Receipt,
-    ReceiptStatus, StatusFilter, StoredMessage, Thread, ThreadMessage,
+    Device, FailedDelivery, HistoryQuery, InboxFilter, InboxQuery, InboxStats, Notification, Page,
+    Receipt, ReceiptStatus, StatusFilter, StoredMessage, Thread, ThreadMessage,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -43,6 +43,8 @@ fn matches(q: &InboxQuery, n: &Notification) -> bool {
         && f.since.is_none_or(|t| n.created_at >= t)
         && f.before.is_none_or(|t| n.created_at < t)
         && (!f.direct || n.tid.is_none())
+        && f.forclient
+            .is_none_or(|c| InboxFilter::is_forclient(&n.opts) == c)
         && q.after.is_none_or(|a| n.seq > a)
 }
 
@@ -168,7 +170,8 @@ impl ScyllaStore {
             && f.tid.is_none()
             && f.since.is_none()
             && f.before.is_none()
-            && !f.direct;
+            && !f.direct
+            && f.forclient.is_none();
         if status_only {
             return self.inbox_newest(uid, q).await;
         }

@@ -565,6 +565,12 @@ fn filter_sql(q: &InboxQuery) -> (String, Vec<rusqlite::types::Value>) {
     if f.direct {
         sql.push_str(" AND i.tid IS NULL");
     }
+    // Seed 003's `forclient`, on the message's options (the count joins the messages then).
+    match f.forclient {
+        None => {}
+        Some(true) => sql.push_str(" AND json_extract(m.opts, '$.forclient') = 1"),
+        Some(false) => sql.push_str(" AND IFNULL(json_extract(m.opts, '$.forclient'), 0) != 1"),
+    }
     if let Some(after) = q.after {
         bind(&mut sql, " AND i.seq > ?", V::Integer(after as i64));
     }
@@ -577,7 +583,14 @@ pub(super) fn query(c: &Connection, uid: &str, q: &InboxQuery) -> StoreResult<Pa
     params.insert(0, rusqlite::types::Value::Text(uid.to_owned()));
     let total: i64 = c
         .query_row(
-            &format!("SELECT COUNT(*) FROM inbox i WHERE {clause}"),
+            &format!(
+                "SELECT COUNT(*) FROM {} WHERE {clause}",
+                if q.filter.forclient.is_some() {
+                    FROM
+                } else {
+                    "inbox i"
+                }
+            ),
             rusqlite::params_from_iter(params.iter()),
             |r| r.get(0),
         )
