@@ -146,6 +146,49 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
         "",
         [401, 200, 200, 200, 200],
     ),
+    // Seed 004's face: ids are the caller's own entries' positions ({seq}: the member's).
+    (
+        "GET",
+        "/compat/drf/notifications",
+        "",
+        [401, 200, 200, 200, 200],
+    ),
+    (
+        "PATCH",
+        "/compat/drf/notifications",
+        "[{seq}]",
+        [401, 404, 200, 404, 404],
+    ),
+    (
+        "GET",
+        "/compat/drf/notifications/filter",
+        "",
+        [401, 200, 200, 200, 200],
+    ),
+    (
+        "PATCH",
+        "/compat/drf/notifications/filter",
+        r#"{"types":{}}"#,
+        [401, 200, 200, 200, 200],
+    ),
+    (
+        "PATCH",
+        "/compat/drf/notifications/{seq}",
+        "",
+        [401, 404, 200, 404, 404],
+    ),
+    (
+        "DELETE",
+        "/compat/drf/notifications/{seq}",
+        "",
+        [401, 404, 204, 404, 404],
+    ),
+    (
+        "GET",
+        "/compat/drf/ws/notifications",
+        "",
+        [401, 400, 400, 400, 400],
+    ),
     (
         "POST",
         "/messages",
@@ -422,6 +465,11 @@ fn served_routes() -> BTreeSet<(String, String)> {
         "/compat/datahub",
         &mut routes,
     );
+    routes_in(
+        include_str!("../gateway/src/routes/drf.rs"),
+        "/compat/drf",
+        &mut routes,
+    );
     routes
 }
 
@@ -474,6 +522,7 @@ fn route_of(path: &str) -> String {
                     ("messages", s) if s.starts_with('{') => "{mid}".into(),
                     ("messaging", s) if s.starts_with('{') => "{id}".into(),
                     ("notifications", s) if s.starts_with('{') => "{id}".into(),
+                    ("notifications", s) if s.parse::<u64>().is_ok() => "{id}".into(),
                     ("devices", _) => "{id}".into(),
                     ("experiments", _) => "{id}".into(),
                     ("r", _) => "{token}".into(),
@@ -586,6 +635,27 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
     assert_eq!(s, 202, "{b}");
     let sched2 = b["mid"].as_str().unwrap().to_owned();
     ex.inbox_until(&member, 3).await;
+    // The member's newest entry (the third message) by seed 004's numeric id.
+    let drf_list: Value = ex
+        .http
+        .get(format!(
+            "{}/compat/drf/notifications",
+            ex.base.trim_end_matches("/api/v1")
+        ))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        drf_list["results"][0]["event"]["message"]
+            .as_str()
+            .is_some_and(|m| m == "third" || m == "3rd"),
+        "{drf_list}"
+    );
+    let seq = drf_list["results"][0]["id"].to_string();
     // Seed 002's records.
     let created = |path: &'static str, body: Value, who: String| {
         let ex = &ex;
@@ -661,6 +731,7 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
             .replace("{device}", &device)
             .replace("{sched2}", &sched2)
             .replace("{sched}", &sched)
+            .replace("{seq}", &seq)
     };
     let mut wrong = Vec::new();
     for (method, path, body, want) in MATRIX {

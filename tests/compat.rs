@@ -4,7 +4,9 @@
 //! delivered; `Msgxc-Api: 2` gets the exchange's own answers; other routes are unchanged.
 //! Seed 003's (DataHub) clients against its face at `/compat/datahub/` and, with
 //! `MSGXC_COMPAT=datahub-root`, at the root paths: the seed's documented requests with its
-//! `Authorization: Token` scheme, answered in the seed's shapes.
+//! `Authorization: Token` scheme, answered in the seed's shapes. Seed 004's (Django REST
+//! notifications) clients against its face at `/compat/drf/` and, with `drf-root`, at the root:
+//! its list, batch and single reads, delete, filter and WebSocket, in its shapes.
 
 mod common;
 
@@ -541,4 +543,315 @@ async fn seed_003_face_stays_under_its_prefix_unless_asked_for_at_the_root() {
     let inbox = ex.inbox_until(&bob, 1).await;
     assert_eq!(inbox["results"][0]["msg"], "hello");
     assert_eq!(inbox["results"][0]["type"], "admin_message");
+}
+
+/// `(status, body)` of a seed-004 request at the server's root.
+async fn drf(
+    ex: &Exchange,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    datahub(ex, method, path, token, body).await
+}
+
+/// Waits for the next seed-004 socket frame.
+async fn drf_frame(ws: &mut common::Ws) -> Value {
+    common::next_json(ws).await
+}
+
+/// A time as the seed writes it: `YYYY-MM-DDTHH:MM:SS`.
+fn is_seed_time(v: &Value) -> bool {
+    v.as_str().is_some_and(|t| {
+        t.len() == 19
+            && t.char_indices().all(|(i, c)| match i {
+                4 | 7 => c == '-',
+                10 => c == 'T',
+                13 | 16 => c == ':',
+                _ => c.is_ascii_digit(),
+            })
+    })
+}
+
+#[tokio::test]
+async fn seed_004_clients_list_read_delete_filter_and_listen_as_the_seed_documents() {
+    use reqwest::Method;
+    let ex = Exchange::start_with(|o| o.gateway.compat.drf_root = true).await;
+    let admin = token("root", true);
+    let ann = token("ann", false);
+    // The seed's EVENTS, registered as types.
+    for (name, title, description) in [
+        (
+            "post_like",
+            "Post liking",
+            "Event triggered when someone like your post",
+        ),
+        (
+            "post_comment",
+            "Post commenting",
+            "Event triggered when someone comment under your post",
+        ),
+    ] {
+        let (s, b) = ex
+            .post(
+                "/types",
+                &admin,
+                json!({"name": name, "title": title, "description": description}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let send = |ntype: &'static str, title: &'static str, msg: &'static str| {
+        let (ex, admin) = (&ex, admin.clone());
+        async move {
+            let (s, b) = ex
+                .post(
+                    "/send",
+                    &admin,
+                    json!({"uid": "ann", "type": ntype, "title": title, "msg": msg,
+                           "data": {"post": 7}}),
+                )
+                .await;
+            assert_eq!(s, 202, "{b}");
+        }
+    };
+    send("post_like", "Post liked", "Bob likes your post").await;
+    send("post_comment", "New comment", "Bob: nice!").await;
+    ex.inbox_until(&ann, 2).await;
+
+    // The list: {"count","next","previous","results"} in the seed's notification shape.
+    let (s, list) = drf(&ex, Method::GET, "/notifications", &ann, None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(
+        (list["count"].as_u64(), &list["next"], &list["previous"]),
+        (Some(2), &Value::Null, &Value::Null),
+        "{list}"
+    );
+    let first = &list["results"][0];
+    let mut keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["event", "id", "readed", "user"], "{first}");
+    let mut event_keys: Vec<&String> = first["event"].as_object().unwrap().keys().collect();
+    event_keys.sort();
+    assert_eq!(
+        event_keys,
+        [
+            "author",
+            "data",
+            "id",
+            "message",
+            "timestamp",
+            "title",
+            "type"
+        ]
+    );
+    assert_eq!(first["user"], "ann");
+    assert_eq!(first["readed"], Value::Null);
+    assert!(is_seed_time(&first["event"]["timestamp"]), "{first}");
+    assert_eq!(first["event"]["author"], "root");
+    assert_eq!(first["event"]["title"], "New comment");
+    assert_eq!(first["event"]["message"], "Bob: nice!");
+    assert_eq!(first["event"]["data"], json!({"post": 7}));
+    assert_eq!(
+        first["event"]["type"],
+        json!({"id": 2, "name": "post_comment", "title": "Post commenting",
+               "description": "Event triggered when someone comment under your post"})
+    );
+    let comment = first["id"].as_u64().expect("a numeric id");
+    let like = list["results"][1]["id"].as_u64().unwrap();
+    assert!(like < comment);
+    assert_eq!(list["results"][1]["event"]["type"]["id"], 1);
+
+    // The socket: new notifications, and reads made elsewhere as "readed".
+    let root = ex
+        .base
+        .trim_end_matches("/api/v1")
+        .replacen("http://", "ws://", 1);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{root}/ws/notifications?token={ann}"))
+            .await
+            .expect("the seed's socket connects");
+    send("post_like", "Post liked", "Cat likes your post").await;
+    let frame = drf_frame(&mut ws).await;
+    assert_eq!(frame["action"], "new", "{frame}");
+    assert_eq!(
+        frame["notification"]["event"]["message"],
+        "Cat likes your post"
+    );
+    assert_eq!(frame["notification"]["event"]["type"]["name"], "post_like");
+    assert_eq!(frame["notification"]["readed"], Value::Null);
+    let newest = frame["notification"]["id"].as_u64().unwrap();
+    ex.inbox_until(&ann, 3).await;
+    let (_, list) = drf(&ex, Method::GET, "/notifications", &ann, None).await;
+    assert_eq!(
+        list["results"][0], frame["notification"],
+        "the socket and the list agree"
+    );
+
+    // Batch read with a bare array, from "another device".
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(2);
+    let (s, read) = drf(
+        &ex,
+        Method::PATCH,
+        "/notifications",
+        &ann,
+        Some(&format!("[{like}]")),
+    )
+    .await;
+    assert_eq!(s, 200, "{read}");
+    assert_eq!(read[0]["id"], like);
+    assert!(is_seed_time(&read[0]["readed"]), "{read}");
+    let frame = drf_frame(&mut ws).await;
+    assert_eq!(frame["action"], "readed", "{frame}");
+    assert_eq!(frame["notification"]["id"], like);
+    assert!(is_seed_time(&frame["notification"]["readed"]), "{frame}");
+
+    // readed=true|false|<time>.
+    let count = |q: &'static str| {
+        let (ex, ann) = (&ex, ann.clone());
+        async move {
+            let (s, b) = drf(ex, Method::GET, &format!("/notifications?{q}"), &ann, None).await;
+            assert_eq!(s, 200, "{q}: {b}");
+            b["count"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(count("readed=true").await, 1);
+    assert_eq!(count("readed=false").await, 2);
+    let since = before
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]"
+        ))
+        .unwrap();
+    let (_, b) = drf(
+        &ex,
+        Method::GET,
+        &format!("/notifications?readed={since}"),
+        &ann,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (b["count"].as_u64(), &b["results"][0]["id"]),
+        (Some(1), &json!(like)),
+        "{b}"
+    );
+    assert_eq!(count("readed=2999-01-01T00:00:00").await, 0);
+
+    // One read, one delete.
+    let (s, one) = drf(
+        &ex,
+        Method::PATCH,
+        &format!("/notifications/{comment}"),
+        &ann,
+        None,
+    )
+    .await;
+    assert_eq!((s, &one["id"]), (200, &json!(comment)), "{one}");
+    assert!(is_seed_time(&one["readed"]), "{one}");
+    let frame = drf_frame(&mut ws).await;
+    assert_eq!(
+        (frame["action"].as_str(), &frame["notification"]["id"]),
+        (Some("readed"), &json!(comment))
+    );
+    let (s, _) = drf(
+        &ex,
+        Method::DELETE,
+        &format!("/notifications/{newest}"),
+        &ann,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(count("").await, 2);
+
+    // Pages with absolute links that keep the filter.
+    let (_, page) = drf(
+        &ex,
+        Method::GET,
+        "/notifications?readed=true&limit=1",
+        &ann,
+        None,
+    )
+    .await;
+    let next = page["next"].as_str().expect("a next link").to_owned();
+    assert!(
+        next.starts_with("http://127.0.0.1:")
+            && next.contains("/notifications?")
+            && next.contains("readed=true")
+            && next.contains("limit=1")
+            && next.contains("offset=1"),
+        "{next}"
+    );
+    assert_eq!(page["previous"], Value::Null);
+    let resp = ex
+        .http
+        .get(&next)
+        .header("Authorization", format!("Token {ann}"))
+        .send()
+        .await
+        .unwrap();
+    let second: Value = resp.json().await.unwrap();
+    assert_eq!(second["results"][0]["id"], like, "{second}");
+    assert!(
+        second["previous"]
+            .as_str()
+            .is_some_and(|p| p.contains("offset=0")),
+        "{second}"
+    );
+
+    // The filter, the seed's per-user event types.
+    let (s, f) = drf(
+        &ex,
+        Method::PATCH,
+        "/notifications/filter",
+        &ann,
+        Some(r#"{"types": {"post_like": false}}"#),
+    )
+    .await;
+    assert_eq!((s, &f["types"]["post_like"]), (200, &json!(false)), "{f}");
+    let (_, f) = drf(&ex, Method::GET, "/notifications/filter", &ann, None).await;
+    assert_eq!(f["types"], json!({"post_like": false}));
+
+    // The same face under its prefix.
+    let (s, b) = drf(
+        &ex,
+        Method::GET,
+        "/compat/drf/notifications?limit=5",
+        &ann,
+        None,
+    )
+    .await;
+    assert_eq!((s, b["count"].as_u64()), (200, Some(2)), "{b}");
+
+    // Bad input.
+    for (method, path, body, status) in [
+        (
+            Method::PATCH,
+            "/notifications",
+            Some(r#"{"ids": [1]}"#),
+            400,
+        ),
+        (Method::PATCH, "/notifications", Some("[]"), 400),
+        (Method::PATCH, "/notifications", Some(r#"["x"]"#), 400),
+        (Method::PATCH, "/notifications", Some("[999999999]"), 404),
+        (Method::PATCH, "/notifications/abc", None, 400),
+        (Method::DELETE, "/notifications/999999999", None, 404),
+        (Method::GET, "/notifications?readed=yesterday", None, 400),
+        (Method::GET, "/notifications?limit=0", None, 400),
+    ] {
+        let (s, b) = drf(&ex, method.clone(), path, &ann, body).await;
+        assert_eq!(s, status, "{method} {path}: {b}");
+        assert!(b["error"]["code"].is_string(), "{method} {path}: {b}");
+    }
+    // Someone else's id is not found.
+    let (s, _) = drf(
+        &ex,
+        Method::PATCH,
+        &format!("/notifications/{like}"),
+        &token("bob", false),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
 }

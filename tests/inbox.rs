@@ -1123,6 +1123,31 @@ async fn ona_verbs_timestamp_filters_grouped_counts_and_stats() {
         ),
         (Some(2), Some(1))
     );
+    assert!(
+        page["previous"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("&page=1&page_size=1")),
+        "links page as the request did: {page}"
+    );
+    assert_eq!(page["next"], Value::Null, "{page}");
+    // Ona's page sizes: 1000 by default, up to 10,000.
+    let all = list("&page=1").await;
+    assert_eq!(all["results"].as_array().map(Vec::len), Some(4), "{all}");
+    assert_eq!(all["count"], 4, "{all}");
+    let (s, b) = ex
+        .get("/messaging?target_type=xform&target_id=1&limit=101", &ona)
+        .await;
+    assert_eq!(s, 400, "limit/offset keep this API's bound: {b}");
+    assert_eq!(list("&page_size=10000").await["count"], 4);
+    for bad in ["&page_size=10001", "&page_size=0", "&page=0"] {
+        let (s, b) = ex
+            .get(
+                &format!("/messaging?target_type=xform&target_id=1{bad}"),
+                &bob,
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
     // group_by, repeated: (day, user, verb) counts with their first and last times.
     let groups = list("&group_by=day&group_by=user&group_by=verb").await;
     assert_eq!(groups["count"], 3, "{groups}");

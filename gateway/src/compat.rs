@@ -11,6 +11,8 @@
 //!
 //! `datahub-root` (seed 003): its routes (`routes::datahub`, always served under
 //! `/compat/datahub/`) also at the root paths, `/notifications` and `/notification_stat`.
+//! `drf-root` (seed 004): its routes (`routes::drf`, always under `/compat/drf/`) also at the
+//! root paths. Only one of the two may own `/notifications`: naming both is refused.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -26,20 +28,23 @@ pub struct Compat {
     pub msgxc: bool,
     /// Seed 003's routes at the root paths too.
     pub datahub_root: bool,
+    /// Seed 004's routes at the root paths too.
+    pub drf_root: bool,
 }
 
 /// The names `MSGXC_COMPAT` accepts.
-pub const NAMES: [&str; 2] = ["msgxc", "datahub-root"];
+pub const NAMES: [&str; 3] = ["msgxc", "datahub-root", "drf-root"];
 
 impl Compat {
-    /// Parses a comma list (`msgxc`, `datahub-root`); an unknown name is an error naming the
-    /// known ones.
+    /// Parses a comma list (`msgxc`, `datahub-root`, `drf-root`); an unknown name is an error
+    /// naming the known ones, and so is naming both root faces.
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut c = Compat::default();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name.to_ascii_lowercase().as_str() {
                 "msgxc" => c.msgxc = true,
                 "datahub-root" => c.datahub_root = true,
+                "drf-root" => c.drf_root = true,
                 other => {
                     return Err(format!(
                         "MSGXC_COMPAT: unknown face {other:?} (known: {})",
@@ -47,6 +52,13 @@ impl Compat {
                     ));
                 }
             }
+        }
+        if c.datahub_root && c.drf_root {
+            return Err(
+                "MSGXC_COMPAT: datahub-root and drf-root both want /notifications at \
+                 the root; name one (the other stays under /compat/)"
+                    .into(),
+            );
         }
         Ok(c)
     }
@@ -127,6 +139,9 @@ mod tests {
         assert!(Compat::parse(" msgxc ,").unwrap().msgxc);
         let both = Compat::parse("msgxc, DataHub-Root").unwrap();
         assert!(both.msgxc && both.datahub_root);
+        assert!(Compat::parse("drf-root").unwrap().drf_root);
+        let err = Compat::parse("datahub-root,drf-root").unwrap_err();
+        assert!(err.contains("name one"), "{err}");
         let err = Compat::parse("msgxc,datahub").unwrap_err();
         assert!(
             err.contains("\"datahub\"") && err.contains("datahub-root"),

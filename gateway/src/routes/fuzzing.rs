@@ -13,7 +13,7 @@ use super::{
 use crate::extract::{Paging, parse_id, parse_json, time_param};
 
 /// Request body kinds, picked by the first input byte of the `request_bodies` target.
-pub const BODY_KINDS: u8 = 21;
+pub const BODY_KINDS: u8 = 22;
 
 /// Parses `data` as the JSON body of one route (`kind` picks which) with the route's own
 /// extractor, and runs the checks that need nothing but the body.
@@ -83,6 +83,8 @@ pub fn request_body(kind: u8, data: &[u8]) {
                 let _ = datahub::receivers(b.receiver.as_deref());
             }
         }
+        // Seed 004's batch read: a bare array of ids.
+        21 => drop(parse_json::<Vec<u64>>(data)),
         _ => drop(parse_json::<notifications::ReadAll>(data)),
     }
 }

@@ -512,6 +512,40 @@ async fn all_of(
     }
 }
 
+/// Ona's page-number paging: `page` from 1, `page_size` 1 to [`ONA_MAX_PAGE_SIZE`] (default
+/// [`ONA_PAGE_SIZE`]), as Ona's messaging API pages.
+fn ona_paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
+    let size = match q.get("page_size") {
+        None => ONA_PAGE_SIZE,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=ONA_MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "page_size",
+                    format!("must be an integer from 1 to {ONA_MAX_PAGE_SIZE}"),
+                )
+            })?,
+    };
+    let page = match q.get("page") {
+        None => 1,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::field("page", "must be an integer from 1"))?,
+    };
+    Ok(Paging {
+        limit: size,
+        offset: (page - 1).saturating_mul(u64::from(size)),
+    })
+}
+
+/// Ona's default and largest `page_size`.
+pub const ONA_PAGE_SIZE: u32 = 1000;
+pub const ONA_MAX_PAGE_SIZE: u32 = 10_000;
+
 /// The query pairs, repeated keys kept (Ona repeats `group_by`).
 fn pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str(raw.unwrap_or_default())
@@ -567,11 +601,13 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let pairs = pairs(raw.as_deref())?;
-    let mut q: HashMap<String, String> = pairs.iter().cloned().collect();
-    if let Some(size) = q.remove("page_size") {
-        q.insert("size".into(), size);
-    }
-    let paging = Paging::from_query(&q)?;
+    let q: HashMap<String, String> = pairs.iter().cloned().collect();
+    let by_page = q.contains_key("page") || q.contains_key("page_size");
+    let paging = if by_page {
+        ona_paging(&q)?
+    } else {
+        Paging::from_query(&q)?
+    };
     // As in the seed: without a target the list is empty.
     if !q.contains_key("target_type") && !q.contains_key("target_id") {
         return Ok(Json(
@@ -650,15 +686,18 @@ pub async fn list(
         (total, items)
     };
     let next_offset = paging.offset + u64::from(paging.limit);
-    let next = (next_offset < total)
-        .then(|| format!("{path}&limit={}&offset={next_offset}", paging.limit));
-    let previous = (paging.offset > 0).then(|| {
-        format!(
-            "{path}&limit={}&offset={}",
-            paging.limit,
-            paging.offset.saturating_sub(u64::from(paging.limit))
-        )
-    });
+    let previous_offset = paging.offset.saturating_sub(u64::from(paging.limit));
+    // Links in the style the request paged in.
+    let link = |offset: u64| {
+        if by_page {
+            let page = offset / u64::from(paging.limit) + 1;
+            format!("{path}&page={page}&page_size={}", paging.limit)
+        } else {
+            format!("{path}&limit={}&offset={offset}", paging.limit)
+        }
+    };
+    let next = (next_offset < total).then(|| link(next_offset));
+    let previous = (paging.offset > 0).then(|| link(previous_offset));
     Ok(Json(
         json!({ "count": total, "next": next, "previous": previous, "results": results }),
     ))

@@ -1,4 +1,5 @@
-//! The HTTP API under `/api/v1`, and the seed systems' faces beside it (`/compat/datahub/`).
+//! The HTTP API under `/api/v1`, and the seed systems' faces beside it (`/compat/datahub/`,
+//! `/compat/drf/`).
 
 use axum::Router;
 use axum::extract::State;
@@ -11,6 +12,7 @@ use crate::state::AppState;
 mod datahub;
 pub(crate) mod deliveries;
 mod devices;
+mod drf;
 pub(crate) mod experiments;
 pub mod fuzzing;
 pub(crate) mod messages;
@@ -160,9 +162,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/r/{token}", get(experiments::redirect))
         .nest("/api/v1", guarded(api, &limits))
-        .nest("/compat/datahub", guarded(datahub::routes(), &limits));
+        .nest("/compat/datahub", guarded(datahub::routes(), &limits))
+        .nest("/compat/drf", guarded(drf::routes(), &limits));
+    // At most one face owns the root's `/notifications` (`Compat::parse` refuses both).
     if state.config.compat.datahub_root {
         app = app.merge(guarded(datahub::routes(), &limits));
+    } else if state.config.compat.drf_root {
+        app = app.merge(guarded(drf::routes(), &limits));
     }
     let mut app = app.fallback(not_found).with_state(state);
     if seed_001 {

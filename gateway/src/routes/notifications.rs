@@ -156,7 +156,11 @@ pub async fn mark_read(
     Ok(Json(json!({ "read": changed, "unread": counts.unread })))
 }
 
-async fn read_ids(state: &AppState, actor: &exchange::Actor, ids: &[Uuid]) -> ApiResult<Vec<Uuid>> {
+pub(super) async fn read_ids(
+    state: &AppState,
+    actor: &exchange::Actor,
+    ids: &[Uuid],
+) -> ApiResult<Vec<Uuid>> {
     let unread: Vec<Uuid> = state
         .notifications_seen_live(&actor.uid, ids)
         .await?

@@ -48,7 +48,7 @@ fn shown(body: &str) -> Value {
 
 /// `scheme://host` of this request, for absolute page links (behind a proxy, its
 /// `X-Forwarded-Proto` and `Host`).
-fn base_url(headers: &HeaderMap) -> String {
+pub(super) fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

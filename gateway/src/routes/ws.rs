@@ -25,10 +25,30 @@ const CLOSE_POLICY: u16 = 1008;
 /// Close code when the connection cannot be set up (RFC 6455 1011, "internal error").
 const CLOSE_UNAVAILABLE: u16 = 1011;
 
+/// Which frames a connection speaks: this API's, or a seed's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    /// `/connect`: the hello frame, then the exchange's frames as they are.
+    Own,
+    /// Seed 004's `/ws/notifications`: no hello; `new` and `readed` in its shape
+    /// (`routes::drf::translate`).
+    Drf,
+}
+
 pub async fn connect(
+    state: State<AppState>,
+    caller: StreamCaller,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    open(state, caller, upgrade, Face::Own).await
+}
+
+/// Upgrades to a live connection speaking `face`.
+pub async fn open(
     State(state): State<AppState>,
     StreamCaller(actor): StreamCaller,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    face: Face,
 ) -> Response {
     // A plain request (no WebSocket handshake) gets the JSON error shape as any other.
     let upgrade = match upgrade {
@@ -62,12 +82,12 @@ pub async fn connect(
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
-            serve(state, actor, socket).await;
+            serve(state, actor, socket, face).await;
             drop(guard);
         })
 }
 
-async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
+async fn serve(state: AppState, actor: Actor, mut socket: WebSocket, face: Face) {
     let registration = Box::pin(state.hub.connect(
         &actor.uid,
         state.config.socket_buffer,
@@ -94,9 +114,11 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
         .map(|c| c.unread)
         .unwrap_or(0);
     let hello = json!({ "action": "hello", "uid": actor.uid, "unread": unread }).to_string();
-    if socket.send(Message::Text(hello.into())).await.is_err() {
+    if face == Face::Own && socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
+    // Seed 004's type ids, read when its first frame needs them.
+    let mut drf_types = None;
     if let Some(p) = &state.presence {
         Box::pin(p.touch(&actor.uid)).await;
     }
@@ -112,6 +134,15 @@ async fn serve(state: AppState, actor: Actor, mut socket: WebSocket) {
         tokio::select! {
             frame = registration.frames.recv() => match frame {
                 Some(bytes) => {
+                    let bytes = match face {
+                        Face::Own => bytes,
+                        Face::Drf => match Box::pin(crate::routes::drf::translate(
+                            &state, &actor.uid, &mut drf_types, &bytes,
+                        )).await {
+                            Some(t) => t.into(),
+                            None => continue,
+                        },
+                    };
                     let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
                     if socket.send(Message::Text(text)).await.is_err() {
                         break;
