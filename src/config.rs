@@ -1,5 +1,5 @@
 //! Command-line and environment configuration. Every option has a flag and an `MSGXC_*`
-//! variable; the README lists them all.
+//! variable; `docs/configuration.md` lists them all.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -76,7 +76,7 @@ pub struct GatewayConfig {
     pub compat: crate::compat::Compat,
 }
 
-/// Default write limits and live connections per user (README states them).
+/// Default write limits and live connections per user (`docs/configuration.md` states them).
 pub const DEFAULT_USER_WRITES_PER_SECOND: u32 = 50;
 pub const DEFAULT_USER_WRITE_BURST: u32 = 500;
 pub const DEFAULT_IP_WRITES_PER_SECOND: u32 = 1000;

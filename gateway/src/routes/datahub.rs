@@ -2,7 +2,7 @@
 //! `POST /notifications`, `GET /notifications`, `GET` and `DELETE /notification_stat`. Mounted
 //! at `/compat/datahub/` always, and at the root when `MSGXC_COMPAT` names `datahub-root`.
 //!
-//! Mapping (choices where the seed is silent are in the README's seed table):
+//! Mapping (choices where the seed is silent are in `docs/seeds.md` too):
 //! - `admin_message` (admins): a multicast to the `receiver` list (commas or spaces, at most
 //!   100 users, as the seed says); `site_broadcast` (admins): a broadcast; `private_message` and
 //!   any other registered type: a private message from the caller to the one `receiver`

@@ -5,7 +5,7 @@
 //!
 //! A notification is the seed's `{"id","user","readed","event":{"id","timestamp","author",
 //! "type":{"id","name","title","description"},"title","message","data"}}`. Choices where the
-//! seed is silent (also in the README's seed table):
+//! seed is silent (also in `docs/seeds.md`):
 //! - `id` (and `event.id`) is the entry's stream position: a number, growing, never reused for
 //!   one user (a message has one position, so its recipients share it; ids are per user, as
 //!   every route is the caller's own). `user` and `author` are user ids (strings here).
