@@ -108,28 +108,7 @@ impl Paging {
             && !q.contains_key("offset")
             && (q.contains_key("page") || q.contains_key("size"))
         {
-            let size = match q.get("size") {
-                None => DEFAULT_LIMIT,
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::field("size", format!("must be an integer from 1 to {MAX_LIMIT}"))
-                    })?,
-            };
-            let page = match q.get("page") {
-                None => 1,
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| ApiError::field("page", "must be an integer from 1"))?,
-            };
-            return Ok(Self {
-                limit: size,
-                offset: (page - 1).saturating_mul(u64::from(size)),
-            });
+            return Self::by_page(q, "size", DEFAULT_LIMIT, MAX_LIMIT);
         }
         let limit = match q.get("limit") {
             None => DEFAULT_LIMIT,
@@ -150,6 +129,38 @@ impl Paging {
                 .map_err(|_| ApiError::field("offset", "must be a non-negative integer"))?,
         };
         Ok(Self { limit, offset })
+    }
+
+    /// Page-number paging: `page` from 1 (default 1) and pages of `size_key` rows, from 1 to
+    /// `max` (default `default`).
+    pub fn by_page(
+        q: &std::collections::HashMap<String, String>,
+        size_key: &str,
+        default: u32,
+        max: u32,
+    ) -> Result<Self, ApiError> {
+        let size = match q.get(size_key) {
+            None => default,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field(size_key, format!("must be an integer from 1 to {max}"))
+                })?,
+        };
+        let page = match q.get("page") {
+            None => 1,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::field("page", "must be an integer from 1"))?,
+        };
+        Ok(Self {
+            limit: size,
+            offset: (page - 1).saturating_mul(u64::from(size)),
+        })
     }
 
     /// DRF-style `next`/`previous` links for a listing at `path`.

@@ -180,35 +180,26 @@ pub async fn list(
         status,
         ..Default::default()
     };
+    // A time filter scans the read entries and pages them here; otherwise the store pages.
+    let (limit, offset) = match since {
+        None => (paging.limit, paging.offset),
+        Some(_) => (MAX_SCANNED + 1, 0),
+    };
+    let page = state
+        .store
+        .inbox(
+            &actor.uid,
+            &InboxQuery {
+                filter,
+                limit,
+                offset,
+                after: None,
+            },
+        )
+        .await?;
     let (items, total) = match since {
-        None => {
-            let page = state
-                .store
-                .inbox(
-                    &actor.uid,
-                    &InboxQuery {
-                        filter,
-                        limit: paging.limit,
-                        offset: paging.offset,
-                        after: None,
-                    },
-                )
-                .await?;
-            (page.items, page.total)
-        }
+        None => (page.items, page.total),
         Some(since) => {
-            let page = state
-                .store
-                .inbox(
-                    &actor.uid,
-                    &InboxQuery {
-                        filter,
-                        limit: MAX_SCANNED + 1,
-                        offset: 0,
-                        after: None,
-                    },
-                )
-                .await?;
             if page.items.len() > MAX_SCANNED as usize {
                 return Err(ApiError::bad_request(
                     "too_many_notifications",

@@ -512,37 +512,7 @@ async fn all_of(
     }
 }
 
-/// Ona's page-number paging: `page` from 1, `page_size` 1 to [`ONA_MAX_PAGE_SIZE`] (default
-/// [`ONA_PAGE_SIZE`]), as Ona's messaging API pages.
-fn ona_paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
-    let size = match q.get("page_size") {
-        None => ONA_PAGE_SIZE,
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=ONA_MAX_PAGE_SIZE).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "page_size",
-                    format!("must be an integer from 1 to {ONA_MAX_PAGE_SIZE}"),
-                )
-            })?,
-    };
-    let page = match q.get("page") {
-        None => 1,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::field("page", "must be an integer from 1"))?,
-    };
-    Ok(Paging {
-        limit: size,
-        offset: (page - 1).saturating_mul(u64::from(size)),
-    })
-}
-
-/// Ona's default and largest `page_size`.
+/// Ona's default and largest `page_size` (its page-number paging, `page` from 1).
 pub const ONA_PAGE_SIZE: u32 = 1000;
 pub const ONA_MAX_PAGE_SIZE: u32 = 10_000;
 
@@ -604,7 +574,7 @@ pub async fn list(
     let q: HashMap<String, String> = pairs.iter().cloned().collect();
     let by_page = q.contains_key("page") || q.contains_key("page_size");
     let paging = if by_page {
-        ona_paging(&q)?
+        Paging::by_page(&q, "page_size", ONA_PAGE_SIZE, ONA_MAX_PAGE_SIZE)?
     } else {
         Paging::from_query(&q)?
     };
