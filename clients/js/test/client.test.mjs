@@ -1,146 +1,19 @@
-// The client in headless Chromium (Debian's, driven by playwright-core) against a real
-// exchange: `msgxc serve` with its own nats-server, the page on another origin (CORS).
-// MSGXC_BIN names the msgxc binary (default: the workspace's debug build); CHROMIUM the browser.
+// The client in headless Chromium against a real exchange, the page on another origin (so
+// every call is a CORS request): see harness.mjs.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { createHmac } from "node:crypto";
-import fs from "node:fs";
-import http from "node:http";
-import net from "node:net";
-import os from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { AUTH, P256DH, call, env, send, sleep, start, stop, token, until } from "./harness.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "..");
-const bin = process.env.MSGXC_BIN ?? path.resolve(root, "../../target/debug/msgxc");
-const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const SECRET = "js-client-test-secret-0123456789abcdef";
-// RFC 8291's example subscription keys: a valid P-256 point and auth secret.
-const P256DH = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
-const AUTH = "BTBZMqHH6r4Tts7J_aSIgg";
-
-function b64url(data) {
-  return Buffer.from(data).toString("base64url");
-}
-
-/** An HS256 token as the exchange's `msgxc token` makes them. */
-function token(sub, admin = false) {
-  const now = Math.floor(Date.now() / 1000);
-  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const claims = { sub, exp: now + 600, iat: now };
-  if (admin) claims.roles = ["admin"];
-  const body = b64url(JSON.stringify(claims));
-  const sig = createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
-  return `${head}.${body}.${sig}`;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, f, ms = 15_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-let exchange, dataDir, api, pageServer, pageOrigin, browser;
-
-/** A call to the exchange from the test itself (an admin sending, say). */
-async function call(method, p, tok, body) {
-  const resp = await fetch(api + p, {
-    method,
-    headers: { Authorization: `Bearer ${tok}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await resp.text();
-  return { status: resp.status, body: text ? JSON.parse(text) : null };
-}
-
-async function send(uid, msg) {
-  const r = await call("POST", "/send", token("admin", true), { uid, msg });
-  assert.equal(r.status, 202, JSON.stringify(r.body));
-  return r.body.mid;
-}
-
-before(async () => {
-  assert.ok(fs.existsSync(bin), `no msgxc binary at ${bin} (cargo build, or set MSGXC_BIN)`);
-  assert.ok(fs.existsSync(browserPath), `no Chromium at ${browserPath} (apt-get install chromium, or set CHROMIUM)`);
-  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "msgxc-js-"));
-  // The page's own origin: the built client, a page and a service worker.
-  const files = { "/": "test/fixtures/page.html", "/sw.js": "test/fixtures/sw.js" };
-  pageServer = http.createServer((req, res) => {
-    const url = new URL(req.url, "http://x");
-    const file = files[url.pathname] ?? (url.pathname.startsWith("/dist/") ? url.pathname.slice(1) : null);
-    const full = file && path.resolve(root, file);
-    if (!full || !full.startsWith(root) || !fs.existsSync(full)) {
-      res.writeHead(404).end();
-      return;
-    }
-    const type = full.endsWith(".html") ? "text/html" : "text/javascript";
-    res.writeHead(200, { "Content-Type": type }).end(fs.readFileSync(full));
-  });
-  await new Promise((r) => pageServer.listen(0, "127.0.0.1", r));
-  pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
-
-  const port = await freePort();
-  const env = {
-    ...process.env,
-    MSGXC_DATA_DIR: dataDir,
-    MSGXC_JWT_SECRET: SECRET,
-    MSGXC_CORS_ORIGINS: pageOrigin,
-    MSGXC_WEBPUSH_SUBJECT: "mailto:test@example.com",
-    MSGXC_WEBPUSH_ALLOWED_HOSTS: "127.0.0.1",
-    MSGXC_LOG: "warn",
-  };
-  execFileSync(bin, ["vapid"], { env, stdio: "ignore" });
-  exchange = spawn(bin, ["serve", "--listen", `127.0.0.1:${port}`], { env, stdio: ["ignore", "ignore", "inherit"] });
-  api = `http://127.0.0.1:${port}/api/v1`;
-  await until("msgxc serve", async () => {
-    try {
-      return (await fetch(api + "/ping")).ok;
-    } catch {
-      return false;
-    }
-  }, 60_000);
-  browser = await chromium.launch({ executablePath: browserPath, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-  if (exchange && exchange.exitCode === null) {
-    const exited = new Promise((r) => exchange.once("exit", r));
-    exchange.kill("SIGTERM");
-    await Promise.race([exited, sleep(10_000)]);
-    if (exchange.exitCode === null) exchange.kill("SIGKILL");
-  }
-  pageServer?.close();
-  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
-});
+before(start);
+after(stop);
 
 /** A page of the test origin with the client loaded, and `window.client` made for `uid`. */
 async function page(uid, transport = "websocket") {
-  const context = await browser.newContext();
+  const context = await env.browser.newContext();
   const p = await context.newPage();
   p.on("pageerror", (e) => console.error("page error:", e));
-  await p.goto(pageOrigin + "/");
+  await p.goto(env.origin + "/clients/js/test/fixtures/page.html");
   await p.waitForFunction(() => window.ready === true);
   await p.evaluate(
     ({ baseUrl, tok, transport }) => {
@@ -152,7 +25,7 @@ async function page(uid, transport = "websocket") {
       window.client.on("change", (c) => window.changes.push(c));
       window.client.on("state", (s) => window.states.push(s));
     },
-    { baseUrl: api.replace(/\/api\/v1$/, ""), tok: token(uid), transport },
+    { baseUrl: env.base, tok: token(uid), transport },
   );
   return { p, context };
 }
@@ -241,11 +114,11 @@ for (const transport of ["websocket", "sse"]) {
 
 test("Web Push: the VAPID key, the service worker, then the push service; enlisting a subscription", async () => {
   const { p, context } = await page("wendy");
-  await context.grantPermissions(["notifications"], { origin: pageOrigin });
+  await context.grantPermissions(["notifications"], { origin: env.origin });
   const r = await p.evaluate(async () => {
     let error = null;
     try {
-      await window.msgxc.enableWebPush(window.client, { serviceWorker: "/sw.js" });
+      await window.msgxc.enableWebPush(window.client, { serviceWorker: "sw.js" });
     } catch (e) {
       error = { name: e.name, stage: e.stage, message: String(e.message) };
     }
@@ -256,9 +129,9 @@ test("Web Push: the VAPID key, the service worker, then the push service; enlist
   // the key was fetched, the worker registered and permission granted.
   assert.equal(r.error?.name, "WebPushError", JSON.stringify(r.error));
   assert.equal(r.error.stage, "subscribe", JSON.stringify(r.error));
-  assert.deepEqual(r.workers, [pageOrigin + "/sw.js"]);
+  assert.deepEqual(r.workers, [env.origin + "/clients/js/test/fixtures/sw.js"]);
   // What the helper enlists once a subscription exists (the shape PushSubscription.toJSON gives).
-  const endpoint = api.replace(/\/api\/v1$/, "") + "/push/1";
+  const endpoint = env.base + "/push/1";
   const device = await p.evaluate(
     ({ endpoint, p256dh, auth }) =>
       window.msgxc.enlistWebPush(window.client, { endpoint, expirationTime: null, keys: { p256dh, auth } }),
