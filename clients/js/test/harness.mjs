@@ -1,4 +1,5 @@
-// The test harness of the JavaScript client and the web example: a real exchange
+// The test harness of the browser tests (the JavaScript client, the web example and the
+// gateway's admin console): a real exchange
 // (`msgxc serve` with its own nats-server; MSGXC_BIN names the binary, default the workspace's
 // debug build), a static server for the page's own origin (the built client, the test
 // fixtures and examples/web), and Debian's Chromium driven by playwright-core (CHROMIUM names
@@ -84,8 +85,8 @@ export async function send(uid, msg) {
   return r.body.mid;
 }
 
-/** Starts the exchange, the page server and the browser. */
-export async function start() {
+/** Starts the exchange (with `extra` environment variables), the page server and the browser. */
+export async function start(extra = {}) {
   assert.ok(fs.existsSync(bin), `no msgxc binary at ${bin} (cargo build, or set MSGXC_BIN)`);
   assert.ok(fs.existsSync(browserPath), `no Chromium at ${browserPath} (apt-get install chromium, or set CHROMIUM)`);
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "msgxc-js-"));
@@ -115,6 +116,7 @@ export async function start() {
     MSGXC_WEBPUSH_SUBJECT: "mailto:test@example.com",
     MSGXC_WEBPUSH_ALLOWED_HOSTS: "127.0.0.1",
     MSGXC_LOG: "warn",
+    ...extra,
   };
   execFileSync(bin, ["vapid"], { env: vars, stdio: "ignore" });
   exchange = spawn(bin, ["serve", "--listen", `127.0.0.1:${port}`], {

@@ -9,6 +9,7 @@ use axum::routing::{delete, get, patch, post, put};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+mod console;
 mod datahub;
 pub(crate) mod deliveries;
 mod devices;
@@ -161,6 +162,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/r/{token}", get(experiments::redirect))
+        .route("/console", get(console::index))
+        .route("/console/app.js", get(console::script))
         .nest("/api/v1", guarded(api, &limits))
         .nest("/compat/datahub", guarded(datahub::routes(), &limits))
         .nest("/compat/drf", guarded(drf::routes(), &limits));
