@@ -263,21 +263,19 @@ fn instant(key: &str, v: &str) -> Result<OffsetDateTime, ApiError> {
     if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
         return Ok(t);
     }
-    let formats = [
-        "[year]-[month]-[day]T[hour]:[minute]:[second]",
-        "[year]-[month]-[day]T[hour]:[minute]",
-        "[year]-[month]-[day] [hour]:[minute]:[second]",
+    // Checked at compile time (no format string parsed per request).
+    use time::macros::format_description as fd;
+    let formats: [&[time::format_description::BorrowedFormatItem<'_>]; 3] = [
+        fd!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+        fd!("[year]-[month]-[day]T[hour]:[minute]"),
+        fd!("[year]-[month]-[day] [hour]:[minute]:[second]"),
     ];
     for f in formats {
-        if let Ok(f) = time::format_description::parse(f)
-            && let Ok(t) = time::PrimitiveDateTime::parse(v, &f)
-        {
+        if let Ok(t) = time::PrimitiveDateTime::parse(v, &f) {
             return Ok(t.assume_utc());
         }
     }
-    if let Ok(f) = time::format_description::parse("[year]-[month]-[day]")
-        && let Ok(d) = time::Date::parse(v, &f)
-    {
+    if let Ok(d) = time::Date::parse(v, fd!("[year]-[month]-[day]")) {
         return Ok(d.midnight().assume_utc());
     }
     Err(ApiError::field(

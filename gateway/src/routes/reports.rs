@@ -32,9 +32,7 @@ fn instant(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<Offs
     if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
         return Ok(Some(t));
     }
-    let day = time::format_description::parse("[year]-[month]-[day]")
-        .ok()
-        .and_then(|f| time::Date::parse(v, &f).ok());
+    let day = time::Date::parse(v, time::macros::format_description!("[year]-[month]-[day]")).ok();
     match day {
         Some(d) => Ok(Some(d.midnight().assume_utc())),
         None => Err(ApiError::field(
