@@ -146,3 +146,33 @@ test("Web Push: the VAPID key, the service worker, then the push service; enlist
   assert.equal(bytes, 65, "an uncompressed P-256 point");
   await context.close();
 });
+
+test("CORS: the listed origin may call the API, another origin may not", async () => {
+  // The same page server under another name is another origin (not in MSGXC_CORS_ORIGINS).
+  const other = env.origin.replace("127.0.0.1", "localhost");
+  const context = await env.browser.newContext();
+  const p = await context.newPage();
+  await p.goto(other + "/clients/js/test/fixtures/page.html");
+  await p.waitForFunction(() => window.ready === true);
+  const refused = await p.evaluate(async ({ baseUrl, tok }) => {
+    const c = new window.msgxc.MsgxcClient({ baseUrl, token: tok });
+    try {
+      await c.list();
+      return "answered";
+    } catch (e) {
+      return e.name;
+    }
+  }, { baseUrl: env.base, tok: token("olive") });
+  assert.equal(refused, "TypeError", "the browser refuses the answer to an unlisted origin");
+  const q = await context.newPage();
+  await q.goto(env.origin + "/clients/js/test/fixtures/page.html");
+  await q.waitForFunction(() => window.ready === true);
+  const listed = await q.evaluate(async ({ baseUrl, tok }) => {
+    const c = new window.msgxc.MsgxcClient({ baseUrl, token: tok });
+    // A PATCH with a JSON body needs a preflight; the exchange answers it for this origin.
+    const read = await c.read(["00000000-0000-7000-8000-000000000000"]).catch((e) => e.code);
+    return { page: (await c.list()).count, read };
+  }, { baseUrl: env.base, tok: token("olive") });
+  assert.deepEqual(listed, { page: 0, read: [] }, "nothing of an unknown id is read");
+  await context.close();
+});
