@@ -5,9 +5,10 @@
 # temporary store; one Cassandra node serves the whole run (one keyspace per test), started
 # here on free ports in a temp dir and removed at the end. The HTTP API, inbox, delivery,
 # rebuild and two-projector tests then run a second time with their projections on Cassandra.
-# Between the two passes: the analysts' Python library and the JavaScript client (clients/js,
-# in headless Chromium). Last, the fault suite (`msgxc fault`) once and a short run of the fuzz
-# targets (scripts/fuzz.sh).
+# Between the two passes: the analysts' Python library, the JavaScript client (clients/js,
+# in headless Chromium) and schemathesis against the OpenAPI document
+# (scripts/api-conformance.sh). Last, the fault suite (`msgxc fault`) once and a short run of
+# the fuzz targets (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tools.sh --test
@@ -61,6 +62,8 @@ cargo test --workspace --locked
 # `cargo test` built.
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build \
   && MSGXC_BIN="$PWD/../../target/debug/msgxc" npm test)
+# The OpenAPI document against a live exchange: schemathesis, as an admin and as a user.
+scripts/api-conformance.sh 30
 MSGXC_TEST_STORE=cassandra cargo test --locked \
   --test api --test inbox --test delivery --test durability --test roles --test scheduled \
   --test experiments --test stage --test compat

@@ -6,12 +6,14 @@
 //! - `export`: `msgxc export`, the event log as Hive-partitioned Parquet or NDJSON
 //! - `fault`: `msgxc fault`, the fault suite (roles as processes killed -9 under load)
 //! - `nats`: the NATS connection of a command (a managed nats-server or a given URL)
+//! - `otel`: OpenTelemetry export of the exchange's spans over OTLP/HTTP (off unless configured)
 
 pub mod bench;
 pub mod config;
 pub mod export;
 pub mod fault;
 pub mod nats;
+pub mod otel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,6 +17,9 @@ use msgxc::{ExchangeOptions, Role, nats};
 use projections::{ProjectorSettings, SqliteStore, Store};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc: per-thread free lists without glibc's arena locks. The exchange allocates many
 /// short-lived buffers per request and frame on a few threads; profiles of `msgxc bench
@@ -366,16 +369,6 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
     // Blocking work is mostly SQLite reads on a handful of connections: more threads than that
     // only wait on locks, and each idle thread holds stack and allocator memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -390,6 +383,48 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The log filter applies to the log lines only: spans are exported (when configured)
+    // whatever the log level.
+    let (text, json) = match cli.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            ),
+        ),
+    };
+    let otel = if matches!(cli.command, Command::Serve(_)) {
+        match msgxc::otel::layer(runtime.handle().clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("msgxc: OpenTelemetry export: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let (otel, provider) = otel.unzip();
+    tracing_subscriber::registry()
+        .with(text)
+        .with(json)
+        .with(otel)
+        .init();
     // block_on keeps the command on the main thread, which the managed nats-server's lifetime
     // is tied to.
     let result = runtime.block_on(async {
@@ -429,6 +464,11 @@ fn main() -> std::process::ExitCode {
             Command::BenchWsBaseline(a) => msgxc::bench::serve_ws_baseline(a.listen).await,
         }
     });
+    if let Some(provider) = provider
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("msgxc: OpenTelemetry export at exit: {e}");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -29,6 +29,10 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
     // The admin console's files (what it shows needs an admin's token for the API).
     ("GET", "/console", "", [200, 200, 200, 200, 200]),
     ("GET", "/console/app.js", "", [200, 200, 200, 200, 200]),
+    ("GET", "/console/docs.js", "", [200, 200, 200, 200, 200]),
+    // The OpenAPI document and its page: public, like the API's shape itself.
+    ("GET", "/openapi.json", "", [200, 200, 200, 200, 200]),
+    ("GET", "/docs", "", [200, 200, 200, 200, 200]),
     (
         "GET",
         "/webpush/vapid-public-key",

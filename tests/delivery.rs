@@ -449,6 +449,7 @@ async fn a_redelivered_task_does_not_notify_the_device_twice() {
     // the same payload, published again under another message id.
     let js = ex.running().log.jetstream().clone();
     let task = exchange::dispatch::DispatchTask {
+        trace: None,
         mid: mid.parse().unwrap(),
         uid: "erin".into(),
         uids: Vec::new(),

@@ -243,6 +243,14 @@ async fn bad_times_are_refused_and_a_past_time_sends_at_once() {
     assert_eq!(s, 403);
     let (s, _) = ex.get("/messages/scheduled?limit=0", &admin).await;
     assert_eq!(s, 400);
+    // Not a number: refused in the API's error shape (found by schemathesis).
+    for bad in ["", "x", "-1"] {
+        let (s, b) = ex
+            .get(&format!("/messages/scheduled?limit={bad}"), &admin)
+            .await;
+        assert_eq!(s, 400);
+        assert_eq!(b["error"]["field"], "limit", "{b}");
+    }
 }
 
 /// The exchange is killed (SIGKILL) right after accepting a scheduled message and is down

@@ -12,6 +12,7 @@
 //! - `channels`: the provider clients (APNs, FCM, Web Push, SMS, e-mail, MQTT)
 //! - `stage`: stage-based messaging (seed 002): its records, cron-like schedules, the scheduler
 //! - `natsd`: finding, starting and supervising a local nats-server
+//! - `trace`: W3C trace context from a request through its event, the fold and the dispatch tasks (off unless enabled)
 
 pub mod channels;
 pub mod dispatch;
@@ -26,6 +27,7 @@ pub mod presence;
 pub mod schema;
 pub mod stage;
 pub mod subject;
+pub mod trace;
 
 pub use events::{Actor, Envelope, Event};
 pub use log::{Appended, EventLog, LogError, LogSettings, Start, Stored};

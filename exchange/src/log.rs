@@ -143,9 +143,11 @@ impl EventLog {
         let payload = serde_json::to_vec(env)
             .map_err(|e| LogError::Rejected(format!("encoding event: {e}")))?;
         let id = msg_id.map_or_else(|| env.id.to_string(), str::to_owned);
-        let publish = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(id);
+        let publish = traced(
+            PublishMessage::build()
+                .payload(payload.into())
+                .message_id(id),
+        );
         self.publish(env.subject(), publish).await
     }
 
@@ -165,11 +167,13 @@ impl EventLog {
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| LogError::Rejected(format!("schedule time: {e}")))?;
         let id = msg_id.map_or_else(|| format!("sched-{}", env.id), str::to_owned);
-        let publish = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(id)
-            .header("Nats-Schedule", format!("@at {when}").as_str())
-            .header("Nats-Schedule-Target", env.subject().as_str());
+        let publish = traced(
+            PublishMessage::build()
+                .payload(payload.into())
+                .message_id(id)
+                .header("Nats-Schedule", format!("@at {when}").as_str())
+                .header("Nats-Schedule-Target", env.subject().as_str()),
+        );
         self.publish(schedule_subject(env.id), publish).await
     }
 
@@ -399,5 +403,13 @@ fn publish_error(e: jetstream::context::PublishError) -> LogError {
         | PublishErrorKind::MaxAckPending => LogError::Unavailable(e.to_string()),
         PublishErrorKind::WrongLastSequence => LogError::Conflict(e.to_string()),
         _ => LogError::Rejected(e.to_string()),
+    }
+}
+
+/// Adds the current span's trace context as the event's `traceparent` header (tracing on).
+fn traced(publish: PublishMessage) -> PublishMessage {
+    match crate::trace::TraceParent::current() {
+        Some(tp) => publish.header(crate::trace::HEADER, tp.to_string().as_str()),
+        None => publish,
     }
 }

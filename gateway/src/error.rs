@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use exchange::log::LogError;
 use projections::StoreError;
-use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -79,11 +78,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = field.into();
-        }
-        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        let body = crate::routes::schemas::ErrorBody {
+            error: crate::routes::schemas::ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
         let retry_after = match self.status {
             StatusCode::SERVICE_UNAVAILABLE => Some(self.retry_after.unwrap_or(1)),
             _ => self.retry_after,

@@ -7,6 +7,7 @@
 //! - `extract`: request extractors (JSON bodies within the size limit, callers)
 //! - `jwks`: verification keys from an issuer's JSON Web Key Set, read again as they rotate
 //! - `metrics`: Prometheus metrics of requests, appends, projector lag and connections
+//! - `openapi`: the OpenAPI 3.1 document of `/api/v1` (from the handlers' types) and its page
 //! - `hub`: live frames routed from the event stream to this gateway's connections
 //! - `queue`: a connection's bounded frame queue
 //! - `rate`: per-sender rate limits
@@ -21,6 +22,7 @@ pub mod extract;
 pub mod hub;
 pub mod jwks;
 pub mod metrics;
+pub mod openapi;
 pub mod queue;
 pub mod rate;
 pub mod routes;

@@ -237,6 +237,8 @@ pub struct Effects {
     pub dispatch: bool,
     /// Also queue one thread-topic task per thread message (only useful with MQTT).
     pub topic_tasks: bool,
+    /// The trace context of the event's fold (tracing on): every task it queues carries it.
+    pub trace: Option<exchange::trace::TraceParent>,
 }
 
 /// Applies one event. Live notices are appended to `notices` and dispatch tasks queued only
@@ -308,7 +310,9 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             deliver(t, seq, &stored, recipients, false, effects, changes)?;
             if effects.dispatch && effects.topic_tasks {
                 // Topic channels (MQTT) publish a thread message once on the thread's topic.
-                t.enqueue_task(&topic_task(&stored))?;
+                let mut task = topic_task(&stored);
+                task.trace = effects.trace;
+                t.enqueue_task(&task)?;
             }
             Ok(())
         }
@@ -473,6 +477,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
                 let mut task = task_for(&m, &e.uid);
                 task.only_devices = Some(vec![e.device_id.clone()]);
                 task.requeue = Some(env.id);
+                task.trace = effects.trace;
                 t.enqueue_task(&task)?;
             }
             Ok(())
@@ -826,7 +831,11 @@ pub fn plan_ahead<T: FoldTarget + ?Sized>(
             to_push[slot].push(uid);
         }
     }
-    Ok(Some(arms.tasks(&to_push).into_iter().flatten().collect()))
+    let mut tasks: Vec<DispatchTask> = arms.tasks(&to_push).into_iter().flatten().collect();
+    for task in &mut tasks {
+        task.trace = effects.trace;
+    }
+    Ok(Some(tasks))
 }
 
 fn message_of(
@@ -891,6 +900,7 @@ fn task_for(m: &StoredMessage, uid: &str) -> DispatchTask {
         hold_until: None,
         released_from: None,
         only_channels: None,
+        trace: None,
     }
 }
 
@@ -974,9 +984,10 @@ pub(crate) fn deliver<T: FoldTarget + ?Sized>(
         }
     }
     // Each task (and its fallback) is a group of its own, after the recipients' groups.
-    for group in arms.tasks(&to_push) {
+    for mut group in arms.tasks(&to_push) {
         t.group_done()?;
-        for task in &group {
+        for task in &mut group {
+            task.trace = effects.trace;
             t.enqueue_task(task)?;
         }
     }

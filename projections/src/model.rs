@@ -54,7 +54,7 @@ pub struct ThreadMessage {
 
 /// One inbox entry: a message as received by one user. Its `id` is the message id, since a user
 /// receives a message at most once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notification {
     pub id: Uuid,
     pub uid: String,
@@ -71,10 +71,13 @@ pub struct Notification {
     pub opts: MessageOpts,
     pub status: NotificationStatus,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub read_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub archived_at: Option<OffsetDateTime>,
     /// The experiment of the message and the variant this user got (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +89,7 @@ pub struct Notification {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationStatus {
     Unread,

@@ -277,6 +277,8 @@ impl Projector {
             }
             let mut batch = Vec::with_capacity(chunk.len());
             let mut last = None;
+            // One `fold` span per traced event, open until its batch is applied (tracing on).
+            let mut spans = Vec::new();
             for m in chunk {
                 let m = m.map_err(|e| ProjectorError::Consumer(e.to_string()))?;
                 let seq = m
@@ -284,7 +286,17 @@ impl Projector {
                     .map_err(|e| ProjectorError::Consumer(e.to_string()))?
                     .stream_sequence;
                 match decode(seq, &m.payload) {
-                    Ok(envelope) => batch.push(SequencedEvent { seq, envelope }),
+                    Ok(envelope) => {
+                        let trace = fold_span(&m, seq, &envelope).map(|(span, trace)| {
+                            spans.push(span);
+                            trace
+                        });
+                        batch.push(SequencedEvent {
+                            seq,
+                            envelope,
+                            trace,
+                        });
+                    }
                     // An event this build cannot read (written by a newer version, or corrupt)
                     // is skipped deterministically; a rebuild skips it the same way.
                     Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
@@ -335,6 +347,7 @@ impl Projector {
                 }
                 batch = applied.rest;
             }
+            drop(spans);
             if let Some(m) = last
                 && let Err(e) = m.ack().await
             {
@@ -344,6 +357,27 @@ impl Projector {
         }
         Err(ProjectorError::Consumer("message stream ended".into()))
     }
+}
+
+/// The `fold` span of an event whose append carried trace context (tracing on), and the
+/// context its dispatch tasks continue from.
+fn fold_span(
+    m: &async_nats::jetstream::Message,
+    seq: u64,
+    env: &exchange::Envelope,
+) -> Option<(tracing::Span, exchange::trace::TraceParent)> {
+    if !exchange::trace::enabled() {
+        return None;
+    }
+    let parent = m
+        .headers
+        .as_ref()?
+        .get(exchange::trace::HEADER)
+        .and_then(|v| exchange::trace::TraceParent::parse(v.as_str()))?;
+    let span = tracing::info_span!("fold", seq, event = env.event.kind(), id = %env.id);
+    parent.adopt(&span);
+    let trace = exchange::trace::TraceParent::of(&span)?;
+    Some((span, trace))
 }
 
 /// Relays committed dispatch tasks to the work queue, then forgets them. A crash between the
@@ -482,10 +516,7 @@ pub async fn rebuild(
         let mut batch = Vec::with_capacity(chunk.len());
         for item in chunk {
             match item {
-                Ok(s) => batch.push(SequencedEvent {
-                    seq: s.seq,
-                    envelope: s.envelope,
-                }),
+                Ok(s) => batch.push(SequencedEvent::new(s.seq, s.envelope)),
                 Err(LogError::Decode { seq, reason }) => {
                     tracing::error!(seq, reason, "skipping undecodable event");
                 }

@@ -33,6 +33,20 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct SequencedEvent {
     pub seq: u64,
     pub envelope: Envelope,
+    /// The trace context of this event's fold (tracing on, live events only): the dispatch
+    /// tasks it queues carry it.
+    pub trace: Option<exchange::trace::TraceParent>,
+}
+
+impl SequencedEvent {
+    /// An event without trace context (replay, rebuild, tests).
+    pub fn new(seq: u64, envelope: Envelope) -> Self {
+        Self {
+            seq,
+            envelope,
+            trace: None,
+        }
+    }
 }
 
 /// How a batch is applied.

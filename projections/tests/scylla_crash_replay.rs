@@ -36,6 +36,7 @@ fn sequenced(events: &[Envelope], from: u64) -> Vec<SequencedEvent> {
         .iter()
         .enumerate()
         .map(|(i, e)| SequencedEvent {
+            trace: None,
             seq: from + i as u64,
             envelope: e.clone(),
         })

@@ -68,6 +68,7 @@ async fn the_checkpoint_fence_lets_one_of_two_writers_through() {
     let batch = |n: u64| {
         (1..=n)
             .map(|seq| SequencedEvent {
+                trace: None,
                 seq,
                 envelope: dm("ann", &format!("m{seq}")),
             })

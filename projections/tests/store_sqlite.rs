@@ -55,10 +55,12 @@ async fn a_large_broadcast_commits_its_tasks_ahead_of_its_fold_and_queues_them_o
     );
     let batch = vec![
         SequencedEvent {
+            trace: None,
             seq: from + 1,
             envelope: broadcast.clone(),
         },
         SequencedEvent {
+            trace: None,
             seq: from + 2,
             envelope: after,
         },

@@ -93,3 +93,24 @@ test("console: sign in, broadcast, the funnel moves, a dead letter is requeued",
   await p.screenshot({ path: new URL("../test-results/console.png", import.meta.url).pathname, fullPage: true });
   await context.close();
 });
+
+test("API reference: /api/v1/docs renders the OpenAPI document under the page's CSP", async () => {
+  const context = await env.browser.newContext();
+  const p = await context.newPage();
+  const errors = [];
+  p.on("pageerror", (e) => errors.push(String(e)));
+  p.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  await p.goto(`${env.base}/api/v1/docs`);
+  await p.waitForSelector("body[data-ready=true]");
+  assert.deepEqual(errors, []);
+  const ops = await p.$$eval("details > summary", (ss) => ss.map((s) => s.textContent));
+  assert.ok(ops.some((t) => t.startsWith("POST/api/v1/broadcast")), ops.slice(0, 5).join("|"));
+  assert.ok(ops.some((t) => t.startsWith("GET/api/v1/notifications")));
+  // An operation's body schema links to its component.
+  await p.click("#postPublish > summary");
+  const link = await p.getAttribute("#postPublish pre a", "href");
+  assert.match(link, /^#schema-/);
+  assert.ok(await p.$(link), `no ${link} section`);
+  await p.screenshot({ path: new URL("../test-results/api-docs.png", import.meta.url).pathname, fullPage: false });
+  await context.close();
+});

@@ -221,6 +221,7 @@ mod tests {
     #[test]
     fn a_body_is_the_message_with_each_devices_token() {
         let task = DispatchTask {
+            trace: None,
             mid: uuid::Uuid::now_v7(),
             uid: "u".into(),
             uids: Vec::new(),

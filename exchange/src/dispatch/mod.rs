@@ -83,6 +83,10 @@ pub struct DispatchTask {
         with = "time::serde::rfc3339::option"
     )]
     pub released_from: Option<OffsetDateTime>,
+    /// The trace context of the fold that queued the task (tracing on): the dispatcher's span
+    /// continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 impl DispatchTask {
@@ -371,6 +375,7 @@ mod tests {
 
     fn task(urgency: Option<Urgency>) -> DispatchTask {
         DispatchTask {
+            trace: None,
             mid: Uuid::now_v7(),
             uid: "a.b".into(),
             uids: Vec::new(),

@@ -28,6 +28,7 @@ use async_nats::jetstream::{
     stream::StorageType,
 };
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::dispatch::caps::{CapSettings, Caps};
 use crate::dispatch::throttle::{Limits, Throttle};
@@ -325,6 +326,24 @@ impl Dispatcher {
                 return;
             }
         };
+        // Tracing on: the task's handling continues the trace of the fold that queued it.
+        match task.trace.filter(|_| crate::trace::enabled()) {
+            Some(parent) => {
+                let span = tracing::info_span!(
+                    "dispatch",
+                    mid = %task.mid,
+                    recipients = task.recipients().len(),
+                    attempt,
+                    lane = ?task.urgency(),
+                );
+                parent.adopt(&span);
+                self.handle_task(m, task, attempt).instrument(span).await;
+            }
+            None => self.handle_task(m, task, attempt).await,
+        }
+    }
+
+    async fn handle_task(&self, m: jetstream::Message, task: DispatchTask, attempt: u32) {
         if let Some(due) = task.fallback_due {
             self.fallback(m, task, due).await;
             return;
@@ -348,36 +367,39 @@ impl Dispatcher {
         // The recipients who are connected wait (outside the lane's concurrency budget) and
         // are pushed to only if still unseen; the others are sent to at once.
         let this = self.clone();
-        tokio::spawn(async move {
-            let first = this
-                .working(&m, this.deliver(&task, attempt, &present))
-                .await;
-            let age = time::OffsetDateTime::now_utc() - task.created_at;
-            let age = Duration::try_from(age).unwrap_or_default();
-            tokio::time::sleep(this.settings.skip_if_seen.saturating_sub(age)).await;
-            let mut skip: HashSet<String> = task
-                .recipients()
-                .iter()
-                .filter(|u| !present.contains(*u))
-                .cloned()
-                .collect();
-            for uid in &present {
-                if let Ok(true) = this.directory.seen_live(task.mid, uid).await {
-                    tracing::debug!(mid = %task.mid, uid = %uid, "seen live; push skipped");
-                    skip.insert(uid.clone());
+        tokio::spawn(
+            async move {
+                let first = this
+                    .working(&m, this.deliver(&task, attempt, &present))
+                    .await;
+                let age = time::OffsetDateTime::now_utc() - task.created_at;
+                let age = Duration::try_from(age).unwrap_or_default();
+                tokio::time::sleep(this.settings.skip_if_seen.saturating_sub(age)).await;
+                let mut skip: HashSet<String> = task
+                    .recipients()
+                    .iter()
+                    .filter(|u| !present.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in &present {
+                    if let Ok(true) = this.directory.seen_live(task.mid, uid).await {
+                        tracing::debug!(mid = %task.mid, uid = %uid, "seen live; push skipped");
+                        skip.insert(uid.clone());
+                    }
                 }
+                let second = if skip.len() < task.recipients().len() {
+                    this.working(&m, this.deliver(&task, attempt, &skip)).await
+                } else {
+                    Ok(None)
+                };
+                let result = match (first, second) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(a), Ok(b)) => Ok(a.max(b)),
+                };
+                this.finish(m, &task, attempt, result).await;
             }
-            let second = if skip.len() < task.recipients().len() {
-                this.working(&m, this.deliver(&task, attempt, &skip)).await
-            } else {
-                Ok(None)
-            };
-            let result = match (first, second) {
-                (Err(e), _) | (_, Err(e)) => Err(e),
-                (Ok(a), Ok(b)) => Ok(a.max(b)),
-            };
-            this.finish(m, &task, attempt, result).await;
-        });
+            .in_current_span(),
+        );
     }
 
     /// A waiting fallback: not due yet -> wait more; read meanwhile -> done; otherwise it
@@ -410,6 +432,7 @@ impl Dispatcher {
         }
         let channels = task.opts.fallback.as_ref().map(|f| f.channels.clone());
         let send = DispatchTask {
+            trace: None,
             fallback_due: None,
             hold_until: None,
             released_from: None,
@@ -443,6 +466,7 @@ impl Dispatcher {
             return;
         }
         let send = DispatchTask {
+            trace: None,
             hold_until: None,
             released_from: Some(until),
             ..task
@@ -601,6 +625,7 @@ impl Dispatcher {
                 let waiting: Vec<DispatchTask> = by_end
                     .into_iter()
                     .map(|(until, uids)| DispatchTask {
+                        trace: None,
                         hold_until: Some(until),
                         ..task.for_recipients(uids)
                     })

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Paging, parse_id};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct AckBody {
     mid: Uuid,
     status: AckStatus,

@@ -14,23 +14,23 @@ use crate::extract::JsonBody;
 use crate::routes::idempotency_key;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct WebPushSubscription {
+pub(crate) struct WebPushSubscription {
     endpoint: String,
     #[serde(default)]
     expiration_time: Option<i64>,
     keys: WebPushKeys,
 }
 
-#[derive(Deserialize)]
-struct WebPushKeys {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct WebPushKeys {
     p256dh: String,
     auth: String,
 }
 
-#[derive(Deserialize)]
-struct NativeDevice {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct NativeDevice {
     os: String,
     #[serde(default)]
     token: Option<String>,

@@ -22,7 +22,7 @@ use crate::routes::validate;
 use crate::state::AppState;
 
 /// The experiment fields of a message body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 pub struct Testing {
     #[serde(default)]
     variants: Option<Vec<Variant>>,
@@ -139,7 +139,7 @@ pub(crate) async fn experiment_of(
     Ok(Some(experiment))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct TrackBody {
     event: String,
     #[serde(default)]
@@ -421,7 +421,7 @@ pub async fn redirect(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct PromoteBody {
     variant: String,
 }
@@ -435,7 +435,7 @@ pub async fn promote(
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PromoteBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<super::messages::Accepted> {
     let record = owned(&state, &actor, &id, "promote it").await?;
     if record.spec.test_share == 0.0 {
         return Err(ApiError::conflict(

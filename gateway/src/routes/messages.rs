@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use exchange::Actor;
 use exchange::events::{Audience, Event, MessageOpts, MessagePublished, MessageSent};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -18,11 +18,11 @@ use crate::routes::experiments::{Testing, experiment_of};
 use crate::routes::{idempotency_key, threads, validate};
 use crate::state::AppState;
 
-type Accepted = (StatusCode, Json<Value>);
+pub(crate) type Accepted = (StatusCode, Json<super::schemas::Accepted>);
 
 /// Top-level classification fields of the message bodies (seed 003/004 style); they are stored
 /// in the message options and win over the same keys inside `opts`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 pub struct Classification {
     #[serde(default, rename = "type")]
     ntype: Option<String>,
@@ -93,7 +93,7 @@ pub(crate) async fn classify(
     Ok(opts)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct PublishBody {
     #[serde(flatten)]
     class: Classification,
@@ -134,7 +134,7 @@ pub async fn publish(
     accept(&state, &actor, &headers, event).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct BroadcastBody {
     #[serde(flatten)]
     class: Classification,
@@ -164,7 +164,7 @@ pub async fn broadcast(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct MulticastBody {
     #[serde(flatten)]
     class: Classification,
@@ -214,7 +214,7 @@ pub async fn multicast(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct SendBody {
     #[serde(flatten)]
     class: Classification,
@@ -292,12 +292,15 @@ pub(crate) async fn accept(
             .unwrap_or_default();
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "mid": recorded.envelope.id, "deliver_at": at })),
+            Json(super::schemas::Accepted {
+                deliver_at: Some(at),
+                ..super::schemas::Accepted::mid(recorded.envelope.id)
+            }),
         ));
     }
     let recorded = state.append(actor, event, key.as_deref()).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "mid": recorded.envelope.id })),
+        Json(super::schemas::Accepted::mid(recorded.envelope.id)),
     ))
 }

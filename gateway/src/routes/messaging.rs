@@ -30,7 +30,7 @@ use crate::extract::{JsonBody, Paging, parse_id, time_param};
 use crate::routes::{idempotency_key, threads, validate};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct PostBody {
     target_type: String,
     target_id: String,

@@ -9,25 +9,26 @@ use axum::routing::{delete, get, patch, post, put};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-mod console;
+pub(crate) mod console;
 mod datahub;
 pub(crate) mod deliveries;
-mod devices;
+pub(crate) mod devices;
 mod drf;
 pub(crate) mod experiments;
 pub mod fuzzing;
 pub(crate) mod messages;
-mod messaging;
-mod notifications;
-mod preferences;
+pub(crate) mod messaging;
+pub(crate) mod notifications;
+pub(crate) mod preferences;
 mod presence;
-mod private;
+pub(crate) mod private;
 mod reports;
-mod scheduled;
+pub(crate) mod scheduled;
+pub(crate) mod schemas;
 pub(crate) mod stage;
 mod stream;
-mod threads;
-mod types;
+pub(crate) mod threads;
+pub(crate) mod types;
 mod validate;
 mod ws;
 
@@ -96,6 +97,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/ping", get(ping))
         .route("/health", get(ping))
+        .route("/openapi.json", get(crate::openapi::json))
+        .route("/docs", get(crate::openapi::page))
         .route("/enlist", post(devices::enlist))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", delete(devices::remove))
@@ -164,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/r/{token}", get(experiments::redirect))
         .route("/console", get(console::index))
         .route("/console/app.js", get(console::script))
+        .route("/console/docs.js", get(console::docs_script))
         .nest("/api/v1", guarded(api, &limits))
         .nest("/compat/datahub", guarded(datahub::routes(), &limits))
         .nest("/compat/drf", guarded(drf::routes(), &limits));
@@ -239,13 +243,13 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 }
 
 /// Liveness, plus which delivery channels this deployment has configured.
-async fn ping(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "ok": true,
-        "service": "msgxc",
-        "version": env!("CARGO_PKG_VERSION"),
-        "channels": state.config.channels,
-    }))
+async fn ping(State(state): State<AppState>) -> axum::Json<schemas::Ping> {
+    axum::Json(schemas::Ping {
+        ok: true,
+        service: "msgxc",
+        version: env!("CARGO_PKG_VERSION"),
+        channels: state.config.channels.clone(),
+    })
 }
 
 /// Write limits: each POST, PUT, PATCH or DELETE takes a token of its client address's bucket
@@ -315,7 +319,11 @@ async fn count_requests(
         _ => "OTHER",
     };
     let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = if exchange::trace::enabled() {
+        traced(req, next, method, route.clone()).await
+    } else {
+        next.run(req).await
+    };
     let (status, took) = (resp.status().as_u16(), started.elapsed());
     tracing::debug!(
         route = %route,
@@ -325,6 +333,35 @@ async fn count_requests(
         "request"
     );
     state.metrics.request(&route, method, status, took);
+    resp
+}
+
+/// Runs a request in a `request` span (tracing on) that continues the caller's trace when it
+/// sent a W3C `traceparent` header: the events the request appends carry the span's context.
+async fn traced(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    method: &'static str,
+    route: String,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req
+        .headers()
+        .get(exchange::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(exchange::trace::TraceParent::parse)
+    {
+        parent.adopt(&span);
+    }
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     resp
 }
 

@@ -82,7 +82,7 @@ pub async fn list(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::InboxPage>> {
     let paging = Paging::from_query(&query)?;
     let filter = filter_from(&query)?;
     let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
@@ -114,17 +114,17 @@ pub async fn list(
     } else {
         paging.links("/api/v1/notifications", page.total)
     };
-    Ok(Json(json!({
-        "count": page.total,
-        "unread": counts.unread,
-        "next": next,
-        "previous": previous,
-        "cursor": encode_cursor(cursor),
-        "results": page.items,
-    })))
+    Ok(Json(super::schemas::InboxPage {
+        count: page.total,
+        unread: counts.unread,
+        next,
+        previous,
+        cursor: encode_cursor(cursor),
+        results: page.items,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct Ids {
     ids: Vec<Uuid>,
 }

@@ -90,7 +90,7 @@ pub async fn get_filter(
     Ok(Json(json!({ "types": prefs.types })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 pub struct FilterPatch {
     types: std::collections::BTreeMap<String, bool>,
 }

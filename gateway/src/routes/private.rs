@@ -17,7 +17,7 @@ use crate::routes::messages::{Classification, accept, classify};
 use crate::routes::validate;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct PrivateBody {
     to: String,
     msg: String,
@@ -34,7 +34,7 @@ pub async fn send(
     Caller(actor): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PrivateBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<super::messages::Accepted> {
     validate::uid("to", &body.to)?;
     validate::text("msg", &body.msg, state.config.max_message_chars)?;
     let opts = classify(&state, &actor, body.class, body.opts).await?;

@@ -257,7 +257,7 @@ pub(crate) async fn schedule_local(
     event: Event,
     plan: LocalPlan,
     key: Option<&str>,
-) -> ApiResult<Value> {
+) -> ApiResult<super::schemas::Accepted> {
     let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
     let mids: Vec<uuid::Uuid> = plan.waves.iter().map(|_| uuid::Uuid::now_v7()).collect();
     let group = mids.first().copied();
@@ -327,20 +327,12 @@ pub(crate) async fn schedule_local(
         .or_else(|| group.map(|g| json!(g)))
         .unwrap_or(Value::Null);
     state.wait_projected(last_record).await;
-    Ok(json!({
-        "mid": group,
-        "deliver_at_local": plan.at,
-        "waves": answer,
-    }))
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    limit: Option<u32>,
-    /// Admins: one sender's only.
-    #[serde(default)]
-    sender: Option<String>,
+    Ok(super::schemas::Accepted {
+        mid: serde_json::from_value(group).unwrap_or(None),
+        deliver_at: None,
+        deliver_at_local: Some(json!(plan.at)),
+        waves: Some(answer),
+    })
 }
 
 fn item(s: &ScheduledMessage) -> Value {
@@ -352,16 +344,22 @@ fn item(s: &ScheduledMessage) -> Value {
 pub async fn list(
     State(state): State<AppState>,
     Caller(actor): Caller,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::field("limit", "must be 1-1000"));
-    }
+    // A bad value is refused in the API's error shape (a typed `Query` would answer text).
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::field("limit", "must be 1-1000"))?,
+    };
+    let sender = q.get("sender").cloned();
     let sender = if actor.is_admin() {
-        q.sender
+        sender
     } else {
-        if q.sender.as_deref().is_some_and(|s| s != actor.uid) {
+        if sender.as_deref().is_some_and(|s| s != actor.uid) {
             return Err(ApiError::forbidden(
                 "only admins may list other senders' scheduled messages",
             ));
@@ -389,7 +387,7 @@ pub async fn cancel(
     cancel_mid(&state, &actor, mid, None).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct CancelBody {
     mid: String,
     #[serde(default)]

@@ -1077,7 +1077,10 @@ pub async fn send_subscription(
     let refuse = |reason: String| {
         Ok((
             StatusCode::BAD_REQUEST,
-            Json(json!({"accepted": false, "reason": reason})),
+            Json(json!(super::schemas::StageSendRefused {
+                accepted: false,
+                reason
+            })),
         ))
     };
     let Ok(uuid) = id.parse::<Uuid>() else {

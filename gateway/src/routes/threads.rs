@@ -19,7 +19,7 @@ use crate::extract::{JsonBody, Paging, parse_id};
 use crate::routes::{idempotency_key, validate};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct CreateThread {
     name: String,
     #[serde(default)]
@@ -155,7 +155,7 @@ pub async fn get(
     Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct ThreadRef {
     tid: String,
 }

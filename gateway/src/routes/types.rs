@@ -14,7 +14,7 @@ use crate::extract::JsonBody;
 use crate::routes::validate;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct TypeBody {
     name: String,
     title: String,

@@ -771,6 +771,7 @@ impl Store for ScyllaStore {
                     live: opts.live_since.is_some_and(|since| at >= since),
                     dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
                     topic_tasks: opts.topic_tasks,
+                    trace: ev.trace,
                 };
                 tx.begin_event(ev.seq);
                 apply_event(&mut tx, ev.seq, &ev.envelope, effects, &mut out.notices)?;

@@ -1498,6 +1498,7 @@ impl Store for SqliteStore {
                         live: opts.live_since.is_some_and(|since| at >= since),
                         dispatch: opts.dispatch_since.is_some_and(|since| at >= since),
                         topic_tasks: opts.topic_tasks,
+                        trace: ev.trace,
                     };
                     if planned == Some(ev.seq) {
                         // Its tasks were committed ahead of it.

@@ -38,6 +38,7 @@ impl<'a> Feed<'a> {
             .into_iter()
             .enumerate()
             .map(|(i, envelope)| SequencedEvent {
+                trace: None,
                 seq: from + 1 + i as u64,
                 envelope,
             })
@@ -201,14 +202,17 @@ pub async fn redelivered_batch_is_harmless(store: &dyn Store) {
     let tid = Uuid::now_v7();
     let batch = vec![
         SequencedEvent {
+            trace: None,
             seq: 1,
             envelope: by("ann", thread(tid, "ann", None)),
         },
         SequencedEvent {
+            trace: None,
             seq: 2,
             envelope: by("bob", subscribe(tid, "bob")),
         },
         SequencedEvent {
+            trace: None,
             seq: 3,
             envelope: by("ann", publish(tid, "ann", "hello", MessageOpts::default())),
         },
@@ -471,6 +475,7 @@ pub async fn replay_sends_nothing(store: &dyn Store) {
     .into_iter()
     .enumerate()
     .map(|(i, envelope)| SequencedEvent {
+        trace: None,
         seq: i as u64 + 1,
         envelope,
     })
@@ -1793,6 +1798,7 @@ pub async fn online_time(store: &dyn Store) {
         store
             .apply(
                 vec![SequencedEvent {
+                    trace: None,
                     seq,
                     envelope: env.clone(),
                 }],

@@ -1,0 +1,208 @@
+//! The OpenAPI document (issue 17): served at `/api/v1/openapi.json`, OpenAPI 3.1, listing
+//! exactly the routes the router serves under `/api/v1` (read from the router's source, as the
+//! authorization matrix does), every reference resolving, the typed answers' schemas those of
+//! the handlers' types; and its reference page. Schemathesis checks live answers against it in
+//! `scripts/api-conformance.sh`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Exchange, token};
+use serde_json::{Value, json};
+
+/// `(METHOD, path)` of the `.route(...)` calls of the API router in `gateway/src/routes/mod.rs`
+/// (the routes nested under `/api/v1`: `router`'s `api` and `stage_routes`).
+fn api_routes() -> BTreeSet<(String, String)> {
+    let source = include_str!("../gateway/src/routes/mod.rs");
+    // The API's routes are registered before the top-level router is built.
+    let api = &source[..source
+        .find("let cors = cors_layer")
+        .expect("router source layout")];
+    let mut routes = BTreeSet::new();
+    for call in api.split(".route(").skip(1) {
+        let Some(path) = call.split('"').nth(1) else {
+            continue;
+        };
+        let mut depth = 1;
+        let mut end = call.len();
+        for (i, c) in call.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let mut rest = &call[..end];
+            while let Some(i) = rest.find(&format!("{method}(")) {
+                let before = rest[..i].chars().last();
+                if matches!(before, None | Some(' ' | '\n' | '.' | ',')) {
+                    routes.insert((method.to_uppercase(), format!("/api/v1{path}")));
+                }
+                rest = &rest[i + method.len()..];
+            }
+        }
+    }
+    routes
+}
+
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    if let Some(r) = v.as_str() {
+                        out.push(r);
+                    }
+                } else {
+                    refs(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_document_lists_every_served_route_and_its_references_resolve() {
+    let ex = Exchange::start().await;
+    let http = reqwest::Client::new();
+    let resp = http.get(ex.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let doc: Value = resp.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["jsonSchemaDialect"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+
+    let served = api_routes();
+    assert!(served.len() > 80, "{served:?}");
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.insert((method.to_uppercase(), path.clone()));
+            assert!(op["summary"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(op["responses"]["default"].is_object(), "{method} {path}");
+            // Path parameters are declared.
+            for seg in path.split('/') {
+                if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    assert!(
+                        op["parameters"].as_array().is_some_and(|ps| ps
+                            .iter()
+                            .any(|p| p["name"] == name
+                                && p["in"] == "path"
+                                && p["required"] == true)),
+                        "{method} {path}: {name}"
+                    );
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(missing.is_empty(), "served, not documented: {missing:?}");
+    assert!(extra.is_empty(), "documented, not served: {extra:?}");
+
+    // Every reference resolves to a component schema.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("reference outside components: {r}"));
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "unresolved {r}"
+        );
+    }
+    // The typed answers and bodies are the handlers' types: a field of each is there.
+    let schemas = &doc["components"]["schemas"];
+    let publish = &doc["paths"]["/api/v1/publish"]["post"];
+    let body_ref = publish["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap();
+    let body = &schemas[body_ref.rsplit('/').next().unwrap()];
+    for field in ["tid", "msg", "opts", "variants", "type", "title", "level"] {
+        assert!(body["properties"][field].is_object(), "PublishBody.{field}");
+    }
+    assert_eq!(body["required"], json!(["tid", "msg"]));
+    assert!(schemas["Accepted"]["properties"]["mid"].is_object());
+    assert!(schemas["Error"]["properties"]["error"].is_object());
+    assert!(schemas["InboxPage"]["properties"]["results"].is_object());
+    assert!(schemas["Notification"]["properties"]["status"].is_object());
+    assert_eq!(
+        doc["paths"]["/api/v1/broadcast"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
+    assert!(doc["paths"]["/api/v1/ping"]["get"]["security"].is_null());
+
+    // Answers of typed operations have the documented fields (schemathesis checks them all).
+    let admin = token("root", true);
+    let (s, sent) = ex
+        .post("/send", &admin, json!({"uid": "alice", "msg": "hi"}))
+        .await;
+    assert_eq!(s, 202);
+    let accepted = schemas["Accepted"]["properties"].as_object().unwrap();
+    for k in sent.as_object().unwrap().keys() {
+        assert!(accepted.contains_key(k), "Accepted lacks {k}");
+    }
+    let page = ex.inbox_until(&token("alice", false), 1).await;
+    let documented: BTreeSet<&String> = schemas["InboxPage"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let answered: BTreeSet<&String> = page.as_object().unwrap().keys().collect();
+    assert_eq!(documented, answered);
+    let entry = &page["results"][0];
+    let fields = schemas["Notification"]["properties"].as_object().unwrap();
+    for k in entry.as_object().unwrap().keys() {
+        assert!(fields.contains_key(k), "Notification lacks {k}");
+    }
+    let (s, err) = ex.get("/notifications?status=nope", &admin).await;
+    assert_eq!(s, 400);
+    assert_eq!(err["error"]["field"], "status");
+}
+
+#[tokio::test]
+async fn the_reference_page_renders_the_document_from_this_origin() {
+    let ex = Exchange::start().await;
+    let http = reqwest::Client::new();
+    let page = http.get(ex.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"src="/console/docs.js""#));
+    let base = ex.url("").replace("/api/v1", "");
+    let script = http
+        .get(format!("{base}/console/docs.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(
+        script
+            .text()
+            .await
+            .unwrap()
+            .contains("/api/v1/openapi.json")
+    );
+}
