@@ -49,6 +49,8 @@ pub struct Operation {
     pub media: Option<&'static str>,
     /// A 400 in the seed's own shape instead of the error shape.
     pub refused: Option<SchemaFn>,
+    /// Another success status with the same answer (an idempotent repeat).
+    pub also: Option<u16>,
 }
 
 fn of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
@@ -83,7 +85,7 @@ const STAGE_LIST: &[(&str, &str)] = &[("limit", "page size"), ("offset", "record
 macro_rules! op {
     ($method:literal $path:literal, $tag:literal, $auth:ident, $summary:literal,
      query: $query:expr, body: $body:expr, ok: $status:literal $(=> $ok:ty)?
-     $(, media: $media:literal)? $(, refused: $refused:ty)?) => {
+     $(, media: $media:literal)? $(, refused: $refused:ty)? $(, also: $also:literal)?) => {
         Operation {
             method: $method,
             path: $path,
@@ -95,8 +97,11 @@ macro_rules! op {
             ok: ($status, op!(@ok $($ok)?)),
             media: op!(@media $($media)?),
             refused: op!(@ok $($refused)?),
+            also: op!(@also $($also)?),
         }
     };
+    (@also) => { None };
+    (@also $s:literal) => { Some($s) };
     (@ok) => { None };
     (@ok $t:ty) => { Some(of::<$t> as SchemaFn) };
     (@media) => { None };
@@ -120,26 +125,27 @@ pub static OPERATIONS: &[Operation] = &[
     op!("GET" "/docs", "service", Open, "This document, rendered",
         query: &[], body: None, ok: 200, media: "text/html"),
     op!("GET" "/webpush/vapid-public-key", "devices", Open, "The VAPID public key for Web Push subscriptions (404 without Web Push)",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::VapidKey),
     op!("POST" "/enlist", "devices", User, "Enlist one of the caller's devices (APNs, FCM, Web Push, SMS, e-mail)",
-        query: &[], body: body!(schemas::EnlistBody), ok: 201),
+        query: &[], body: body!(schemas::EnlistBody), ok: 201 => projections::model::Device,
+        also: 200),
     op!("GET" "/devices", "devices", User, "The caller's devices",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::List<projections::model::Device>),
     op!("DELETE" "/devices/{id}", "devices", User, "Remove one of the caller's devices",
         query: &[], body: None, ok: 204),
     op!("POST" "/threads", "threads", User, "Create a thread",
-        query: &[], body: body!(crate::routes::threads::CreateThread), ok: 201),
+        query: &[], body: body!(crate::routes::threads::CreateThread), ok: 201 => schemas::ThreadCreated),
     op!("GET" "/threads/{tid}", "threads", User, "A thread",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::ThreadView),
     op!("GET" "/threads/{tid}/messages", "threads", User, "A thread's messages, newest first (members, the owner and admins)",
         query: &[("limit", "page size"), ("offset", "messages to skip"), ("sender", "by sender"), ("since", "RFC 3339"), ("before", "RFC 3339")],
-        body: None, ok: 200),
+        body: None, ok: 200 => schemas::Paged<projections::model::ThreadMessage>),
     op!("GET" "/threads/by-alias/{alias}", "threads", User, "The thread holding an alias",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::ThreadView),
     op!("POST" "/subscribe", "threads", User, "Subscribe a user to a thread",
-        query: &[], body: body!(crate::routes::threads::ThreadRef), ok: 200),
+        query: &[], body: body!(crate::routes::threads::ThreadRef), ok: 200 => schemas::Subscription),
     op!("POST" "/unsubscribe", "threads", User, "Unsubscribe a user from a thread",
-        query: &[], body: body!(crate::routes::threads::ThreadRef), ok: 200),
+        query: &[], body: body!(crate::routes::threads::ThreadRef), ok: 200 => schemas::Subscription),
     op!("POST" "/publish", "messages", User, "Publish a message to a thread's subscribers",
         query: &[], body: body!(crate::routes::messages::PublishBody), ok: 202 => schemas::Accepted),
     op!("POST" "/broadcast", "messages", Admin, "Send a message to every known user",
@@ -157,43 +163,43 @@ pub static OPERATIONS: &[Operation] = &[
     op!("POST" "/cancel", "messages", User, "Cancel a scheduled message (body form)",
         query: &[], body: body!(crate::routes::scheduled::CancelBody), ok: 200),
     op!("GET" "/messages/{mid}/receipts", "deliveries", User, "A message's delivery receipts (its sender, the thread's owner, admins)",
-        query: PAGING, body: None, ok: 200),
+        query: PAGING, body: None, ok: 200 => schemas::ReceiptsPage),
     op!("POST" "/ack", "deliveries", User, "Acknowledge that a device showed or opened a message",
-        query: &[], body: body!(crate::routes::deliveries::AckBody), ok: 202),
+        query: &[], body: body!(crate::routes::deliveries::AckBody), ok: 202 => schemas::Acked),
     op!("GET" "/deliveries/failed", "deliveries", Admin, "Dead letters, newest first",
-        query: PAGING, body: None, ok: 200),
+        query: PAGING, body: None, ok: 200 => schemas::Paged<projections::model::FailedDelivery>),
     op!("POST" "/deliveries/{id}/retry", "deliveries", Admin, "Requeue a dead letter",
-        query: &[], body: None, ok: 202),
+        query: &[], body: None, ok: 202 => schemas::Requeued),
     op!("GET" "/notifications", "inbox", User, "The caller's inbox: newest first, or after a cursor oldest first",
         query: INBOX, body: None, ok: 200 => schemas::InboxPage),
     op!("PATCH" "/notifications", "inbox", User, "Mark entries read",
-        query: &[], body: body!(crate::routes::notifications::Ids), ok: 200),
+        query: &[], body: body!(crate::routes::notifications::Ids), ok: 200 => schemas::ReadAnswer),
     op!("PATCH" "/notifications/{id}", "inbox", User, "Mark one entry read",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => projections::model::Notification),
     op!("DELETE" "/notifications/{id}", "inbox", User, "Delete one entry",
         query: &[], body: None, ok: 204),
     op!("POST" "/notifications/{id}/archive", "inbox", User, "Archive one entry",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => projections::model::Notification),
     op!("POST" "/notifications/read-all", "inbox", User, "Mark every entry read",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::Unread),
     op!("GET" "/notifications/stats", "inbox", User, "Unread and unseen counts (per type and level)",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => projections::model::InboxStats),
     op!("DELETE" "/notifications/stats", "inbox", User, "Mark every entry seen",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => projections::model::InboxStats),
     op!("GET" "/notifications/filter", "inbox", User, "The caller's notification type filter",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::TypeFilter),
     op!("PATCH" "/notifications/filter", "inbox", User, "Turn notification types on or off",
-        query: &[], body: body!(crate::routes::preferences::FilterPatch), ok: 200),
+        query: &[], body: body!(crate::routes::preferences::FilterPatch), ok: 200 => schemas::TypeFilter),
     op!("GET" "/preferences", "inbox", User, "The caller's delivery preferences",
         query: &[], body: None, ok: 200 => exchange::events::Preferences),
     op!("PUT" "/preferences", "inbox", User, "Replace the caller's delivery preferences",
         query: &[], body: body!(exchange::events::Preferences), ok: 200 => exchange::events::Preferences),
     op!("GET" "/types", "types", User, "Registered notification types",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::List<projections::model::NotificationType>),
     op!("POST" "/types", "types", Admin, "Register a notification type",
-        query: &[], body: body!(crate::routes::types::TypeBody), ok: 201),
+        query: &[], body: body!(crate::routes::types::TypeBody), ok: 201 => projections::model::NotificationType),
     op!("GET" "/blocks", "private", User, "Users the caller blocks",
-        query: &[], body: None, ok: 200),
+        query: &[], body: None, ok: 200 => schemas::List<String>),
     op!("PUT" "/blocks/{uid}", "private", User, "Block a user's private messages",
         query: &[], body: None, ok: 204),
     op!("DELETE" "/blocks/{uid}", "private", User, "Unblock a user",
@@ -341,7 +347,10 @@ fn operation(op: &Operation, g: &mut SchemaGenerator) -> Value {
         "description": "The request was refused or failed: `{\"error\":{\"code\",\"message\"}}`.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     });
-    let mut responses = json!({ status.to_string(): ok, "default": error });
+    let mut responses = json!({ status.to_string(): ok.clone(), "default": error });
+    if let Some(also) = op.also {
+        responses[also.to_string()] = ok;
+    }
     if let Some(refused) = op.refused {
         responses["400"] = json!({
             "description": "Refused, in the seed's own shape.",

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Thread {
     pub tid: Uuid,
     pub name: String,
@@ -14,6 +14,7 @@ pub struct Thread {
     pub open_subscribe: bool,
     pub open_publish: bool,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub created_at: OffsetDateTime,
     pub subscribers: u64,
     pub messages: u64,
@@ -30,18 +31,19 @@ pub struct HistoryQuery {
     pub before: Option<OffsetDateTime>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Device {
     pub id: String,
     pub uid: String,
     #[serde(flatten)]
     pub address: DeviceAddress,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub enlisted_at: OffsetDateTime,
 }
 
 /// A message as kept in a thread's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ThreadMessage {
     pub mid: Uuid,
     pub tid: Uuid,
@@ -49,6 +51,7 @@ pub struct ThreadMessage {
     pub msg: String,
     pub opts: MessageOpts,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub created_at: OffsetDateTime,
 }
 
@@ -190,7 +193,7 @@ pub struct InboxQuery {
 }
 
 /// Inbox counters of one user.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InboxStats {
     pub total: u64,
     pub unread: u64,
@@ -199,16 +202,18 @@ pub struct InboxStats {
     pub unread_by_type: std::collections::BTreeMap<String, u64>,
     pub unread_by_level: std::collections::BTreeMap<String, u64>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub seen_at: Option<OffsetDateTime>,
 }
 
 /// A registered notification type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NotificationType {
     pub name: String,
     pub title: String,
     pub description: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub registered_at: OffsetDateTime,
 }
 
@@ -292,7 +297,9 @@ impl StoredMessage {
 
 /// Where one delivery stands. Receipts only move forward (in this order), except that a
 /// requeued dead letter can still succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
     /// Waiting for the recipient's quiet hours to end (any later outcome replaces it).
@@ -334,7 +341,7 @@ impl ReceiptStatus {
 }
 
 /// The state of one (message, recipient, device) delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipt {
     pub mid: Uuid,
     pub uid: String,
@@ -344,11 +351,12 @@ pub struct Receipt {
     pub attempts: u32,
     pub reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: OffsetDateTime,
 }
 
 /// A dead letter: a delivery that failed for good.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FailedDelivery {
     /// `<mid>.<device_id>`
     pub id: String,
@@ -360,6 +368,7 @@ pub struct FailedDelivery {
     pub permanent: bool,
     pub attempts: u32,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub failed_at: OffsetDateTime,
 }
 

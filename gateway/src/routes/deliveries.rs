@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use exchange::Actor;
 use exchange::events::{AckStatus, DeliveryAcked, DeliveryRequeued, Event};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -30,7 +29,7 @@ pub async fn ack(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(body): JsonBody<AckBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::Acked>)> {
     let channel = match &body.device {
         None => "app".to_owned(),
         Some(id) => state
@@ -45,7 +44,10 @@ pub async fn ack(
     record_ack(&state, &actor, body.mid, body.status, body.device, channel).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "mid": body.mid, "status": body.status.as_str() })),
+        Json(super::schemas::Acked {
+            mid: body.mid,
+            status: body.status.as_str(),
+        }),
     ))
 }
 
@@ -102,7 +104,7 @@ pub async fn receipts(
     Caller(actor): Caller,
     Path(mid): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ReceiptsPage>> {
     let paging = Paging::from_query(&query)?;
     let mid = parse_id("mid", &mid)?;
     let message = sent_by_caller(&state, &actor, mid, "read receipts").await?;
@@ -116,27 +118,27 @@ pub async fn receipts(
         .await?;
     let (next, previous) = paging.links(&format!("/api/v1/messages/{mid}/receipts"), page.total);
     // An experiment's receipts name the recipient's variant.
-    let results: Vec<Value> = page
+    let results = page
         .items
         .into_iter()
-        .map(|r| {
-            let mut v = json!(r);
-            if let Some(e) = &message.experiment {
-                v["variant"] = json!(e.arm_name(e.assign(&r.uid)));
-            }
-            v
+        .map(|receipt| super::schemas::ReceiptView {
+            variant: message
+                .experiment
+                .as_ref()
+                .map(|e| e.arm_name(e.assign(&receipt.uid)).to_owned()),
+            receipt,
         })
         .collect();
-    Ok(Json(json!({
-        "mid": mid,
-        "recipients": message.recipients,
-        "counts": counts,
-        "count": page.total,
-        "next": next,
-        "previous": previous,
-        "experiment": message.experiment.as_ref().map(|e| &e.id),
-        "results": results,
-    })))
+    Ok(Json(super::schemas::ReceiptsPage {
+        mid,
+        recipients: message.recipients,
+        counts,
+        count: page.total,
+        next,
+        previous,
+        experiment: message.experiment.as_ref().map(|e| e.id.clone()),
+        results,
+    }))
 }
 
 /// Dead letters, newest first (admin).
@@ -144,7 +146,7 @@ pub async fn failed(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::Paged<projections::model::FailedDelivery>>> {
     caller.require_admin()?;
     let paging = Paging::from_query(&query)?;
     let page = state
@@ -152,12 +154,12 @@ pub async fn failed(
         .failed_deliveries(paging.limit, paging.offset)
         .await?;
     let (next, previous) = paging.links("/api/v1/deliveries/failed", page.total);
-    Ok(Json(json!({
-        "count": page.total,
-        "next": next,
-        "previous": previous,
-        "results": page.items,
-    })))
+    Ok(Json(super::schemas::Paged {
+        count: page.total,
+        next,
+        previous,
+        results: page.items,
+    }))
 }
 
 /// Requeues one dead letter (admin).
@@ -165,7 +167,7 @@ pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::Requeued>)> {
     caller.require_admin()?;
     let failed = state
         .store
@@ -180,6 +182,6 @@ pub async fn retry(
     state.append_consistent(&caller.0, event, None).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "requeued": true })),
+        Json(super::schemas::Requeued { id, requeued: true }),
     ))
 }

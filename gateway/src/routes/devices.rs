@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use exchange::events::{DeviceAddress, DeviceEnlisted, DeviceRemoved, Event};
 use projections::model::Device;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -180,7 +180,7 @@ pub async fn enlist(
     Caller(actor): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Device>)> {
     if !body.is_object() {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -195,7 +195,7 @@ pub async fn enlist(
         .iter()
         .find(|d| d.id == device_id && d.address == address)
     {
-        return Ok((StatusCode::OK, Json(json!(d))));
+        return Ok((StatusCode::OK, Json(d.clone())));
     }
     let key = idempotency_key(&headers)?;
     let event = Event::DeviceEnlisted(DeviceEnlisted {
@@ -215,12 +215,15 @@ pub async fn enlist(
         address: e.address,
         enlisted_at: recorded.envelope.occurred_at,
     };
-    Ok((StatusCode::CREATED, Json(json!(device))))
+    Ok((StatusCode::CREATED, Json(device)))
 }
 
-pub async fn list(State(state): State<AppState>, Caller(actor): Caller) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> ApiResult<Json<super::schemas::List<Device>>> {
     let devices = state.store.devices(&actor.uid).await?;
-    Ok(Json(json!({ "count": devices.len(), "results": devices })))
+    Ok(Json(devices.into()))
 }
 
 pub async fn remove(
@@ -241,11 +244,13 @@ pub async fn remove(
 }
 
 /// `GET /webpush/vapid-public-key`: the key browsers pass to `pushManager.subscribe`.
-pub async fn vapid_public_key(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn vapid_public_key(
+    State(state): State<AppState>,
+) -> ApiResult<Json<super::schemas::VapidKey>> {
     let key = state
         .config
         .vapid_public_key
         .clone()
         .ok_or_else(|| ApiError::not_found("Web Push is not configured on this exchange"))?;
-    Ok(Json(json!({ "publicKey": key })))
+    Ok(Json(super::schemas::VapidKey { public_key: key }))
 }

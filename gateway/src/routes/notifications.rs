@@ -12,7 +12,6 @@ use exchange::events::{
 };
 use projections::model::{InboxFilter, InboxQuery, StatusFilter};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -149,11 +148,14 @@ pub async fn mark_read(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(mut body): JsonBody<Ids>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ReadAnswer>> {
     check_ids(&mut body.ids)?;
     let changed = read_ids(&state, &actor, &body.ids).await?;
     let counts = state.store.inbox_counts(&actor.uid).await?;
-    Ok(Json(json!({ "read": changed, "unread": counts.unread })))
+    Ok(Json(super::schemas::ReadAnswer {
+        read: changed,
+        unread: counts.unread,
+    }))
 }
 
 pub(super) async fn read_ids(
@@ -198,11 +200,11 @@ pub async fn read_one(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<projections::model::Notification>> {
     let n = one(&state, &actor.uid, &id).await?;
     read_ids(&state, &actor, &[n.id]).await?;
     let n = one(&state, &actor.uid, &id).await?;
-    Ok(Json(json!(n)))
+    Ok(Json(n))
 }
 
 /// `POST /notifications/{id}/archive`.
@@ -210,7 +212,7 @@ pub async fn archive(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<projections::model::Notification>> {
     let n = one(&state, &actor.uid, &id).await?;
     if n.archived_at.is_none() {
         let event = Event::NotificationsArchived(NotificationsArchived {
@@ -220,7 +222,7 @@ pub async fn archive(
         state.append_consistent(&actor, event, None).await?;
     }
     let n = one(&state, &actor.uid, &id).await?;
-    Ok(Json(json!(n)))
+    Ok(Json(n))
 }
 
 /// `DELETE /notifications/{id}`.
@@ -251,7 +253,7 @@ pub async fn read_all(
     State(state): State<AppState>,
     Caller(actor): Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::Unread>> {
     // The body is optional: empty means everything.
     let body: ReadAll = if body.iter().all(u8::is_ascii_whitespace) {
         ReadAll::default()
@@ -271,22 +273,27 @@ pub async fn read_all(
     });
     state.append_consistent(&actor, event, None).await?;
     let counts = state.store.inbox_counts(&actor.uid).await?;
-    Ok(Json(json!({ "unread": counts.unread })))
+    Ok(Json(super::schemas::Unread {
+        unread: counts.unread,
+    }))
 }
 
 /// `GET /notifications/stats`: unread per type and level, and what arrived since the last clear.
-pub async fn stats(State(state): State<AppState>, Caller(actor): Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(state.store.inbox_stats(&actor.uid).await?)))
+pub async fn stats(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> ApiResult<Json<projections::model::InboxStats>> {
+    Ok(Json(state.store.inbox_stats(&actor.uid).await?))
 }
 
 /// `DELETE /notifications/stats`: "I have looked": the unseen count restarts from zero.
 pub async fn clear_stats(
     State(state): State<AppState>,
     Caller(actor): Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<projections::model::InboxStats>> {
     let event = Event::InboxSeen(InboxSeen {
         uid: actor.uid.clone(),
     });
     state.append_consistent(&actor, event, None).await?;
-    Ok(Json(json!(state.store.inbox_stats(&actor.uid).await?)))
+    Ok(Json(state.store.inbox_stats(&actor.uid).await?))
 }

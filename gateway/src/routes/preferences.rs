@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::State;
 use exchange::events::{Event, Preferences, PreferencesSet};
-use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -12,9 +11,12 @@ use crate::extract::JsonBody;
 use crate::routes::validate::CHANNELS;
 use crate::state::AppState;
 
-pub async fn get(State(state): State<AppState>, Caller(actor): Caller) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> ApiResult<Json<Preferences>> {
     let prefs = state.store.preferences(&actor.uid).await?;
-    Ok(Json(json!(prefs)))
+    Ok(Json(prefs))
 }
 
 fn check_channels(
@@ -49,7 +51,7 @@ pub async fn put(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(prefs): JsonBody<Preferences>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Preferences>> {
     check_channels("channels", &prefs.channels)?;
     if prefs.threads.len() > 1000 {
         return Err(ApiError::field("threads", "at most 1000 threads"));
@@ -61,7 +63,7 @@ pub async fn put(
     let mut prefs = prefs;
     check_local_time(&mut prefs)?;
     let stored = store(&state, &actor, prefs).await?;
-    Ok(Json(json!(stored)))
+    Ok(Json(stored))
 }
 
 /// Records the caller's new preferences and returns them as stored.
@@ -85,9 +87,9 @@ async fn store(
 pub async fn get_filter(
     State(state): State<AppState>,
     Caller(actor): Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::TypeFilter>> {
     let prefs = state.store.preferences(&actor.uid).await?;
-    Ok(Json(json!({ "types": prefs.types })))
+    Ok(Json(super::schemas::TypeFilter { types: prefs.types }))
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -101,10 +103,12 @@ pub async fn patch_filter(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(patch): JsonBody<FilterPatch>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::TypeFilter>> {
     super::types::require_registered(&state, "types", patch.types.keys()).await?;
     let mut prefs = state.store.preferences(&actor.uid).await?;
     prefs.types.extend(patch.types);
     let stored = store(&state, &actor, prefs).await?;
-    Ok(Json(json!({ "types": stored.types })))
+    Ok(Json(super::schemas::TypeFilter {
+        types: stored.types,
+    }))
 }

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use exchange::events::{Audience, Event, MessageOpts, MessageSent, UserBlocked, UserUnblocked};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -64,9 +63,12 @@ pub async fn send(
     accept(&state, &actor, &headers, event).await
 }
 
-pub async fn list(State(state): State<AppState>, Caller(actor): Caller) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> ApiResult<Json<super::schemas::List<String>>> {
     let blocked = state.store.blocks(&actor.uid).await?;
-    Ok(Json(json!({ "count": blocked.len(), "results": blocked })))
+    Ok(Json(blocked.into()))
 }
 
 pub async fn block(

@@ -63,6 +63,122 @@ impl Accepted {
     }
 }
 
+/// A listing: how many, and the items.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct List<T> {
+    pub count: usize,
+    pub results: Vec<T>,
+}
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(results: Vec<T>) -> Self {
+        Self {
+            count: results.len(),
+            results,
+        }
+    }
+}
+
+/// A page of a listing with limit/offset links.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Paged<T> {
+    /// Items in the whole listing.
+    pub count: u64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<T>,
+}
+
+/// `GET /messages/{mid}/receipts`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReceiptsPage {
+    pub mid: Uuid,
+    /// Inbox entries the message created.
+    pub recipients: u64,
+    /// Receipts per channel and status.
+    pub counts: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// Receipts in the whole listing.
+    pub count: u64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    /// The message's experiment, if any.
+    pub experiment: Option<String>,
+    pub results: Vec<ReceiptView>,
+}
+
+/// A receipt, with the recipient's variant when the message is an experiment's.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReceiptView {
+    #[serde(flatten)]
+    pub receipt: projections::model::Receipt,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// `POST /threads`: the new thread's id and the alias it holds (none when another thread
+/// claimed it first).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ThreadCreated {
+    pub tid: Uuid,
+    pub alias: Option<String>,
+}
+
+/// A thread, with whether the caller is subscribed to it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ThreadView {
+    #[serde(flatten)]
+    pub thread: projections::model::Thread,
+    pub subscribed: bool,
+}
+
+/// `POST /subscribe`, `POST /unsubscribe`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Subscription {
+    pub tid: Uuid,
+    pub subscribed: bool,
+}
+
+/// `PATCH /notifications`: the ids this call marked read, and the caller's unread count.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReadAnswer {
+    pub read: Vec<Uuid>,
+    pub unread: u64,
+}
+
+/// The caller's unread count after a change.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Unread {
+    pub unread: u64,
+}
+
+/// Seed 004's type filter: type name -> on or off.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TypeFilter {
+    pub types: std::collections::BTreeMap<String, bool>,
+}
+
+/// `POST /ack`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Acked {
+    pub mid: Uuid,
+    pub status: &'static str,
+}
+
+/// `POST /deliveries/{id}/retry`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Requeued {
+    pub id: String,
+    pub requeued: bool,
+}
+
+/// `GET /webpush/vapid-public-key`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VapidKey {
+    /// The application server key, base64url (uncompressed P-256 point).
+    #[serde(rename = "publicKey")]
+    pub public_key: String,
+}
+
 /// `GET /notifications`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InboxPage {

@@ -10,7 +10,6 @@ use exchange::Actor;
 use exchange::events::{Event, Subscribed, ThreadCreated, Unsubscribed};
 use projections::model::Thread;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -35,7 +34,7 @@ pub async fn create(
     Caller(actor): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateThread>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::ThreadCreated>)> {
     validate::text("name", &body.name, 200)?;
     if let Some(a) = &body.alias {
         check_alias(a)?;
@@ -73,7 +72,10 @@ pub async fn create(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "tid": t.tid, "alias": t.alias })),
+        Json(super::schemas::ThreadCreated {
+            tid: t.tid,
+            alias: t.alias,
+        }),
     ))
 }
 
@@ -98,16 +100,14 @@ pub async fn by_alias(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(alias): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ThreadView>> {
     let thread = state
         .store
         .thread_by_alias(&alias)
         .await?
         .ok_or_else(|| ApiError::not_found("no thread has this alias"))?;
     let subscribed = state.store.is_subscribed(thread.tid, &actor.uid).await?;
-    let mut body = json!(thread);
-    body["subscribed"] = subscribed.into();
-    Ok(Json(body))
+    Ok(Json(super::schemas::ThreadView { thread, subscribed }))
 }
 
 /// Loads a thread or answers 404.
@@ -147,12 +147,10 @@ pub async fn get(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(tid): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ThreadView>> {
     let thread = load(&state, &tid).await?;
     let subscribed = state.store.is_subscribed(thread.tid, &actor.uid).await?;
-    let mut body = json!(thread);
-    body["subscribed"] = subscribed.into();
-    Ok(Json(body))
+    Ok(Json(super::schemas::ThreadView { thread, subscribed }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -164,7 +162,7 @@ pub async fn subscribe(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(body): JsonBody<ThreadRef>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::Subscription>> {
     let thread = rules(&state, &body.tid).await?;
     if !(thread.open_subscribe || is_owner_or_admin(&actor, &thread)) {
         return Err(ApiError::forbidden(
@@ -178,14 +176,17 @@ pub async fn subscribe(
         });
         state.append_consistent(&actor, event, None).await?;
     }
-    Ok(Json(json!({ "tid": thread.tid, "subscribed": true })))
+    Ok(Json(super::schemas::Subscription {
+        tid: thread.tid,
+        subscribed: true,
+    }))
 }
 
 pub async fn unsubscribe(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(body): JsonBody<ThreadRef>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::Subscription>> {
     let thread = rules(&state, &body.tid).await?;
     if state.store.is_subscribed(thread.tid, &actor.uid).await? {
         let event = Event::Unsubscribed(Unsubscribed {
@@ -194,7 +195,10 @@ pub async fn unsubscribe(
         });
         state.append_consistent(&actor, event, None).await?;
     }
-    Ok(Json(json!({ "tid": thread.tid, "subscribed": false })))
+    Ok(Json(super::schemas::Subscription {
+        tid: thread.tid,
+        subscribed: false,
+    }))
 }
 
 /// `GET /threads/{tid}/messages`: history for subscribers, the owner and admins.
@@ -203,7 +207,7 @@ pub async fn messages(
     Caller(actor): Caller,
     Path(tid): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::Paged<projections::model::ThreadMessage>>> {
     let paging = Paging::from_query(&query)?;
     let thread = rules(&state, &tid).await?;
     if !(is_owner_or_admin(&actor, &thread)
@@ -226,10 +230,10 @@ pub async fn messages(
         .await?;
     let path = format!("/api/v1/threads/{}/messages", thread.tid);
     let (next, previous) = paging.links(&path, page.total);
-    Ok(Json(json!({
-        "count": page.total,
-        "next": next,
-        "previous": previous,
-        "results": page.items,
-    })))
+    Ok(Json(super::schemas::Paged {
+        count: page.total,
+        next,
+        previous,
+        results: page.items,
+    }))
 }

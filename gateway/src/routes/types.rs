@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use exchange::events::{Event, TypeRegistered};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +42,7 @@ pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<TypeBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<projections::model::NotificationType>)> {
     caller.require_admin()?;
     check_name("name", &body.name)?;
     validate::text("title", &body.title, 200)?;
@@ -66,12 +65,15 @@ pub async fn register(
         .into_iter()
         .find(|t| t.name == body.name)
         .ok_or_else(|| ApiError::unavailable("the type is stored but not projected yet"))?;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    Ok((StatusCode::CREATED, Json(t)))
 }
 
-pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<super::schemas::List<projections::model::NotificationType>>> {
     let types = state.store.types().await?;
-    Ok(Json(json!({ "count": types.len(), "results": types })))
+    Ok(Json(types.into()))
 }
 
 /// 400 unless every name is a registered type.
