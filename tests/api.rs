@@ -986,3 +986,55 @@ async fn silent_and_stalled_clients_are_cut_off_by_the_http_timeouts() {
     .expect("a pong");
     assert_eq!(&pong[..], b"still there");
 }
+
+/// `GET /devices/channels`: admins see every user's devices per channel, kept current as
+/// devices are enlisted, moved between channels and removed; users are refused.
+#[tokio::test]
+async fn admins_see_devices_per_channel() {
+    let ex = Exchange::start().await;
+    let (admin, ann, bob) = (
+        token("root", true),
+        token("ann", false),
+        token("bob", false),
+    );
+    let (s, b) = ex.get("/devices/channels", &admin).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b, json!({"total": 0, "channels": {}}));
+    for (t, body) in [
+        (&ann, json!({"os": "sms", "phone": "+14155550100"})),
+        (&ann, json!({"os": "email", "email": "ann@example.com"})),
+        (&bob, json!({"os": "email", "email": "bob@example.com"})),
+        (&bob, json!({"os": "ios", "token": "ab".repeat(32)})),
+        // The same device again: counted once.
+        (&bob, json!({"os": "ios", "token": "ab".repeat(32)})),
+    ] {
+        let (s, d) = ex.post("/enlist", t, body).await;
+        assert!(s == 201 || s == 200, "{d}");
+    }
+    ex.caught_up().await;
+    let (_, b) = ex.get("/devices/channels", &admin).await;
+    assert_eq!(
+        b,
+        json!({"total": 4, "channels": {"apns": 1, "email": 2, "sms": 1}})
+    );
+    let (s, devices) = ex.get("/devices", &ann).await;
+    assert_eq!(s, 200);
+    let sms = devices["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["channel"] == "sms")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = ex
+        .call(Method::DELETE, &format!("/devices/{sms}"), Some(&ann), None)
+        .await;
+    assert_eq!(s, 204);
+    ex.caught_up().await;
+    let (_, b) = ex.get("/devices/channels", &admin).await;
+    assert_eq!(b, json!({"total": 3, "channels": {"apns": 1, "email": 2}}));
+    let (s, _) = ex.get("/devices/channels", &ann).await;
+    assert_eq!(s, 403);
+}

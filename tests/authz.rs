@@ -46,6 +46,7 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
         [401, 201, 201, 201, 201],
     ),
     ("GET", "/devices", "", [401, 200, 200, 200, 200]),
+    ("GET", "/devices/channels", "", [401, 403, 403, 403, 200]),
     (
         "POST",
         "/threads",
@@ -530,6 +531,7 @@ fn route_of(path: &str) -> String {
                     ("messaging", s) if s.starts_with('{') => "{id}".into(),
                     ("notifications", s) if s.starts_with('{') => "{id}".into(),
                     ("notifications", s) if s.parse::<u64>().is_ok() => "{id}".into(),
+                    ("devices", "channels") => seg.to_owned(),
                     ("devices", _) => "{id}".into(),
                     ("experiments", _) => "{id}".into(),
                     ("r", _) => "{token}".into(),

@@ -1,6 +1,7 @@
 // The admin console: sign in with an admin token, compose any kind of send, follow a
 // message's funnel and receipts live, requeue dead letters, see the exchange's channels,
-// queues and open sockets, and register notification types. Plain modules over the API.
+// devices per channel, queues and open sockets, and register notification types. Plain
+// modules over the API.
 
 const API = "/api/v1";
 const $ = (id) => document.getElementById(id);
@@ -68,6 +69,12 @@ async function exchange() {
       .filter((l) => l.startsWith(name + " ") || l.startsWith(name + "{"))
       .map((l) => [/lane="([^"]*)"/.exec(l)?.[1] ?? "", l.split(" ").pop()]);
   const channels = ping.channels ?? [];
+  const devices = await api("GET", "/devices/channels");
+  rows(
+    "devices",
+    ["channel", "devices"],
+    [...Object.entries(devices.channels), ["all", devices.total]].map(([c, n]) => [c, String(n)]),
+  );
   rows("exchange", ["", ""], [
     ["channels", channels.join(", ") || "(inbox and live only)"],
     ["open sockets", gauge("msgxc_open_sockets").map(([, v]) => v).join("") || "0"],

@@ -131,6 +131,8 @@ pub static OPERATIONS: &[Operation] = &[
         also: 200),
     op!("GET" "/devices", "devices", User, "The caller's devices",
         query: &[], body: None, ok: 200 => schemas::List<projections::model::Device>),
+    op!("GET" "/devices/channels", "devices", Admin, "Enlisted devices per channel, every user's",
+        query: &[], body: None, ok: 200 => schemas::DeviceChannels),
     op!("DELETE" "/devices/{id}", "devices", User, "Remove one of the caller's devices",
         query: &[], body: None, ok: 204),
     op!("POST" "/threads", "threads", User, "Create a thread",

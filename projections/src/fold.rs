@@ -65,6 +65,10 @@ pub trait FoldTarget {
     fn has_devices(&mut self, uid: &str) -> StoreResult<bool>;
     /// Removes a device of a user; false when it was not there.
     fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool>;
+    /// The channel of a user's device, `None` when they have no such device.
+    fn device_channel(&mut self, uid: &str, device_id: &str) -> StoreResult<Option<String>>;
+    /// Adds `delta` to the number of devices on a channel (the admin's devices per channel).
+    fn add_channel_devices(&mut self, channel: &str, delta: i64) -> StoreResult<()>;
 
     /// Inserts a thread; false when the tid exists already.
     fn insert_thread(&mut self, thread: &Thread) -> StoreResult<bool>;
@@ -262,7 +266,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
     t.touch_user(&env.actor.uid, at)?;
     match &env.event {
         Event::DeviceEnlisted(e) => enlist(t, e, at),
-        Event::DeviceRemoved(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
+        Event::DeviceRemoved(e) => remove_device(t, &e.uid, &e.device_id),
         Event::ThreadCreated(e) => {
             t.touch_user(&e.owner, at)?;
             t.insert_thread(&Thread {
@@ -382,7 +386,7 @@ pub fn apply_event<T: FoldTarget + ?Sized>(
             }
             Ok(())
         }
-        Event::DeviceDisabled(e) => t.delete_device(&e.uid, &e.device_id).map(drop),
+        Event::DeviceDisabled(e) => remove_device(t, &e.uid, &e.device_id),
         Event::DeliveriesSettled(e) => {
             // One group per device: its receipt, dead letter and disabling, as the single
             // events did (and the experiment step its user reached).
@@ -629,7 +633,7 @@ fn settle<T: FoldTarget + ?Sized>(
         updated_at: at,
     })?;
     if failed && d.disabled {
-        t.delete_device(&d.uid, &d.device_id)?;
+        remove_device(t, &d.uid, &d.device_id)?;
     }
     if failed && d.dead {
         t.put_failed_delivery(&FailedDelivery {
@@ -657,7 +661,18 @@ fn enlist<T: FoldTarget + ?Sized>(
         && previous != e.uid
     {
         // A push token identifies a physical device: it now belongs to the new user only.
-        t.delete_device(&previous, &e.device_id)?;
+        remove_device(t, &previous, &e.device_id)?;
+    }
+    // The count changes with the device row it describes (the same write batch on every
+    // backend), so a replayed enlistment, finding the row, counts nothing twice.
+    let channel = e.address.channel();
+    match t.device_channel(&e.uid, &e.device_id)? {
+        Some(before) if before == channel => {}
+        Some(before) => {
+            t.add_channel_devices(&before, -1)?;
+            t.add_channel_devices(channel, 1)?;
+        }
+        None => t.add_channel_devices(channel, 1)?,
     }
     t.put_device(&Device {
         id: e.device_id.clone(),
@@ -665,6 +680,15 @@ fn enlist<T: FoldTarget + ?Sized>(
         address: e.address.clone(),
         enlisted_at: at,
     })
+}
+
+/// Removes a user's device and takes it off its channel's count (written before the delete,
+/// which a backend may send at once: the two go together).
+fn remove_device<T: FoldTarget + ?Sized>(t: &mut T, uid: &str, device_id: &str) -> StoreResult<()> {
+    if let Some(channel) = t.device_channel(uid, device_id)? {
+        t.add_channel_devices(&channel, -1)?;
+    }
+    t.delete_device(uid, device_id).map(drop)
 }
 
 /// Whether the recipient takes the message: a type the user turned off creates nothing for

@@ -147,6 +147,9 @@ pub trait Store: Send + Sync + 'static {
     /// A user's devices, newest first.
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>>;
 
+    /// How many devices each channel has (channels with none left out), by channel name.
+    async fn devices_per_channel(&self) -> StoreResult<Vec<(String, u64)>>;
+
     /// A page of a user's inbox (see [`InboxQuery`]).
     async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>>;
 

@@ -259,3 +259,38 @@ async fn a_version_1_store_is_migrated_when_opened() {
         4
     );
 }
+
+/// A store file written before devices were counted per channel counts the devices it holds
+/// when it is opened (once).
+#[tokio::test]
+async fn an_older_store_counts_its_devices_when_opened() {
+    use projections::Store;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.sqlite3");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let feed = conformance::Feed::new(&store);
+        feed.one("ann", conformance::enlist("ann", "phone", "aa01"))
+            .await;
+        feed.one("bob", conformance::enlist("bob", "tablet", "bb01"))
+            .await;
+    }
+    // As the previous version left it: no counts, no mark.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DELETE FROM device_counts; DELETE FROM meta WHERE key = 'device_counts';")
+        .unwrap();
+    drop(c);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        vec![("apns".to_owned(), 2)]
+    );
+    drop(store);
+    // Opened again: not counted twice.
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        vec![("apns".to_owned(), 2)]
+    );
+}

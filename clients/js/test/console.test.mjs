@@ -56,6 +56,10 @@ test("console: sign in, broadcast, the funnel moves, a dead letter is requeued",
   assert.match(await p2.textContent("#signin-error"), /admin/);
   await p2.close();
 
+  // Devices per channel: cora's SMS device.
+  await p.waitForFunction(() => document.querySelectorAll("#devices tr").length >= 3);
+  const devices = await p.$$eval("#devices tr", (trs) => trs.slice(1).map((tr) => [...tr.cells].map((c) => c.textContent)));
+  assert.deepEqual(devices, [["sms", "1"], ["all", "1"]]);
   // The exchange's channels come from /ping; SMS is on.
   await p.waitForSelector('input[name="channel"][value="sms"]');
   // Broadcast, high urgency, SMS only.

@@ -226,6 +226,24 @@ pub async fn list(
     Ok(Json(devices.into()))
 }
 
+/// `GET /devices/channels` (admin): how many devices each channel reaches.
+pub async fn per_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<super::schemas::DeviceChannels>> {
+    caller.require_admin()?;
+    let channels: std::collections::BTreeMap<String, u64> = state
+        .store
+        .devices_per_channel()
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Json(super::schemas::DeviceChannels {
+        total: channels.values().sum(),
+        channels,
+    }))
+}
+
 pub async fn remove(
     State(state): State<AppState>,
     Caller(actor): Caller,

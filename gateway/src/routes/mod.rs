@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(crate::openapi::page))
         .route("/enlist", post(devices::enlist))
         .route("/devices", get(devices::list))
+        .route("/devices/channels", get(devices::per_channel))
         .route("/devices/{id}", delete(devices::remove))
         .route("/webpush/vapid-public-key", get(devices::vapid_public_key))
         .route("/threads", post(threads::create))

@@ -171,6 +171,16 @@ pub struct Requeued {
     pub requeued: bool,
 }
 
+/// `GET /devices/channels`: enlisted devices per channel, every user's.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeviceChannels {
+    /// Devices of all users.
+    pub total: u64,
+    /// Channel (`apns`, `fcm`, `webpush`, `sms`, `email`) -> devices; channels with none are
+    /// left out.
+    pub channels: std::collections::BTreeMap<String, u64>,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {

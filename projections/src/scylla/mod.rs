@@ -58,10 +58,14 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../../schema/cql/0005_online.cql")),
     (6, include_str!("../../../schema/cql/0006_funnel.cql")),
     (7, include_str!("../../../schema/cql/0007_stage.cql")),
+    (
+        8,
+        include_str!("../../../schema/cql/0008_device_counts.cql"),
+    ),
 ];
 
 /// The schema version this build needs: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The `projection_state` row of this store.
 const STATE: &str = "main";
@@ -342,6 +346,9 @@ pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
                 .map_err(|e| backend(format!("applying `{statement}`: {e}")))?;
         }
         session.await_schema_agreement().await.map_err(backend)?;
+        if *version == 8 {
+            count_devices(&session).await?;
+        }
         session
             .query_unpaged(
                 statements::MIGRATION_PUT.cql,
@@ -352,6 +359,35 @@ pub async fn migrate(config: &ScyllaConfig) -> StoreResult<i32> {
     }
     tracing::info!(keyspace = %config.keyspace, replication_factor = rf, version = SCHEMA_VERSION, "schema applied");
     Ok(SCHEMA_VERSION)
+}
+
+/// Version 8: counts the devices a keyspace holds per channel (one pass over `devices`, paged;
+/// run by `msgxc migrate` with the projectors stopped). The counts are written whole, so a
+/// migration interrupted and run again writes the same.
+async fn count_devices(session: &scylla::client::session::Session) -> StoreResult<()> {
+    use futures::TryStreamExt;
+    let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut rows = session
+        .query_iter("SELECT address FROM devices", ())
+        .await
+        .map_err(backend)?
+        .rows_stream::<(String,)>()
+        .map_err(backend)?;
+    while let Some((address,)) = rows.try_next().await.map_err(backend)? {
+        let address: exchange::events::DeviceAddress = serde_json::from_str(&address)
+            .map_err(|e| StoreError::Corrupt(format!("device address: {e}")))?;
+        *counts.entry(address.channel().to_owned()).or_default() += 1;
+    }
+    for (channel, n) in counts {
+        session
+            .query_unpaged(
+                "INSERT INTO device_counts (bucket, channel, n) VALUES (0, ?, ?)",
+                (channel, n),
+            )
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// The schema versions recorded in a keyspace (`msgxc migrate` prints them), oldest first.
@@ -846,6 +882,20 @@ impl Store for ScyllaStore {
 
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>> {
         self.devices_of(uid).await
+    }
+
+    async fn devices_per_channel(&self) -> StoreResult<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = self
+            .all(self.q().device_counts_all(0))
+            .await?
+            .into_iter()
+            .filter_map(|(channel, n)| {
+                let n = u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+                (n > 0).then_some((channel, n))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>> {

@@ -246,6 +246,15 @@ statements! {
         "DELETE FROM devices WHERE uid = ? AND device_id = ?";
     devices_of(uid: &str) -> (String, String, i64) =
         "SELECT device_id, address, enlisted_at FROM devices WHERE uid = ?";
+    device_address_get(uid: &str, device_id: &str) -> (String,) =
+        "SELECT address FROM devices WHERE uid = ? AND device_id = ?";
+    // Devices per channel: one partition (bucket 0).
+    device_count_get(bucket: i32, channel: &str) -> (Option<i64>,) =
+        "SELECT n FROM device_counts WHERE bucket = ? AND channel = ?";
+    device_count_put(bucket: i32, channel: &str, n: i64) -> () =
+        "INSERT INTO device_counts (bucket, channel, n) VALUES (?, ?, ?)";
+    device_counts_all(bucket: i32) -> (String, Option<i64>) =
+        "SELECT channel, n FROM device_counts WHERE bucket = ?";
     any_device_of(uid: &str) -> (String,) =
         "SELECT device_id FROM devices WHERE uid = ? LIMIT 1";
     device_owner_get(device_id: &str) -> (String,) =

@@ -713,6 +713,25 @@ impl FoldTarget for ScyllaTx<'_> {
         Ok(self.one(self.q().any_device_of(uid))?.is_some())
     }
 
+    fn device_channel(&mut self, uid: &str, device_id: &str) -> StoreResult<Option<String>> {
+        self.one(self.q().device_address_get(uid, device_id))?
+            .map(|(address,)| {
+                parse_json::<exchange::events::DeviceAddress>(&address)
+                    .map(|a| a.channel().to_owned())
+            })
+            .transpose()
+    }
+
+    fn add_channel_devices(&mut self, channel: &str, delta: i64) -> StoreResult<()> {
+        let n = self
+            .one(self.q().device_count_get(0, channel))?
+            .and_then(|(n,)| n)
+            .unwrap_or(0);
+        let w = self.q().device_count_put(0, channel, (n + delta).max(0));
+        self.write(w);
+        Ok(())
+    }
+
     fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool> {
         let existed = self.one(self.q().device_get(uid, device_id))?.is_some();
         if existed {

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS devices (
   PRIMARY KEY (uid, device_id)) WITHOUT ROWID;
 -- who holds an exclusive push token
 CREATE TABLE IF NOT EXISTS device_owners (device_id TEXT PRIMARY KEY, uid TEXT NOT NULL) WITHOUT ROWID;
+-- devices per channel, kept by the fold (the admin's overview)
+CREATE TABLE IF NOT EXISTS device_counts (channel TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 -- GET /threads/{tid}
 CREATE TABLE IF NOT EXISTS threads (
   tid TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, open_subscribe INTEGER NOT NULL,
@@ -902,6 +904,31 @@ impl FoldTarget for SqliteTx<'_> {
         Ok(())
     }
 
+    fn device_channel(&mut self, uid: &str, device_id: &str) -> StoreResult<Option<String>> {
+        let address: Option<String> = self
+            .tx
+            .prepare_cached("SELECT address FROM devices WHERE uid = ?1 AND device_id = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![uid, device_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        address
+            .map(|a| {
+                parse_json::<exchange::events::DeviceAddress>(&a).map(|a| a.channel().to_owned())
+            })
+            .transpose()
+    }
+
+    fn add_channel_devices(&mut self, channel: &str, delta: i64) -> StoreResult<()> {
+        self.exec(
+            "INSERT INTO device_counts (channel, n) VALUES (?1, MAX(?2, 0))
+             ON CONFLICT (channel) DO UPDATE SET n = MAX(n + ?2, 0)",
+            params![channel, delta],
+        )
+        .map(drop)
+    }
+
     fn delete_device(&mut self, uid: &str, device_id: &str) -> StoreResult<bool> {
         let n = self.exec(
             "DELETE FROM devices WHERE uid = ?1 AND device_id = ?2",
@@ -1273,6 +1300,20 @@ fn has_column(c: &Connection, table: &str, column: &str) -> StoreResult<bool> {
 /// idempotent). Version 2: messages are kept when deleted (marked), and inbox entries and
 /// thread history read their text from them instead of holding a copy each.
 fn migrate(c: &Connection) -> StoreResult<()> {
+    // Devices per channel: counted once from the devices a store already holds.
+    let first = c
+        .execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('device_counts', 'counted')",
+            [],
+        )
+        .map_err(backend)?;
+    if first == 1 {
+        c.execute_batch(
+            "INSERT OR REPLACE INTO device_counts (channel, n)
+               SELECT json_extract(address, '$.channel'), COUNT(*) FROM devices GROUP BY 1",
+        )
+        .map_err(backend)?;
+    }
     if !has_column(c, "messages", "deleted")? {
         c.execute_batch("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;")
             .map_err(backend)?;
@@ -1667,6 +1708,19 @@ impl Store for SqliteStore {
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>> {
         let uid = uid.to_owned();
         self.read(move |c| devices_of(c, &uid)).await
+    }
+
+    async fn devices_per_channel(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT channel, n FROM device_counts WHERE n > 0 ORDER BY channel")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            collect(rows, |(c, n)| Ok((c, u64::try_from(n).unwrap_or(0))))
+        })
+        .await
     }
 
     async fn inbox(&self, uid: &str, query: &InboxQuery) -> StoreResult<Page<Notification>> {

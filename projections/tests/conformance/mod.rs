@@ -364,6 +364,87 @@ pub async fn devices(store: &dyn Store) {
     )
     .await;
     assert!(store.devices("ann").await.unwrap().is_empty());
+    // Devices per channel follow: one APNs device (carol's) is left.
+    let per = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect()
+    };
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        per(&[("apns", 1)])
+    );
+    // Re-enlisting a device unchanged, or on another channel, counts it once; removal and a
+    // provider's disabling take it off; a redelivered batch changes nothing.
+    feed.one("dan", enlist("dan", "d1", "dd01")).await;
+    feed.one("dan", enlist("dan", "d1", "dd01")).await;
+    feed.one(
+        "dan",
+        Event::DeviceEnlisted(DeviceEnlisted {
+            uid: "dan".into(),
+            device_id: "mail".into(),
+            address: DeviceAddress::Email {
+                email: "dan@example.com".into(),
+            },
+        }),
+    )
+    .await;
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        per(&[("apns", 2), ("email", 1)])
+    );
+    feed.one(
+        "dan",
+        Event::DeviceEnlisted(DeviceEnlisted {
+            uid: "dan".into(),
+            device_id: "d1".into(),
+            address: DeviceAddress::Fcm {
+                token: "dd01".into(),
+            },
+        }),
+    )
+    .await;
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        per(&[("apns", 1), ("email", 1), ("fcm", 1)])
+    );
+    feed.one(
+        "dan",
+        Event::DeviceDisabled(exchange::events::DeviceDisabled {
+            uid: "dan".into(),
+            device_id: "d1".into(),
+            channel: "fcm".into(),
+            reason: "unregistered".into(),
+        }),
+    )
+    .await;
+    feed.one(
+        "dan",
+        Event::DeviceRemoved(DeviceRemoved {
+            uid: "dan".into(),
+            device_id: "nothing-here".into(),
+        }),
+    )
+    .await;
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        per(&[("apns", 1), ("email", 1)])
+    );
+    let again = store.checkpoint().await.unwrap();
+    store
+        .apply(
+            vec![SequencedEvent {
+                trace: None,
+                seq: again,
+                envelope: by("dan", enlist("dan", "d9", "dd09")),
+            }],
+            ApplyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.devices_per_channel().await.unwrap(),
+        per(&[("apns", 1), ("email", 1)]),
+        "an event at or below the checkpoint is skipped"
+    );
 }
 
 /// A thread message reaches every subscriber but its sender, with counters, change feed
