@@ -409,7 +409,17 @@ async fn high_urgency_overtakes_a_low_urgency_backlog() {
         )
         .await;
     assert_eq!(s, 202);
-    p.sms.wait_for(20).await; // the low lane is draining
+    // The low lane is draining. On Cassandra the first sends wait for the broadcast's whole
+    // fold (no plan-ahead there), which a loaded machine slows past the sink's usual 20 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while p.sms.count() < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broadcast's first sends never came ({} of 20)",
+            p.sms.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (s, _) = ex
         .post(
             "/send",

@@ -379,7 +379,7 @@ impl FailedDelivery {
 }
 
 /// Where a scheduled message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleStatus {
     /// Waiting to fire.
@@ -391,7 +391,7 @@ pub enum ScheduleStatus {
 }
 
 /// A message scheduled for later (`GET /messages/scheduled`), as it is returned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduledMessage {
     pub mid: Uuid,
     pub sender: String,
@@ -403,9 +403,11 @@ pub struct ScheduledMessage {
     pub audience: Option<exchange::events::Audience>,
     pub msg: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub deliver_at: OffsetDateTime,
     /// When it was scheduled.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub scheduled_at: OffsetDateTime,
     pub status: ScheduleStatus,
     /// When it was sent or cancelled.
@@ -414,6 +416,7 @@ pub struct ScheduledMessage {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub settled_at: Option<OffsetDateTime>,
     /// Stream position of the waiting schedule (what a cancel must find).
     #[serde(skip)]

@@ -153,7 +153,7 @@ pub async fn track(
     State(state): State<AppState>,
     Caller(actor): Caller,
     JsonBody(body): JsonBody<TrackBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::TrackedAnswer>)> {
     let name = body.event.trim();
     if name.is_empty()
         || name.len() > 64
@@ -192,7 +192,11 @@ pub async fn track(
     let recorded = state.append(&actor, event, None).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": recorded.envelope.id, "event": name, "mid": body.mid })),
+        Json(super::schemas::TrackedAnswer {
+            id: recorded.envelope.id,
+            event: name.to_owned(),
+            mid: body.mid,
+        }),
     ))
 }
 

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -20,7 +19,7 @@ pub async fn presence(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::PresenceList>> {
     caller.require_admin()?;
     let uids: Vec<&str> = query
         .get("uids")
@@ -59,7 +58,7 @@ pub async fn presence(
             None => false,
         };
         let record = state.store.online(uid).await?;
-        let per_day: Vec<Value> = state
+        let per_day: Vec<super::schemas::OnlineDay> = state
             .store
             .online_days(uid, days)
             .await?
@@ -68,17 +67,17 @@ pub async fn presence(
                 let date = time::OffsetDateTime::from_unix_timestamp(i64::from(day) * 86_400)
                     .map(|t| t.date().to_string())
                     .unwrap_or_default();
-                json!({ "day": date, "seconds": seconds })
+                super::schemas::OnlineDay { day: date, seconds }
             })
             .collect();
-        out.push(json!({
-            "uid": uid,
-            "online": online,
-            "last_seen": record.as_ref().map(|r| rfc3339(r.last_seen)),
-            "sessions": record.as_ref().map_or(0, |r| r.sessions),
-            "online_seconds": record.as_ref().map_or(0, |r| r.seconds),
-            "days": per_day,
-        }));
+        out.push(super::schemas::PresenceOf {
+            uid: uid.to_owned(),
+            online,
+            last_seen: record.as_ref().map(|r| rfc3339(r.last_seen)),
+            sessions: record.as_ref().map_or(0, |r| r.sessions),
+            online_seconds: record.as_ref().map_or(0, |r| r.seconds),
+            days: per_day,
+        });
     }
-    Ok(Json(json!({ "results": out })))
+    Ok(Json(super::schemas::PresenceList { results: out }))
 }

@@ -335,17 +335,13 @@ pub(crate) async fn schedule_local(
     })
 }
 
-fn item(s: &ScheduledMessage) -> Value {
-    serde_json::to_value(s).unwrap_or(Value::Null)
-}
-
 /// `GET /messages/scheduled`: messages waiting to be sent, soonest first; an admin sees every
 /// sender's (or one's with `?sender=`), a user their own.
 pub async fn list(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Query(q): Query<std::collections::HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ScheduledList>> {
     // A bad value is refused in the API's error shape (a typed `Query` would answer text).
     let limit = match q.get("limit") {
         None => 100,
@@ -370,9 +366,7 @@ pub async fn list(
         .store
         .scheduled_messages(sender.as_deref(), limit)
         .await?;
-    Ok(Json(json!({
-        "scheduled": items.iter().map(item).collect::<Vec<_>>(),
-    })))
+    Ok(Json(super::schemas::ScheduledList { scheduled: items }))
 }
 
 /// `DELETE /messages/{mid}/schedule`: cancels a message that has not been sent; 409 once it
@@ -382,7 +376,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(mid): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::Cancelled>)> {
     let mid = parse_id("mid", &mid)?;
     cancel_mid(&state, &actor, mid, None).await
 }
@@ -401,7 +395,7 @@ pub async fn cancel_posted(
     State(state): State<AppState>,
     Caller(actor): Caller,
     crate::extract::JsonBody(body): crate::extract::JsonBody<CancelBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::Cancelled>)> {
     let mid = parse_id("mid", &body.mid)?;
     let tid = body
         .tid
@@ -416,7 +410,7 @@ async fn cancel_mid(
     actor: &Actor,
     mid: uuid::Uuid,
     tid: Option<uuid::Uuid>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<super::schemas::Cancelled>)> {
     let found = state
         .store
         .scheduled_message(mid)
@@ -431,7 +425,12 @@ async fn cancel_mid(
             state.wait_projected(seq).await;
             return Ok((
                 StatusCode::OK,
-                Json(json!({ "mid": mid, "status": "cancelled" })),
+                Json(super::schemas::Cancelled {
+                    mid,
+                    status: "cancelled",
+                    waves_cancelled: None,
+                    waves_sent: None,
+                }),
             ));
         }
     };
@@ -462,12 +461,12 @@ async fn cancel_mid(
     state.wait_projected(last).await;
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "mid": mid,
-            "status": "cancelled",
-            "waves_cancelled": cancelled,
-            "waves_sent": sent,
-        })),
+        Json(super::schemas::Cancelled {
+            mid,
+            status: "cancelled",
+            waves_cancelled: Some(cancelled),
+            waves_sent: Some(sent),
+        }),
     ))
 }
 

@@ -181,6 +181,63 @@ pub struct DeviceChannels {
     pub channels: std::collections::BTreeMap<String, u64>,
 }
 
+/// `GET /messages/scheduled`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ScheduledList {
+    pub scheduled: Vec<projections::model::ScheduledMessage>,
+}
+
+/// A cancelled schedule (`DELETE /messages/{mid}/schedule`, `POST /cancel`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Cancelled {
+    pub mid: Uuid,
+    /// Always `cancelled`.
+    pub status: &'static str,
+    /// A send in local time: the waves this cancel stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves_cancelled: Option<u64>,
+    /// A send in local time: the waves that had gone out already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves_sent: Option<u64>,
+}
+
+/// `POST /track`: the recorded event.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TrackedAnswer {
+    /// The event's id.
+    pub id: Uuid,
+    /// `conversion`, `click` or a custom name.
+    pub event: String,
+    pub mid: Option<Uuid>,
+}
+
+/// `GET /presence`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PresenceList {
+    pub results: Vec<PresenceOf>,
+}
+
+/// One user's presence and time online.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PresenceOf {
+    pub uid: String,
+    /// Connected to a gateway now.
+    pub online: bool,
+    /// RFC 3339.
+    pub last_seen: Option<String>,
+    pub sessions: u64,
+    pub online_seconds: u64,
+    /// Seconds online per UTC day, newest first.
+    pub days: Vec<OnlineDay>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OnlineDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub seconds: u64,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {
