@@ -463,57 +463,22 @@ const MATRIX: &[(&str, &str, &str, [u16; 5])] = &[
 /// faces' routers under their prefixes, path parameters as `{name}`.
 fn served_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
-    routes_in(
+    common::routes_in(
         include_str!("../gateway/src/routes/mod.rs"),
         "",
         &mut routes,
     );
-    routes_in(
+    common::routes_in(
         include_str!("../gateway/src/routes/datahub.rs"),
         "/compat/datahub",
         &mut routes,
     );
-    routes_in(
+    common::routes_in(
         include_str!("../gateway/src/routes/drf.rs"),
         "/compat/drf",
         &mut routes,
     );
     routes
-}
-
-/// The `.route(...)` calls of one router's source, their paths under `prefix`.
-fn routes_in(source: &str, prefix: &str, routes: &mut BTreeSet<(String, String)>) {
-    for call in source.split(".route(").skip(1) {
-        let Some(path) = call.split('"').nth(1) else {
-            continue;
-        };
-        // The handlers up to the end of this `.route(...)` call.
-        let mut depth = 1;
-        let mut end = call.len();
-        for (i, c) in call.char_indices() {
-            match c {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = i;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        for method in ["get", "post", "put", "patch", "delete"] {
-            let mut rest = &call[..end];
-            while let Some(i) = rest.find(&format!("{method}(")) {
-                let before = rest[..i].chars().last();
-                if matches!(before, None | Some(' ' | '\n' | '.' | ',')) {
-                    routes.insert((method.to_uppercase(), format!("{prefix}{path}")));
-                }
-                rest = &rest[i + method.len()..];
-            }
-        }
-    }
 }
 
 /// A table path in the router's form: known ids and names back to `{param}`.

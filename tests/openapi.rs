@@ -20,36 +20,7 @@ fn api_routes() -> BTreeSet<(String, String)> {
         .find("let cors = cors_layer")
         .expect("router source layout")];
     let mut routes = BTreeSet::new();
-    for call in api.split(".route(").skip(1) {
-        let Some(path) = call.split('"').nth(1) else {
-            continue;
-        };
-        let mut depth = 1;
-        let mut end = call.len();
-        for (i, c) in call.char_indices() {
-            match c {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = i;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        for method in ["get", "post", "put", "patch", "delete"] {
-            let mut rest = &call[..end];
-            while let Some(i) = rest.find(&format!("{method}(")) {
-                let before = rest[..i].chars().last();
-                if matches!(before, None | Some(' ' | '\n' | '.' | ',')) {
-                    routes.insert((method.to_uppercase(), format!("/api/v1{path}")));
-                }
-                rest = &rest[i + method.len()..];
-            }
-        }
-    }
+    common::routes_in(api, "/api/v1", &mut routes);
     routes
 }
 

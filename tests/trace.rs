@@ -151,6 +151,23 @@ async fn event_traceparent(nats_url: &str, id: &str) -> Option<String> {
     panic!("no event {id} in the stream");
 }
 
+/// An admin's send to alice with a `traceparent` header: its mid.
+async fn send(http: &reqwest::Client, base: &str, traceparent: &str, msg: &str) -> String {
+    let r = http
+        .post(format!("{base}/send"))
+        .bearer_auth(token("root", true))
+        .header("traceparent", traceparent)
+        .json(&json!({"uid": "alice", "msg": msg}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["mid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_requests_trace_continues_through_its_event_fold_and_dispatch() {
     const SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -214,19 +231,7 @@ async fn a_requests_trace_continues_through_its_event_fold_and_dispatch() {
     // A caller's trace: the request continues it, the event carries the request span's
     // context, the fold continues from the event and the dispatch from the fold.
     let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let r = http
-        .post(format!("{base}/send"))
-        .bearer_auth(token("root", true))
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
-        .json(&json!({"uid": "alice", "msg": "traced"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mid = r.json::<Value>().await.unwrap()["mid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mid = send(&http, &base, &format!("00-{trace}-{caller}-01"), "traced").await;
     assert_eq!(sms.wait_for(1).await.len(), 1);
     // Named as OpenTelemetry's HTTP conventions name server spans.
     let request = span(&spans, trace, "POST /api/v1/send", caller).await;
@@ -247,19 +252,7 @@ async fn a_requests_trace_continues_through_its_event_fold_and_dispatch() {
     let outcome = span(&spans, trace, "fold", &dispatch.span_id).await;
     assert_eq!(outcome.attr("event"), Some("deliveries_settled"));
     // A malformed traceparent is ignored (W3C): the request starts a trace of its own.
-    let r = http
-        .post(format!("{base}/send"))
-        .bearer_auth(token("root", true))
-        .header("traceparent", "00-not-a-trace-01")
-        .json(&json!({"uid": "alice", "msg": "untraced caller"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mid = r.json::<Value>().await.unwrap()["mid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mid = send(&http, &base, "00-not-a-trace-01", "untraced caller").await;
     let tp = event_traceparent(&nats.url(), &mid)
         .await
         .expect("a header");

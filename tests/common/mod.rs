@@ -476,3 +476,42 @@ pub async fn read_models(
         "scheduled": store.scheduled_messages(None, 1000).await.unwrap(),
     })
 }
+
+/// The `.route(...)` calls of one router's source, their paths under `prefix`.
+pub fn routes_in(
+    source: &str,
+    prefix: &str,
+    routes: &mut std::collections::BTreeSet<(String, String)>,
+) {
+    for call in source.split(".route(").skip(1) {
+        let Some(path) = call.split('"').nth(1) else {
+            continue;
+        };
+        // The handlers up to the end of this `.route(...)` call.
+        let mut depth = 1;
+        let mut end = call.len();
+        for (i, c) in call.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let mut rest = &call[..end];
+            while let Some(i) = rest.find(&format!("{method}(")) {
+                let before = rest[..i].chars().last();
+                if matches!(before, None | Some(' ' | '\n' | '.' | ',')) {
+                    routes.insert((method.to_uppercase(), format!("{prefix}{path}")));
+                }
+                rest = &rest[i + method.len()..];
+            }
+        }
+    }
+}
