@@ -20,10 +20,11 @@ use projections::model::{
     HistoryQuery, InboxFilter, InboxQuery, StatusFilter, StoredMessage, Thread,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::schemas::{OnaGroup, OnaMessage, OnaRow, Paged};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Paging, parse_id, time_param};
@@ -60,16 +61,16 @@ fn item(
     verb: &str,
     target: (&str, &str),
     at: OffsetDateTime,
-) -> Value {
-    json!({
-        "id": mid,
-        "verb": verb,
-        "message": message,
-        "user": user,
-        "target_type": target.0,
-        "target_id": target.1,
-        "timestamp": at.format(&Rfc3339).unwrap_or_default(),
-    })
+) -> OnaMessage {
+    OnaMessage {
+        id: mid,
+        verb: verb.to_owned(),
+        message: message.to_owned(),
+        user: user.to_owned(),
+        target_type: target.0.to_owned(),
+        target_id: target.1.to_owned(),
+        timestamp: at.format(&Rfc3339).unwrap_or_default(),
+    }
 }
 
 /// `(target_type, target_id)` of a thread: its alias split at the first `:`, or the tid.
@@ -103,7 +104,7 @@ pub async fn post(
     Caller(actor): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PostBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<OnaMessage>)> {
     validate::text("message", &body.message, state.config.max_message_chars)?;
     validate::text("target_type", &body.target_type, 64)?;
     validate::text("target_id", &body.target_id, 256)?;
@@ -567,7 +568,7 @@ pub async fn list(
     State(state): State<AppState>,
     Caller(actor): Caller,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Paged<OnaRow>>> {
     let pairs = pairs(raw.as_deref())?;
     let q: HashMap<String, String> = pairs.iter().cloned().collect();
     let by_page = q.contains_key("page") || q.contains_key("page_size");
@@ -578,9 +579,12 @@ pub async fn list(
     };
     // As in the seed: without a target the list is empty.
     if !q.contains_key("target_type") && !q.contains_key("target_id") {
-        return Ok(Json(
-            json!({ "count": 0, "next": null, "previous": null, "results": [] }),
-        ));
+        return Ok(Json(Paged {
+            count: 0,
+            next: None,
+            previous: None,
+            results: Vec::new(),
+        }));
     }
     let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
     let filters = Filters::of(&q)?;
@@ -610,20 +614,14 @@ pub async fn list(
             .skip(usize::try_from(paging.offset).unwrap_or(usize::MAX))
             .take(paging.limit as usize)
             .map(|((period, user, verb), (count, earliest, latest))| {
-                let mut row = serde_json::Map::new();
-                if let Some(p) = period {
-                    row.insert("period_start".into(), rfc(p).into());
-                }
-                if let Some(u) = user {
-                    row.insert("user".into(), u.into());
-                }
-                if let Some(v) = verb {
-                    row.insert("verb".into(), v.into());
-                }
-                row.insert("count".into(), count.into());
-                row.insert("earliest_timestamp".into(), rfc(earliest).into());
-                row.insert("latest_timestamp".into(), rfc(latest).into());
-                Value::Object(row)
+                OnaRow::Group(OnaGroup {
+                    period_start: period.map(rfc),
+                    user,
+                    verb,
+                    count,
+                    earliest_timestamp: rfc(earliest),
+                    latest_timestamp: rfc(latest),
+                })
             })
             .collect::<Vec<_>>();
         (total, results)
@@ -639,7 +637,7 @@ pub async fn list(
         .await?;
         let items = rows
             .iter()
-            .map(|r| item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at))
+            .map(|r| OnaRow::Message(item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at)))
             .collect::<Vec<_>>();
         (total, items)
     } else {
@@ -649,7 +647,7 @@ pub async fn list(
             .iter()
             .skip(usize::try_from(paging.offset).unwrap_or(usize::MAX))
             .take(paging.limit as usize)
-            .map(|r| item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at))
+            .map(|r| OnaRow::Message(item(r.mid, &r.msg, &r.user, &r.verb, (kind, id), r.at)))
             .collect::<Vec<_>>();
         (total, items)
     };
@@ -666,9 +664,12 @@ pub async fn list(
     };
     let next = (next_offset < total).then(|| link(next_offset));
     let previous = (paging.offset > 0).then(|| link(previous_offset));
-    Ok(Json(
-        json!({ "count": total, "next": next, "previous": previous, "results": results }),
-    ))
+    Ok(Json(Paged {
+        count: total,
+        next,
+        previous,
+        results,
+    }))
 }
 
 /// `GET /stats/messaging?target_type&target_id&group_by=day|month|year[&verb][&timestamp__*]`:
@@ -678,7 +679,7 @@ pub async fn stats(
     State(state): State<AppState>,
     Caller(actor): Caller,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<super::schemas::OnaStat>>> {
     let pairs = pairs(raw.as_deref())?;
     let q: HashMap<String, String> = pairs.iter().cloned().collect();
     let (kind, id) = (required(&q, "target_type")?, required(&q, "target_id")?);
@@ -699,17 +700,16 @@ pub async fn stats(
             .entry(r.verb.clone())
             .or_default() += 1;
     }
-    let out: Vec<Value> = groups
+    let out = groups
         .into_iter()
         .rev()
-        .map(|(group, verbs)| {
-            let mut row: serde_json::Map<String, Value> =
-                verbs.into_iter().map(|(v, n)| (v, n.into())).collect();
-            row.insert("group".into(), group.into());
-            Value::Object(row)
+        .map(|(group, mut verbs)| {
+            // The period's key wins over a verb of that name, as in the seed's rows.
+            verbs.remove("group");
+            super::schemas::OnaStat { group, verbs }
         })
         .collect();
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 /// The message and its target, if the caller may see it.
@@ -761,7 +761,7 @@ pub async fn get(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OnaMessage>> {
     let (m, target) = visible(&state, &actor, &id).await?;
     Ok(Json(item(
         m.mid,

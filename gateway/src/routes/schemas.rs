@@ -238,6 +238,53 @@ pub struct OnlineDay {
     pub seconds: u64,
 }
 
+/// Seed 000 (Ona): one message as its API shows it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OnaMessage {
+    pub id: Uuid,
+    /// `message` unless the post named another verb.
+    pub verb: String,
+    pub message: String,
+    pub user: String,
+    pub target_type: String,
+    pub target_id: String,
+    /// RFC 3339.
+    pub timestamp: String,
+}
+
+/// Seed 000: a row of `GET /messaging`, a message or (with `group_by`) a group's count.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OnaRow {
+    Message(OnaMessage),
+    Group(OnaGroup),
+}
+
+/// Seed 000: the messages of one group (by period, user and/or verb).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OnaGroup {
+    /// Start of the period (RFC 3339), when grouped by time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verb: Option<String>,
+    pub count: u64,
+    pub earliest_timestamp: String,
+    pub latest_timestamp: String,
+}
+
+/// Seed 000: `GET /stats/messaging`'s row, a period and its count per verb.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OnaStat {
+    /// The period: `2023`, `2023-04` or `2023-04-01`.
+    pub group: String,
+    /// Verb -> messages in the period.
+    #[serde(flatten)]
+    pub verbs: std::collections::BTreeMap<String, u64>,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {
