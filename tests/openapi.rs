@@ -177,3 +177,86 @@ async fn the_reference_page_renders_the_document_from_this_origin() {
             .contains("/api/v1/openapi.json")
     );
 }
+
+/// Every key an answer holds is a property of its schema, and every required property is
+/// there (one level; references resolved).
+fn conforms(doc: &Value, schema: &Value, answer: &Value, what: &str) {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => schema,
+    };
+    let props = schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: no properties in {schema}"));
+    let answer = answer
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: {answer}"));
+    for k in answer.keys() {
+        assert!(props.contains_key(k), "{what}: {k} is not documented");
+    }
+    for r in schema["required"].as_array().into_iter().flatten() {
+        assert!(
+            answer.contains_key(r.as_str().unwrap()),
+            "{what}: required {r} missing"
+        );
+    }
+}
+
+/// Seed 002's records as answered, against the document's schemas for them.
+#[tokio::test]
+async fn seed_002_records_match_their_documented_schemas() {
+    let ex = Exchange::start().await;
+    let doc: Value = reqwest::get(ex.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = token("root", true);
+    let ok = |path: &str, method: &str, status: &str| {
+        doc["paths"][format!("/api/v1{path}")][method]["responses"][status]["content"]
+            ["application/json"]["schema"]
+            .clone()
+    };
+    let (s, schedule) = ex
+        .post("/schedule", &admin, json!({"minute": "30", "hour": "9"}))
+        .await;
+    assert_eq!(s, 201, "{schedule}");
+    conforms(&doc, &ok("/schedule", "post", "201"), &schedule, "schedule");
+    let (s, set) = ex
+        .post(
+            "/messageset",
+            &admin,
+            json!({"short_name": "week-1", "default_schedule": schedule["id"], "content_type": "text"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{set}");
+    conforms(&doc, &ok("/messageset", "post", "201"), &set, "message set");
+    let (s, message) = ex
+        .post(
+            "/message",
+            &admin,
+            json!({"messageset": set["id"], "sequence_number": 1, "lang": "eng_ZA", "text_content": "hi"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{message}");
+    conforms(&doc, &ok("/message", "post", "201"), &message, "message");
+    for (path, name) in [
+        ("/schedule", "schedules"),
+        ("/messageset", "message sets"),
+        ("/message", "messages"),
+    ] {
+        let (s, page) = ex.get(path, &admin).await;
+        assert_eq!(s, 200, "{page}");
+        let schema = ok(path, "get", "200");
+        conforms(&doc, &schema, &page, name);
+        let paged = &doc["components"]["schemas"]
+            [schema["$ref"].as_str().unwrap().rsplit('/').next().unwrap()];
+        conforms(
+            &doc,
+            &paged["properties"]["results"]["items"],
+            &page["results"][0],
+            name,
+        );
+    }
+}

@@ -25,7 +25,7 @@ use crate::events::{Envelope, Event, StageTick};
 use crate::log::{EventLog, LogError};
 
 /// The seed's Schedule, with a zone and a seconds field of ours.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleRecord {
     pub id: u64,
     #[serde(default = "star")]
@@ -55,7 +55,7 @@ fn zero() -> String {
 }
 
 /// The seed's MessageSet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageSetRecord {
     pub id: u64,
     pub short_name: String,
@@ -70,7 +70,7 @@ pub struct MessageSetRecord {
 }
 
 /// The seed's Message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageRecord {
     pub id: u64,
     pub messageset: u64,
@@ -86,7 +86,7 @@ pub struct MessageRecord {
 
 /// The seed's Subscription. `applied` (stored as `_applied`, not shown) is the stream
 /// position of the last event that sent from it, so a re-applied event sends nothing twice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SubscriptionRecord {
     pub id: Uuid,
     pub identity: String,

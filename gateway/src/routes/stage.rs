@@ -352,7 +352,7 @@ pub async fn delete<R: Resource>(
 
 // ---- schedules ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct ScheduleBody {
     #[serde(default = "star")]
     minute: String,
@@ -396,7 +396,7 @@ pub(crate) fn schedule_record(body: ScheduleBody, id: u64) -> ApiResult<Value> {
 
 // ---- message sets ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct MessageSetBody {
     short_name: String,
     #[serde(default)]
@@ -513,7 +513,7 @@ pub async fn messageset_messages(
 
 // ---- messages ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct MessageBody {
     messageset: u64,
     sequence_number: u32,
@@ -852,7 +852,7 @@ async fn forget_object(state: &AppState, record: &Value) {
 
 // ---- subscriptions ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct SubscriptionBody {
     identity: String,
     messageset: u64,
@@ -1100,7 +1100,7 @@ pub async fn send_subscription(
     Ok((StatusCode::CREATED, Json(json!({"accepted": true}))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct RequestBody {
     data: SubscriptionBody,
 }
