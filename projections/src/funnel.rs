@@ -92,7 +92,7 @@ impl Part {
 }
 
 /// Time from send to first open (seconds), over a row's opened recipients.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TimeToOpen {
     pub n: u64,
     pub p50: Option<f64>,
@@ -100,7 +100,7 @@ pub struct TimeToOpen {
 }
 
 /// One row of the report: its dimension values, counts per step, rates over `sent`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FunnelRow {
     #[serde(flatten)]
     pub key: Map<String, Value>,
@@ -111,7 +111,7 @@ pub struct FunnelRow {
     pub time_to_open: TimeToOpen,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FunnelReport {
     pub by: Vec<&'static str>,
     /// Messages the report covers.

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Query, State};
 use projections::funnel::Dim;
 use projections::model::{FunnelMessage, FunnelScope};
-use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
@@ -49,7 +48,7 @@ pub async fn funnel(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::FunnelAnswer>> {
     let mut by = Vec::new();
     for name in query
         .get("by")
@@ -126,13 +125,13 @@ pub async fn funnel(
     }
     let report = projections::funnel::report(state.store.as_ref(), &messages, &by).await?;
     let rfc = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-    let mut out =
-        serde_json::to_value(report).map_err(|e| ApiError::internal(format!("report: {e}")))?;
-    out["scope"] = json!({
-        "mid": mid,
-        "experiment": experiment,
-        "since": rfc(since),
-        "until": rfc(until),
-    });
-    Ok(Json(out))
+    Ok(Json(super::schemas::FunnelAnswer {
+        report,
+        scope: super::schemas::FunnelScope {
+            mid,
+            experiment: experiment.cloned(),
+            since: rfc(since),
+            until: rfc(until),
+        },
+    }))
 }

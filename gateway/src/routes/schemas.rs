@@ -285,6 +285,25 @@ pub struct OnaStat {
     pub verbs: std::collections::BTreeMap<String, u64>,
 }
 
+/// `GET /reports/funnel`: the report and what it covers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FunnelAnswer {
+    #[serde(flatten)]
+    pub report: projections::funnel::FunnelReport,
+    pub scope: FunnelScope,
+}
+
+/// What a funnel report covers (one of `mid`, `experiment` or a time range).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FunnelScope {
+    pub mid: Option<Uuid>,
+    pub experiment: Option<String>,
+    /// RFC 3339.
+    pub since: Option<String>,
+    /// RFC 3339.
+    pub until: Option<String>,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {
