@@ -241,7 +241,24 @@ async fn seed_002_records_match_their_documented_schemas() {
         .await;
     assert_eq!(s, 201, "{message}");
     conforms(&doc, &ok("/message", "post", "201"), &message, "message");
+    let upload = reqwest::Client::new()
+        .post(ex.url("/binarycontent"))
+        .bearer_auth(&admin)
+        .header("content-type", "audio/mpeg")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    let content: Value = upload.json().await.unwrap();
+    conforms(
+        &doc,
+        &ok("/binarycontent", "post", "201"),
+        &content,
+        "binary content",
+    );
     for (path, name) in [
+        ("/binarycontent", "binary contents"),
         ("/schedule", "schedules"),
         ("/messageset", "message sets"),
         ("/message", "messages"),

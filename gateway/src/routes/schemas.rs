@@ -304,6 +304,28 @@ pub struct FunnelScope {
     pub until: Option<String>,
 }
 
+/// Seed 002's acknowledgement of `POST /subscriptions/request` (with the new subscription's
+/// id) and of `POST /subscriptions/{id}/send`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StageAccepted {
+    /// Always true.
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+}
+
+/// Seed 002's binary content record (the bytes are in the Object Store under `content`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BinaryContentRecord {
+    pub id: u64,
+    /// The stored object's name.
+    pub content: String,
+    pub content_type: String,
+    pub size: usize,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {

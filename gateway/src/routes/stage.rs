@@ -755,14 +755,15 @@ async fn content_record(
         .await
         .map_err(|e| ApiError::unavailable(format!("storing the content: {e}")))?;
     let now = now();
-    Ok(json!({
-        "id": id,
-        "content": name,
-        "content_type": kind,
-        "size": bytes.len(),
-        "created_at": created_at.unwrap_or_else(|| now.clone()),
-        "updated_at": now,
-    }))
+    let record = super::schemas::BinaryContentRecord {
+        id,
+        content: name,
+        content_type: kind.to_string(),
+        size: bytes.len(),
+        created_at: created_at.unwrap_or_else(|| now.clone()),
+        updated_at: now,
+    };
+    serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 pub async fn binarycontents(
@@ -1097,7 +1098,13 @@ pub async fn send_subscription(
     }
     let event = Event::StageSendRequested(StageSendRequested { subscription: uuid });
     state.append_consistent(&caller.0, event, None).await?;
-    Ok((StatusCode::CREATED, Json(json!({"accepted": true}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!(super::schemas::StageAccepted {
+            accepted: true,
+            id: None
+        })),
+    ))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -1125,6 +1132,9 @@ pub async fn request_subscription(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"accepted": true, "id": id})),
+        Json(json!(super::schemas::StageAccepted {
+            accepted: true,
+            id: Some(id)
+        })),
     ))
 }
