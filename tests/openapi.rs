@@ -66,6 +66,13 @@ async fn the_document_lists_every_served_route_and_its_references_resolve() {
         for (method, op) in item.as_object().unwrap() {
             documented.insert((method.to_uppercase(), path.clone()));
             assert!(op["summary"].as_str().is_some_and(|s| !s.is_empty()));
+            // Every JSON answer is described by the handler's type.
+            for (status, r) in op["responses"].as_object().unwrap() {
+                assert!(
+                    r.get("x-msgxc-untyped").is_none(),
+                    "{method} {path} {status}: the handler's answer has no type"
+                );
+            }
             assert!(op["responses"]["default"].is_object(), "{method} {path}");
             // Path parameters are declared.
             for seg in path.split('/') {
@@ -275,5 +282,72 @@ async fn seed_002_records_match_their_documented_schemas() {
             &page["results"][0],
             name,
         );
+    }
+}
+
+/// An experiment's report and a funnel report as answered, against their documented schemas.
+#[tokio::test]
+async fn the_reports_match_their_documented_schemas() {
+    let ex = Exchange::start().await;
+    let doc: Value = reqwest::get(ex.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = token("root", true);
+    let uids: Vec<String> = (0..5).map(|i| format!("u{i:02}")).collect();
+    let (s, sent) = ex
+        .post(
+            "/multicast",
+            &admin,
+            json!({
+                "uids": uids,
+                "msg": "hello",
+                "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1, "msg": "B"}],
+                "holdout": 20,
+                "opts": {"experiment": "doc-check"},
+            }),
+        )
+        .await;
+    assert_eq!(s, 202, "{sent}");
+    let schema = |path: &str| {
+        doc["paths"][format!("/api/v1{path}")]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]
+            .clone()
+    };
+    let component = |schema: &Value| {
+        doc["components"]["schemas"][schema["$ref"].as_str().unwrap().rsplit('/').next().unwrap()]
+            .clone()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = loop {
+        let (s, b) = ex.get("/experiments/doc-check", &admin).await;
+        if s == 200 && b["arms"].as_array().is_some_and(|a| a.len() == 3) {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no report: {s} {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let report_schema = schema("/experiments/{id}");
+    conforms(&doc, &report_schema, &report, "experiment report");
+    let arms = component(&report_schema)["properties"]["arms"]["items"].clone();
+    for arm in report["arms"].as_array().unwrap() {
+        conforms(&doc, &arms, arm, "arm");
+    }
+    let mid = sent["mid"].as_str().unwrap();
+    let (s, funnel) = ex
+        .get(&format!("/reports/funnel?mid={mid}&by=variant"), &admin)
+        .await;
+    assert_eq!(s, 200, "{funnel}");
+    let funnel_schema = component(&schema("/reports/funnel"));
+    for k in funnel.as_object().unwrap().keys() {
+        assert!(
+            funnel_schema["properties"][k].is_object(),
+            "funnel report: {k} is not documented"
+        );
+    }
+    for r in funnel_schema["required"].as_array().unwrap() {
+        assert!(funnel.get(r.as_str().unwrap()).is_some(), "funnel: {r}");
     }
 }

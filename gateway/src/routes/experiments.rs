@@ -248,7 +248,7 @@ pub async fn report(
     Caller(actor): Caller,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::schemas::ExperimentReport>> {
     let record = owned(&state, &actor, &id, "read its report").await?;
     let metric = match query.get("metric").map(String::as_str) {
         None => Step::Converted,
@@ -297,19 +297,13 @@ pub async fn report(
     for (i, a) in arms.iter().enumerate() {
         let n = a.exposed;
         let rate = |x: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
-        let mut row = json!({
-            "name": a.arm,
-            "expected_share": shares.get(i).copied().unwrap_or(0.0),
-            "control": i == 0,
-        });
-        let mut rates = serde_json::Map::new();
+        let mut rates = std::collections::BTreeMap::new();
         for (step, name) in STEPS {
-            row[name] = json!(a.get(step));
             if step != Step::Exposed {
-                rates.insert(name.to_owned(), json!(rate(a.get(step))));
+                rates.insert(name, rate(a.get(step)));
             }
         }
-        row["rates"] = Value::Object(rates);
+        let mut against_control = None;
         if i > 0
             && let Some(c) = stats::compare(
                 a.get(metric),
@@ -319,14 +313,14 @@ pub async fn report(
                 level,
             )
         {
-            row["against_control"] = json!({
-                "difference": c.difference,
-                "relative_lift": c.relative,
-                "p_value": c.p_value,
-                "ci": [c.ci95.0, c.ci95.1],
-                "always_valid_p": c.always_valid_p,
-                "always_valid_ci": [c.always_valid_ci95.0, c.always_valid_ci95.1],
-                "significant": c.always_valid_p < level,
+            against_control = Some(super::schemas::AgainstControl {
+                difference: c.difference,
+                relative_lift: c.relative,
+                p_value: c.p_value,
+                ci: [c.ci95.0, c.ci95.1],
+                always_valid_p: c.always_valid_p,
+                always_valid_ci: [c.always_valid_ci95.0, c.always_valid_ci95.1],
+                significant: c.always_valid_p < level,
             });
             if c.always_valid_p < level
                 && c.difference > 0.0
@@ -335,41 +329,66 @@ pub async fn report(
                 winner = Some((a.arm.clone(), c.difference));
             }
         }
-        rows.push(row);
+        rows.push(super::schemas::ArmReport {
+            name: a.arm.clone(),
+            expected_share: shares.get(i).copied().unwrap_or(0.0),
+            control: i == 0,
+            exposed: a.get(Step::Exposed),
+            delivered: a.get(Step::Delivered),
+            opened: a.get(Step::Opened),
+            clicked: a.get(Step::Clicked),
+            converted: a.get(Step::Converted),
+            rates,
+            against_control,
+        });
     }
-    Ok(Json(json!({
-        "id": record.id,
-        "owner": record.owner,
-        "created_at": record.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "messages": record.messages,
-        "first_mid": record.first_mid,
-        "last_mid": record.last_mid,
-        "holdout": spec.holdout,
-        "test_share": spec.test_share,
-        "promoted": record.promoted,
-        "metric": metric_name,
-        "alpha": alpha,
-        "control": names.first().copied().unwrap_or(HOLDOUT),
-        "arms": rows,
-        "sample_ratio": srm.map(|(chi, p)| json!({
-            "chi_squared": chi,
-            "p_value": p,
-            "mismatch": p < stats::SRM_ALPHA,
-        })),
-        "winner": if mismatch { None } else { winner.map(|(w, _)| w) },
-        "method": {
-            "test": format!("mSPRT, always-valid p-value and {}% interval of the difference \
+    Ok(Json(super::schemas::ExperimentReport {
+        id: record.id.clone(),
+        owner: record.owner.clone(),
+        created_at: record
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        messages: record.messages,
+        first_mid: record.first_mid,
+        last_mid: record.last_mid,
+        holdout: spec.holdout,
+        test_share: spec.test_share,
+        promoted: record.promoted.clone(),
+        metric: metric_name,
+        alpha,
+        control: names.first().copied().unwrap_or(HOLDOUT).to_owned(),
+        arms: rows,
+        sample_ratio: srm.map(|(chi, p)| super::schemas::SampleRatio {
+            chi_squared: chi,
+            p_value: p,
+            mismatch: p < stats::SRM_ALPHA,
+        }),
+        winner: if mismatch {
+            None
+        } else {
+            winner.map(|(w, _)| w)
+        },
+        method: super::schemas::ReportMethod {
+            test: format!(
+                "mSPRT, always-valid p-value and {}% interval of the difference \
                      in {metric_name} rate against the control (normal mixture, tau^2 = {}); \
-                     valid however often the report is read", (1.0 - level) * 100.0, stats::TAU_SQUARED),
-            "fixed_horizon": "two-proportion z-test (pooled) and its unpooled interval: valid \
+                     valid however often the report is read",
+                (1.0 - level) * 100.0,
+                stats::TAU_SQUARED
+            ),
+            fixed_horizon: "two-proportion z-test (pooled) and its unpooled interval: valid \
                               only when read once, at a sample size fixed in advance",
-            "multiple_arms": "the level is divided between the comparisons (Bonferroni)",
-            "sample_ratio": format!("chi-squared test of exposed users against the arms' \
-                             shares; mismatch below p = {}; no winner while it fails", stats::SRM_ALPHA),
-            "winner": "the arm with the largest positive difference whose always-valid p-value \
+            multiple_arms: "the level is divided between the comparisons (Bonferroni)",
+            sample_ratio: format!(
+                "chi-squared test of exposed users against the arms' \
+                             shares; mismatch below p = {}; no winner while it fails",
+                stats::SRM_ALPHA
+            ),
+            winner: "the arm with the largest positive difference whose always-valid p-value \
                        is below the level",
         },
-    })))
+    }))
 }
 
 /// A tracked link (`GET /r/{token}`, no token needed): records the click as a `tracked` event

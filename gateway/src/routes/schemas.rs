@@ -326,6 +326,80 @@ pub struct BinaryContentRecord {
     pub updated_at: String,
 }
 
+/// `GET /experiments/{id}`: per arm its users at each step and their rates, each arm against
+/// the control on one metric, the sample-ratio check, and a winner only when the always-valid
+/// test says so.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExperimentReport {
+    pub id: String,
+    pub owner: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Messages sent in the experiment.
+    pub messages: u64,
+    pub first_mid: Uuid,
+    pub last_mid: Uuid,
+    pub holdout: f64,
+    pub test_share: f64,
+    /// The variant a promotion sent to the rest of the audience.
+    pub promoted: Option<String>,
+    /// The step compared: delivered, opened, clicked or converted.
+    pub metric: &'static str,
+    pub alpha: f64,
+    /// The control arm's name (the holdout, else the first variant).
+    pub control: String,
+    pub arms: Vec<ArmReport>,
+    pub sample_ratio: Option<SampleRatio>,
+    pub winner: Option<String>,
+    /// How each figure is computed, in words.
+    pub method: ReportMethod,
+}
+
+/// One arm of an experiment's report.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ArmReport {
+    pub name: String,
+    pub expected_share: f64,
+    pub control: bool,
+    pub exposed: u64,
+    pub delivered: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    pub converted: u64,
+    /// Each step after `exposed` over `exposed`.
+    pub rates: std::collections::BTreeMap<&'static str, f64>,
+    /// This arm against the control (arms other than the control, once both have users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against_control: Option<AgainstControl>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgainstControl {
+    pub difference: f64,
+    pub relative_lift: Option<f64>,
+    pub p_value: f64,
+    pub ci: [f64; 2],
+    pub always_valid_p: f64,
+    pub always_valid_ci: [f64; 2],
+    pub significant: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SampleRatio {
+    pub chi_squared: f64,
+    pub p_value: f64,
+    pub mismatch: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReportMethod {
+    pub test: String,
+    pub fixed_horizon: &'static str,
+    pub multiple_arms: &'static str,
+    pub sample_ratio: String,
+    pub winner: &'static str,
+}
+
 /// `GET /webpush/vapid-public-key`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VapidKey {
