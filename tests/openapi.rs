@@ -185,6 +185,23 @@ async fn the_reference_page_renders_the_document_from_this_origin() {
     );
 }
 
+/// The served document.
+async fn document(ex: &Exchange) -> Value {
+    reqwest::get(ex.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The JSON schema of an operation's answer with `status`.
+fn answer_schema(doc: &Value, path: &str, method: &str, status: &str) -> Value {
+    doc["paths"][format!("/api/v1{path}")][method]["responses"][status]["content"]
+        ["application/json"]["schema"]
+        .clone()
+}
+
 /// Every key an answer holds is a property of its schema, and every required property is
 /// there (one level; references resolved).
 fn conforms(doc: &Value, schema: &Value, answer: &Value, what: &str) {
@@ -213,18 +230,9 @@ fn conforms(doc: &Value, schema: &Value, answer: &Value, what: &str) {
 #[tokio::test]
 async fn seed_002_records_match_their_documented_schemas() {
     let ex = Exchange::start().await;
-    let doc: Value = reqwest::get(ex.url("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = document(&ex).await;
     let admin = token("root", true);
-    let ok = |path: &str, method: &str, status: &str| {
-        doc["paths"][format!("/api/v1{path}")][method]["responses"][status]["content"]
-            ["application/json"]["schema"]
-            .clone()
-    };
+    let ok = |path: &str, method: &str, status: &str| answer_schema(&doc, path, method, status);
     let (s, schedule) = ex
         .post("/schedule", &admin, json!({"minute": "30", "hour": "9"}))
         .await;
@@ -289,12 +297,7 @@ async fn seed_002_records_match_their_documented_schemas() {
 #[tokio::test]
 async fn the_reports_match_their_documented_schemas() {
     let ex = Exchange::start().await;
-    let doc: Value = reqwest::get(ex.url("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = document(&ex).await;
     let admin = token("root", true);
     let uids: Vec<String> = (0..5).map(|i| format!("u{i:02}")).collect();
     let (s, sent) = ex
@@ -311,11 +314,7 @@ async fn the_reports_match_their_documented_schemas() {
         )
         .await;
     assert_eq!(s, 202, "{sent}");
-    let schema = |path: &str| {
-        doc["paths"][format!("/api/v1{path}")]["get"]["responses"]["200"]["content"]
-            ["application/json"]["schema"]
-            .clone()
-    };
+    let schema = |path: &str| answer_schema(&doc, path, "get", "200");
     let component = |schema: &Value| {
         doc["components"]["schemas"][schema["$ref"].as_str().unwrap().rsplit('/').next().unwrap()]
             .clone()
