@@ -190,6 +190,25 @@ pub fn time_param(
 }
 
 /// Parses a UUID path or body parameter, naming it on error.
+/// An optional integer query parameter within `range` (`default` when absent), refused in the
+/// API's error shape with `message` otherwise.
+pub fn bounded(
+    q: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    message: &str,
+) -> Result<u32, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| ApiError::field(name, message)),
+    }
+}
+
 pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::field(field, "must be a UUID"))
 }

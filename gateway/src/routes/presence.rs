@@ -39,14 +39,7 @@ pub async fn presence(
     for (i, uid) in uids.iter().enumerate() {
         validate::uid(&format!("uids[{i}]"), uid)?;
     }
-    let days = match query.get("days") {
-        None => 7,
-        Some(d) => d
-            .parse::<u32>()
-            .ok()
-            .filter(|d| (1..=366).contains(d))
-            .ok_or_else(|| ApiError::field("days", "1 to 366"))?,
-    };
+    let days = crate::extract::bounded(&query, "days", 7, 1..=366, "1 to 366")?;
     let rfc3339 = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()

@@ -343,14 +343,7 @@ pub async fn list(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<super::schemas::ScheduledList>> {
     // A bad value is refused in the API's error shape (a typed `Query` would answer text).
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::field("limit", "must be 1-1000"))?,
-    };
+    let limit = crate::extract::bounded(&q, "limit", 100, 1..=1000, "must be 1-1000")?;
     let sender = q.get("sender").cloned();
     let sender = if actor.is_admin() {
         sender
