@@ -524,6 +524,35 @@ fn split_large_batch<'a>(
         .partition(|w| PAYLOAD_TABLES.contains(&w.statement.table))
 }
 
+/// Bytes of bound values up to which independent groups (the recipients of one message) share
+/// a logged batch: one request instead of one per recipient, under the size at which
+/// Cassandra logs a warning per batch (`batch_size_warn_threshold`, 5 KiB by default).
+const COALESCE_BUDGET: usize = 4 * 1024;
+
+/// Independent groups of writes, as fewer batches: consecutive groups joined while their
+/// values stay within [`COALESCE_BUDGET`] (a group is never split; one larger than the budget
+/// stays alone). Each group's writes stay in one logged batch, so it still lands whole.
+fn coalesce<'a>(
+    groups: Vec<Vec<statements::Bound<'a, ()>>>,
+) -> Vec<Vec<statements::Bound<'a, ()>>> {
+    let mut out: Vec<Vec<statements::Bound<'a, ()>>> = Vec::new();
+    let mut size = 0;
+    for g in groups {
+        let n: usize = g.iter().map(|w| values_size(&w.values)).sum();
+        match out.last_mut() {
+            Some(last) if size + n <= COALESCE_BUDGET => {
+                last.extend(g);
+                size += n;
+            }
+            _ => {
+                out.push(g);
+                size = n;
+            }
+        }
+    }
+    out
+}
+
 /// About how many bytes a statement's values take on the wire.
 fn values_size(values: &[Option<CqlValue>]) -> usize {
     values
@@ -935,23 +964,7 @@ impl Store for ScyllaStore {
         after: crate::fold::Position,
         limit: u32,
     ) -> StoreResult<Vec<(crate::fold::Position, String)>> {
-        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
-        let sub = seq_i64(after.sub);
-        let rows = self
-            .all(self.q().changes_after(uid, seq_i64(after.seq), sub, limit))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, sub, frame)| {
-                (
-                    crate::fold::Position {
-                        seq: seq.max(0) as u64,
-                        sub: sub.max(0) as u64,
-                    },
-                    frame,
-                )
-            })
-            .collect())
+        self.feed_after(uid, after, limit).await
     }
 
     async fn types(&self) -> StoreResult<Vec<NotificationType>> {

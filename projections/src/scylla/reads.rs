@@ -8,6 +8,7 @@ use exchange::dispatch::DispatchTask;
 
 use super::target::{OUTBOX_SHARDS, message_from, notification_from, outbox_id};
 use super::{ScyllaStore, count, from_ns, parse_json};
+use crate::fold::Position;
 use crate::model::{
     Device, FailedDelivery, HistoryQuery, InboxFilter, InboxQuery, InboxStats, Notification, Page,
     Receipt, ReceiptStatus, StatusFilter, StoredMessage, Thread, ThreadMessage,
@@ -298,6 +299,113 @@ impl ScyllaStore {
         ))
     }
 
+    /// A user's change feed after a position (SSE resume), oldest first: the stored changes
+    /// (state changes, and the arrival of entries deleted since) merged with the `new` changes
+    /// derived from the entries, each as the frame the fold sent. Both start at the user's
+    /// feed floor: the first position of the day [`CHANGE_RETENTION`] before the day of
+    /// their newest entry, where the fold's pruning of stored changes cuts too (at least that
+    /// much history is kept).
+    ///
+    /// [`CHANGE_RETENTION`]: crate::fold::CHANGE_RETENTION
+    pub(super) async fn feed_after(
+        &self,
+        uid: &str,
+        after: Position,
+        limit: u32,
+    ) -> StoreResult<Vec<(Position, String)>> {
+        let limit = limit.max(1);
+        let months = self.months_newest_first(uid).await?;
+        let floor = self.feed_floor(uid, &months).await?;
+        let from = match floor.checked_sub(1) {
+            Some(below) => after.max(Position {
+                seq: below,
+                sub: i64::MAX as u64,
+            }),
+            None => after,
+        };
+        let stored: Vec<(Position, String)> = self
+            .all(self.q().changes_after(
+                uid,
+                super::seq_i64(from.seq),
+                super::seq_i64(from.sub),
+                i32::try_from(limit).unwrap_or(i32::MAX),
+            ))
+            .await?
+            .into_iter()
+            .map(|(seq, sub, frame)| {
+                let p = Position {
+                    seq: seq.max(0) as u64,
+                    sub: sub.max(0) as u64,
+                };
+                (p, frame)
+            })
+            .collect();
+        // A `new` change sits at (seq, seq) of its entry.
+        let mut derived = Vec::new();
+        for m in months {
+            let rows = self
+                .all(self.q().inbox_after_in_month(
+                    uid,
+                    m,
+                    super::seq_i64(from.seq).saturating_sub(1),
+                ))
+                .await?;
+            for r in rows {
+                let (seq, rest) = (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10));
+                let n = notification_from(uid, seq, rest)?;
+                let p = Position {
+                    seq: n.seq,
+                    sub: n.seq,
+                };
+                if p > from {
+                    derived.push((p, n));
+                }
+            }
+        }
+        derived.sort_by_key(|(p, _)| *p);
+        derived.truncate(limit as usize);
+        // Merge the two ordered lists; a position in both (a `new` change stored before
+        // entries derived theirs) is given once.
+        let mut out = Vec::with_capacity(stored.len() + derived.len());
+        let mut derived = derived.into_iter().peekable();
+        for (p, frame) in stored {
+            while let Some((q, n)) = derived.next_if(|(q, _)| *q <= p) {
+                if q < p {
+                    out.push((q, new_frame_text(&n)));
+                }
+            }
+            out.push((p, frame));
+        }
+        out.extend(derived.map(|(q, n)| (q, new_frame_text(&n))));
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    /// Where a user's change feed starts (see `feed_after`); 0 when it keeps everything.
+    async fn feed_floor(&self, uid: &str, months_newest_first: &[i32]) -> StoreResult<u64> {
+        let mut newest = None;
+        for m in months_newest_first {
+            if let Some((at,)) = self
+                .one(self.q().inbox_newest_time_in_month(uid, *m))
+                .await?
+            {
+                newest = Some(at);
+                break;
+            }
+        }
+        let Some(at) = newest else {
+            return Ok(0);
+        };
+        let day = i32::try_from(at.div_euclid(86_400_000_000_000)).unwrap_or(i32::MAX);
+        let cutoff_day = day.saturating_sub(crate::fold::CHANGE_RETENTION.whole_days() as i32);
+        Ok(
+            match self.one(self.q().feed_day_from(0, cutoff_day)).await? {
+                Some((first_day, first)) if first_day <= day => first.max(0) as u64,
+                _ => 0,
+            },
+        )
+    }
+
     pub(super) async fn stats(&self, uid: &str) -> StoreResult<InboxStats> {
         let mut s = InboxStats::default();
         if let Some(r) = self.one(self.q().counts_get(uid)).await? {
@@ -306,16 +414,26 @@ impl ScyllaStore {
             s.unseen = count(r.2);
             s.seen_at = r.4.map(from_ns).transpose()?;
         }
+        // Every unread entry has one level: level 0's count is the rest of the unread count
+        // (the fold keeps no row for it; one kept by an older version is left unread here).
+        let mut other_levels = 0i64;
         for (dim, key, n) in self.all(self.q().unread_by_of(uid)).await? {
-            if n <= 0 {
-                continue;
-            }
             let target = match dim.as_str() {
                 "type" => &mut s.unread_by_type,
-                "level" => &mut s.unread_by_level,
+                "level" if key == "0" => continue,
+                "level" => {
+                    other_levels += n.max(0);
+                    &mut s.unread_by_level
+                }
                 other => return Err(StoreError::Corrupt(format!("counter dimension {other}"))),
             };
-            target.insert(key, n as u64);
+            if n > 0 {
+                target.insert(key, n as u64);
+            }
+        }
+        let level_0 = s.unread as i64 - other_levels;
+        if level_0 > 0 {
+            s.unread_by_level.insert("0".into(), level_0 as u64);
         }
         Ok(s)
     }
@@ -447,6 +565,11 @@ impl ScyllaStore {
             .map(failed_from)
             .transpose()
     }
+}
+
+/// The `new` frame of an entry, as text.
+fn new_frame_text(n: &Notification) -> String {
+    String::from_utf8_lossy(&crate::fold::new_frame(n)).into_owned()
 }
 
 fn failed_from(r: super::statements::FailedRow) -> StoreResult<FailedDelivery> {

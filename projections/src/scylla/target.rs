@@ -110,6 +110,10 @@ pub(crate) struct ScyllaTx<'a> {
     /// sent together, concurrently, one logged batch each, at the next flush.
     deferred: Vec<Vec<Bound<'a, ()>>>,
     deferred_tables: Vec<&'a str>,
+    /// The stored `new` change of an entry being deleted, written after the reads of the
+    /// deletion's own change (a write of the changes table before them would split the
+    /// group's batch).
+    arrival: Option<Bound<'a, ()>>,
     /// The current event's groups are independent recipients of one message.
     independent: bool,
     /// Read ahead for the current message's recipients: whether each has its entry already,
@@ -159,6 +163,7 @@ impl<'a> ScyllaTx<'a> {
             pending_tables: Vec::new(),
             deferred: Vec::new(),
             deferred_tables: Vec::new(),
+            arrival: None,
             independent: false,
             entry_exists: HashMap::new(),
             preferences: HashMap::new(),
@@ -194,6 +199,7 @@ impl<'a> ScyllaTx<'a> {
 
     /// Flushes the event's writes, then writes its message row (the event's completion mark).
     pub(crate) fn end_event(&mut self) -> StoreResult<()> {
+        self.write_arrival();
         self.flush()?;
         self.independent = false;
         self.entry_exists.clear();
@@ -227,6 +233,12 @@ impl<'a> ScyllaTx<'a> {
         self.months_written
     }
 
+    fn write_arrival(&mut self) {
+        if let Some(w) = self.arrival.take() {
+            self.write(w);
+        }
+    }
+
     fn write(&mut self, b: Bound<'a, ()>) {
         self.pending_tables.push(b.statement.table);
         self.pending.push(b);
@@ -244,12 +256,13 @@ impl<'a> ScyllaTx<'a> {
         self.rt.block_on(self.store.write_all(writes))
     }
 
-    /// Sends the finished groups not sent yet, concurrently (they are independent).
+    /// Sends the finished groups not sent yet, concurrently (they are independent), several
+    /// to a batch.
     fn send_deferred(&mut self) -> StoreResult<()> {
         if self.deferred.is_empty() {
             return Ok(());
         }
-        let groups = std::mem::take(&mut self.deferred);
+        let groups = super::coalesce(std::mem::take(&mut self.deferred));
         self.deferred_tables.clear();
         let store = self.store;
         self.rt.block_on(
@@ -298,6 +311,32 @@ impl<'a> ScyllaTx<'a> {
         self.rt.block_on(self.store.one(b))
     }
 
+    /// The UTC day (unix day number) of a feed change at `at`, and the first feed position
+    /// recorded for that day, if any. Only reads: a change's reads come before its writes, so
+    /// the writes join the group's batch.
+    fn feed_day(&mut self, at: OffsetDateTime) -> StoreResult<(i32, Option<i64>)> {
+        let day = i32::try_from(at.unix_timestamp().div_euclid(86_400)).unwrap_or(i32::MAX);
+        let today = match self.feed_days.get(&day) {
+            Some(first) => Some(*first),
+            None => self
+                .one(self.q().feed_day_get(0, day))?
+                .map(|(first,)| first),
+        };
+        Ok((day, today))
+    }
+
+    /// Records `seq` as the first feed position of `day` when none was (`today`).
+    fn record_feed_day(&mut self, day: i32, today: Option<i64>, seq: i64) {
+        if today.is_none() {
+            let w = self.q().feed_day_put(0, day, seq);
+            self.write(w);
+            // Cached cutoffs that this day now precedes are stale.
+            self.feed_cutoffs
+                .retain(|from, found| *from > day || found.is_some_and(|(d, _)| d < day));
+        }
+        self.feed_days.insert(day, today.unwrap_or(seq));
+    }
+
     fn counts(&mut self, uid: &str) -> StoreResult<Counts> {
         if let Some(c) = self.counts.get(uid) {
             return Ok(*c);
@@ -307,9 +346,14 @@ impl<'a> ScyllaTx<'a> {
         Ok(c)
     }
 
-    /// The unread-count dimensions an entry moves: its level and, when typed, its type.
+    /// The unread-count dimensions an entry moves: its level (not level 0, most entries':
+    /// its count is what the other levels leave of the unread count, see `stats`) and, when
+    /// typed, its type.
     fn unread_dims(n: &Notification) -> Vec<(&'static str, String)> {
-        let mut dims = vec![("level", n.level.to_string())];
+        let mut dims = Vec::with_capacity(2);
+        if n.level != 0 {
+            dims.push(("level", n.level.to_string()));
+        }
         if let Some(t) = &n.ntype {
             dims.push(("type", t.clone()));
         }
@@ -544,6 +588,7 @@ pub(crate) fn message_from(
 
 impl FoldTarget for ScyllaTx<'_> {
     fn group_done(&mut self) -> StoreResult<()> {
+        self.write_arrival();
         self.groups = self.groups.saturating_add(1);
         self.tasks = 0;
         if !self.independent {
@@ -964,6 +1009,15 @@ impl FoldTarget for ScyllaTx<'_> {
         let Some((bucket, seq, n)) = self.entry(uid, id)? else {
             return Ok(None);
         };
+        // The entry's `new` change was derived from it: stored now (with the group's writes,
+        // see `arrival`), so the feed keeps its arrival before its deletion.
+        self.write_arrival();
+        self.arrival = Some(self.q().change_put(
+            uid,
+            seq,
+            seq,
+            String::from_utf8_lossy(&crate::fold::new_frame(&n)).into_owned(),
+        ));
         let w = self.q().inbox_delete(uid, bucket, seq);
         self.write(w);
         let w = self.q().inbox_id_delete(uid, id);
@@ -1078,15 +1132,8 @@ impl FoldTarget for ScyllaTx<'_> {
         frame: &[u8],
         at: OffsetDateTime,
     ) -> StoreResult<()> {
-        let day = i32::try_from(at.unix_timestamp().div_euclid(86_400)).unwrap_or(i32::MAX);
         let seq = seq_i64(position.seq);
-        // Every read comes before this change's writes, so they join the group's batch.
-        let today = match self.feed_days.get(&day) {
-            Some(first) => Some(*first),
-            None => self
-                .one(self.q().feed_day_get(0, day))?
-                .map(|(first,)| first),
-        };
+        let (day, today) = self.feed_day(at)?;
         // Changes from before the day CHANGE_RETENTION ago go (at least that much is kept):
         // a range delete below the first position of the first day since then (today's, this
         // one, when none is recorded), issued only when there is something to delete (a range
@@ -1107,14 +1154,8 @@ impl FoldTarget for ScyllaTx<'_> {
             _ => today.unwrap_or(seq),
         };
         let prune = self.one(self.q().change_before(uid, cutoff))?.is_some();
-        if today.is_none() {
-            let w = self.q().feed_day_put(0, day, seq);
-            self.write(w);
-            // Cached cutoffs that this day now precedes are stale.
-            self.feed_cutoffs
-                .retain(|from, found| *from > day || found.is_some_and(|(d, _)| d < day));
-        }
-        self.feed_days.insert(day, today.unwrap_or(seq));
+        self.write_arrival();
+        self.record_feed_day(day, today, seq);
         if prune {
             let w = self.q().changes_prune(uid, cutoff);
             self.write(w);
@@ -1126,6 +1167,22 @@ impl FoldTarget for ScyllaTx<'_> {
             String::from_utf8_lossy(frame).into_owned(),
         );
         self.write(w);
+        Ok(())
+    }
+
+    fn put_new_change(
+        &mut self,
+        uid: &str,
+        position: Position,
+        _frame: &dyn Fn() -> Vec<u8>,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        // Derived from the entry when the feed is read (`changes_after`): only the feed's day
+        // is recorded, which places the retention cutoff. The user's stored changes are
+        // pruned when their next stored change is written, or expire by the table's TTL.
+        let _ = uid;
+        let (day, today) = self.feed_day(at)?;
+        self.record_feed_day(day, today, seq_i64(position.seq));
         Ok(())
     }
 
