@@ -194,7 +194,7 @@ impl ScyllaStore {
     async fn newest_position(&self, uid: &str, months: &[i32]) -> StoreResult<i64> {
         let mut newest = 0_i64;
         for m in months {
-            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
+            if let Some((seq, _)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
                 newest = newest.max(seq);
             }
         }
@@ -385,10 +385,7 @@ impl ScyllaStore {
     async fn feed_floor(&self, uid: &str, months_newest_first: &[i32]) -> StoreResult<u64> {
         let mut newest = None;
         for m in months_newest_first {
-            if let Some((at,)) = self
-                .one(self.q().inbox_newest_time_in_month(uid, *m))
-                .await?
-            {
+            if let Some((_, at)) = self.one(self.q().inbox_newest_in_month(uid, *m)).await? {
                 newest = Some(at);
                 break;
             }

@@ -327,10 +327,8 @@ statements! {
         "SELECT seq, id, tid, sender, msg, opts, ntype, level, created_at, read_at, archived_at FROM inbox WHERE uid = ? AND month = ?";
     inbox_after_in_month(uid: &str, month: i32, after: i64) -> (i64, Uuid, Option<Uuid>, String, String, String, Option<String>, i32, i64, Option<i64>, Option<i64>,) =
         "SELECT seq, id, tid, sender, msg, opts, ntype, level, created_at, read_at, archived_at FROM inbox WHERE uid = ? AND month = ? AND seq > ?";
-    inbox_newest_in_month(uid: &str, month: i32) -> (i64,) =
-        "SELECT seq FROM inbox WHERE uid = ? AND month = ? LIMIT 1";
-    inbox_newest_time_in_month(uid: &str, month: i32) -> (i64,) =
-        "SELECT created_at FROM inbox WHERE uid = ? AND month = ? LIMIT 1";
+    inbox_newest_in_month(uid: &str, month: i32) -> (i64, i64) =
+        "SELECT seq, created_at FROM inbox WHERE uid = ? AND month = ? LIMIT 1";
     inbox_put(uid: &str, month: i32, seq: i64, id: Uuid, tid: Option<Uuid>, sender: &str,
         msg: &str, opts: String, ntype: Option<String>, level: i32, created_at: i64,
         read_at: Option<i64>, archived_at: Option<i64>) -> () =

@@ -1172,7 +1172,7 @@ impl FoldTarget for ScyllaTx<'_> {
 
     fn put_new_change(
         &mut self,
-        uid: &str,
+        _uid: &str,
         position: Position,
         _frame: &dyn Fn() -> Vec<u8>,
         at: OffsetDateTime,
@@ -1180,7 +1180,6 @@ impl FoldTarget for ScyllaTx<'_> {
         // Derived from the entry when the feed is read (`changes_after`): only the feed's day
         // is recorded, which places the retention cutoff. The user's stored changes are
         // pruned when their next stored change is written, or expire by the table's TTL.
-        let _ = uid;
         let (day, today) = self.feed_day(at)?;
         self.record_feed_day(day, today, seq_i64(position.seq));
         Ok(())
@@ -1501,7 +1500,7 @@ impl FoldTarget for ScyllaTx<'_> {
     fn newest_entry(&mut self, uid: &str) -> StoreResult<Option<Notification>> {
         let months = self.all(self.q().inbox_months_of(uid))?;
         for (month,) in months {
-            if let Some((seq,)) = self.one(self.q().inbox_newest_in_month(uid, month))? {
+            if let Some((seq, _)) = self.one(self.q().inbox_newest_in_month(uid, month))? {
                 let row = self.one(self.q().inbox_get(uid, month, seq))?;
                 if let Some(row) = row {
                     return notification_from(uid, seq, row).map(Some);
