@@ -211,6 +211,8 @@ async fn a_version_1_store_is_migrated_when_opened() {
          ALTER TABLE thread_messages_v1 RENAME TO thread_messages;
          DELETE FROM messages WHERE deleted = 1;
          ALTER TABLE messages DROP COLUMN deleted;
+         DROP INDEX messages_by_time;
+         ALTER TABLE messages DROP COLUMN experiment;
          ALTER TABLE inbox_counts DROP COLUMN feed_floor;",
     )
     .unwrap();
@@ -229,6 +231,11 @@ async fn a_version_1_store_is_migrated_when_opened() {
     assert_eq!(store.thread_messages(tid, &history).await.unwrap(), thread);
     assert!(store.message(gone).await.unwrap().is_none());
     assert!(store.message(hello).await.unwrap().is_some());
+    // The funnel of a message outside experiments is derived from its row (the `experiment`
+    // column and its index were added by the migration).
+    let funnel = store.funnel_message(hello).await.unwrap().expect("derived");
+    assert_eq!(funnel.copies.len(), 1);
+    assert_eq!(funnel.copies[0].sent, 1);
     // Opening again changes nothing; the fold goes on.
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
@@ -293,4 +300,111 @@ async fn an_older_store_counts_its_devices_when_opened() {
         store.devices_per_channel().await.unwrap(),
         vec![("apns".to_owned(), 2)]
     );
+}
+
+/// A message outside experiments gets no funnel row: its record is derived from the message's
+/// row (one copy of its urgency and type to its recipients, none when it reached nobody), listed
+/// by day once; a record an older version stored is the one read, and listed once.
+#[tokio::test]
+async fn funnel_records_outside_experiments_are_derived_from_the_messages() {
+    use exchange::events::{Audience, MessageOpts, Urgency};
+    use projections::Store;
+    use projections::model::FunnelScope;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    let feed = conformance::Feed::new(&store);
+    let to = |uids: &[&str]| Audience::Users {
+        uids: uids.iter().map(|u| u.to_string()).collect(),
+    };
+    let opts = MessageOpts {
+        urgency: Some(Urgency::High),
+        ntype: Some("promo".into()),
+        ..Default::default()
+    };
+    let reached = feed
+        .one("admin", conformance::send(to(&["ann", "bob"]), "x", opts))
+        .await;
+    let nobody = feed
+        .one(
+            "admin",
+            conformance::send(to(&[]), "y", MessageOpts::default()),
+        )
+        .await;
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM funnel_messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "the fold writes no funnel row outside experiments");
+
+    let m = store
+        .funnel_message(reached)
+        .await
+        .unwrap()
+        .expect("derived");
+    assert_eq!(
+        (m.sender.as_str(), m.experiment.clone(), m.held_out),
+        ("admin", None, 0)
+    );
+    assert_eq!(m.copies.len(), 1);
+    let copy = &m.copies[0];
+    assert_eq!(
+        (
+            copy.variant.clone(),
+            copy.urgency,
+            copy.ntype.as_deref(),
+            copy.sent
+        ),
+        (None, Urgency::High as u8, Some("promo"), 2)
+    );
+    let none = store
+        .funnel_message(nobody)
+        .await
+        .unwrap()
+        .expect("derived");
+    assert!(none.copies.is_empty());
+    assert!(
+        store
+            .funnel_message(uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let day = projections::fold::day_of(m.sent_at);
+    let listed = |first: i32, last: i32| {
+        let store = &store;
+        async move {
+            store
+                .funnel_messages(&FunnelScope::Days { first, last })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.mid)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut both = vec![reached, nobody];
+    both.sort();
+    assert_eq!(listed(day, day).await, both);
+    assert_eq!(listed(i32::MIN, i32::MAX).await, both);
+    assert!(listed(day - 3, day - 1).await.is_empty());
+    assert!(listed(day + 1, day + 3).await.is_empty());
+
+    // As an older version left it: a stored record for a message outside experiments.
+    let mut old = m.clone();
+    old.copies[0].sent = 5;
+    c.execute(
+        "INSERT INTO funnel_messages (mid, day, experiment, record) VALUES (?1, ?2, NULL, ?3)",
+        rusqlite::params![
+            reached.to_string(),
+            day,
+            serde_json::to_string(&old).unwrap()
+        ],
+    )
+    .unwrap();
+    drop(c);
+    assert_eq!(store.funnel_message(reached).await.unwrap(), Some(old));
+    assert_eq!(listed(day, day).await, both);
 }

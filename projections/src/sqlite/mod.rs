@@ -23,7 +23,7 @@ mod inbox;
 
 use crate::fold::{Effects, FoldTarget, apply_event};
 use crate::model::{
-    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelEntry,
+    ArmCounts, Device, ExperimentRecord, ExperimentUser, FailedDelivery, FunnelCopy, FunnelEntry,
     FunnelMessage, FunnelScope, HistoryQuery, InboxCounts, InboxQuery, InboxStats, Notification,
     NotificationType, OnlineRecord, Page, Receipt, ReceiptStatus, ScheduleStatus, ScheduledMessage,
     StageDoc, StoredMessage, Thread, ThreadMessage,
@@ -115,8 +115,11 @@ CREATE TABLE IF NOT EXISTS online (uid TEXT PRIMARY KEY, record TEXT NOT NULL) W
 CREATE TABLE IF NOT EXISTS online_days (
   uid TEXT NOT NULL, day INTEGER NOT NULL, seconds INTEGER NOT NULL,
   PRIMARY KEY (uid, day)) WITHOUT ROWID;
--- GET /reports/funnel: each message's recipients per copy (JSON), listed by UTC day (days since
--- the epoch) and by experiment
+-- GET /reports/funnel: each experiment message's recipients per copy (JSON), listed by UTC day
+-- (days since the epoch) and by experiment; a message outside experiments has one copy, whose
+-- record the reads derive from its `messages` row (listed by time: `messages_by_time`, made by
+-- `migrate`), so the fold writes none (files of older versions hold such records too: the
+-- reads prefer them)
 CREATE TABLE IF NOT EXISTS funnel_messages (
   mid TEXT PRIMARY KEY, day INTEGER NOT NULL, experiment TEXT, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS funnel_messages_by_day ON funnel_messages (day, mid);
@@ -495,11 +498,38 @@ struct SqliteTx<'a> {
     /// Each thread's subscribers as read (or last changed) in this transaction: a batch of
     /// messages to one thread reads them once.
     subscribers: HashMap<Uuid, Vec<String>>,
+    /// The message row the event being folded creates, written with its recipient count once
+    /// the event is folded (or before anything reads messages): one write, not an insert and
+    /// an update of the same row.
+    message: Option<StoredMessage>,
 }
 
 impl SqliteTx<'_> {
+    /// Writes the pending message row, if any.
+    fn write_message(&mut self) -> StoreResult<()> {
+        let Some(m) = self.message.take() else {
+            return Ok(());
+        };
+        self.exec(
+            "INSERT INTO messages (mid, tid, sender, msg, opts, created_at, recipients, experiment)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                m.mid.to_string(),
+                m.tid.map(|t| t.to_string()),
+                m.sender,
+                m.msg,
+                to_json(&m.opts)?,
+                ts(m.created_at),
+                i64::try_from(m.recipients).unwrap_or(i64::MAX),
+                m.experiment.as_ref().map(to_json).transpose()?
+            ],
+        )
+        .map(drop)
+    }
+
     /// Work deferred to the end of the transaction.
     fn finish(&mut self) -> StoreResult<()> {
+        self.write_message()?;
         self.inbox.finish(self.tx)?;
         for (tid, (subscribers, messages)) in std::mem::take(&mut self.thread_counts) {
             self.exec(
@@ -562,10 +592,21 @@ fn experiment_arm_totals(c: &Connection, id: &str) -> StoreResult<Vec<ArmCounts>
 }
 
 fn funnel_message_of(c: &Connection, mid: Uuid) -> StoreResult<Option<FunnelMessage>> {
-    Ok(records(
+    let mid = mid.to_string();
+    if let Some(stored) = records(
         c,
         "SELECT record FROM funnel_messages WHERE mid = ?1",
-        params![mid.to_string()],
+        params![mid],
+    )?
+    .pop()
+    {
+        return Ok(Some(stored));
+    }
+    Ok(derived_funnel(
+        c,
+        "SELECT mid, sender, opts, created_at, recipients FROM messages
+         WHERE mid = ?1 AND experiment IS NULL",
+        params![mid],
     )?
     .pop())
 }
@@ -577,12 +618,73 @@ fn funnel_messages_in(c: &Connection, scope: &FunnelScope) -> StoreResult<Vec<Fu
             "SELECT record FROM funnel_messages WHERE experiment = ?1 ORDER BY mid",
             params![id],
         ),
-        FunnelScope::Days { first, last } => records(
-            c,
-            "SELECT record FROM funnel_messages WHERE day BETWEEN ?1 AND ?2 ORDER BY day, mid",
-            params![first, last],
-        ),
+        FunnelScope::Days { first, last } => {
+            let mut listed: Vec<FunnelMessage> = records(
+                c,
+                "SELECT record FROM funnel_messages WHERE day BETWEEN ?1 AND ?2",
+                params![first, last],
+            )?;
+            // Day `d` is the times from the start of `d` to the start of `d + 1` (fixed-width
+            // text compares as the times do); days beyond what a time can hold leave the range
+            // open on that side.
+            let start = |day: i32| {
+                OffsetDateTime::from_unix_timestamp(i64::from(day) * 86_400)
+                    .ok()
+                    .map(ts)
+            };
+            let from = start(*first).unwrap_or_default();
+            let until = last
+                .checked_add(1)
+                .and_then(start)
+                .unwrap_or_else(|| "~".to_owned());
+            listed.extend(derived_funnel(
+                c,
+                "SELECT mid, sender, opts, created_at, recipients FROM messages
+                 WHERE experiment IS NULL AND created_at >= ?1 AND created_at < ?2
+                   AND NOT EXISTS (SELECT 1 FROM funnel_messages f WHERE f.mid = messages.mid)",
+                params![from, until],
+            )?);
+            listed.sort_by_key(|m| (crate::fold::day_of(m.sent_at), m.mid));
+            Ok(listed)
+        }
     }
+}
+
+/// The funnel records of messages outside experiments, from the `messages` rows a query
+/// selects (mid, sender, opts, created_at, recipients): one copy of the message's urgency and
+/// type sent to its recipients (none when it reached nobody), nobody held out; what the fold
+/// would have recorded, since a transaction writes every entry of a message or none.
+fn derived_funnel(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<Vec<FunnelMessage>> {
+    let rows: Vec<(String, String, String, String, i64)> = c
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_map(p, |r| tuple(r))?.collect())
+        .map_err(backend)?;
+    rows.into_iter()
+        .map(|(mid, sender, opts, created_at, recipients)| {
+            let opts: exchange::events::MessageOpts = parse_json(&opts)?;
+            let sent = recipients.max(0) as u64;
+            Ok(FunnelMessage {
+                mid: parse_uuid(&mid)?,
+                sender,
+                sent_at: parse_ts(&created_at)?,
+                experiment: None,
+                copies: (sent > 0)
+                    .then(|| FunnelCopy {
+                        variant: None,
+                        urgency: opts.urgency.unwrap_or(exchange::events::Urgency::Normal) as u8,
+                        ntype: opts.ntype,
+                        sent,
+                    })
+                    .into_iter()
+                    .collect(),
+                held_out: 0,
+            })
+        })
+        .collect()
 }
 
 /// A message's funnel rows: each recipient's steps with the channels of their dispatch.
@@ -636,6 +738,10 @@ fn online_days_of(c: &Connection, uid: &str, limit: u32) -> StoreResult<Vec<(i32
 
 impl FoldTarget for SqliteTx<'_> {
     fn put_funnel_message(&mut self, m: &FunnelMessage) -> StoreResult<()> {
+        if m.experiment.is_none() {
+            // Derived from the message's row when read (`derived_funnel`).
+            return Ok(());
+        }
         self.exec(
             "INSERT OR REPLACE INTO funnel_messages (mid, day, experiment, record)
              VALUES (?1, ?2, ?3, ?4)",
@@ -690,10 +796,12 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn inbox_entry(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        self.write_message()?;
         inbox::get(self.tx, uid, id)
     }
 
     fn newest_entry(&mut self, uid: &str) -> StoreResult<Option<Notification>> {
+        self.write_message()?;
         inbox::newest(self.tx, uid)
     }
 
@@ -971,6 +1079,7 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn delete_message(&mut self, mid: Uuid) -> StoreResult<bool> {
+        self.write_message()?;
         let Some(m) = message_by_id(self.tx, mid)? else {
             return Ok(false);
         };
@@ -1060,6 +1169,7 @@ impl FoldTarget for SqliteTx<'_> {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>> {
+        self.write_message()?;
         inbox::mark_read(self.tx, &mut self.inbox, uid, id, at)
     }
 
@@ -1069,10 +1179,12 @@ impl FoldTarget for SqliteTx<'_> {
         id: Uuid,
         at: OffsetDateTime,
     ) -> StoreResult<Option<Notification>> {
+        self.write_message()?;
         inbox::archive(self.tx, &mut self.inbox, uid, id, at)
     }
 
     fn delete_notification(&mut self, uid: &str, id: Uuid) -> StoreResult<Option<Notification>> {
+        self.write_message()?;
         inbox::delete(self.tx, &mut self.inbox, uid, id)
     }
 
@@ -1082,6 +1194,7 @@ impl FoldTarget for SqliteTx<'_> {
         ntype: Option<&str>,
         tid: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>> {
+        self.write_message()?;
         inbox::unread_ids(self.tx, uid, ntype, tid)
     }
 
@@ -1146,27 +1259,30 @@ impl FoldTarget for SqliteTx<'_> {
     }
 
     fn insert_message(&mut self, m: &StoredMessage) -> StoreResult<bool> {
-        let n = self.exec(
-            "INSERT OR IGNORE INTO messages (mid, tid, sender, msg, opts, created_at, experiment)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                m.mid.to_string(),
-                m.tid.map(|t| t.to_string()),
-                m.sender,
-                m.msg,
-                to_json(&m.opts)?,
-                ts(m.created_at),
-                m.experiment.as_ref().map(to_json).transpose()?
-            ],
-        )?;
-        Ok(n > 0)
+        self.write_message()?;
+        let exists = self
+            .tx
+            .prepare_cached("SELECT 1 FROM messages WHERE mid = ?1")
+            .and_then(|mut s| s.exists(params![m.mid.to_string()]))
+            .map_err(backend)?;
+        if !exists {
+            // Written by `write_message`, after the event's fold.
+            self.message = Some(m.clone());
+        }
+        Ok(!exists)
     }
 
     fn message(&mut self, mid: Uuid) -> StoreResult<Option<StoredMessage>> {
+        self.write_message()?;
         message_by_id(self.tx, mid)
     }
 
     fn add_recipients(&mut self, mid: Uuid, n: u64) -> StoreResult<()> {
+        if let Some(m) = self.message.as_mut().filter(|m| m.mid == mid) {
+            m.recipients = m.recipients.saturating_add(n);
+            return Ok(());
+        }
+        self.write_message()?;
         self.exec(
             "UPDATE messages SET recipients = recipients + ?2 WHERE mid = ?1",
             params![mid.to_string(), i64::try_from(n).unwrap_or(i64::MAX)],
@@ -1322,6 +1438,13 @@ fn migrate(c: &Connection) -> StoreResult<()> {
         c.execute_batch("ALTER TABLE messages ADD COLUMN experiment TEXT;")
             .map_err(backend)?;
     }
+    // The funnel's listing of messages outside experiments (an index on a column older
+    // files gain just above).
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (created_at, mid)
+           WHERE experiment IS NULL;",
+    )
+    .map_err(backend)?;
     inbox::migrate(c)?;
     if has_column(c, "thread_messages", "msg")? {
         c.execute_batch(
@@ -1529,6 +1652,7 @@ impl Store for SqliteStore {
                     thread_counts: HashMap::new(),
                     receipt_counts: HashMap::new(),
                     subscribers: HashMap::new(),
+                    message: None,
                 };
                 for (i, ev) in batch.iter().enumerate() {
                     if ev.seq <= checkpoint {
@@ -1560,6 +1684,7 @@ impl Store for SqliteStore {
                         break;
                     }
                     apply_event(&mut target, ev.seq, &ev.envelope, effects, &mut out.notices)?;
+                    target.write_message()?;
                     checkpoint = ev.seq;
                     out.applied += 1;
                 }
