@@ -343,7 +343,8 @@ struct RebuildArgs {
     /// data dir.
     #[arg(long)]
     into: Option<String>,
-    /// Events per transaction.
+    /// Events read per chunk; one transaction folds the chunks read by the time it starts, up
+    /// to four.
     #[arg(long, default_value_t = 2000)]
     batch: usize,
 }
