@@ -198,7 +198,8 @@ pub trait FoldTarget {
     fn put_online(&mut self, r: &OnlineRecord, days: &[(i32, u64)]) -> StoreResult<()>;
 
     /// Inserts or replaces a message's funnel record, listed under its UTC day and its
-    /// experiment.
+    /// experiment (a backend whose message rows hold what a record outside experiments says
+    /// may derive those when read instead: SQLite does).
     fn put_funnel_message(&mut self, m: &FunnelMessage) -> StoreResult<()>;
     /// Records that a provider was asked to reach `uid` on `channel` for message `mid` (and,
     /// when `accepted`, that it accepted): an insert only, repeated outcomes change nothing.

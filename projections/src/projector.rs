@@ -500,13 +500,14 @@ pub async fn rebuild(
     let events = log
         .read(Start::Sequence(checkpoint + 1), None, until)
         .await?;
-    // Reading and decoding run on a task of their own, up to sixteen chunks ahead of the fold,
+    // Reading and decoding run on a task of their own, up to `QUEUED_CHUNKS` ahead of the fold,
     // so the two overlap (the fold runs on a blocking thread); the fold takes every chunk read
     // by the time it is free, up to `READ_AHEAD` batches in one transaction. With two chunks
     // queued the reader stalled behind each commit: a 1M-event rebuild into SQLite ran at 40k
     // events/s with 27 s of CPU, against 61k and 20 s now (BENCHMARKS.md, session 17).
     const READ_AHEAD: usize = 4;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4 * READ_AHEAD);
+    const QUEUED_CHUNKS: usize = 16;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUED_CHUNKS);
     let most = READ_AHEAD * batch.max(1);
     let reader = tokio::spawn(async move {
         let mut chunks = std::pin::pin!(events.ready_chunks(batch.max(1)));

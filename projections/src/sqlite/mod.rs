@@ -329,6 +329,11 @@ impl SqliteStore {
     }
 }
 
+/// The text of a stored time (see [`ts`]).
+const STORED_TIME: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+);
+
 /// A time as stored: RFC 3339 in UTC with all nine fraction digits, so that SQL compares and
 /// orders the text as it would the times (a shortest-form fraction does not: `57.5` sorts
 /// after `57.500000001`). Rows written by builds before this one keep their shortest form
@@ -337,16 +342,11 @@ impl SqliteStore {
 /// Written digit by digit (the fold writes a few per event; `time`'s formatter was 5% of a
 /// rebuild's fold); years outside 0-9999 go through `time`'s formatter, as before.
 fn ts(t: OffsetDateTime) -> String {
-    const FIXED: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-    );
     let t = t.to_offset(time::UtcOffset::UTC);
-    let Ok(year) = u32::try_from(t.year()) else {
-        return t.format(FIXED).unwrap_or_default();
+    let year = match u32::try_from(t.year()) {
+        Ok(year) if year <= 9999 => year,
+        _ => return t.format(STORED_TIME).unwrap_or_default(),
     };
-    if year > 9999 {
-        return t.format(FIXED).unwrap_or_default();
-    }
     let mut text = *b"0000-00-00T00:00:00.000000000Z";
     let mut put = |at: std::ops::Range<usize>, mut n: u32| {
         for digit in text[at].iter_mut().rev() {
@@ -624,13 +624,7 @@ fn funnel_message_of(c: &Connection, mid: Uuid) -> StoreResult<Option<FunnelMess
     {
         return Ok(Some(stored));
     }
-    Ok(derived_funnel(
-        c,
-        "SELECT mid, sender, opts, created_at, recipients FROM messages
-         WHERE mid = ?1 AND experiment IS NULL",
-        params![mid],
-    )?
-    .pop())
+    Ok(derived_funnel(c, "mid = ?1", params![mid])?.pop())
 }
 
 fn funnel_messages_in(c: &Connection, scope: &FunnelScope) -> StoreResult<Vec<FunnelMessage>> {
@@ -661,9 +655,8 @@ fn funnel_messages_in(c: &Connection, scope: &FunnelScope) -> StoreResult<Vec<Fu
                 .unwrap_or_else(|| "~".to_owned());
             listed.extend(derived_funnel(
                 c,
-                "SELECT mid, sender, opts, created_at, recipients FROM messages
-                 WHERE experiment IS NULL AND created_at >= ?1 AND created_at < ?2
-                   AND NOT EXISTS (SELECT 1 FROM funnel_messages f WHERE f.mid = messages.mid)",
+                "created_at >= ?1 AND created_at < ?2
+                 AND NOT EXISTS (SELECT 1 FROM funnel_messages f WHERE f.mid = messages.mid)",
                 params![from, until],
             )?);
             listed.sort_by_key(|m| (crate::fold::day_of(m.sent_at), m.mid));
@@ -672,17 +665,21 @@ fn funnel_messages_in(c: &Connection, scope: &FunnelScope) -> StoreResult<Vec<Fu
     }
 }
 
-/// The funnel records of messages outside experiments, from the `messages` rows a query
-/// selects (mid, sender, opts, created_at, recipients): one copy of the message's urgency and
-/// type sent to its recipients (none when it reached nobody), nobody held out; what the fold
-/// would have recorded, since a transaction writes every entry of a message or none.
+/// The funnel records of the messages outside experiments that `condition` selects (SQL over
+/// `messages`): one copy of the message's urgency and type sent to its recipients (none when
+/// it reached nobody), nobody held out; what the fold would have recorded, since a transaction
+/// writes every entry of a message or none.
 fn derived_funnel(
     c: &Connection,
-    sql: &str,
+    condition: &str,
     p: impl rusqlite::Params,
 ) -> StoreResult<Vec<FunnelMessage>> {
+    let sql = format!(
+        "SELECT mid, sender, opts, created_at, recipients FROM messages
+         WHERE experiment IS NULL AND {condition}"
+    );
     let rows: Vec<(String, String, String, String, i64)> = c
-        .prepare_cached(sql)
+        .prepare_cached(&sql)
         .and_then(|mut s| s.query_map(p, |r| tuple(r))?.collect())
         .map_err(backend)?;
     rows.into_iter()
@@ -2296,13 +2293,10 @@ mod ts_tests {
     /// The digit-by-digit text is what `time`'s formatter writes, for any time.
     #[test]
     fn stored_times_are_what_the_formatter_writes() {
-        const FIXED: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-        );
         let mut t = time::macros::datetime!(0000-01-01 00:00:00 UTC);
         let step = time::Duration::new(86_400 * 97 + 3_671, 123_456_789);
         loop {
-            assert_eq!(ts(t), t.format(FIXED).unwrap(), "{t}");
+            assert_eq!(ts(t), t.format(STORED_TIME).unwrap(), "{t}");
             let Some(next) = t.checked_add(step) else {
                 break;
             };
@@ -2315,7 +2309,9 @@ mod ts_tests {
         ] {
             assert_eq!(
                 ts(t),
-                t.to_offset(time::UtcOffset::UTC).format(FIXED).unwrap()
+                t.to_offset(time::UtcOffset::UTC)
+                    .format(STORED_TIME)
+                    .unwrap()
             );
         }
     }
